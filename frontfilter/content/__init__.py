@@ -1,0 +1,1 @@
+"""Content inspection: facts about a message, parsed once, bounded. It decides nothing."""

@@ -1,0 +1,110 @@
+"""Real type by content (libmagic through python-magic) and the declared/detected comparison.
+
+Guarantees: `detect` classifies the whole decoded payload (libmagic itself reads at most
+~7 MiB of it); it never raises — a libmagic failure answers "" (unknown), which is not a
+mismatch but is visible to rules. One `magic.Magic` per thread, created under a lock: a
+libmagic cookie is not thread-safe and creating cookies concurrently has crashed elsewhere.
+
+The benign pairs (`BENIGN` below) are declared/detected disagreements that are normal in real
+mail and carry no risk; anything else is a `type_mismatch`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import magic
+
+_local = threading.local()
+_create_lock = threading.Lock()
+
+
+def _cookie() -> magic.Magic:
+    cookie = getattr(_local, "cookie", None)
+    if cookie is None:
+        with _create_lock:
+            cookie = magic.Magic(mime=True)
+        _local.cookie = cookie
+    return cookie
+
+
+def detect(payload: bytes) -> str:
+    """libmagic's MIME type of the payload, lower-case; "" when libmagic fails."""
+    try:
+        answer = _cookie().from_buffer(payload)
+    except Exception:
+        return ""
+    return (answer or "").split(";", 1)[0].strip().lower()
+
+
+# Aliases: different spellings of one type, folded before comparing.
+ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+    "image/x-icon": "image/vnd.microsoft.icon",
+    "image/x-ms-bmp": "image/bmp",
+    "image/x-bmp": "image/bmp",
+    "application/x-zip-compressed": "application/zip",
+    "application/x-zip": "application/zip",
+    "application/zip-compressed": "application/zip",
+    "application/x-gzip": "application/gzip",
+    "application/x-gtar": "application/x-tar",
+    "application/x-rar-compressed": "application/x-rar",
+    "application/vnd.rar": "application/x-rar",
+    "application/x-pdf": "application/pdf",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-mp3": "audio/mpeg",
+    "audio/x-wav": "audio/wav",
+    "binary/octet-stream": "application/octet-stream",
+}
+
+# Families: inside one family libmagic cannot reliably tell the members apart (OOXML by entry
+# order, which the sender controls; OLE documents only with the whole file), so a
+# disagreement inside a family is noise. Macro-enabled OOXML is in the family on purpose: macros
+# are reported by `has_macros`, not by the type. Java archives are NOT in the zip family: a jar
+# is code.
+def _family(mime: str) -> str | None:
+    if mime.startswith("text/") or mime in ("application/xml", "application/json", "message/rfc822"):
+        return "text"
+    if (
+        mime == "application/zip"
+        or mime.startswith("application/vnd.openxmlformats-officedocument.")
+        or mime.startswith("application/vnd.oasis.opendocument.")
+        or (mime.startswith("application/vnd.ms-") and mime.endswith(".macroenabled.12"))
+        or mime == "application/epub+zip"
+    ):
+        return "zip-container"
+    if mime in (
+        "application/x-ole-storage", "application/cdfv2", "application/msword",
+        "application/vnd.ms-excel", "application/vnd.ms-powerpoint", "application/vnd.ms-office",
+        "application/vnd.ms-outlook", "application/vnd.visio",
+    ):
+        return "ole"
+    return None
+
+
+# Types that say "I do not know" rather than claim something.
+_UNKNOWN = frozenset({"", "application/octet-stream", "application/unknown", "application/x-unknown"})
+
+BENIGN = (
+    "identical after aliases (image/jpg = image/jpeg, x-zip-compressed = zip, x-gzip = gzip …)",
+    "either side is application/octet-stream or unknown",
+    "both text: text/* with text/*, application/xml, application/json, message/rfc822",
+    "both zip containers: zip, OOXML (incl. macro-enabled), ODF, EPUB",
+    "both OLE compound files: x-ole-storage, CDFV2, msword, vnd.ms-excel/powerpoint/office/outlook",
+)
+
+
+def canonical(mime: str) -> str:
+    mime = mime.strip().lower()
+    return ALIASES.get(mime, mime)
+
+
+def mismatch(declared: str, detected: str) -> bool:
+    """True when declared and detected disagree beyond the benign pairs (`BENIGN`)."""
+    declared, detected = canonical(declared), canonical(detected)
+    if declared == detected or declared in _UNKNOWN or detected in _UNKNOWN:
+        return False
+    family = _family(declared)
+    return family is None or family != _family(detected)

@@ -1,0 +1,79 @@
+"""Shared value types: the SMTP stages, what is known about a session and an envelope, queue ids.
+
+Everything here is a plain immutable value. Every other layer may import this module; it
+imports nothing of frontfilter's.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Stage(enum.Enum):
+    """The points of the SMTP dialogue where a decision can be taken (milter style)."""
+
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+    @property
+    def order(self) -> int:
+        return _STAGE_ORDER[self]
+
+
+_STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The client as policy sees it: after PROXY protocol, the real address."""
+
+    ip: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What is known about the connection at a given moment."""
+
+    peer: Peer
+    helo: str | None = None
+    tls: bool = False
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvelopeFacts:
+    """What is known about the transaction: sender ("" is the null sender), accepted recipients."""
+
+    sender: str | None = None
+    recipients: tuple[str, ...] = field(default_factory=tuple)
+    smtputf8: bool = False
+
+
+# Queue ids: 12 characters of time prefix + random, sortable by arrival, safe as file names.
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def new_queue_id() -> str:
+    """A queue id that sorts by arrival time and never collides in practice (60 random bits)."""
+    stamp = int(time.time() * 1000)
+    head = []
+    for _ in range(9):
+        stamp, digit = divmod(stamp, len(_ALPHABET))
+        head.append(_ALPHABET[digit])
+    tail = "".join(secrets.choice(_ALPHABET) for _ in range(12))
+    return "".join(reversed(head)) + tail
