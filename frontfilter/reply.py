@@ -1,0 +1,104 @@
+"""SMTP replies as values.
+
+A `Reply` is a code, an enhanced status code (RFC 3463), a text and whether the connection is
+closed after it. Hooks return `Reply` values; they become wire text only at the aiosmtpd edge
+(`Reply.wire`). Client-facing texts are generic: they never name a rule file, a backend host or
+an exception — the log line, joined by the queue id, carries the detail.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+_CODE = re.compile(r"^([245])\d\d$")
+_ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+    close: bool = False
+
+    def __post_init__(self) -> None:
+        if not _CODE.match(str(self.code)):
+            raise ValueError(f"bad SMTP reply code {self.code!r}")
+        if not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
+            raise ValueError(f"bad enhanced status {self.enhanced!r} for code {self.code}")
+        if "\r" in self.text or "\n" in self.text:
+            raise ValueError("reply text must be one line")
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def wire(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    def softened(self) -> Reply:
+        """The 4xx twin of a 5xx reply (soft_reject: a rule set on trial never bounces mail)."""
+        if not self.is_permanent:
+            return self
+        return replace(self, code=self.code - 100, enhanced="4" + self.enhanced[1:])
+
+    def with_text(self, text: str) -> Reply:
+        return replace(self, text=text)
+
+    @classmethod
+    def parse(cls, line: str) -> Reply:
+        """Parse `554 5.7.1 text` or `554 text` (enhanced code derived) from a rule file."""
+        parts = line.strip().split(" ", 2)
+        if not parts or not _CODE.match(parts[0]):
+            raise ValueError("must start with a 3-digit code 2xx, 4xx or 5xx")
+        code = int(parts[0])
+        if len(parts) >= 2 and _ENHANCED.match(parts[1]):
+            enhanced = parts[1]
+            text = parts[2] if len(parts) > 2 else ""
+        else:
+            enhanced = f"{parts[0][0]}.0.0"
+            text = " ".join(parts[1:])
+        return cls(code, enhanced, text or "Message refused")
+
+
+# Canonical replies. Names say what happened; texts say only what a client needs.
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+BYE = Reply(221, "2.0.0", "Bye", close=True)
+
+NOT_READY = Reply(421, "4.3.0", "Service not available, try again later", close=True)
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", close=True)
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later", close=True)
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection", close=True)
+TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands, closing connection", close=True)
+SESSION_TIMEOUT = Reply(421, "4.4.2", "Session time limit exceeded, closing connection", close=True)
+
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+INSPECTION_TIMEOUT = Reply(451, "4.4.5", "Message could not be checked in time, try again later")
+BACKEND_UNAVAILABLE = Reply(451, "4.4.1", "Next hop unavailable, try again later")
+BACKEND_PARTIAL = Reply(451, "4.4.0", "Not all recipients could be handed on, try again later")
+TEMPFAIL = Reply(451, "4.7.1", "Message temporarily refused, try again later")
+SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+
+SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error")
+BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command is not allowed")
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+BAD_SENDER = Reply(553, "5.1.7", "Sender address rejected: malformed address")
+BAD_RECIPIENT = Reply(553, "5.1.3", "Recipient address rejected: malformed address")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+BARE_NEWLINE_DATA = Reply(550, "5.6.0", "Bare CR or LF in message data is not allowed")
+REJECTED = Reply(554, "5.7.1", "Message rejected by policy")

@@ -1,0 +1,1 @@
+"""Conditions: the tree a rule's condition tables compile to (`tree`), and the compiler (`compile`)."""

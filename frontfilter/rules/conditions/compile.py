@@ -1,0 +1,384 @@
+"""Condition tables (parsed TOML) -> a condition tree, with every problem reported by key.
+
+The compiler never raises on bad input: it reports each problem through `Env.error(key, text)`
+and carries on, so one load lists every error of a rule set. Each condition key has a stage from
+which its fact is known (`KNOWN_FROM`); a condition used at an earlier stage is an error, so a
+rule can never silently wait for a fact that its stage does not have.
+
+Keys and their scopes (see rules/README.md for the administrator's view):
+- message scope: client.ip, helo, tls, auth, auth.user, sender.address, sender.domain,
+  recipient.address, recipient.domain, recipients.count, header.<Name>, subject, body, size,
+  inspection.limit, ambiguity, attachment.<...>, any, not;
+- attachment scope (inside `attachment`): declared_type, detected_type, disposition, filename,
+  extension, size, the part flags (`PART_FLAGS`), any, not.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from frontfilter.content.view import Ambiguity, Limit, Part
+from frontfilter.model import Stage
+from frontfilter.rules.conditions.tree import AnyOf, Leaf, Node, NotOf, all_of
+from frontfilter.rules.conditions.values import (
+    Env,
+    count,
+    names,
+    networks,
+    size_value,
+    strings,
+    type_name,
+    value_range,
+)
+from frontfilter.rules.facts import Facts
+from frontfilter.rules.matchers import NetworkMatcher
+
+# Boolean facts of a part, each a `Part` field of the same name.
+PART_FLAGS = (
+    "type_mismatch", "encrypted", "in_archive", "has_macros", "bidi_control",
+    "pdf_active_content", "html_script", "is_archive", "uuencoded",
+)
+PART_STRINGS = ("declared_type", "detected_type", "disposition")
+
+# The first stage at which each message-scope condition's fact is known.
+KNOWN_FROM = {
+    "client": Stage.CONNECT,
+    "tls": Stage.CONNECT,        # implicit TLS is known at connect; STARTTLS flips it later
+    "helo": Stage.HELO,
+    "auth": Stage.MAIL,          # AUTH comes after EHLO, before MAIL
+    "sender": Stage.MAIL,
+    "recipient": Stage.RCPT,
+    "recipients": Stage.RCPT,
+    "header": Stage.DATA,
+    "subject": Stage.DATA,
+    "body": Stage.DATA,
+    "size": Stage.DATA,
+    "inspection": Stage.DATA,
+    "ambiguity": Stage.DATA,
+    "attachment": Stage.DATA,
+}
+
+_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
+_GROUPS = frozenset({"client", "auth", "sender", "recipient", "recipients", "header", "inspection", "attachment"})
+_MAX_SPEC = 80  # characters of a condition quoted in a "not (...)" reason
+_NESTING = re.compile(r"(?:any\[\d+\]\.|not\.)")  # path steps that reasons leave out
+
+
+class Scope(enum.Enum):
+    MESSAGE = "message"
+    ATTACHMENT = "attachment"
+
+
+def compile_table(table: dict[str, Any], env: Env, prefix: str = "",
+                  scope: Scope = Scope.MESSAGE) -> Node | None:
+    """All conditions of one table (AND). None when the table is empty or every key was bad."""
+    nodes: list[Node] = []
+    for key, value in table.items():
+        path = prefix + key
+        if key == "any":
+            nodes.extend(_any(value, path, env, scope))
+        elif key == "not":
+            nodes.extend(_not(value, path, env, scope))
+        elif scope is Scope.ATTACHMENT:
+            nodes.extend(_part_condition(key, value, path, env))
+        else:
+            handler = _MESSAGE.get(key)
+            if handler is None:
+                env.error(path, "unknown condition")
+                continue
+            known = KNOWN_FROM[key]
+            if env.stage is not None and env.stage.order < known.order:
+                # Name the full key the administrator wrote: "sender.domain", not "sender".
+                grouped = key in _GROUPS and isinstance(value, dict) and value
+                keys = [f"{path}.{sub}" for sub in value] if grouped else [path]
+                for full in keys:
+                    env.error(full, f"not known at stage {env.stage.value} (known from stage {known.value})")
+                continue
+            nodes.extend(handler(value, path, env))
+    if not nodes:
+        return None
+    return all_of(nodes, _spec(prefix.rstrip(".") or "conditions", table))
+
+
+# --- combinators ---------------------------------------------------------------------------
+
+def _any(value: Any, path: str, env: Env, scope: Scope) -> list[Node]:
+    if not isinstance(value, list) or not value:
+        env.error(path, "must be a non-empty list of condition tables")
+        return []
+    children = []
+    for index, item in enumerate(value, start=1):
+        where = f"{path}[{index}]"
+        if not isinstance(item, dict) or not item:
+            env.error(where, "must be a non-empty condition table")
+            continue
+        child = compile_table(item, env, where + ".", scope)
+        if child is not None:
+            children.append(child)
+    if len(children) != len(value):
+        return []
+    return [AnyOf(tuple(children), _spec(path, value), any(c.per_part for c in children))]
+
+
+def _not(value: Any, path: str, env: Env, scope: Scope) -> list[Node]:
+    if not isinstance(value, dict) or not value:
+        env.error(path, "must be a non-empty condition table")
+        return []
+    child = compile_table(value, env, path + ".", scope)
+    if child is None:
+        return []
+    return [NotOf(child, _spec(_NESTING.sub("", path), value), child.per_part)]
+
+
+# --- message scope -------------------------------------------------------------------------
+
+def _subtable(value: Any, path: str, env: Env, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A group like `sender = { address = ..., domain = ... }`: report unknown keys."""
+    if not isinstance(value, dict) or not value:
+        env.error(path, f"must be a table with {' or '.join(keys)}")
+        return {}
+    known = {}
+    for key, item in value.items():
+        if key in keys:
+            known[key] = item
+        else:
+            env.error(f"{path}.{key}", "unknown condition")
+    return known
+
+
+def _client(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("ip",)).items():
+        matcher = networks(item, f"{path}.{key}", env)
+        if matcher is not None:
+            nodes.append(_leaf(f"{path}.{key}", item, False, _peer_ip, _match_test(matcher, "in")))
+    return nodes
+
+
+def _helo(value: Any, path: str, env: Env) -> list[Node]:
+    return _string_leaf(path, value, env, False, lambda f, p: _some(f.session.helo))
+
+
+def _tls(value: Any, path: str, env: Env) -> list[Node]:
+    return _bool_leaf(path, value, env, False, lambda f, p: (f.session.tls,))
+
+
+def _auth(value: Any, path: str, env: Env) -> list[Node]:
+    if isinstance(value, bool):
+        return _bool_leaf(path, value, env, False, lambda f, p: (f.session.auth_user is not None,))
+    nodes = []
+    for key, item in _subtable(value, path, env, ("user",)).items():
+        nodes += _string_leaf(f"{path}.{key}", item, env, False, lambda f, p: _some(f.session.auth_user))
+    return nodes
+
+
+def _sender(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("address", "domain")).items():
+        pick = _address if key == "address" else _domain
+        nodes += _string_leaf(f"{path}.{key}", item, env, False,
+                              lambda f, p, pick=pick: tuple(pick(s) for s in _some(f.envelope.sender)))
+    return nodes
+
+
+def _recipient(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("address", "domain")).items():
+        pick = _address if key == "address" else _domain
+        nodes += _string_leaf(f"{path}.{key}", item, env, False,
+                              lambda f, p, pick=pick: tuple(pick(r) for r in _recipients(f)))
+    return nodes
+
+
+def _recipients_group(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("count",)).items():
+        test = value_range(item, f"{path}.{key}", env, count)
+        if test is not None:
+            nodes.append(_leaf(f"{path}.{key}", item, False, lambda f, p: (_recipient_count(f),), test))
+    return nodes
+
+
+def _header(value: Any, path: str, env: Env) -> list[Node]:
+    if not isinstance(value, dict) or not value:
+        env.error(path, "must be a table of header names, e.g. header.X-Mailer = \"...\"")
+        return []
+    nodes = []
+    for name, item in value.items():
+        if not _HEADER_NAME.match(name):
+            env.error(f"{path}.{name}", "not a valid header field name")
+            continue
+        nodes += _string_leaf(f"{path}.{name}", item, env, False,
+                              lambda f, p, name=name: _message(f).header_values(name))
+    return nodes
+
+
+def _subject(value: Any, path: str, env: Env) -> list[Node]:
+    return _string_leaf(path, value, env, False, lambda f, p: (_message(f).subject,))
+
+
+def _body(value: Any, path: str, env: Env) -> list[Node]:
+    # A glob would have to match the whole body text: useless and slow. Regexes search.
+    return _string_leaf(path, value, env, False, lambda f, p: _message(f).text,
+                        regex_only=True, show=lambda text: "text")
+
+
+def _size(value: Any, path: str, env: Env) -> list[Node]:
+    test = value_range(value, path, env, size_value)
+    return [] if test is None else [_leaf(path, value, False, lambda f, p: (_message(f).size,), test)]
+
+
+def _inspection(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("limit",)).items():
+        test = names(item, f"{path}.{key}", env, Limit)
+        if test is not None:
+            nodes.append(_leaf(f"{path}.{key}", item, False,
+                               lambda f, p: (_message(f).limits_exceeded,), test))
+    return nodes
+
+
+def _ambiguity(value: Any, path: str, env: Env) -> list[Node]:
+    test = names(value, path, env, Ambiguity)
+    return [] if test is None else [_leaf(path, value, False, lambda f, p: (_message(f).ambiguities,), test)]
+
+
+def _attachment(value: Any, path: str, env: Env) -> list[Node]:
+    if not isinstance(value, dict) or not value:
+        env.error(path, "must be a table of attachment conditions")
+        return []
+    node = compile_table(value, env, path + ".", Scope.ATTACHMENT)
+    return [] if node is None else [node]
+
+
+_MESSAGE: dict[str, Callable[[Any, str, Env], list[Node]]] = {
+    "client": _client, "helo": _helo, "tls": _tls, "auth": _auth, "sender": _sender,
+    "recipient": _recipient, "recipients": _recipients_group, "header": _header,
+    "subject": _subject, "body": _body, "size": _size, "inspection": _inspection,
+    "ambiguity": _ambiguity, "attachment": _attachment,
+}
+
+
+# --- attachment scope (per part) -----------------------------------------------------------
+
+def _part_condition(key: str, value: Any, path: str, env: Env) -> list[Node]:
+    if key in PART_STRINGS:
+        return _string_leaf(path, value, env, True, lambda f, p, key=key: (getattr(p, key),))
+    if key == "filename":
+        return _string_leaf(path, value, env, True, lambda f, p: _filenames(p))
+    if key == "extension":
+        return _string_leaf(path, value, env, True, lambda f, p: _extensions(p),
+                            normalise=lambda text: text.lstrip("."))
+    if key in PART_FLAGS:
+        return _bool_leaf(path, value, env, True, lambda f, p, key=key: (getattr(p, key),))
+    if key == "size":
+        test = value_range(value, path, env, size_value)
+        return [] if test is None else [_leaf(path, value, True, lambda f, p: (p.size,), test)]
+    env.error(path, "unknown attachment condition")
+    return []
+
+
+def _filenames(part: Part) -> tuple[str, ...]:
+    # Inspection may report a second name (filename= vs name= disagreeing): test both.
+    names = (part.filename, getattr(part, "alt_filename", None))
+    return tuple(name for name in names if name)
+
+
+def _extensions(part: Part) -> tuple[str, ...]:
+    alt = getattr(part, "alt_filename", None)
+    if not alt:
+        return part.extensions
+    return part.extensions + tuple(ext for ext in alt.lower().split(".")[1:] if ext)
+
+
+# --- leaves and value parsers --------------------------------------------------------------
+
+def _leaf(path: str, raw: Any, per_part: bool, values: Callable[[Facts, Part | None], Any],
+          test: Callable[[Any], str | None]) -> Leaf:
+    # Errors name the full path ("any[2].subject"); reasons name the condition ("subject").
+    key = _NESTING.sub("", path)
+    return Leaf(key, _spec(key, raw), per_part, values, test)
+
+
+def _string_leaf(path: str, value: Any, env: Env, per_part: bool,
+                 values: Callable[[Facts, Part | None], Any], *, regex_only: bool = False,
+                 normalise: Callable[[str], str] = lambda text: text,
+                 show: Callable[[str], str] = lambda text: text) -> list[Node]:
+    matcher = strings(value, path, env, regex_only=regex_only, normalise=normalise)
+    if matcher is None:
+        return []
+
+    def test(text: str) -> str | None:
+        label = matcher.match(text)
+        return None if label is None else f"{show(text)} matches {label}"
+
+    return [_leaf(path, value, per_part, values, test)]
+
+
+def _bool_leaf(path: str, value: Any, env: Env, per_part: bool,
+               values: Callable[[Facts, Part | None], Any]) -> list[Node]:
+    if not isinstance(value, bool):
+        env.error(path, f"must be true or false, not {type_name(value)}")
+        return []
+    word = "true" if value else "false"
+    return [_leaf(path, value, per_part, values, lambda got: f"is {word}" if bool(got) is value else None)]
+
+
+# --- facts helpers -------------------------------------------------------------------------
+
+def _some(value: str | None) -> tuple[str, ...]:
+    return () if value is None else (value,)
+
+
+def _address(address: str) -> str:
+    return address
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].rstrip(".")
+
+
+def _recipients(facts: Facts) -> tuple[str, ...]:
+    # At rcpt: the recipient being decided. At data: every accepted recipient (any may match).
+    if facts.recipient is not None:
+        return (facts.recipient,)
+    return facts.envelope.recipients
+
+
+def _recipient_count(facts: Facts) -> int:
+    # At rcpt the recipient being decided counts too: "over 50" refuses the 51st.
+    pending = 1 if facts.stage is Stage.RCPT and facts.recipient is not None else 0
+    return len(facts.envelope.recipients) + pending
+
+
+def _peer_ip(facts: Facts, part: Part | None) -> tuple[Any, ...]:
+    return (facts.session.peer.ip,)
+
+
+def _match_test(matcher: NetworkMatcher, verb: str) -> Callable[[Any], str | None]:
+    def test(ip: Any) -> str | None:
+        label = matcher.match(ip)
+        return None if label is None else f"{ip} {verb} {label}"
+    return test
+
+
+def _message(facts: Facts) -> Any:
+    if facts.message is None:
+        # The loader refuses message conditions before data; reaching here is a pipeline bug,
+        # and failing loudly makes the pipeline answer 451 rather than pass the message.
+        raise ValueError(f"facts for stage {facts.stage.value} carry no message")
+    return facts.message
+
+
+def _spec(path: str, raw: Any) -> str:
+    try:
+        shown = json.dumps(raw, ensure_ascii=False, default=str)
+    except ValueError:
+        shown = repr(raw)
+    if len(shown) > _MAX_SPEC:
+        shown = shown[: _MAX_SPEC - 3] + "..."
+    return f"{path} = {shown}"
