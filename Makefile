@@ -1,0 +1,48 @@
+# frontfilter: `make run` tries it out, `make test` runs the whole suite.
+# Both install what they need on a fresh Debian machine: system packages via apt-get (only the
+# missing ones, without letting apt start any daemon), then a .venv with the project in it.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-packages
+
+# Debian packages: libmagic for content typing; swaks is the real-world client the tests and
+# README use (with its TLS and AUTH helpers); python3-venv for a Debian Python without ensurepip.
+RUN_DEBS  := libmagic1
+TEST_DEBS := libmagic1 swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+
+.PHONY: run test check bench clean system-run system-test
+
+run: system-run $(STAMP)
+	@mkdir -p dev/var
+	@echo "frontfilter: starting the sink (backend stand-in) on 127.0.0.1:2526 and the relay on 127.0.0.1:2525"
+	@echo "frontfilter: mail arriving at the sink is stored in dev/var/maildir/new/ ; Ctrl-C stops both"
+	@$(PY) -m frontfilter sink --listen 127.0.0.1:2526 --maildir dev/var/maildir & \
+	  SINK=$$!; trap 'kill $$SINK 2>/dev/null; wait $$SINK 2>/dev/null' EXIT INT TERM; \
+	  $(PY) -m frontfilter serve --config dev/frontfilter.toml
+
+test: system-test $(STAMP)
+	$(PY) -m pytest -q
+
+check: $(STAMP)
+	$(PY) -m frontfilter check --config dev/frontfilter.toml
+	$(PY) -m frontfilter check --config deploy/frontfilter.example.toml
+
+system-run:
+	@sh tools/ensure-debs.sh $(RUN_DEBS)
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || sh tools/ensure-debs.sh python3-venv
+
+system-test:
+	@sh tools/ensure-debs.sh $(TEST_DEBS)
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || sh tools/ensure-debs.sh python3-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,fast]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) dev/var build *.egg-info

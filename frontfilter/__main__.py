@@ -1,0 +1,5 @@
+import sys
+
+from frontfilter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Getting mail to the backend safely: backend sessions, and (queue mode) the spool and worker."""

@@ -1,0 +1,194 @@
+"""One SMTP conversation with the internal backend, with failover across `backend.servers`.
+
+Every failure is classified where it is understood (STYLE habit 7): `Outcome.TRANSIENT` for a
+refused or lost connection, a timeout or a 4xx; `Outcome.PERMANENT` for a 5xx. That field alone
+decides the client's reply class in sync mode and retry versus bounce in queue mode.
+
+In sync mode a `BackendSession` mirrors the client's transaction (before-queue proxy, like
+Postfix's `smtpd_proxy_filter`): MAIL is opened at the first accepted RCPT, each RCPT is asked of
+the backend while the client waits, so a recipient the backend refuses is refused to the client
+at RCPT with the backend's code — never accepted and then silently dropped — and DATA is sent
+only after the rules accepted the message. The connection is reused for the client's next
+transaction (RSET) and closed with the client's session.
+
+Bounds: `connect_timeout` per connection attempt, `timeout` per command; one connection per
+client session at most.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from frontfilter import observe
+from frontfilter.config import BackendConfig, HostPort
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    outcome: Outcome
+    code: int
+    enhanced: str | None
+    text: str
+    backend: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    def describe(self) -> str:
+        return f"{self.backend}: {self.code} {self.enhanced or ''} {self.text}".replace("  ", " ")
+
+
+def _classify(code: int) -> Outcome:
+    if code < 400:
+        return Outcome.OK
+    return Outcome.TRANSIENT if code < 500 else Outcome.PERMANENT
+
+
+def _split_enhanced(message: str) -> tuple[str | None, str]:
+    head, _, rest = message.partition(" ")
+    parts = head.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return head, rest
+    return None, message
+
+
+def _from_response(code: int, message: str, backend: str) -> BackendReply:
+    enhanced, text = _split_enhanced(message.replace("\r", " ").replace("\n", " ").strip())
+    return BackendReply(_classify(code), code, enhanced, text, backend)
+
+
+def _connection_failure(backend: str, error: BaseException) -> BackendReply:
+    detail = f"{type(error).__name__}: {error}".replace("\n", " ")
+    return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", detail, backend)
+
+
+class BackendSession:
+    """A connection to the first backend that answers, for one client session."""
+
+    def __init__(self, config: BackendConfig, helo_name: str, queue_id_hint: str | None = None):
+        self._config = config
+        self._helo_name = config.helo_name or helo_name
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.backend: str | None = None
+        self._in_transaction = False
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def _connect(self, server: HostPort) -> BackendReply:
+        smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port,
+                               local_hostname=self._helo_name,
+                               timeout=self._config.timeout, start_tls=False)
+        name = str(server)
+        try:
+            await smtp.connect(timeout=self._config.connect_timeout)
+            response = await smtp.ehlo()
+        except aiosmtplib.SMTPResponseException as error:
+            smtp.close()
+            return _from_response(error.code, error.message, name)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            smtp.close()
+            return _connection_failure(name, error)
+        self._smtp = smtp
+        self.backend = name
+        return _from_response(response.code, response.message, name)
+
+    async def begin(self, sender: str, options: Sequence[str]) -> BackendReply:
+        """Open a transaction (MAIL FROM) on the first backend that takes it."""
+        if self.connected and self._in_transaction:
+            await self.reset()
+        last: BackendReply | None = None
+        candidates = [None] if self.connected else list(self._config.servers)
+        for server in candidates:
+            started = time.monotonic()
+            if server is not None:
+                last = await self._connect(server)
+                if not last.ok:
+                    observe.forward_attempt(last.backend, last.outcome.value,
+                                            time.monotonic() - started, detail=last.describe())
+                    continue
+            reply = await self._command("mail", sender, options=self._mail_options(options))
+            if reply.ok:
+                self._in_transaction = True
+                return reply
+            last = reply
+            if reply.outcome is Outcome.PERMANENT:
+                return reply      # the backend's policy, not its health: do not shop around
+            await self.close()
+        assert last is not None or not candidates
+        return last or BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "no backend", "-")
+
+    def _mail_options(self, options: Sequence[str]) -> list[str]:
+        assert self._smtp is not None
+        wanted = []
+        for option in options:
+            keyword = option.split("=", 1)[0].upper()
+            if keyword == "BODY" and self._smtp.supports_extension("8bitmime"):
+                wanted.append(option)
+            elif keyword == "SMTPUTF8" and self._smtp.supports_extension("smtputf8"):
+                wanted.append(option)
+            elif keyword == "SIZE" and self._smtp.supports_extension("size"):
+                wanted.append(option)
+        return wanted
+
+    async def add_recipient(self, recipient: str) -> BackendReply:
+        return await self._command("rcpt", recipient)
+
+    async def send(self, message: bytes) -> BackendReply:
+        """Send the message of the open transaction. The transaction ends either way."""
+        started = time.monotonic()
+        reply = await self._command("data", message)
+        self._in_transaction = False
+        observe.forward_attempt(reply.backend, reply.outcome.value, time.monotonic() - started,
+                                detail=None if reply.ok else reply.describe())
+        return reply
+
+    async def reset(self) -> None:
+        if self.connected and self._in_transaction:
+            reply = await self._command("rset")
+            if not reply.ok:
+                await self.close()
+        self._in_transaction = False
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        self._in_transaction = False
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await smtp.quit(timeout=min(5.0, self._config.timeout))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            smtp.close()
+
+    async def _command(self, verb: str, *args: object, **kwargs: object) -> BackendReply:
+        name = self.backend or "-"
+        if self._smtp is None or not self._smtp.is_connected:
+            self._smtp = None
+            return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "not connected", name)
+        try:
+            response = await getattr(self._smtp, verb)(*args, **kwargs)
+        except aiosmtplib.SMTPResponseException as error:
+            reply = _from_response(error.code, error.message, name)
+            if error.code == 421:
+                await self.close()
+            return reply
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            await self.close()
+            return _connection_failure(name, error)
+        return _from_response(response.code, response.message, name)

@@ -1,0 +1,392 @@
+"""The decision pipeline: one method per SMTP stage, each returning the `Reply` to send.
+
+Order at each stage: bounds and protocol facts first (cheap, fixed), then relay policy, then the
+administrator's rules for that stage, then (RCPT, DATA) the backend. Every refusal is logged
+with its reason; every accepted or refused message at end of DATA gets exactly one `message`
+log line, keyed by the queue id the client saw.
+
+Fail closed, in time (STYLE habit 5): inspection and rules run in a worker thread under
+`inspection.timeout`; a timeout answers `451 4.4.5`, an exception `451 4.3.0` — never a 250.
+In sync mode 250 is sent only after the backend accepted the message (see delivery.backend).
+
+Who owns what: the SMTP edge (`smtp/`) owns the wire and per-connection bounds; this module owns
+decisions; `delivery/` owns talking to the backend; `observe` owns logs and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import format_datetime, localtime
+from pathlib import Path
+
+from frontfilter import observe, policy, reply
+from frontfilter.config import Config, QuarantineOutcome
+from frontfilter.content.limits import InspectionLimits
+from frontfilter.decision import Decision, decide
+from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
+from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
+from frontfilter.policy import Address
+from frontfilter.reply import Reply
+from frontfilter.rules.facts import Facts
+from frontfilter.rules.model import Action, Mode, Verdict
+
+# Worker threads for inspection: libmagic and big parses must not run on the event loop. Two per
+# core keeps both cores busy while one thread waits on memory; more only adds contention.
+INSPECTION_THREADS = 4
+
+BACKEND_REFUSED_RECIPIENT = "Recipient address rejected by the next hop"
+BACKEND_REFUSED_MESSAGE = "Message refused by the next hop"
+
+
+@dataclass
+class Transaction:
+    queue_id: str
+    sender: Address
+    options: list[str]
+    recipients: list[Address] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    refused_recipients: int = 0
+    early: Action | None = None    # accept or discard taken by a rule before DATA
+
+
+@dataclass
+class SessionState:
+    """Per connection: the facts the rules see and the backend conversation (sync mode)."""
+
+    peer: Peer
+    helo: str | None = None
+    tls: bool = False
+    auth_user: str | None = None
+    txn: Transaction | None = None
+    backend: BackendSession | None = None
+    early: Action | None = None    # accept or discard taken by a rule at connect or HELO
+
+    def facts(self) -> SessionFacts:
+        return SessionFacts(peer=self.peer, helo=self.helo, tls=self.tls, auth_user=self.auth_user)
+
+    def envelope(self) -> EnvelopeFacts:
+        if self.txn is None:
+            return EnvelopeFacts()
+        return EnvelopeFacts(sender=self.txn.sender.text,
+                             recipients=tuple(r.normalised for r in self.txn.recipients))
+
+
+class RuleBook:
+    """The active rule set. Swapped whole by a reload; a transaction reads it once per stage."""
+
+    def __init__(self, rules: object):
+        self.current = rules
+
+
+class Pipeline:
+    def __init__(self, config: Config, rulebook: RuleBook):
+        self.config = config
+        self.rulebook = rulebook
+        self.limits = InspectionLimits(**{
+            f.name: getattr(config.inspection, f.name)
+            for f in dataclasses.fields(InspectionLimits)})
+        self._executor = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="inspect")
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- stages ---------------------------------------------------------------------------
+
+    def connect(self, peer: Peer) -> tuple[SessionState, Reply | None]:
+        state = SessionState(peer=peer)
+        refusal = self._rules(Stage.CONNECT, state)
+        return state, refusal
+
+    def helo(self, state: SessionState, name: str) -> Reply | None:
+        state.helo = name
+        return self._rules(Stage.HELO, state)
+
+    async def mail(self, state: SessionState, address: str, options: Sequence[str],
+                   max_size: int | None = None) -> Reply:
+        smtputf8 = any(o.upper() == "SMTPUTF8" for o in options)
+        declared = next((o.split("=", 1)[1] for o in options if o.upper().startswith("SIZE=")), "")
+        if declared.isdigit() and max_size is not None and int(declared) > max_size:
+            # RFC 1870 §6: refuse at MAIL what could never be accepted at DATA.
+            self._refused(state, Stage.MAIL, reply.MESSAGE_TOO_BIG, f"declared SIZE {declared}")
+            return reply.MESSAGE_TOO_BIG
+        parsed = policy.parse_sender(address, smtputf8)
+        if isinstance(parsed, Reply):
+            self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed")
+            return parsed
+        await self.reset(state)
+        state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options))
+        refusal = self._rules(Stage.MAIL, state)
+        if refusal is not None:
+            state.txn = None
+            return refusal
+        return reply.SENDER_OK
+
+    async def rcpt(self, state: SessionState, address: str) -> Reply:
+        txn = state.txn
+        if txn is None:
+            return reply.BAD_SEQUENCE.with_text("Need MAIL command")
+        if len(txn.recipients) >= self.config.server.max_recipients:
+            self._refused(state, Stage.RCPT, reply.TOO_MANY_RECIPIENTS, "max_recipients")
+            return reply.TOO_MANY_RECIPIENTS
+        smtputf8 = any(o.upper() == "SMTPUTF8" for o in txn.options)
+        parsed = policy.parse_recipient(address, smtputf8)
+        if isinstance(parsed, Reply):
+            self._refused(state, Stage.RCPT, parsed, f"recipient {address!r} refused by address policy")
+            return parsed
+        denied = policy.may_relay(parsed, state.facts(), self.config)
+        if denied is not None:
+            self._refused(state, Stage.RCPT, denied, f"relay denied for {address!r}")
+            return denied
+        refusal = self._rules(Stage.RCPT, state, recipient=parsed.normalised)
+        if refusal is not None:
+            return refusal
+        answer = await self._backend_recipient(state, parsed)
+        if answer is not None:
+            return answer
+        txn.recipients.append(parsed)
+        return reply.RECIPIENT_OK
+
+    async def data(self, state: SessionState, raw: bytes) -> Reply:
+        txn = state.txn
+        if txn is None or not txn.recipients:
+            return reply.BAD_SEQUENCE.with_text("Need RCPT command")
+        started = time.monotonic()
+        try:
+            answer = await self._data(state, txn, raw, started)
+        except Exception:
+            observe.internal_error("end of data", queue_id=txn.queue_id)
+            await self._backend_reset(state)
+            answer = reply.INTERNAL_ERROR
+        finally:
+            state.txn = None
+        observe.stage_decided("data", time.monotonic() - started)
+        return answer
+
+    async def reset(self, state: SessionState) -> None:
+        state.txn = None
+        await self._backend_reset(state)
+
+    async def close(self, state: SessionState) -> None:
+        state.txn = None
+        if state.backend is not None:
+            backend, state.backend = state.backend, None
+            await backend.close()
+
+    # ---- end of DATA ----------------------------------------------------------------------
+
+    async def _data(self, state: SessionState, txn: Transaction, raw: bytes, started: float) -> Reply:
+        facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope())
+        rules = self.rulebook.current
+        trace = [("Received", self._received(state, txn))]
+        log = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
+                   recipients=[r.normalised for r in txn.recipients], tls=state.tls,
+                   auth_user=state.auth_user)
+        early = self._bypassed(state)
+        if early is Action.DISCARD:
+            await self._backend_reset(state)
+            answer = reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+            self._decided(txn, "discarded", len(raw), answer, started, log, decided_by="early discard")
+            return answer
+        if early is Action.ACCEPT:
+            rules = _NO_RULES
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, decide, raw, facts, rules, self.limits, trace,
+                                    self.config.rules.soft_reject)
+        try:
+            decision: Decision = await asyncio.wait_for(work, self.config.inspection.timeout)
+        except TimeoutError:
+            await self._backend_reset(state)
+            observe.inspection_limit("time")
+            self._decided(txn, "tempfailed", len(raw), reply.INSPECTION_TIMEOUT, started, log,
+                          reason="inspection timeout")
+            return reply.INSPECTION_TIMEOUT
+        verdict = decision.verdict
+        self._count_verdict(decision)
+        fired = [m.rule for m in verdict.matches]
+        log.update(rules=fired, monitor=[m.rule for m in verdict.matches if m.mode is Mode.MONITOR],
+                   stripped=[{"part": o.mime_path, "rule": o.rule} for o in decision.stripped],
+                   limits=sorted(limit.value for limit in decision.view.limits_exceeded),
+                   inspect_ms=round((time.monotonic() - started) * 1000, 2))
+
+        action = verdict.action
+        if action in (Action.REJECT, Action.TEMPFAIL):
+            await self._backend_reset(state)
+            answer = verdict.reply or (reply.REJECTED if action is Action.REJECT else reply.TEMPFAIL)
+            verdict_name = "rejected" if answer.is_permanent else "tempfailed"
+            self._decided(txn, verdict_name, len(raw), answer, started, log, decided_by=verdict.rule)
+            return answer
+        if action is Action.DISCARD:
+            await self._backend_reset(state)
+            answer = reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+            self._decided(txn, "discarded", len(raw), answer, started, log, decided_by=verdict.rule)
+            return answer
+        if action is Action.QUARANTINE:
+            await self._backend_reset(state)
+            answer = await self._quarantine(state, txn, raw, verdict)
+            self._decided(txn, "quarantined", len(raw), answer, started, log, decided_by=verdict.rule)
+            return answer
+
+        answer, delivery = await self._deliver(state, txn, decision.message)
+        log.update(delivery=delivery, forwarded_size=len(decision.message))
+        if answer.is_success:
+            verdict_name = "accepted"
+        else:
+            verdict_name = "tempfailed" if answer.is_transient else "rejected"
+        self._decided(txn, verdict_name, len(raw), answer, started, log, decided_by=verdict.rule)
+        return answer
+
+    async def _deliver(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+        backend = state.backend
+        if backend is None or not backend.connected:
+            return reply.BACKEND_UNAVAILABLE, "backend connection lost"
+        result = await backend.send(message)
+        if result.ok:
+            return reply.OK.with_text(f"OK: queued as {txn.queue_id}"), result.describe()
+        return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()
+
+    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict) -> Reply:
+        directory = self.config.quarantine.dir
+        envelope = (f"X-Frontfilter-Quarantine: rule={verdict.rule} client={state.peer}\r\n"
+                    f"X-Frontfilter-Envelope-From: <{txn.sender.text}>\r\n"
+                    + "".join(f"X-Frontfilter-Envelope-To: <{r.normalised}>\r\n" for r in txn.recipients))
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, _write_file, directory, f"{txn.queue_id}.eml", envelope.encode() + raw)
+        if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
+            return reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+        return verdict.reply or reply.REJECTED
+
+    def _count_verdict(self, decision: Decision) -> None:
+        for match in decision.verdict.matches:
+            observe.rule_matched(match.rule, match.action.value, match.mode.value)
+        for limit in decision.view.limits_exceeded:
+            observe.inspection_limit(limit.value)
+        parts = {p.mime_path: p for p in decision.view.parts if not p.in_archive}
+        for order in decision.stripped:
+            part = parts.get(order.mime_path)
+            observe.attachment_stripped(part.detected_type if part else "other")
+
+    def _decided(self, txn: Transaction, verdict: str, size: int, answer: Reply, started: float,
+                 log: dict, **extra: object) -> None:
+        observe.message_decided(queue_id=txn.queue_id, verdict=verdict, size=size,
+                                reply=answer.wire, ms=round((time.monotonic() - started) * 1000, 2),
+                                **log, **extra)
+
+    def _received(self, state: SessionState, txn: Transaction) -> str:
+        # RFC 5321 §4.4; "with" keyword per RFC 3848 (ESMTPS, ESMTPA, ESMTPSA).
+        protocol = "ESMTP" + ("S" if state.tls else "") + ("A" if state.auth_user else "")
+        helo = _printable(state.helo or "unknown")
+        recipient = f" for <{txn.recipients[0].normalised}>" if len(txn.recipients) == 1 else ""
+        # One line; content.rewrite folds it.
+        return (f"from {helo} ([{state.peer.ip}]) by {self.config.server.hostname} (frontfilter) "
+                f"with {protocol} id {txn.queue_id}{recipient}; {format_datetime(localtime())}")
+
+    # ---- rules at the early stages ----------------------------------------------------------
+
+    def _rules(self, stage: Stage, state: SessionState, recipient: str | None = None) -> Reply | None:
+        rules = self.rulebook.current
+        if stage not in rules.stages or self._bypassed(state) is not None:
+            return None
+        started = time.monotonic()
+        facts = Facts(stage=stage, session=state.facts(), envelope=state.envelope(), recipient=recipient)
+        verdict = rules.evaluate(facts, soft_reject=self.config.rules.soft_reject)
+        observe.stage_decided(stage.value, time.monotonic() - started)
+        for match in verdict.matches:
+            observe.rule_matched(match.rule, match.action.value, match.mode.value)
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.QUARANTINE):
+            answer = verdict.reply or (reply.TEMPFAIL if verdict.action is Action.TEMPFAIL else reply.REJECTED)
+            self._refused(state, stage, answer, f"rule {verdict.rule}", rules=[m.rule for m in verdict.matches])
+            return answer
+        if verdict.action in (Action.ACCEPT, Action.DISCARD) and stage is not Stage.RCPT:
+            # Accept or discard before DATA: later rules do not run for this message (or, at
+            # connect and HELO, this session). Not at RCPT: one recipient must not be able to
+            # lift content filtering for all the others in the same message.
+            if state.txn is not None:
+                state.txn.early = verdict.action
+            else:
+                state.early = verdict.action
+        return None
+
+    @staticmethod
+    def _bypassed(state: SessionState) -> Action | None:
+        return state.early or (state.txn.early if state.txn is not None else None)
+
+    def _refused(self, state: SessionState, stage: Stage, answer: Reply, reason: str,
+                 rules: Sequence[str] = ()) -> None:
+        queue_id = state.txn.queue_id if state.txn else None
+        observe.command_refused(str(state.peer), stage.value, answer, reason, queue_id, rules)
+
+    # ---- the backend (sync mode: mirrored transaction) ----------------------------------------
+
+    async def _backend_recipient(self, state: SessionState, recipient: Address) -> Reply | None:
+        txn = state.txn
+        assert txn is not None
+        if state.backend is None:
+            state.backend = BackendSession(self.config.backend, self.config.server.hostname)
+        backend = state.backend
+        if not txn.recipients:   # the first recipient opens the backend transaction
+            opened = await backend.begin(txn.sender.text, txn.options)
+            if not opened.ok:
+                answer = self._backend_failure(opened, BACKEND_REFUSED_RECIPIENT)
+                self._refused(state, Stage.RCPT, answer, f"backend MAIL: {opened.describe()}")
+                return answer
+        result = await backend.add_recipient(recipient.normalised)
+        if result.ok:
+            return None
+        txn.refused_recipients += 1
+        answer = self._backend_failure(result, BACKEND_REFUSED_RECIPIENT)
+        self._refused(state, Stage.RCPT, answer, f"backend RCPT: {result.describe()}")
+        return answer
+
+    async def _backend_reset(self, state: SessionState) -> None:
+        if state.backend is not None:
+            await state.backend.reset()
+
+    @staticmethod
+    def _backend_failure(result: BackendReply, text: str) -> Reply:
+        """The backend's verdict in our words: its class and enhanced code, never its host."""
+        if result.outcome is Outcome.TRANSIENT:
+            if result.code != 421 and result.enhanced and result.enhanced.startswith("4."):
+                return Reply(result.code, result.enhanced, text)
+            return reply.BACKEND_UNAVAILABLE
+        code = result.code if 500 <= result.code < 600 else 554
+        enhanced = result.enhanced if result.enhanced and result.enhanced.startswith("5.") else "5.0.0"
+        return Reply(code, enhanced, text)
+
+
+class _NoRules:
+    """The rule set seen by a message that an earlier `accept` let through."""
+
+    stages: frozenset[Stage] = frozenset()
+
+    def evaluate(self, facts: Facts, *, soft_reject: bool = False) -> Verdict:
+        return Verdict()
+
+
+_NO_RULES = _NoRules()
+
+
+def _printable(text: str) -> str:
+    return "".join(c if 32 < ord(c) < 127 and c not in "()[]" else "?" for c in text)[:255]
+
+
+def _write_file(directory: Path, name: str, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: the file exists whole or not at all."""
+    import os
+
+    directory.mkdir(parents=True, exist_ok=True)
+    temp = directory / f".{name}.tmp"
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, directory / name)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

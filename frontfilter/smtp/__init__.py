@@ -1,0 +1,1 @@
+"""The aiosmtpd edge: protocol hardening, hook glue, listeners. Policy lives in the pipeline."""

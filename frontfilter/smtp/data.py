@@ -1,0 +1,100 @@
+"""Reading the DATA phase in blocks: terminator search, size bound, smuggling checks, unstuffing.
+
+aiosmtpd reads DATA one line at a time and accepts bare CR and bare LF verbatim (see TOOLING.md),
+which lets a client smuggle a second message past a backend that reads line ends differently
+(SMTP smuggling, CVE-2023-51764 and friends). Here the stream is read in blocks, the terminator
+`<CRLF>.<CRLF>` is found with `bytes.find` across block borders, and the collected data is then
+checked in a few linear passes at C speed:
+
+- bare CR or bare LF anywhere           -> refused (`550 5.6.0`), never forwarded;
+- a line longer than the limit          -> refused (`500 5.5.6`, RFC 5321 §4.5.3.1.6);
+- more bytes than `max_size`            -> the rest is drained without being kept, then `552`.
+
+Only one terminator is honoured: `<CRLF>.<CRLF>`. Everything after it in the last block is handed
+back to the command reader (PIPELINING), so whatever follows is read as commands, never as data.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+TERMINATOR = b"\r\n.\r\n"
+CHUNK = 64 * 1024     # read size; the terminator search keeps the last 4 bytes across reads
+
+
+class DataProblem(enum.Enum):
+    TOO_BIG = "too_big"
+    BARE_NEWLINE = "bare_newline"
+    LINE_TOO_LONG = "line_too_long"
+
+
+@dataclass
+class DataCollector:
+    """Feed blocks; `feed` returns the leftover bytes after the terminator once it is seen."""
+
+    max_size: int
+    max_line: int
+    size: int = 0
+    done: bool = False
+    too_big: bool = False
+
+    def __post_init__(self) -> None:
+        # The virtual CRLF before the first line lets ".\r\n" right after DATA end it, and makes
+        # "\r\n." the one pattern for dot-stuffed lines.
+        self._buffer = bytearray(b"\r\n")
+        self._tail = b"\r\n"   # the last 4 bytes seen, kept even while draining an oversize body
+
+    def feed(self, block: bytes) -> bytes | None:
+        window = self._tail + block
+        at = window.find(TERMINATOR)
+        if at < 0:
+            self._take(block)
+            self._tail = window[-4:]
+            return None
+        end = at + len(TERMINATOR) - len(self._tail)   # index in block just past the terminator
+        self._take(block[:end])
+        self.done = True
+        return block[end:]
+
+    def _take(self, block: bytes) -> None:
+        self.size += len(block)
+        if self.too_big:
+            return
+        if self.size > self.max_size + len(TERMINATOR):
+            self.too_big = True
+            self._buffer = bytearray()   # free it now: an oversize body is drained, never kept
+            return
+        self._buffer += block
+
+    def result(self) -> tuple[bytes | None, DataProblem | None]:
+        """The unstuffed message, or the problem that refuses it."""
+        assert self.done
+        if self.too_big:
+            return None, DataProblem.TOO_BIG
+        data = self._buffer
+        del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
+        self._buffer = bytearray()
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            return None, DataProblem.BARE_NEWLINE
+        # +1: a transparency dot may precede a line of max_line octets (RFC 5321 §4.5.2).
+        if _long_line(self.max_line + 1).search(data):
+            return None, DataProblem.LINE_TOO_LONG
+        if b"\r\n." in data:
+            data = data.replace(b"\r\n.", b"\r\n")
+        message = bytes(memoryview(data)[2:])
+        if len(message) > self.max_size:
+            return None, DataProblem.TOO_BIG
+        return message, None
+
+
+_LONG_LINE_CACHE: dict[int, re.Pattern[bytes]] = {}
+
+
+def _long_line(limit: int) -> re.Pattern[bytes]:
+    pattern = _LONG_LINE_CACHE.get(limit)
+    if pattern is None:
+        pattern = _LONG_LINE_CACHE[limit] = re.compile(rb"[^\r\n]{%d}" % (limit + 1))
+    return pattern

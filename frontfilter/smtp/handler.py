@@ -1,0 +1,132 @@
+"""aiosmtpd hooks -> pipeline calls -> replies. Thin glue: no policy is decided here.
+
+The pipeline's per-connection `SessionState` rides on aiosmtpd's `Session` object. aiosmtpd's
+envelope is kept in step with what the pipeline accepted, because aiosmtpd itself checks it for
+command sequencing (no RCPT before MAIL, no DATA before RCPT).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from frontfilter import observe, reply
+from frontfilter.model import Peer
+from frontfilter.pipeline import Pipeline, SessionState
+from frontfilter.reply import Reply
+
+
+def peer_of(session: Session) -> Peer:
+    host, port = session.peer[0], session.peer[1]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        ip = ipaddress.ip_address("0.0.0.0")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return Peer(ip=ip, port=int(port))
+
+
+class Handler:
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.sessions: set[Any] = set()    # live FrontSMTP protocols, for graceful shutdown
+        self.accepting = True
+
+    def _state(self, session: Session) -> SessionState:
+        return session.frontfilter  # type: ignore[attr-defined,no-any-return]
+
+    def queue_id_of(self, session: Session | None) -> str | None:
+        state = getattr(session, "frontfilter", None)
+        return state.txn.queue_id if state is not None and state.txn is not None else None
+
+    # ---- connection ---------------------------------------------------------------------
+
+    async def admit(self, server: Any, session: Session) -> Reply | None:
+        if not self.accepting:
+            observe.connection("refused_shutdown")
+            return reply.SHUTTING_DOWN
+        if self.pipeline.rulebook.current is None:
+            observe.connection("refused_not_ready")
+            return reply.NOT_READY
+        started = time.monotonic()
+        state, refusal = self.pipeline.connect(peer_of(session))
+        session.frontfilter = state  # type: ignore[attr-defined]
+        observe.stage_decided("connect", time.monotonic() - started)
+        if refusal is not None:
+            observe.connection("refused_rule", str(state.peer))
+            return Reply(refusal.code if refusal.code != 250 else 554, refusal.enhanced,
+                         refusal.text, close=True)
+        observe.connection("accepted")
+        self.sessions.add(server)
+        return None
+
+    async def session_closed(self, session: Session) -> None:
+        state = getattr(session, "frontfilter", None)
+        if state is not None:
+            await self.pipeline.close(state)
+
+    def forget(self, server: Any) -> None:
+        self.sessions.discard(server)
+
+    # ---- commands -----------------------------------------------------------------------
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        server.stage = "helo"
+        refusal = self.pipeline.helo(self._state(session), hostname)
+        if refusal is not None:
+            return [refusal.wire]
+        session.host_name = hostname
+        # aiosmtpd ends with "250 HELP"; PIPELINING is safe because DATA is read in blocks and
+        # what follows the terminator goes back to the command reader (see smtp.data).
+        size = f"250-SIZE {server.max_message_size}"
+        return responses[:1] + [size] + responses[1:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+                                                           responses[-1]]
+
+    async def handle_HELO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str) -> str:
+        server.stage = "helo"
+        refusal = self.pipeline.helo(self._state(session), hostname)
+        if refusal is not None:
+            return refusal.wire
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        server.stage = "mail"
+        # aiosmtpd hands the null sender over as "<>", and needs a non-empty mail_from to
+        # allow RCPT: it keeps "<>", the pipeline gets "".
+        answer = await self.pipeline.mail(self._state(session), "" if address == "<>" else address,
+                                          options, max_size=server.max_message_size)
+        if answer.is_success:
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+        return answer.wire
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        server.stage = "rcpt"
+        answer = await self.pipeline.rcpt(self._state(session), address)
+        if answer.is_success:
+            envelope.rcpt_tos.append(address)
+        return answer.wire
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        server.stage = "data"
+        assert isinstance(envelope.content, bytes)
+        answer = await self.pipeline.data(self._state(session), envelope.content)
+        envelope.content = envelope.original_content = None
+        server.stage = "mail"
+        return answer.wire
+
+    async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:
+        await self.pipeline.reset(self._state(session))
+        return reply.OK.wire
+
+    async def handle_QUIT(self, server: Any, session: Session, envelope: Envelope) -> str:
+        return reply.BYE.wire

@@ -1,0 +1,63 @@
+"""Listening sockets -> `FrontSMTP` protocols sharing one handler.
+
+Binds every `server.listen` address (IPv4 and IPv6; an IPv6 socket is v6-only so `[::]` and
+`0.0.0.0` can both be listed). Sockets may also come from systemd socket activation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from frontfilter.config import Config, HostPort
+from frontfilter.smtp.handler import Handler
+from frontfilter.smtp.protocol import FrontSMTP
+
+
+def protocol_factory(config: Config, handler: Handler) -> Any:
+    server = config.server
+
+    def make() -> FrontSMTP:
+        return FrontSMTP(
+            handler,
+            hostname=server.hostname,
+            ident="frontfilter",
+            # aiosmtpd's own SIZE handling answers without enhanced codes: ours is in the
+            # handler (EHLO keyword, MAIL SIZE=) and in the DATA reader.
+            data_size_limit=None,
+            max_message_size=server.max_message_size,
+            enable_SMTPUTF8=server.smtputf8,
+            decode_data=False,
+            timeout=server.command_timeout,
+            max_line_length=server.max_line_length,
+            max_commands=server.max_commands,
+            max_errors=server.max_errors,
+            data_timeout=server.data_timeout,
+            session_timeout=server.session_timeout,
+        )
+
+    return make
+
+
+def bind(address: HostPort) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_servers(config: Config, handler: Handler,
+                        sockets: list[socket.socket]) -> list[asyncio.base_events.Server]:
+    loop = asyncio.get_running_loop()
+    factory = protocol_factory(config, handler)
+    return [await loop.create_server(factory, sock=sock) for sock in sockets]

@@ -1,0 +1,333 @@
+"""The relay end to end over real loopback SMTP: relay access, limits, smuggling, integrity."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
+
+Message = bytes
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[RecordingSink]:
+    with RecordingSink() as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def relay(sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """Relay domain example.org, no trusted network: every loopback client is 'the internet'."""
+    config = write_config(tmp_path_factory.mktemp("relay"), [sink.port])
+    with Relay(config) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _clean_sink(sink: RecordingSink) -> None:
+    sink.messages.clear()
+
+
+def simple(subject: str = "hello", body: str = "Hello there.\r\n") -> bytes:
+    return (f"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '-')}@example.net>\r\n\r\n{body}").encode()
+
+
+def send(port: int, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.sendmail(sender, recipients, data)
+
+
+def strip_received(data: bytes) -> bytes:
+    """The message as the client sent it: our Received field (first, possibly folded) removed."""
+    assert data.startswith(b"Received: "), data[:80]
+    end = 0
+    while True:
+        end = data.index(b"\r\n", end) + 2
+        if data[end:end + 1] not in (b" ", b"\t"):
+            return data[end:]
+
+
+# ---- relay access ----------------------------------------------------------------------------
+
+def test_relay_domain_from_untrusted_client_is_delivered(relay: Relay, sink: RecordingSink) -> None:
+    refused = send(relay.port, "alice@example.net", ["bob@example.org"], simple())
+    assert refused == {}
+    [message] = sink.wait_for(1)
+    assert message.recipients == ["bob@example.org"]
+    assert strip_received(message.data) == simple()
+    line = relay.wait_event("message", verdict="accepted")
+    assert line["recipients"] == ["bob@example.org"] and line["queue_id"]
+
+
+def test_foreign_domain_from_untrusted_client_is_refused_at_rcpt(relay: Relay, sink: RecordingSink) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.net")
+        code, text = client.rcpt("victim@evil.example.com")
+        assert (code, text.split()[0]) == (554, b"5.7.1")
+        assert client.rcpt("bob@example.org")[0] == 250   # the session goes on
+        client.rset()
+    assert sink.wait_for(1, timeout=0.5) == []
+
+
+@pytest.mark.parametrize("address", [
+    "user%evil.example.com@example.org",        # percent hack
+    "evil.example.com!user@example.org",        # bang path
+    "\"user@evil.example.com\"@example.org",    # quoted local part holding an @
+    "@example.org:user@evil.example.com",       # source route
+    "user@[192.0.2.1]",                  # IP literal
+    "user@evil.example.com.",                   # trailing dot on a foreign domain
+    "user@EVIL.test",                    # mixed case, foreign
+])
+def test_address_tricks_never_reach_a_foreign_domain(relay: Relay, sink: RecordingSink, address: str) -> None:
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        client.command("EHLO client.test")
+        assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
+        answer = client.command(f"RCPT TO:<{address}>")
+        assert answer[0] == "5", answer
+        assert client.command("DATA")[0] == "5"       # no recipient: no DATA
+        client.command("QUIT")
+    assert sink.wait_for(1, timeout=0.3) == []
+
+
+def test_mixed_case_of_our_domain_is_normalised(relay: Relay, sink: RecordingSink) -> None:
+    refused = send(relay.port, "alice@example.net", ["Bob@Example.ORG", "carol@example.org."], simple("case"))
+    assert list(refused) == ["carol@example.org."]      # a trailing dot is refused, not guessed at
+    [message] = sink.wait_for(1)
+    assert message.recipients == ["Bob@example.org"]
+
+
+def test_foreign_domain_from_trusted_network_is_delivered(sink: RecordingSink, tmp_path: Path) -> None:
+    config = write_config(tmp_path, [sink.port], relay={"trusted_networks": ["127.0.0.0/8"]})
+    with Relay(config) as trusted:
+        assert send(trusted.port, "app@example.org", ["someone@elsewhere.example.net"], simple("out")) == {}
+    [message] = sink.wait_for(1)
+    assert message.recipients == ["someone@elsewhere.example.net"]
+
+
+def test_null_sender_is_accepted_for_bounces(relay: Relay, sink: RecordingSink) -> None:
+    assert send(relay.port, "", ["bob@example.org"], simple("bounce")) == {}
+    [message] = sink.wait_for(1)
+    assert message.sender == "<>"          # as the backend's aiosmtpd records "MAIL FROM:<>"
+
+
+# ---- limits ------------------------------------------------------------------------------------
+
+def test_oversize_message_gets_552_and_nothing_is_delivered(relay: Relay, sink: RecordingSink) -> None:
+    big = simple("big", ("x" * 900 + "\r\n") * 1300)
+    with RawClient(relay.port) as client:     # no SIZE= declared: the limit holds at DATA
+        client.read_reply()
+        client.command("EHLO client.test")
+        client.command("MAIL FROM:<alice@example.net>")
+        client.command("RCPT TO:<bob@example.org>")
+        assert client.command("DATA").startswith("354")
+        client.send(big + b".\r\n")
+        assert client.read_reply().startswith("552 5.3.4")
+        assert client.command("NOOP").startswith("250")   # drained, and the session goes on
+    assert sink.wait_for(1, timeout=0.3) == []
+
+
+def test_declared_size_over_the_limit_is_refused_at_mail(relay: Relay) -> None:
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        assert "SIZE 1048576" in client.command("EHLO client.test")
+        assert client.command("MAIL FROM:<alice@example.net> SIZE=2000000").startswith("552 5.3.4")
+
+
+def test_recipients_past_the_limit_get_452(relay: Relay, sink: RecordingSink) -> None:
+    recipients = [f"user{i}@example.org" for i in range(7)]
+    refused = send(relay.port, "alice@example.net", recipients, simple("many"))
+    assert sorted(refused) == ["user5@example.org", "user6@example.org"]
+    assert all(code == 452 for code, _ in refused.values())
+    [message] = sink.wait_for(1)
+    assert message.recipients == recipients[:5]
+
+
+def test_overlong_line_in_data_is_refused(relay: Relay, sink: RecordingSink) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("alice@example.net", ["bob@example.org"], simple("long", "y" * 1200 + "\r\n"))
+        assert refused.value.smtp_code == 500
+    assert sink.wait_for(1, timeout=0.3) == []
+
+
+# ---- SMTP smuggling ----------------------------------------------------------------------------
+
+SMUGGLED = (b"From: alice@example.net\r\nSubject: outer\r\n\r\nouter body\r\n"
+            b"\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+            b"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\n")
+
+
+@pytest.mark.parametrize("ending", [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\r\n.\r"])
+def test_bare_newline_in_data_is_refused_and_nothing_is_smuggled(
+        relay: Relay, sink: RecordingSink, ending: bytes) -> None:
+    data = SMUGGLED.replace(b"\n.\r\n", ending, 1)
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        client.command("EHLO client.test")
+        client.command("MAIL FROM:<alice@example.net>")
+        client.command("RCPT TO:<bob@example.org>")
+        assert client.command("DATA").startswith("354")
+        client.send(data)
+        answer = client.read_reply()
+        assert answer.startswith("550 5.6.0"), answer
+        assert client.command("NOOP").startswith("250")
+    assert sink.wait_for(1, timeout=0.5) == []
+
+
+def test_bare_lf_in_a_command_line_is_refused(relay: Relay, sink: RecordingSink) -> None:
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        client.send(b"EHLO client.test\nMAIL FROM:<alice@example.net>\r\n")
+        assert client.read_reply().startswith("500 5.5.2")
+        assert client.read_reply() == ""          # and the connection is closed
+
+
+def test_pipelined_commands_after_the_terminator_are_read_as_commands(relay: Relay, sink: RecordingSink) -> None:
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        assert "PIPELINING" in client.command("EHLO client.test")
+        client.send(b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        assert [client.read_reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+        client.send(simple("first") + b".\r\nMAIL FROM:<alice@example.net>\r\nRCPT TO:<carol@example.org>\r\n"
+                    b"DATA\r\n")
+        assert client.read_reply().startswith("250 2.0.0")
+        assert [client.read_reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+        client.send(simple("second") + b".\r\nQUIT\r\n")
+        assert client.read_reply().startswith("250 2.0.0")
+        assert client.read_reply().startswith("221")
+    messages = sink.wait_for(2)
+    assert [m.recipients for m in messages] == [["bob@example.org"], ["carol@example.org"]]
+
+
+# ---- integrity --------------------------------------------------------------------------------
+
+def test_clean_messages_arrive_byte_identical_apart_from_received(relay: Relay, sink: RecordingSink) -> None:
+    long_header = "X-Long: " + " ".join(f"word{i}" for i in range(300))
+    folded = "\r\n\t".join(long_header[i:i + 900] for i in range(0, len(long_header), 900))
+    body = (
+        "Ünïcödé body, 8-bit: \u00e9\u00e8\u00ea \u4e2d\u6587\r\n"
+        + "." * 1 + "leading dot\r\n"
+        + ".\r\n"                                       # a line that is only a dot
+        + "..two dots\r\n"
+        + "z" * 998 + "\r\n"                            # the longest line allowed
+        + "\r\n" * 3
+    ).encode("utf-8")
+    binary_looking = bytes(range(32, 127)) * 8
+    message = (
+        b"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: integrity\r\n"
+        + folded.encode() + b"\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + body + b"--b1\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename=\"data.bin\"\r\n\r\n" + binary_looking + b"\r\n--b1--\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.sendmail("alice@example.net", ["bob@example.org"], message, mail_options=["BODY=8BITMIME"])
+    [received] = sink.wait_for(1)
+    assert strip_received(received.data) == message
+
+
+# ---- the backend ---------------------------------------------------------------------------------
+
+def test_backend_refusing_one_recipient_is_told_to_the_client_at_rcpt(relay: Relay, sink: RecordingSink) -> None:
+    refused = send(relay.port, "alice@example.net", ["bob@example.org", "rejectme@example.org"], simple("partial"))
+    assert list(refused) == ["rejectme@example.org"] and refused["rejectme@example.org"][0] == 550
+    [message] = sink.wait_for(1)
+    assert message.recipients == ["bob@example.org"]
+
+
+def test_backend_down_gives_4xx_and_the_same_message_succeeds_later(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    sink.start()
+    port = sink.port
+    sink.stop()                                              # the backend is down
+    config = write_config(tmp_path, [port])
+    with Relay(config) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo("client.test")
+            client.mail("alice@example.net")
+            code, text = client.rcpt("bob@example.org")
+            assert code == 451 and text.startswith(b"4.4.1")
+        with RecordingSink(port=port) as back:               # the backend is back
+            assert send(relay.port, "alice@example.net", ["bob@example.org"], simple("retry")) == {}
+            assert len(back.wait_for(1)) == 1
+
+
+def test_backend_refusing_data_is_passed_on_without_its_text(tmp_path: Path) -> None:
+    from tests.harness import SinkBehaviour
+
+    with RecordingSink(behaviour=SinkBehaviour(data_reply="554 5.6.0 internal-host.corp says no")) as sink:
+        with Relay(write_config(tmp_path, [sink.port])) as relay:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+                with pytest.raises(smtplib.SMTPDataError) as refused:
+                    client.sendmail("alice@example.net", ["bob@example.org"], simple("nope"))
+            assert refused.value.smtp_code == 554
+            assert b"internal-host" not in refused.value.smtp_error
+            assert relay.wait_event("message", verdict="rejected")["delivery"].count("internal-host") == 1
+
+
+def test_second_backend_is_used_when_the_first_is_down(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        dead = RecordingSink().start()
+        dead_port = dead.port
+        dead.stop()
+        with Relay(write_config(tmp_path, [dead_port, sink.port])) as relay:
+            assert send(relay.port, "alice@example.net", ["bob@example.org"], simple("failover")) == {}
+        assert len(sink.wait_for(1)) == 1
+
+
+# ---- the process ------------------------------------------------------------------------------
+
+def test_sigterm_stops_gracefully(sink: RecordingSink, tmp_path: Path) -> None:
+    relay = Relay(write_config(tmp_path, [sink.port])).start()
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        client.command("EHLO client.test")
+        relay.signal(15)
+        relay.wait_event("stopping")
+        assert client.command("NOOP").startswith("250")      # a session in flight is served
+        client.command("QUIT")
+    assert relay.proc is not None and relay.proc.wait(15) == 0
+    assert relay.stop() == 0
+    assert relay.events("stopped")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "frontfilter", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+
+
+def test_check_names_file_and_key_of_a_misspelt_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nhostname = "mx.test"\nmax_mesage_size = "10MiB"\n'
+                      '[backend]\nservers = ["127.0.0.1:2526"]\n[rules]\ndir = "%s"\n' % (REPO / "rules"))
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode != 0
+    assert f"{config}: server.max_mesage_size: unknown key (did you mean 'max_message_size'?)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_serve_with_a_bad_config_exits_with_one_line_per_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nlisten = ["nowhere"]\n[backend]\nservers = []\nmode = "fast"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"frontfilter: {config}: ") for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_check_accepts_the_shipped_configs() -> None:
+    for config in ("dev/frontfilter.toml", "deploy/frontfilter.example.toml"):
+        result = run_cli("check", "--config", config, "--rules", "rules")
+        assert result.returncode == 0, result.stderr
