@@ -7,6 +7,7 @@ No asyncio, no sockets, no metrics here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,12 +30,17 @@ class Decision:
 
 
 def decide(raw: bytes, facts: Facts, rules: RuleSet, limits: InspectionLimits,
-           trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False) -> Decision:
-    """`facts` without the message (the view is added here); `trace` headers go on top."""
+           trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
+           carried: Verdict | None = None) -> Decision:
+    """`facts` without the message (the view is added here); `trace` headers go on top;
+    `carried` holds the headers and tags that rules at earlier stages added."""
     view = inspect(raw, limits)
     facts = Facts(stage=facts.stage, session=facts.session, envelope=facts.envelope,
                   recipient=facts.recipient, message=view)
     verdict = rules.evaluate(facts, soft_reject=soft_reject)
+    if carried is not None and (carried.headers or carried.tags):
+        verdict = dataclasses.replace(verdict, headers=carried.headers + verdict.headers,
+                                      tags=carried.tags + verdict.tags)
     return Decision(view, verdict, *apply(raw, view, verdict, trace))
 
 

@@ -52,6 +52,7 @@ class Transaction:
     started: float = field(default_factory=time.monotonic)
     refused_recipients: int = 0
     early: Action | None = None    # accept or discard taken by a rule before DATA
+    carried: Verdict = field(default_factory=Verdict)   # headers and tags from earlier stages
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SessionState:
     txn: Transaction | None = None
     backend: BackendSession | None = None
     early: Action | None = None    # accept or discard taken by a rule at connect or HELO
+    carried: Verdict = field(default_factory=Verdict)   # headers and tags from connect/HELO
 
     def facts(self) -> SessionFacts:
         return SessionFacts(peer=self.peer, helo=self.helo, tls=self.tls, auth_user=self.auth_user)
@@ -119,7 +121,8 @@ class Pipeline:
             self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed")
             return parsed
         await self.reset(state)
-        state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options))
+        state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options),
+                                carried=state.carried)
         refusal = self._rules(Stage.MAIL, state)
         if refusal is not None:
             state.txn = None
@@ -165,6 +168,9 @@ class Pipeline:
         finally:
             state.txn = None
         observe.stage_decided("data", time.monotonic() - started)
+        if not answer.is_success:
+            # The client (or its postmaster) quotes this id; it finds the one log line.
+            answer = answer.with_text(f"{answer.text} [{txn.queue_id}]")
         return answer
 
     async def reset(self, state: SessionState) -> None:
@@ -196,7 +202,7 @@ class Pipeline:
             rules = _NO_RULES
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._executor, decide, raw, facts, rules, self.limits, trace,
-                                    self.config.rules.soft_reject)
+                                    self.config.rules.soft_reject, txn.carried)
         try:
             decision: Decision = await asyncio.wait_for(work, self.config.inspection.timeout)
         except TimeoutError:
@@ -301,6 +307,11 @@ class Pipeline:
             answer = verdict.reply or (reply.TEMPFAIL if verdict.action is Action.TEMPFAIL else reply.REJECTED)
             self._refused(state, stage, answer, f"rule {verdict.rule}", rules=[m.rule for m in verdict.matches])
             return answer
+        if verdict.headers or verdict.tags:
+            holder = state.txn if state.txn is not None else state
+            holder.carried = dataclasses.replace(
+                holder.carried, headers=holder.carried.headers + verdict.headers,
+                tags=holder.carried.tags + verdict.tags)
         if verdict.action in (Action.ACCEPT, Action.DISCARD) and stage is not Stage.RCPT:
             # Accept or discard before DATA: later rules do not run for this message (or, at
             # connect and HELO, this session). Not at RCPT: one recipient must not be able to
