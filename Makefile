@@ -9,9 +9,19 @@ STAMP    := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
 
 # Debian packages: libmagic for content typing; swaks is the real-world client the tests and
-# README use (with its TLS and AUTH helpers); python3-venv for a Debian Python without ensurepip.
+# README use (with its TLS and AUTH helpers); python3-venv for a Debian Python without ensurepip;
+# prometheus (and its promtool) checks the metrics, the dashboard and the alert rules for real.
 RUN_DEBS  := libmagic1
 TEST_DEBS := libmagic1 swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+TEST_DEBS += prometheus
+# clamd for the antivirus tests, and Debian's test files (clean files holding a test signature).
+# The tests run their own clamd; apt must not start the system's clamd or freshclam (no
+# signature database yet; freshclam would go to the internet): ensure-debs.sh sees to that.
+TEST_DEBS += clamav-daemon clamdscan clamav-testfiles
+# tests/deploy/: real systemd booted in systemd-nspawn runs the units; the container installs
+# from the host's files (an overlay), so python3-venv must be on the host; nft and haproxy
+# check the firewall and load-balancer examples of deploy/.
+TEST_DEBS += systemd-container python3-venv nftables haproxy
 
 .PHONY: run test check bench clean system-run system-test
 

@@ -3,8 +3,9 @@
 Every failure an administrator can cause (a bad config, a bad rule, a missing file, a port in
 use) ends with readable lines on stderr and a non-zero exit — never a traceback.
 
-Exit codes: 0 ok; 1 `check` found problems; 2 usage or start-up error;
-`scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine.
+Exit codes: 0 ok; 1 `check` found problems (`queue`: an id not found or unreadable);
+2 usage or start-up error;
+`passwd`: 0 done, 2 error; `scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine.
 """
 
 from __future__ import annotations
@@ -67,9 +68,23 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--recipient", action="append", default=None)
     scan.add_argument("--client-ip", default="192.0.2.1")
     scan.add_argument("--helo", default="client.example.net")
+    scan.add_argument("--auth-user", default=None, help="as if the client had authenticated as this user")
+    scan.add_argument("--dns", action="store_true", help="ask the configured resolvers, as the relay "
+                      "would: DNS lists of --client-ip, SPF of --sender (needs --config)")
     scan.add_argument("--output", "-o", type=Path, help="write the rewritten message here")
     scan.add_argument("--json", action="store_true", help="machine-readable output")
     scan.set_defaults(run=cmd_scan)
+
+    passwd = sub.add_parser("passwd", help="add or change an SMTP AUTH user in a users file",
+                            description="Set USER's password in FILE (created with mode 0600 if "
+                            "missing). The password is asked twice on a terminal, else read as one "
+                            "line from stdin. Send the relay SIGHUP to use the new file.")
+    passwd.add_argument("file", type=Path, help="the users file (auth.users_file)")
+    passwd.add_argument("user")
+    passwd.add_argument("--delete", action="store_true", help="remove USER instead")
+    passwd.set_defaults(run=cmd_passwd)
+
+    _queue_parser(sub)
 
     sink = sub.add_parser("sink", help="a local SMTP server that stores mail in a Maildir")
     sink.add_argument("--listen", default="127.0.0.1:2526")
@@ -96,15 +111,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     setup_logging(config.log.format.value, config.log.level)
     _use_uvloop()
+    sockets = _activated_sockets(config)
 
     async def run() -> None:
-        await Service(config).run()
+        await Service(config, sockets=sockets).run()
+
+    from frontfilter.config import ConfigError
+    from frontfilter.delivery.queue import StartError
 
     try:
         asyncio.run(run())
+    except ConfigError as error:      # a certificate or users file that does not load
+        raise _Fatal(*error.problems) from None
+    except StartError as error:       # the spool directory, backend TLS files
+        raise _Fatal(str(error)) from None
     except OSError as error:
         raise _Fatal(f"cannot listen: {error.strerror or error}") from None
     return EXIT_OK
+
+
+def _activated_sockets(config: Any) -> list[Any] | None:
+    """Listening sockets passed by systemd (frontfilter.socket), one per configured listener
+    in the config's order; None when not socket-activated (the service binds them itself)."""
+    from frontfilter import sdnotify
+
+    try:
+        passed = sdnotify.listen_fds()
+        if not passed:
+            return None
+        return sdnotify.assign_sockets(
+            [(listener.name, listener.address.host, listener.address.port) for listener in config.listeners],
+            passed)
+    except sdnotify.ActivationError as error:
+        raise _Fatal(f"socket activation: {error}") from None
 
 
 def _use_uvloop() -> None:
@@ -128,12 +167,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in error.problems:
             print(line, file=sys.stderr)
         return EXIT_PROBLEMS
+    from frontfilter.smtp.door import front_door_problems
+
+    problems = front_door_problems(config)       # certificate, users file, backend TLS files
+    if config.relay.sender_map is not None:      # the login -> senders map (sendermap.py)
+        from frontfilter.sendermap import SenderMapError, load_sender_map
+
+        try:
+            load_sender_map(config.relay.sender_map)
+        except SenderMapError as error:
+            problems = list(problems) + [f"{config.path}: relay.sender_map: {p}" for p in error.problems]
+    for line in problems:
+        print(line, file=sys.stderr)
     rules_dir = args.rules or config.rules.dir
     try:
         rules = load_ruleset(rules_dir)
     except RuleSetError as error:
         for line in error.errors:
             print(line, file=sys.stderr)
+        return EXIT_PROBLEMS
+    if problems:
         return EXIT_PROBLEMS
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
     return EXIT_OK
@@ -144,7 +197,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from frontfilter.config import InspectionConfig
+    from frontfilter.config import InspectionConfig, OnError
     from frontfilter.content.limits import InspectionLimits
     from frontfilter.decision import decide
     from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage
@@ -154,10 +207,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     inspection = InspectionConfig()
     rules_dir = args.rules or Path("rules")
+    antivirus = None
     if args.config is not None:
         config = _load_config(args.config)
         inspection = config.inspection
         rules_dir = args.rules or config.rules.dir
+        antivirus = config.antivirus
     try:
         rules = load_ruleset(rules_dir)
     except RuleSetError as error:
@@ -174,17 +229,63 @@ def cmd_scan(args: argparse.Namespace) -> int:
     recipients = tuple(args.recipient or ["postmaster@example.org"])
     facts = Facts(stage=Stage.DATA, session=SessionFacts(peer=Peer(ip, 25), helo=args.helo),
                   envelope=EnvelopeFacts(sender=args.sender, recipients=recipients))
+    # Reputation: own domains, trusted networks and (with --dns) DNS lists and SPF; and the
+    # rules of connect, HELO, MAIL and RCPT with them (frontfilter/reputation/scan.py).
+    from frontfilter.reputation.scan import early_stages, scan_checks
+
+    if args.dns and args.config is None:
+        raise _Fatal("--dns needs --config (the resolvers, lists and SPF settings are there)")
+    checks, check_lines = scan_checks(config if args.config is not None else None, ip, args.sender,
+                                      args.helo, args.auth_user, args.dns)
+    facts = dataclasses.replace(facts, checks=checks,
+                                session=dataclasses.replace(facts.session, auth_user=args.auth_user))
+    early = early_stages(rules, facts)
     limits = InspectionLimits(**{f.name: getattr(inspection, f.name)
                                  for f in dataclasses.fields(InspectionLimits)})
-    decision = decide(raw, facts, rules, limits)
+    scan, on_error = None, OnError.TEMPFAIL
+    if antivirus is not None:   # the relay's own scan: same client, same clamd, same on_error
+        scan, on_error = _antivirus_scan(antivirus, raw), antivirus.on_error
+    decision = decide(raw, facts, rules, limits, antivirus=scan, on_error=on_error)
     action = decision.verdict.action.value if decision.verdict.action else "accept"
+    ended = early[-1] if early and early[-1][1].action is not None and not (
+        early[-1][0] is Stage.RCPT and early[-1][1].action.value == "accept") else None
+    if ended is not None:      # the relay would have decided before DATA
+        action = ended[1].action.value if ended[1].action.value != "quarantine" else "reject"
     if args.output is not None:
         args.output.write_bytes(decision.message)
     if args.json:
-        print(json.dumps(_scan_json(decision, action), indent=2, ensure_ascii=False))
+        document = _scan_json(decision, action)
+        document["checks"] = check_lines
+        document["early"] = [{"stage": stage.value, "matches": [
+            {"rule": m.rule, "action": m.action.value, "mode": m.mode.value, "reasons": list(m.reasons)}
+            for m in verdict.matches], "decision": verdict.action.value if verdict.action else None,
+            "reply": verdict.reply.wire if verdict.reply else None} for stage, verdict in early]
+        if ended is not None:
+            document["verdict"] = action
+            document["reply"] = ended[1].reply.wire if ended[1].reply else None
+            document["decided_by"] = ended[1].rule
+        print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
+        for line in check_lines:
+            print(line)
+        for stage, verdict in early:
+            print(f"stage {stage.value}:")
+            for line in verdict.explain():
+                print(f"  {line}")
         _print_scan(decision, action)
+        if ended is not None:
+            print(f"(decided at stage {ended[0].value}, before the message: the relay would not "
+                  f"have received it)")
     return SCAN_EXIT.get(action, EXIT_OK)
+
+
+def _antivirus_scan(antivirus: Any, raw: bytes) -> Any:
+    from frontfilter.antivirus.clamd import ClamdClient
+
+    async def scan() -> Any:
+        return await ClamdClient.from_config(antivirus).scan(raw)
+
+    return asyncio.run(scan())
 
 
 def _scan_json(decision: Any, action: str) -> dict[str, Any]:
@@ -195,6 +296,7 @@ def _scan_json(decision: Any, action: str) -> dict[str, Any]:
         "verdict": action,
         "reply": verdict.reply.wire if verdict.reply else None,
         "decided_by": verdict.rule,
+        "antivirus": decision.antivirus.log_fields() if decision.antivirus is not None else None,
         "parts": [{k: v for k, v in dataclasses.asdict(p).items()} for p in decision.view.parts],
         "limits_exceeded": sorted(limit.value for limit in decision.view.limits_exceeded),
         "ambiguities": sorted(a.value for a in decision.view.ambiguities),
@@ -222,6 +324,8 @@ def _print_scan(decision: Any, action: str) -> None:
         print(f"limit exceeded: {limit}")
     for ambiguity in sorted(a.value for a in view.ambiguities):
         print(f"ambiguity: {ambiguity}")
+    if decision.antivirus is not None:
+        print(f"antivirus: {decision.antivirus.describe()} ({decision.antivirus.seconds * 1000:.1f} ms)")
     print("rules:" if decision.verdict.matches else "rules: none matched")
     for line in decision.verdict.explain():
         print(f"  {line}")
@@ -229,6 +333,103 @@ def _print_scan(decision: Any, action: str) -> None:
         print(f"stripped: part {order.mime_path} (rule {order.rule})")
     reply = f" ({decision.verdict.reply.wire})" if decision.verdict.reply else ""
     print(f"verdict: {action}{reply}")
+
+
+# ---- passwd -------------------------------------------------------------------------------
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from frontfilter import passwd
+
+    problem = passwd.check_name(args.user)
+    if problem is not None:
+        raise _Fatal(f"{args.user!r}: {problem}")
+    try:
+        if args.delete:
+            if not passwd.set_user(args.file, args.user, None):
+                raise _Fatal(f"{args.file}: no user {args.user!r}")
+            print(f"{args.file}: removed {args.user}")
+            return EXIT_OK
+        password = _read_password()
+        problem = passwd.check_password(password)
+        if problem is not None:
+            raise _Fatal(problem)
+        existed = passwd.set_user(args.file, args.user, passwd.hash_password(password))
+    except passwd.UsersFileError as error:
+        raise _Fatal(*error.problems) from None
+    except OSError as error:
+        raise _Fatal(f"{error.filename or args.file}: {error.strerror or error}") from None
+    print(f"{args.file}: {'changed' if existed else 'added'} {args.user} (send the relay SIGHUP to use it)")
+    return EXIT_OK
+
+
+def _read_password() -> bytes:
+    """Twice from the terminal, or one line from stdin (scripts, configuration management)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise _Fatal("the two passwords differ; nothing changed")
+        return first.encode("utf-8")
+    line = sys.stdin.buffer.readline()
+    return line.removesuffix(b"\n").removesuffix(b"\r")
+
+
+# ---- queue --------------------------------------------------------------------------------
+
+def _queue_parser(sub: Any) -> None:
+    queue = sub.add_parser("queue", help="list, show, retry or delete spooled mail (safe while "
+                           "the relay runs)")
+    queue.add_argument("--config", "-c", type=Path)
+    # --config before or after the action; SUPPRESS keeps the action's default from hiding it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS)
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", parents=[common], help="every queued message and its recipients")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = actions.add_parser("show", parents=[common], help="one message: envelope, state, content")
+    show.add_argument("id")
+    retry = actions.add_parser("retry", parents=[common], help="try these messages now (none: all)")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    delete = actions.add_parser("delete", parents=[common], help="remove messages (no bounce is sent)")
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    queue.set_defaults(run=cmd_queue)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    import time
+
+    from frontfilter import queuectl
+    from frontfilter.delivery.spool import Layout, SpoolFormatError
+
+    if args.config is None:
+        raise _Fatal("queue: --config FILE is needed (it says where the spool is)")
+    layout = Layout(_load_config(args.config).spool.dir)
+    try:
+        if args.action == "list":
+            listed, problems = queuectl.list_queue(layout)
+            if args.json:
+                print(json.dumps(queuectl.list_json(listed), indent=2, ensure_ascii=False))
+            else:
+                dead = queuectl.dead_letter_count(layout)
+                print("\n".join(queuectl.format_list(listed, problems, dead, time.time())))
+            return EXIT_PROBLEMS if problems else EXIT_OK
+        if args.action == "show":
+            lines, body = queuectl.show(layout, args.id)
+            print("\n".join(lines) + "\n", flush=True)
+            sys.stdout.buffer.write(body)
+            sys.stdout.buffer.flush()
+            return EXIT_OK
+        if args.action == "retry":
+            lines, ok = queuectl.retry(layout, args.ids)
+        else:
+            lines, ok = queuectl.delete(layout, args.ids)
+        print("\n".join(lines))
+        return EXIT_OK if ok else EXIT_PROBLEMS
+    except (queuectl.QueueToolError, SpoolFormatError) as error:
+        raise _Fatal(str(error)) from None
+    except OSError as error:
+        raise _Fatal(f"{layout.root}: {error.strerror or error}") from None
 
 
 # ---- sink ---------------------------------------------------------------------------------

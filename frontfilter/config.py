@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import enum
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frontfilter.units import MINUTES, MiB, SECONDS, parse_duration, parse_size
+from frontfilter.units import DAYS, HOURS, MINUTES, GiB, MiB, SECONDS, parse_duration, parse_size
 
 
 class ConfigError(Exception):
@@ -85,6 +86,23 @@ def parse_domain(value: object) -> str:
     return domain
 
 
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+
+
+def parse_mime_type(value: object) -> str:
+    """A lower-case "type/subtype" as libmagic reports it (RFC 6838 characters)."""
+    if not isinstance(value, str) or not _MIME_TYPE.fullmatch(value.strip().lower()):
+        raise ValueError(f"{value!r} is not a MIME type such as \"application/pdf\"")
+    return value.strip().lower()
+
+
+class OutboundSenders(enum.Enum):
+    """Which envelope senders a trusted or authenticated client may relay out (to a foreign domain)."""
+
+    ANY = "any"                  # any sender (a compromised internal host can then spoof anyone)
+    OWN_DOMAINS = "own_domains"  # only senders in relay.sender_domains, and the null sender
+
+
 class BackendMode(enum.Enum):
     SYNC = "sync"    # 250 only once the backend accepted (before-queue, like a Postfix proxy)
     QUEUE = "queue"  # 250 once durably spooled; a worker delivers (store-and-forward)
@@ -93,6 +111,33 @@ class BackendMode(enum.Enum):
 class LogFormat(enum.Enum):
     JSON = "json"
     TEXT = "text"
+
+
+class TlsMode(enum.Enum):
+    """How a listener offers TLS."""
+
+    NONE = "none"
+    STARTTLS = "starttls"    # plain connect, STARTTLS offered (port 25, 587)
+    IMPLICIT = "implicit"    # TLS from the first byte (port 465, RFC 8314)
+
+
+class AuthMode(enum.Enum):
+    """Whether a listener offers SMTP AUTH (always only inside TLS)."""
+
+    NONE = "none"
+    OPTIONAL = "optional"    # offered; unauthenticated clients are treated as the internet
+    REQUIRED = "required"    # MAIL is refused until the client authenticated (submission)
+
+
+class TlsVersion(enum.Enum):
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+
+class BackendTls(enum.Enum):
+    NONE = "none"                    # plain SMTP to the backend
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, certificate not checked (Postfix "may")
+    REQUIRED = "required"            # STARTTLS or no delivery; certificate and name verified
 
 
 # Field metadata: how to convert a raw TOML value. Default conversion follows the annotation.
@@ -124,20 +169,121 @@ class RelayConfig:
     domains: tuple[str, ...] = _conv(parse_domain, default=())
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _conv(
         parse_network, default=())
+    open: bool = False                 # anyone may relay anywhere: needs open_confirmation
+    open_confirmation: str = ""
+    # Domain-bound relaying (see policy.py): our own domains as senders (default: domains),
+    # what trusted/authenticated clients may send as when relaying out, and the login map.
+    sender_domains: tuple[str, ...] = _conv(parse_domain, default=())
+    outbound_senders: OutboundSenders = OutboundSenders.ANY
+    sender_map: Path | None = None      # login: allowed senders; set, AUTH users are bound to it
+
+
+# What `relay.open_confirmation` must say, word for word, before an open relay starts.
+OPEN_RELAY_CONFIRMATION = "anyone may send mail anywhere through this relay"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One `[[listener]]` table: an address and its role."""
+
+    address: HostPort | None = _conv(parse_host_port, default=None)   # required
+    name: str = ""                      # in log lines; default: the address
+    tls: TlsMode | None = None          # default: starttls when [tls] has a certificate, else none
+    require_tls: bool = False           # MAIL refused before TLS (530 5.7.0)
+    auth: AuthMode = AuthMode.NONE
+    proxy_protocol: bool = False        # expect a PROXY header from proxy.networks
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path | None = None       # PEM: the certificate, then its chain
+    key_file: Path | None = None
+    min_version: TlsVersion = TlsVersion.V1_2
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users_file: Path | None = None      # name:scrypt-hash lines, see `frontfilter passwd`
+    failure_delay: float = _conv(parse_duration, default=2 * SECONDS)   # before each 535
+    max_failures: int = 5               # per client address within lockout_time; 0: never lock
+    lockout_time: float = _conv(parse_duration, default=15 * MINUTES)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Connection limits (0: no limit); see frontfilter/smtp/limits.py for the reasons."""
+
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    connection_rate_per_ip: int = 60    # new connections per connection_rate_window
+    connection_rate_window: float = _conv(parse_duration, default=1 * MINUTES)
+    tarpit_after: int = 3               # errors in a session answered at full speed
+    tarpit_delay: float = _conv(parse_duration, default=1 * SECONDS)    # before each later one
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _conv(
+        parse_network, default=())      # load balancers allowed to send a PROXY header
+    timeout: float = _conv(parse_duration, default=10 * SECONDS)
 
 
 @dataclass(frozen=True)
 class BackendConfig:
     servers: tuple[HostPort, ...] = _conv(parse_host_port, default=())
-    mode: BackendMode = BackendMode.SYNC
+    mode: BackendMode = BackendMode.QUEUE
     connect_timeout: float = _conv(parse_duration, default=10 * SECONDS)
     timeout: float = _conv(parse_duration, default=2 * MINUTES)    # per SMTP command
     helo_name: str = ""                                            # default: server.hostname
+    tls: BackendTls = BackendTls.NONE
+    tls_ca_file: Path | None = None      # default: the system's CAs
+    tls_cert_file: Path | None = None    # client certificate, if the backend asks for one
+    tls_key_file: Path | None = None
+    tls_verify_name: str = ""            # name the certificate must carry; default: the host
+    # Queue mode: deliveries from the spool in parallel, which is also the most connections
+    # open to the backends at once (Postfix's default_destination_concurrency_limit is 20).
+    concurrency: int = 10
+    # A backend that refused a connection or failed its greeting is skipped this long, so mail
+    # goes straight to the next one instead of waiting on a dead host (Postfix's dead-host cache).
+    skip_failed_for: float = _conv(parse_duration, default=30 * SECONDS)
+    # Queue mode: ask the backend about each recipient at RCPT (Postfix reject_unverified_recipient)
+    # so unknown users are refused while the client is connected, not bounced later.
+    verify_recipients: bool = False
+    verify_positive_ttl: float = _conv(parse_duration, default=1 * HOURS)
+    verify_negative_ttl: float = _conv(parse_duration, default=10 * MINUTES)
+
+
+def parse_fraction(value: object) -> float:
+    """A share between 0 and 1: 0.2 or "20%"."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            value = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage (e.g. \"20%\")") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"expected a share between 0 and 1 (e.g. 0.2 or \"20%\"), got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
+    """Queue mode's durable spool and its retry schedule (see docs/spool.md)."""
+
     dir: Path = Path("var/spool")
+    # Back-pressure: past any of these, new mail gets 452 4.3.1 (RFC 3463 "mail system full").
+    max_messages: int = 100_000
+    max_size: int = _conv(parse_size, default=10 * GiB)
+    min_free_space: int = _conv(parse_size, default=1 * GiB)   # kept free on the spool's disk
+    # Retries: exponential from retry_min, doubling up to retry_max, each delay +- retry_jitter
+    # so messages deferred together do not come back together. Postfix: 300s .. 4000s.
+    retry_min: float = _conv(parse_duration, default=1 * MINUTES)
+    retry_max: float = _conv(parse_duration, default=1 * HOURS)
+    retry_jitter: float = _conv(parse_fraction, default=0.2)
+    # Then the message is given up: dead-letter directory and a DSN to the sender (Postfix: 5d).
+    max_lifetime: float = _conv(parse_duration, default=5 * DAYS)
+    # How often the spool directory is re-read: changes made by `frontfilter queue` (or another
+    # process) are seen within this time, and the spool gauges refreshed.
+    scan_interval: float = _conv(parse_duration, default=2 * SECONDS)
 
 
 @dataclass(frozen=True)
@@ -175,15 +321,230 @@ class QuarantineConfig:
     then: QuarantineOutcome = QuarantineOutcome.REJECT
 
 
+class OnError(enum.Enum):
+    """What happens to a message clamd could not scan (unreachable, timeout, error, too big)."""
+
+    TEMPFAIL = "tempfail"   # 4xx: the client retries later; nothing passes unscanned
+    ACCEPT = "accept"       # passes unscanned, counted and logged: availability before safety
+
+
+def parse_clamd_address(value: object) -> Path | HostPort:
+    """clamd's socket: a unix socket path (it holds a "/") or "host:port" for TCP."""
+    if isinstance(value, str) and "/" in value:
+        return Path(value.strip())
+    try:
+        return parse_host_port(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a unix socket path (with a /, e.g. "
+                         "\"/run/clamav/clamd.ctl\") nor host:port (e.g. \"127.0.0.1:3310\")") from None
+
+
+@dataclass(frozen=True)
+class AntivirusConfig:
+    """[antivirus]: present, every message is scanned by clamd (see frontfilter/antivirus/)."""
+
+    # Debian's LocalSocket. TCP carries the mail in clear and unauthenticated: loopback only.
+    address: Path | HostPort = _conv(parse_clamd_address, default=Path("/run/clamav/clamd.ctl"))
+    timeout: float = _conv(parse_duration, default=30 * SECONDS)   # one whole scan, queueing included
+    # Most bytes sent; a larger message is not scanned and gets on_error. Unset: the server's
+    # max_message_size, so every message it takes is scanned (clamd's StreamMaxLength must be
+    # at least as large: Debian ships 25M).
+    max_size: int | None = _conv(parse_size, default=None)
+    # Scans in flight at once: below clamd's MaxThreads (10 by default) so that clamd never
+    # queues our scans behind each other where our timeout cannot tell load from a hang.
+    concurrency: int = 8
+    on_error: OnError = OnError.TEMPFAIL
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
-    listen: HostPort | None = _conv(parse_host_port, default=None)
+    listen: HostPort | None = _conv(parse_host_port, default=None)   # /metrics, /healthz, /readyz
+    # Detected types counted under their own name in frontfilter_attachments_stripped_total;
+    # any other type is counted as "other". Unset: the built-in list (observe.STRIPPED_TYPE_LABELS).
+    type_labels: tuple[str, ...] | None = _conv(parse_mime_type, default=None)
+
+
+# Each type label is one more time series; past this the label is no longer "a small set".
+MAX_TYPE_LABELS = 64
 
 
 @dataclass(frozen=True)
 class LogConfig:
     format: LogFormat = LogFormat.JSON
     level: str = "info"
+
+
+# ---- reputation: DNS lists, SPF, greylisting (frontfilter/reputation/) ---------------------
+
+def parse_resolver(value: object) -> HostPort:
+    """A DNS resolver: an IP address, with a port if not 53 ("127.0.0.1:5353", "[::1]:53")."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a resolver address such as \"127.0.0.1\" or \"[::1]:5353\"")
+    text = value.strip()
+    try:
+        return HostPort(str(ipaddress.ip_address(text)), 53)    # a bare address
+    except ValueError:
+        pass
+    try:
+        address = parse_host_port(text)
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        # A resolver named by host name would need a resolver to find it.
+        raise ValueError(f"{value!r} is not an IP address, with :port if not 53 "
+                         "(e.g. \"192.0.2.53\", \"[2001:db8::53]:5353\")") from None
+    return address
+
+
+@dataclass(frozen=True)
+class ReplyCode:
+    """DNSBL answers that count as a listing: one range per octet, postscreen style.
+
+    `127.0.0.2` (one address), `127.0.0.0/24` (a network) and `127.0.[0..255].[2..3]` or
+    `127.0.0.[2;4..7]` (per-octet ranges, as Postfix's postscreen_dnsbl_sites writes them)."""
+
+    text: str
+    octets: tuple[tuple[tuple[int, int], ...], ...]   # per octet: accepted (low, high) ranges
+
+    def matches(self, address: ipaddress.IPv4Address) -> bool:
+        return all(any(low <= octet <= high for low, high in ranges)
+                   for octet, ranges in zip(address.packed, self.octets))
+
+
+_OCTET = re.compile(r"^(\d{1,3})(?:\.\.(\d{1,3}))?$")
+
+
+def parse_reply_code(value: object) -> ReplyCode:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a reply code such as \"127.0.0.2\", got {_type_name(value)}")
+    text = value.strip()
+    problem = ValueError(f"{value!r} is not a reply code (e.g. \"127.0.0.2\", \"127.0.0.0/24\", "
+                         f"\"127.0.0.[2..11]\")")
+    if "/" in text:
+        try:
+            network = ipaddress.IPv4Network(text, strict=False)
+        except ValueError:
+            raise problem from None
+        low, high = network.network_address.packed, network.broadcast_address.packed
+        return ReplyCode(text, tuple(((lo, hi),) for lo, hi in zip(low, high)))
+    octets = re.findall(r"\[[^\]]*\]|[^.\[\]]+", text)   # "." inside [2..11] is not a separator
+    if len(octets) != 4 or ".".join(octets) != text:
+        raise problem
+    parsed = []
+    for octet in octets:
+        items = octet[1:-1].split(";") if octet.startswith("[") and octet.endswith("]") else [octet]
+        ranges = []
+        for item in items:
+            found = _OCTET.match(item)
+            if not found:
+                raise problem
+            low = int(found.group(1))
+            high = int(found.group(2) or low)
+            if not low <= high <= 255:
+                raise problem
+            ranges.append((low, high))
+        parsed.append(tuple(ranges))
+    return ReplyCode(text, tuple(parsed))
+
+
+# Only answers inside 127.0.0.0/24 count unless a list says otherwise (RFC 5782 §2.1: listings
+# are 127.0.0.2 and up; public lists use other values for "you may not ask" and "over quota").
+DEFAULT_REPLY_CODES = (parse_reply_code("127.0.0.0/24"),)
+_DNS_LIST_SPEC = re.compile(r"^([^=*\s]+)(?:=([^*\s]+))?(?:\*(-?\d+))?$")
+
+
+@dataclass(frozen=True)
+class DnsListConfig:
+    """One DNS block list (positive weight) or allow list (negative weight)."""
+
+    zone: str
+    weight: int = 1
+    name: str = ""                      # in facts, logs and metrics; default: the zone
+    codes: tuple[ReplyCode, ...] = DEFAULT_REPLY_CODES
+
+
+def parse_dns_list(value: object) -> DnsListConfig:
+    """`{ zone = "zen.spamhaus.org", weight = 3, codes = [...] }`, or postscreen's one-line form
+    `"zen.spamhaus.org=127.0.0.[2..11]*3"` (`=codes` and `*weight` both optional)."""
+    if isinstance(value, str):
+        found = _DNS_LIST_SPEC.match(value.strip())
+        if not found:
+            raise ValueError(f"{value!r} is not ZONE[=CODE][*WEIGHT] (e.g. \"zen.spamhaus.org*3\")")
+        zone, code, weight = found.groups()
+        table: dict[str, Any] = {"zone": zone}
+        if code is not None:
+            table["codes"] = [code]
+        if weight is not None:
+            table["weight"] = int(weight)
+        value = table
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table {{ zone = ..., weight = ... }} or \"ZONE*WEIGHT\", got {_type_name(value)}")
+    unknown = sorted(set(value) - {"zone", "weight", "name", "codes"})
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key (a list takes zone, weight, name, codes)")
+    if "zone" not in value:
+        raise ValueError("zone: missing")
+    zone = parse_domain(value["zone"])
+    weight = value.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight == 0:
+        raise ValueError("weight: must be a whole number other than 0 (negative: an allow list)")
+    name = value.get("name", zone)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise ValueError("name: letters, digits, '_', '.' and '-' (it is a metric label)")
+    codes = value.get("codes", None)
+    if codes is None:
+        parsed = DEFAULT_REPLY_CODES
+    else:
+        items = [codes] if isinstance(codes, str) else codes
+        if not isinstance(items, list) or not items:
+            raise ValueError("codes: expected a non-empty list of reply codes")
+        parsed = tuple(parse_reply_code(item) for item in items)
+    return DnsListConfig(zone=zone, weight=weight, name=name, codes=parsed)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """[dns]: the resolvers the reputation checks ask, and how long they wait."""
+
+    resolvers: tuple[HostPort, ...] = _conv(parse_resolver, default=())  # empty: /etc/resolv.conf
+    timeout: float = _conv(parse_duration, default=5 * SECONDS)   # all DNSBL lookups of a client
+    cache_size: int = 10_000                                      # answers kept (LRU)
+    max_ttl: float = _conv(parse_duration, default=1 * HOURS)     # cap on what a zone asks for
+    negative_ttl: float = _conv(parse_duration, default=5 * MINUTES)   # "not listed", no SOA given
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    """[dnsbl]: weighted block and allow lists of the client address (postscreen_dnsbl_sites)."""
+
+    threshold: int = 1                  # score at which client.dnsbl holds (postscreen_dnsbl_threshold)
+    lists: tuple[DnsListConfig, ...] = _conv(parse_dns_list, default=())
+
+
+@dataclass(frozen=True)
+class SpfConfig:
+    """[spf]: evaluate SPF (RFC 7208) for the envelope sender (or the HELO name for bounces)."""
+
+    enabled: bool = False
+    # RFC 7208 §4.6.4: at least 20 seconds for a whole evaluation before temperror.
+    timeout: float = _conv(parse_duration, default=20 * SECONDS)
+    header: bool = True                 # add Received-SPF (RFC 7208 §9.1) to the message
+    concurrency: int = 16               # evaluations at once (each holds a worker thread)
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    """[greylist]: tempfail the first try of an unknown (client net, sender, recipient)."""
+
+    enabled: bool = False
+    database: Path = Path("var/greylist.sqlite")
+    delay: float = _conv(parse_duration, default=5 * MINUTES)          # postgrey --delay
+    retry_window: float = _conv(parse_duration, default=2 * DAYS)      # postgrey --retry-window
+    expiry: float = _conv(parse_duration, default=35 * DAYS)           # postgrey --max-age
+    ipv4_prefix: int = 24               # a sending farm retries from another address of its /24
+    ipv6_prefix: int = 64
+    whitelist_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _conv(
+        parse_network, default=())
+    whitelist_domains: tuple[str, ...] = _conv(parse_domain, default=())   # sender domains (and subdomains)
 
 
 @dataclass(frozen=True)
@@ -198,6 +559,16 @@ class Config:
     quarantine: QuarantineConfig
     metrics: MetricsConfig
     log: LogConfig
+    tls: TlsConfig = TlsConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    listeners: tuple[ListenerConfig, ...] = ()   # [[listener]], or server.listen as inbound ones
+    antivirus: AntivirusConfig | None = None     # None: no [antivirus] section, no scanning
+    dns: DnsConfig = DnsConfig()
+    dnsbl: DnsblConfig = DnsblConfig()
+    spf: SpfConfig = SpfConfig()
+    greylist: GreylistConfig = GreylistConfig()
 
 
 _SECTIONS: dict[str, type] = {
@@ -210,7 +581,18 @@ _SECTIONS: dict[str, type] = {
     "quarantine": QuarantineConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
+    "tls": TlsConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "proxy": ProxyConfig,
+    "antivirus": AntivirusConfig,
+    "dns": DnsConfig,
+    "dnsbl": DnsblConfig,
+    "spf": SpfConfig,
+    "greylist": GreylistConfig,
 }
+# Sections that switch a feature on by being present: absent, their Config field is None.
+_OPTIONAL_SECTIONS = frozenset({"antivirus"})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -235,7 +617,7 @@ def build_config(raw: dict[str, Any], path: Path) -> Config:
     problems: list[str] = []
     sections: dict[str, Any] = {}
     for key in raw:
-        if key not in _SECTIONS:
+        if key not in _SECTIONS and key != "listener":
             problems.append(f"{label}: {key}: unknown section{_hint(key, _SECTIONS)}")
     for name, cls in _SECTIONS.items():
         table = raw.get(name, {})
@@ -243,14 +625,26 @@ def build_config(raw: dict[str, Any], path: Path) -> Config:
             problems.append(f"{label}: {name}: expected a table [{name}]")
             table = {}
         sections[name] = _build_section(cls, name, table, label, problems)
+    for name in _OPTIONAL_SECTIONS - raw.keys():
+        sections[name] = None
+    listeners = _build_listeners(raw, label, problems)
+    if listeners and isinstance(raw.get("server"), dict) and "listen" in raw["server"]:
+        problems.append(f"{label}: server.listen: use either server.listen or [[listener]] tables, not both")
     if not problems:
         problems.extend(_cross_checks(sections, label))
+        listeners = _resolve_listeners(raw, sections, listeners)
+        problems.extend(_front_door_checks(sections, listeners, label))
     if problems:
         raise ConfigError(problems)
     base = path.resolve().parent
     for name in ("spool", "rules", "quarantine"):
         sections[name] = dataclasses.replace(sections[name], dir=_resolve(base, sections[name].dir))
-    return Config(path=path.resolve(), **sections)
+    for name in ("tls", "auth", "backend"):
+        sections[name] = _resolve_files(base, sections[name])
+    for name in ("relay", "greylist"):      # relay.sender_map, greylist.database
+        sections[name] = _resolve_files(base, sections[name])
+    sections["antivirus"] = _resolve_antivirus(base, sections["antivirus"], sections["server"])
+    return Config(path=path.resolve(), listeners=listeners, **sections)
 
 
 def _resolve(base: Path, value: Path) -> Path:
@@ -270,9 +664,158 @@ def _cross_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: server.max_message_size: must be at least 1KiB")
     if server.max_line_length < 78:
         problems.append(f"{label}: server.max_line_length: must be at least 78")
+    problems.extend(_spool_checks(sections["backend"], sections["spool"], label))
+    problems.extend(_antivirus_checks(sections["antivirus"], label))
+    problems.extend(_reputation_checks(sections, label))
+    if len(sections["metrics"].type_labels or ()) > MAX_TYPE_LABELS:
+        problems.append(f"{label}: metrics.type_labels: at most {MAX_TYPE_LABELS} types")
     if sections["log"].level not in _LOG_LEVELS:
         problems.append(f"{label}: log.level: must be one of {', '.join(_LOG_LEVELS)}")
     return problems
+
+
+def _reputation_checks(sections: dict[str, Any], label: str) -> list[str]:
+    problems = []
+    dns: DnsConfig = sections["dns"]
+    if dns.timeout <= 0:
+        problems.append(f"{label}: dns.timeout: must be more than 0s")
+    dnsbl: DnsblConfig = sections["dnsbl"]
+    if dnsbl.threshold < 1:
+        problems.append(f"{label}: dnsbl.threshold: must be at least 1")
+    names = [entry.name for entry in dnsbl.lists]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{label}: dnsbl.lists: {name!r} appears twice (give one a name)")
+    spf: SpfConfig = sections["spf"]
+    if spf.timeout <= 0:
+        problems.append(f"{label}: spf.timeout: must be more than 0s")
+    if spf.concurrency < 1:
+        problems.append(f"{label}: spf.concurrency: must be at least 1")
+    greylist: GreylistConfig = sections["greylist"]
+    if not 8 <= greylist.ipv4_prefix <= 32:
+        problems.append(f"{label}: greylist.ipv4_prefix: must be between 8 and 32")
+    if not 16 <= greylist.ipv6_prefix <= 128:
+        problems.append(f"{label}: greylist.ipv6_prefix: must be between 16 and 128")
+    if greylist.expiry < greylist.delay + greylist.retry_window:
+        problems.append(f"{label}: greylist.expiry: must be at least delay + retry_window")
+    return problems
+
+
+def _antivirus_checks(antivirus: AntivirusConfig | None, label: str) -> list[str]:
+    if antivirus is None:
+        return []
+    problems = []
+    if antivirus.timeout <= 0:
+        problems.append(f"{label}: antivirus.timeout: must be more than 0s")
+    if antivirus.concurrency < 1:
+        problems.append(f"{label}: antivirus.concurrency: must be at least 1")
+    if antivirus.max_size is not None and antivirus.max_size < 1024:
+        problems.append(f"{label}: antivirus.max_size: must be at least 1KiB")
+    return problems
+
+
+def _resolve_antivirus(base: Path, antivirus: AntivirusConfig | None,
+                       server: ServerConfig) -> AntivirusConfig | None:
+    """A relative socket path is relative to the config file; max_size defaults to the server's."""
+    if antivirus is None:
+        return None
+    address = antivirus.address
+    if isinstance(address, Path):
+        address = _resolve(base, address)
+    max_size = server.max_message_size if antivirus.max_size is None else antivirus.max_size
+    return dataclasses.replace(antivirus, address=address, max_size=max_size)
+
+
+def _spool_checks(backend: BackendConfig, spool: SpoolConfig, label: str) -> list[str]:
+    problems = []
+    if backend.concurrency < 1:
+        problems.append(f"{label}: backend.concurrency: must be at least 1")
+    if spool.max_messages < 1:
+        problems.append(f"{label}: spool.max_messages: must be at least 1")
+    if spool.retry_min <= 0:
+        problems.append(f"{label}: spool.retry_min: must be more than 0s")
+    if spool.retry_max < spool.retry_min:
+        problems.append(f"{label}: spool.retry_max: must not be less than spool.retry_min")
+    if spool.scan_interval <= 0:
+        problems.append(f"{label}: spool.scan_interval: must be more than 0s")
+    if spool.max_lifetime < spool.retry_min:
+        problems.append(f"{label}: spool.max_lifetime: must not be less than spool.retry_min")
+    return problems
+
+
+def _build_listeners(raw: dict[str, Any], label: str, problems: list[str]) -> tuple[ListenerConfig, ...]:
+    tables = raw.get("listener", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.append(f"{label}: listener: expected [[listener]] tables")
+        return ()
+    listeners = []
+    for index, table in enumerate(tables, 1):
+        section = f"listener[{index}]"
+        listener = _build_section(ListenerConfig, section, table, label, problems)
+        if "address" not in table:
+            problems.append(f"{label}: {section}.address: missing (e.g. \"0.0.0.0:25\")")
+        listeners.append(listener)
+    return tuple(listeners)
+
+
+def _resolve_listeners(raw: dict[str, Any], sections: dict[str, Any],
+                       listeners: tuple[ListenerConfig, ...]) -> tuple[ListenerConfig, ...]:
+    """[[listener]] tables, or server.listen as inbound listeners; default TLS mode filled in."""
+    if not listeners:
+        listeners = tuple(ListenerConfig(address=a) for a in sections["server"].listen)
+    default_tls = TlsMode.STARTTLS if sections["tls"].cert_file is not None else TlsMode.NONE
+    return tuple(dataclasses.replace(
+        listener, name=listener.name or str(listener.address),
+        tls=listener.tls if listener.tls is not None else default_tls) for listener in listeners)
+
+
+def _front_door_checks(sections: dict[str, Any], listeners: tuple[ListenerConfig, ...],
+                       label: str) -> list[str]:
+    """Listeners, TLS, AUTH, PROXY and open-relay settings that only make sense together."""
+    problems = []
+    tls: TlsConfig = sections["tls"]
+    if (tls.cert_file is None) != (tls.key_file is None):
+        problems.append(f"{label}: tls: cert_file and key_file go together")
+    seen: dict[str, str] = {}
+    for index, listener in enumerate(listeners, 1):
+        where = f"{label}: listener[{index}]"
+        for key, value in (("address", str(listener.address)), ("name", listener.name)):
+            if f"{key}:{value}" in seen:
+                problems.append(f"{where}.{key}: {value!r} is already used by {seen[f'{key}:{value}']}")
+                break
+            seen[f"{key}:{value}"] = f"listener[{index}]"
+        if listener.tls is not TlsMode.NONE and tls.cert_file is None:
+            problems.append(f"{where}.tls: {listener.tls.value!r} needs tls.cert_file and tls.key_file")
+        if listener.require_tls and listener.tls is TlsMode.NONE:
+            problems.append(f"{where}.require_tls: needs tls = \"starttls\" or \"implicit\"")
+        if listener.auth is not AuthMode.NONE:
+            if listener.tls is TlsMode.NONE:
+                problems.append(f"{where}.auth: AUTH is offered only inside TLS: set tls")
+            if sections["auth"].users_file is None:
+                problems.append(f"{where}.auth: needs auth.users_file")
+        if listener.proxy_protocol and not sections["proxy"].networks:
+            problems.append(f"{where}.proxy_protocol: needs proxy.networks (the load balancers)")
+    relay: RelayConfig = sections["relay"]
+    if relay.open and relay.open_confirmation != OPEN_RELAY_CONFIRMATION:
+        problems.append(f"{label}: relay.open_confirmation: an open relay needs "
+                        f"open_confirmation = \"{OPEN_RELAY_CONFIRMATION}\"")
+    backend: BackendConfig = sections["backend"]
+    if (backend.tls_cert_file is None) != (backend.tls_key_file is None):
+        problems.append(f"{label}: backend: tls_cert_file and tls_key_file go together")
+    if backend.tls is BackendTls.NONE:
+        for key in ("tls_ca_file", "tls_cert_file", "tls_verify_name"):
+            if getattr(backend, key):
+                problems.append(f"{label}: backend.{key}: has no effect while backend.tls = \"none\"")
+    limits: LimitsConfig = sections["limits"]
+    if limits.connection_rate_per_ip and limits.connection_rate_window <= 0:
+        problems.append(f"{label}: limits.connection_rate_window: must be more than 0")
+    return problems
+
+
+def _resolve_files(base: Path, section: Any) -> Any:
+    """Every Path field of a section made absolute, relative to the config file's folder."""
+    changes = {f.name: _resolve(base, getattr(section, f.name)) for f in dataclasses.fields(section)
+               if isinstance(getattr(section, f.name), Path)}
+    return dataclasses.replace(section, **changes) if changes else section
 
 
 def _build_section(cls: type, section: str, table: dict[str, Any], label: str,

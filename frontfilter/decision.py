@@ -2,7 +2,8 @@
 
 Shared by the pipeline (which runs it in a worker thread, under a deadline) and by
 `frontfilter scan` (which prints it), so a dry run shows exactly what the relay would do.
-No asyncio, no sockets, no metrics here.
+No asyncio, no sockets, no metrics here: the antivirus scan is done by the caller (it is I/O)
+and handed in as a fact; what a failed scan means (`[antivirus] on_error`) is decided here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from frontfilter import reply
+from frontfilter.antivirus.result import ScanResult, ScanStatus
+from frontfilter.config import OnError
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.rewrite import (DEFAULT_NOTICE, StripOrder, prepend_headers,
@@ -27,21 +31,40 @@ class Decision:
     verdict: Verdict
     message: bytes          # the message to forward: rewritten when strip/add_header/tag fired
     stripped: tuple[StripOrder, ...]
+    antivirus: ScanResult | None = None   # the scan the rules saw; None: no scan was made
+    unscanned: bool = False               # the verdict is on_error's: the scan failed
+
+
+# `Verdict.rule` of a message tempfailed because it could not be scanned: the config key that
+# decided, written so that it can never be mistaken for a rule name.
+ON_ERROR = "[antivirus] on_error"
 
 
 def decide(raw: bytes, facts: Facts, rules: RuleSet, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
-           carried: Verdict | None = None) -> Decision:
+           carried: Verdict | None = None, antivirus: ScanResult | None = None,
+           on_error: OnError = OnError.TEMPFAIL) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
-    `carried` holds the headers and tags that rules at earlier stages added."""
+    `carried` holds the headers and tags that rules at earlier stages added.
+
+    `antivirus` is the scan of `raw` (None: none made). When it failed and `on_error` is
+    tempfail, a message the rules would pass is tempfailed instead; a refusal by the rules
+    stands (a 5xx is final: the client need not come back for it)."""
     view = inspect(raw, limits)
     facts = Facts(stage=facts.stage, session=facts.session, envelope=facts.envelope,
-                  recipient=facts.recipient, message=view)
+                  recipient=facts.recipient, message=view, antivirus=antivirus,
+                  checks=facts.checks)
     verdict = rules.evaluate(facts, soft_reject=soft_reject)
     if carried is not None and (carried.headers or carried.tags):
         verdict = dataclasses.replace(verdict, headers=carried.headers + verdict.headers,
                                       tags=carried.tags + verdict.tags)
-    return Decision(view, verdict, *apply(raw, view, verdict, trace))
+    unscanned = (antivirus is not None and antivirus.failed and on_error is OnError.TEMPFAIL
+                 and verdict.action in (None, Action.ACCEPT))
+    if unscanned:
+        assert antivirus is not None
+        answer = reply.INSPECTION_TIMEOUT if antivirus.status is ScanStatus.TIMEOUT else reply.SCAN_UNAVAILABLE
+        verdict = dataclasses.replace(verdict, action=Action.TEMPFAIL, rule=ON_ERROR, reply=answer)
+    return Decision(view, verdict, *apply(raw, view, verdict, trace), antivirus, unscanned)
 
 
 def apply(raw: bytes, view: MessageView, verdict: Verdict,

@@ -1,49 +1,226 @@
-"""Every Prometheus metric frontfilter exports, and the HTTP server for /metrics and health.
+"""Every Prometheus metric frontfilter exports, with its help text and its label value sets.
 
-Names are a contract with `grafana/frontfilter.json` and `deploy/prometheus/` (see DESIGN.md).
-Label values come from small fixed sets: never an address, a file name, an IP or exception text.
-Business code never touches these objects: `observe.py` moves them.
+Names are a contract with `grafana/frontfilter.json` and `deploy/prometheus/` (see DESIGN.md);
+`tests/observability/` checks both against a real Prometheus scraping a running relay.
+Business code never touches these objects: `observe.py` moves them, `httpd.py` serves them.
+
+Cardinality is bounded by construction. A label takes its values from one of three kinds:
+- a closed set declared below with `closed(...)` — observe maps anything else to `other`;
+- a value set by the administrator's own config or rule files (backend host:port, rule name):
+  as many series as configured backends or rules, no more;
+- a 3-digit SMTP code (at most a few dozen distinct in practice).
+Never an address, a file name, an IP or exception text.
+
+Series whose labels are all closed are created at zero at start-up, so `rate()`, ratios and
+alert rules see them before the first event (a counter born at 1 would hide that first event).
+
+To add a metric: define it below, declare its closed label sets with `closed(...)`, add an
+event in `observe.py` that moves it, add a `Move` for it in tests/observability/test_observe.py
+and list it in tests/observability/coverage.py (a test fails until you do).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics)
+from prometheus_client.metrics import MetricWrapperBase
+
+# The 0.0.4 text format would carry one `<name>_created` gauge per counter and histogram
+# series: twice the series for nothing a dashboard uses. This process only ever exports here.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+# process_start_time_seconds ... (read from /proc on each scrape: microseconds).
+ProcessCollector(registry=REGISTRY)
+
+OTHER = "other"
+
+# Family name as PromQL sees it (counters with `_total`) -> label -> the values it may take.
+LABEL_VALUES: dict[str, dict[str, frozenset[str]]] = {}
 
 _SIZE_BUCKETS = (1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6)
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def closed(metric: MetricWrapperBase, zero: bool = True,
+           **labels: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Declare the values each named label of `metric` may take (`other` is always allowed).
+
+    With `zero`, when every label of a counter or gauge is declared, each combination of the
+    listed values is created at zero now. Returns the sets, for `observe.bounded()`.
+    """
+    sets = {name: frozenset(values) | {OTHER} for name, values in labels.items()}
+    family = metric.describe()[0].name + ("_total" if isinstance(metric, Counter) else "")
+    LABEL_VALUES.setdefault(family, {}).update(sets)
+    names = tuple(metric._labelnames)  # noqa: SLF001 - prometheus_client has no public getter
+    if zero and set(names) == set(labels) and not isinstance(metric, Histogram):
+        combos: list[dict[str, str]] = [{}]
+        for name in names:
+            combos = [dict(c, **{name: v}) for c in combos for v in labels[name]]
+        for combo in combos:
+            metric.labels(**combo)
+    return sets
+
+
+def bounded(value: str, allowed: frozenset[str]) -> str:
+    """`value` if it belongs to the declared set, else `other`."""
+    return value if value in allowed else OTHER
+
+
+# ---- SMTP -------------------------------------------------------------------------------------
 
 connections = Counter(
     "frontfilter_connections", "SMTP connections by how they were admitted or refused.",
     ["result"], registry=REGISTRY)
+CONNECTION_RESULTS = closed(connections, result=(
+    "accepted",            # greeted with 220
+    "refused_rule",        # a connect-stage rule refused the client
+    "refused_limit",       # connection limits (total, per IP, rate)
+    "refused_not_ready",   # no valid rule set loaded: 421 to everyone
+    "refused_shutdown",    # stopping
+    "tls_failed",          # TLS handshake failed (implicit TLS or STARTTLS)
+    "refused_proxy",       # PROXY listener: not from proxy.networks, or no valid header
+))["result"]
+
+SMTP_STAGES = ("connect", "helo", "mail", "rcpt", "data", "starttls", "auth")
 smtp_replies = Counter(
     "frontfilter_smtp_replies", "SMTP replies sent, by stage and 3-digit code.",
     ["stage", "code"], registry=REGISTRY)
+REPLY_STAGES = closed(smtp_replies, stage=SMTP_STAGES)["stage"]   # code: any 3-digit SMTP code
+
+processing_seconds = Histogram(
+    "frontfilter_processing_seconds",
+    "Time spent deciding, by stage (rules at each stage; inspection + rules + rewrite at data).",
+    ["stage"], buckets=_TIME_BUCKETS, registry=REGISTRY)
+PROCESSING_STAGES = closed(processing_seconds, stage=SMTP_STAGES)["stage"]
+
+tls_sessions = Counter(
+    "frontfilter_tls_sessions", "TLS sessions established, by direction and protocol version.",
+    ["direction", "version"], registry=REGISTRY)
+_tls = closed(tls_sessions, direction=("inbound", "outbound"),
+              version=("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"))
+TLS_DIRECTIONS, TLS_VERSIONS = _tls["direction"], _tls["version"]
+
+auth_attempts = Counter(
+    "frontfilter_auth_attempts", "SMTP AUTH attempts by result.",
+    ["result"], registry=REGISTRY)
+AUTH_RESULTS = closed(auth_attempts, result=(   # smtp.auth.Result, checked by a test
+    "success",             # credentials accepted
+    "failure",             # wrong user or password (535)
+    "locked_out",          # refused without a check: too many failures from that address
+    "malformed",           # bad base64, wrong PLAIN layout, aborted with "*"
+))["result"]
+
+# ---- messages ---------------------------------------------------------------------------------
+
 messages = Counter(
     "frontfilter_messages", "Messages decided at end of DATA, by verdict.",
     ["verdict"], registry=REGISTRY)
+VERDICTS = closed(messages, verdict=(
+    "accepted", "rejected", "tempfailed", "discarded", "quarantined"))["verdict"]
+
 rule_matches = Counter(
     "frontfilter_rule_matches", "Rule matches, by rule, action and mode (enforce, monitor).",
     ["rule", "action", "mode"], registry=REGISTRY)
+_rules = closed(rule_matches,
+                action=("accept", "reject", "tempfail", "discard", "quarantine", "strip",
+                        "add_header", "tag"),
+                mode=("enforce", "monitor"))      # rule: the names in the administrator's rules
+RULE_ACTIONS, RULE_MODES = _rules["action"], _rules["mode"]
+
 attachments_stripped = Counter(
-    "frontfilter_attachments_stripped", "Parts removed by strip rules, by detected type.",
-    ["type"], registry=REGISTRY)
+    "frontfilter_attachments_stripped",
+    "Parts removed by strip rules, by detected type (the configured metrics.type_labels, else other).",
+    ["type"], registry=REGISTRY)     # the set is configurable: observe.set_type_labels()
+
 inspection_limits = Counter(
     "frontfilter_inspection_limits", "Messages that crossed an inspection bound, by bound.",
     ["limit"], registry=REGISTRY)
+INSPECTION_LIMITS = closed(inspection_limits, limit=(   # content.view.Limit, checked by a test
+    "depth", "parts", "header_bytes", "decoded_bytes", "archive_depth", "archive_members",
+    "expanded_size", "compression_ratio", "time"))["limit"]
+
 message_size = Histogram(
     "frontfilter_message_size_bytes", "Size of messages received, in bytes.",
     buckets=_SIZE_BUCKETS, registry=REGISTRY)
-processing_seconds = Histogram(
-    "frontfilter_processing_seconds", "Time spent deciding, by stage.",
-    ["stage"], buckets=_TIME_BUCKETS, registry=REGISTRY)
+
+# ---- antivirus --------------------------------------------------------------------------------
+
+antivirus_scans = Counter(
+    "frontfilter_antivirus_scans",
+    "Messages scanned by clamd, by result; error, timeout and too_big were not scanned "
+    "([antivirus] on_error decided what became of them).",
+    ["result"], registry=REGISTRY)
+SCAN_RESULTS = closed(antivirus_scans, result=(   # antivirus.result.ScanStatus, checked by a test
+    "clean", "infected", "error", "timeout", "too_big"))["result"]
+
+antivirus_scan_seconds = Histogram(
+    "frontfilter_antivirus_scan_seconds",
+    "Time to scan one message with clamd: waiting for a free slot, connecting, sending, the answer.",
+    buckets=_TIME_BUCKETS, registry=REGISTRY)
+
+# ---- reputation: DNS lists, SPF, greylisting, sender binding (frontfilter/reputation/) -------
+
+dns_queries = Counter(
+    "frontfilter_dns_queries",
+    "DNS lookups of the reputation checks, by outcome (cached: answered from the cache).",
+    ["result"], registry=REGISTRY)
+DNS_RESULTS = closed(dns_queries, result=(   # reputation.resolver.Outcome, + cached
+    "answer", "nxdomain", "nodata", "timeout", "error", "cached"))["result"]
+
+dnsbl_lookups = Counter(
+    "frontfilter_dnsbl_lookups",
+    "Client lookups on each DNS block/allow list, by result (refused: the list answered with an "
+    "error code such as 127.255.255.254, or outside its codes; error: no answer in time).",
+    ["list", "result"], registry=REGISTRY)     # list: the names in [dnsbl] lists
+DNSBL_RESULTS = closed(dnsbl_lookups, result=("listed", "not_listed", "refused", "error"))["result"]
+
+spf_results = Counter(
+    "frontfilter_spf_results", "SPF evaluations of the envelope sender, by result (RFC 7208 §2.6).",
+    ["result"], registry=REGISTRY)
+SPF_RESULTS = closed(spf_results, result=(   # reputation.facts.SpfResult, checked by a test
+    "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"))["result"]
+
+dns_check_seconds = Histogram(
+    "frontfilter_dns_check_seconds",
+    "Time for one reputation check: all DNS lists of a client, or one SPF evaluation.",
+    ["check"], buckets=_TIME_BUCKETS, registry=REGISTRY)
+DNS_CHECKS = closed(dns_check_seconds, check=("dnsbl", "spf"))["check"]
+
+greylist_checks = Counter(
+    "frontfilter_greylist_checks",
+    "Greylisting decisions at RCPT, by result (new and early are greylisted).",
+    ["result"], registry=REGISTRY)
+GREYLIST_RESULTS = closed(greylist_checks, result=(   # reputation.greylist.Verdict
+    "new", "early", "passed", "known", "whitelisted"))["result"]
+
+sender_refusals = Counter(
+    "frontfilter_sender_refusals",
+    "Envelope senders refused by domain-bound relaying, by reason.",
+    ["reason"], registry=REGISTRY)
+SENDER_REFUSAL_REASONS = closed(sender_refusals, reason=(
+    "login_mismatch",      # an authenticated user sending as an address it does not own
+    "not_own_domain",      # relaying out with a sender outside relay.sender_domains
+))["reason"]
+
+# ---- delivery ---------------------------------------------------------------------------------
+
 forward_attempts = Counter(
-    "frontfilter_forward_attempts", "Hand-overs to a backend, by backend and result.",
+    "frontfilter_forward_attempts", "Hand-overs to a backend, by backend (host:port) and result.",
     ["backend", "result"], registry=REGISTRY)
+FORWARD_RESULTS = closed(forward_attempts, result=("ok", "transient", "permanent"))["result"]
+
 forward_seconds = Histogram(
     "frontfilter_forward_seconds", "Time to hand a message to a backend.",
     ["backend"], buckets=_TIME_BUCKETS, registry=REGISTRY)
+
+backend_up = Gauge(
+    "frontfilter_backend_up",
+    "1 when the backend last answered (a delivery, or an idle-time SMTP greeting probe), else 0.",
+    ["backend"], registry=REGISTRY)
+
 spool_messages = Gauge(
     "frontfilter_spool_messages", "Messages in the spool waiting for delivery.",
     registry=REGISTRY)
@@ -53,20 +230,54 @@ spool_oldest_age = Gauge(
 dead_letters = Counter(
     "frontfilter_dead_letters", "Messages given up on and moved to the dead-letter directory.",
     registry=REGISTRY)
-tls_sessions = Counter(
-    "frontfilter_tls_sessions", "TLS sessions established, by direction and protocol version.",
-    ["direction", "version"], registry=REGISTRY)
-auth_attempts = Counter(
-    "frontfilter_auth_attempts", "SMTP AUTH attempts by result.",
-    ["result"], registry=REGISTRY)
+recipient_verifications = Counter(
+    "frontfilter_recipient_verifications",
+    "Recipients checked against the backend at RCPT (queue mode), by result and by whether "
+    "the cache or a probe answered.",
+    ["result", "source"], registry=REGISTRY)
+VERIFY_RESULTS = closed(recipient_verifications, result=("valid", "invalid", "unavailable"),
+                        source=("cache", "probe"))["result"]
+
+# ---- rules ------------------------------------------------------------------------------------
+
 rules_loaded = Gauge(
     "frontfilter_rules_loaded", "Rules in the active rule set.", registry=REGISTRY)
 rules_reloads = Counter(
     "frontfilter_rules_reloads", "Rule set loads, by result (ok, invalid).",
     ["result"], registry=REGISTRY)
+RELOAD_RESULTS = closed(rules_reloads, result=("ok", "invalid"))["result"]
 rules_last_reload_successful = Gauge(
     "frontfilter_rules_last_reload_successful",
     "1 when the last rule load succeeded, 0 when it was refused.", registry=REGISTRY)
+rules_last_reload_success_timestamp = Gauge(
+    "frontfilter_rules_last_reload_success_timestamp_seconds",
+    "Unix time of the last rule load that succeeded.", registry=REGISTRY)
+
+# ---- process and health -----------------------------------------------------------------------
+
 build_info = Gauge(
     "frontfilter_build_info", "Always 1; the version is in the label.",
     ["version"], registry=REGISTRY)
+
+ready = Gauge(
+    "frontfilter_ready",
+    "1 when the readiness check passes (as /readyz reports it), by check.",
+    ["check"], registry=REGISTRY)
+READY_CHECKS = closed(ready, check=(
+    "rules",       # a valid rule set is loaded
+    "spool",       # a file can be written and fsynced in the spool, with room for a message
+    "backend",     # a backend answered recently
+    "accepting",   # not shutting down
+))["check"]
+
+event_loop_lag = Histogram(
+    "frontfilter_event_loop_lag_seconds",
+    "How late the event loop ran a timer: time when no SMTP session could be served.",
+    buckets=_LAG_BUCKETS, registry=REGISTRY)
+
+http_requests = Counter(
+    "frontfilter_http_requests", "Requests to the metrics and health endpoint, by path and status.",
+    ["path", "code"], registry=REGISTRY)
+_http = closed(http_requests, zero=False, path=("/metrics", "/healthz", "/readyz", "/"),
+               code=("200", "400", "404", "405", "408", "431", "503"))
+HTTP_PATHS, HTTP_CODES = _http["path"], _http["code"]

@@ -4,15 +4,30 @@ This is the one chokepoint between what frontfilter does and what an administrat
 log and the dashboard never disagree (STYLE habit 4). Log lines are JSON by default, one object
 per line, always with an `event` key; message decisions carry the queue id that the client also
 saw in its reply, which joins a complaint to the log line.
+
+Guarantees: label values pass through `metrics.bounded` (or are the administrator's own rule and
+backend names), so nothing a client sends can create a time series; the configuration logged at
+start-up has its secrets masked (`masked_config`). Per-event cost is a dict and a counter
+increment; events that fire per request or per tick (`reply_sent`, `http_request`, `loop_lag`,
+`spool_state`) move metrics only and never log at INFO.
+
+Adding an event: one function here, in the section of its subsystem, that moves its metrics
+(declared in `metrics.py`) and, if an administrator should read about it, calls `_emit`. This
+module is long on purpose: it is the catalogue of everything frontfilter reports, one small
+function per event; splitting it would scatter the chokepoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from frontfilter import metrics
@@ -21,6 +36,7 @@ from frontfilter.reply import Reply
 log = logging.getLogger("frontfilter")
 
 # Label values for stripped types: a fixed set, everything else is "other" (cardinality bound).
+# The default of `[metrics] type_labels`; `set_type_labels` replaces it at start-up.
 STRIPPED_TYPE_LABELS = frozenset({
     "application/vnd.microsoft.portable-executable", "application/x-dosexec",
     "application/x-executable", "application/x-sharedlib", "application/x-msi",
@@ -33,6 +49,16 @@ STRIPPED_TYPE_LABELS = frozenset({
     "text/html", "text/plain", "application/javascript", "text/x-shellscript",
     "application/octet-stream", "image/jpeg", "image/png",
 })
+_type_labels: frozenset[str] = STRIPPED_TYPE_LABELS
+
+
+def set_type_labels(types: Iterable[str] | None) -> None:
+    """The detected types counted under their own name; None restores the built-in set. Their
+    counters (and `other`) are created at zero, so a first strip shows in increase()."""
+    global _type_labels
+    _type_labels = STRIPPED_TYPE_LABELS if types is None else frozenset(types)
+    for label in sorted(_type_labels | {metrics.OTHER}):
+        metrics.attachments_stripped.labels(type=label)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -93,13 +119,20 @@ def _emit(level: int, event: str, **fields: Any) -> None:
 
 # ---- process -----------------------------------------------------------------------------
 
-def started(version: str, listen: Sequence[str], config: Mapping[str, Any]) -> None:
+def started(version: str, listen: Sequence[str], config: Any) -> None:
+    """Start-up: the version, and the effective configuration with its secrets masked."""
     metrics.build_info.labels(version=version).set(1)
-    _emit(logging.INFO, "started", version=version, listen=list(listen), config=config)
+    _emit(logging.INFO, "started", version=version, listen=list(listen), config=masked_config(config))
 
 
 def listening(address: str) -> None:
     _emit(logging.INFO, "listening", address=address)
+
+
+def http_listening(address: str) -> None:
+    """The metrics and health endpoint is up (a separate event: `listening` is SMTP's)."""
+    _emit(logging.INFO, "http_listening", address=address,
+          paths=["/metrics", "/healthz", "/readyz"])
 
 
 def stopping(reason: str) -> None:
@@ -120,12 +153,59 @@ def internal_error(where: str, queue_id: str | None = None, **fields: Any) -> No
               extra={"fields": {"event": "internal_error", "where": where, "queue_id": queue_id, **fields}})
 
 
+# Key names whose values are secrets: shown as "***" unless the value is a path (a key file's
+# location is fine to log, its contents are not). PEM blocks are masked under any name.
+_SECRET_KEY = re.compile(r"pass(word|wd|phrase)|(^|_)pass($|_)|secret|token|credential|private|psk"
+                         r"|(^|_)keys?($|_)", re.IGNORECASE)
+MASK = "***"
+
+
+def masked_config(config: Any) -> Any:
+    """`config` (the frozen dataclasses, or plain mappings) as JSON-ready values, secrets masked.
+
+    Paths, host:port values, networks and enums become strings; a value under a secret-looking
+    key (password, secret, token, key, ...) becomes "***" unless it is a path; any string holding
+    a PEM block becomes "***" whatever its key.
+    """
+    return _masked(config, secret=False)
+
+
+def _masked(value: Any, secret: bool) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if type(value).__str__ is not object.__str__:     # a value type (HostPort): its text
+            return MASK if secret else str(value)
+        return {f.name: _masked(getattr(value, f.name), bool(_SECRET_KEY.search(f.name)))
+                for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _masked(v, bool(_SECRET_KEY.search(str(k)))) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_masked(v, secret) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)                 # a path is never the secret itself
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str) and "-----BEGIN" in value:
+        return MASK
+    if secret:
+        return MASK if value not in ("", 0) else value
+    return value if isinstance(value, int | float | str) else str(value)
+
+
 # ---- rules ------------------------------------------------------------------------------
 
-def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: bool) -> None:
+def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: bool,
+                 rules: Iterable[tuple[str, str, str]] = ()) -> None:
+    """A rule set is in force. `rules`: (name, action, mode) of each, whose match counters are
+    created at zero now, so the first match of a new rule shows in rate() and increase()."""
+    for name, action, mode in rules:
+        metrics.rule_matches.labels(rule=name, action=metrics.bounded(action, metrics.RULE_ACTIONS),
+                                    mode=metrics.bounded(mode, metrics.RULE_MODES))
     metrics.rules_loaded.set(count)
     metrics.rules_reloads.labels(result="ok").inc()
     metrics.rules_last_reload_successful.set(1)
+    metrics.rules_last_reload_success_timestamp.set(time.time())
     _emit(logging.INFO, "rules_loaded", rules=count, fingerprint=fingerprint,
           files=list(files), reload=reload)
 
@@ -139,19 +219,31 @@ def rules_refused(errors: Sequence[str], reload: bool) -> None:
 
 # ---- SMTP -------------------------------------------------------------------------------
 
-def connection(result: str, client: str | None = None) -> None:
-    metrics.connections.labels(result=result).inc()
+_SMTP_CODE = re.compile(r"[2-5][0-5][0-9]")
+
+
+def connection(result: str, client: str | None = None, **fields: Any) -> None:
+    """One connection admitted or refused; `result` from metrics.CONNECTION_RESULTS.
+
+    `fields` add detail to the log line (which limit, why TLS or PROXY failed)."""
+    metrics.connections.labels(result=metrics.bounded(result, metrics.CONNECTION_RESULTS)).inc()
     if result != "accepted":
-        _emit(logging.INFO, "connection_refused", result=result, client=client)
+        _emit(logging.INFO, "connection_refused", result=result, client=client, **fields)
 
 
 def reply_sent(stage: str, code: str) -> None:
     """Every line the server writes, counted by stage and 3-digit code (354 and 334 included)."""
-    metrics.smtp_replies.labels(stage=stage, code=code).inc()
+    metrics.smtp_replies.labels(stage=metrics.bounded(stage, metrics.REPLY_STAGES),
+                                code=code if _SMTP_CODE.fullmatch(code) else metrics.OTHER).inc()
 
 
 def stage_decided(stage: str, seconds: float) -> None:
-    metrics.processing_seconds.labels(stage=stage).observe(seconds)
+    metrics.processing_seconds.labels(stage=metrics.bounded(stage, metrics.PROCESSING_STAGES)).observe(seconds)
+
+
+def rules_monitored(client: str, stage: str, rules: Sequence[str], queue_id: str | None = None) -> None:
+    """Monitor-mode rules matched before end of DATA (at DATA they are on the `message` line)."""
+    _emit(logging.INFO, "monitor", queue_id=queue_id, client=client, stage=stage, rules=list(rules))
 
 
 def command_refused(client: str, stage: str, reply: Reply, reason: str,
@@ -165,36 +257,216 @@ def protocol_violation(client: str, what: str) -> None:
     _emit(logging.INFO, "protocol_violation", client=client, what=what)
 
 
+def credentials_loaded(what: str, reload: bool, **fields: Any) -> None:
+    """The TLS certificate, the AUTH users file or the backend TLS files were (re)loaded;
+    `what` is tls_certificate, users or backend_tls (the event is `<what>_loaded`)."""
+    _emit(logging.INFO, f"{what}_loaded", reload=reload, **fields)
+
+
+def credentials_refused(what: str, problems: Sequence[str], reload: bool) -> None:
+    """A reload found a bad certificate, users file or backend TLS file: the old one stays."""
+    _emit(logging.ERROR, f"{what}_refused", problems=list(problems), reload=reload,
+          kept_previous=reload)
+
+
+def tls_session(direction: str, version: str) -> None:
+    """A TLS handshake completed; `version` as ssl reports it ("TLSv1.3")."""
+    metrics.tls_sessions.labels(direction=metrics.bounded(direction, metrics.TLS_DIRECTIONS),
+                                version=metrics.bounded(version, metrics.TLS_VERSIONS)).inc()
+
+
+def auth_attempt(result: str, client: str | None = None, mechanism: str | None = None, *,
+                 user: str | None = None, **fields: Any) -> None:
+    """One SMTP AUTH exchange; `result` from metrics.AUTH_RESULTS. Never pass the password.
+
+    Logged each time (client, mechanism, user when known: what fail2ban and an audit need)."""
+    metrics.auth_attempts.labels(result=metrics.bounded(result, metrics.AUTH_RESULTS)).inc()
+    _emit(logging.INFO, "auth", result=result, client=client, mechanism=mechanism, user=user,
+          **fields)
+
+
+# ---- messages ---------------------------------------------------------------------------
+
 def rule_matched(rule: str, action: str, mode: str) -> None:
-    metrics.rule_matches.labels(rule=rule, action=action, mode=mode).inc()
+    """`rule` is a name from the administrator's rule files: bounded by the rule set."""
+    metrics.rule_matches.labels(rule=rule, action=metrics.bounded(action, metrics.RULE_ACTIONS),
+                                mode=metrics.bounded(mode, metrics.RULE_MODES)).inc()
 
 
 def inspection_limit(limit: str) -> None:
-    metrics.inspection_limits.labels(limit=limit).inc()
+    metrics.inspection_limits.labels(limit=metrics.bounded(limit, metrics.INSPECTION_LIMITS)).inc()
 
 
 def attachment_stripped(detected_type: str) -> None:
-    label = detected_type if detected_type in STRIPPED_TYPE_LABELS else "other"
-    metrics.attachments_stripped.labels(type=label).inc()
+    metrics.attachments_stripped.labels(type=metrics.bounded(detected_type, _type_labels)).inc()
 
 
 def message_decided(*, queue_id: str, verdict: str, size: int, **fields: Any) -> None:
     """The one line per message: client, envelope, size, verdict, rules, delivery, durations."""
-    metrics.messages.labels(verdict=verdict).inc()
+    metrics.messages.labels(verdict=metrics.bounded(verdict, metrics.VERDICTS)).inc()
     metrics.message_size.observe(size)
     _emit(logging.INFO, "message", queue_id=queue_id, verdict=verdict, size=size, **fields)
 
 
+# ---- antivirus --------------------------------------------------------------------------
+
+def antivirus_scanned(result: str, seconds: float, queue_id: str | None = None, detail: str = "") -> None:
+    """One message scanned by clamd. A scan that failed (error, timeout, too_big) also logs why,
+    for the operator; the signature names of an infected one are on the `message` line."""
+    metrics.antivirus_scans.labels(result=metrics.bounded(result, metrics.SCAN_RESULTS)).inc()
+    metrics.antivirus_scan_seconds.observe(seconds)
+    if result not in ("clean", "infected"):
+        _emit(logging.WARNING, "antivirus_failed", queue_id=queue_id, result=result, detail=detail)
+
+
+# ---- reputation -------------------------------------------------------------------------
+
+def dns_query(result: str) -> None:
+    """One lookup of the reputation resolver (per query: metrics only, never a log line)."""
+    metrics.dns_queries.labels(result=metrics.bounded(result, metrics.DNS_RESULTS)).inc()
+
+
+def dnsbl_lookup(list_name: str, result: str) -> None:
+    """`list_name` is a name from [dnsbl] lists: bounded by the config."""
+    metrics.dnsbl_lookups.labels(list=list_name, result=metrics.bounded(result, metrics.DNSBL_RESULTS)).inc()
+
+
+def client_listing(client: str, score: int, listed_on: Sequence[str],
+                   answers: Sequence[tuple[str, str, Sequence[str], str]], seconds: float) -> None:
+    """The DNS lists of one client: logged when it is listed somewhere, or a list failed or
+    refused to answer (an administrator wants to see both); quiet for the common clean case."""
+    metrics.dns_check_seconds.labels(check="dnsbl").observe(seconds)
+    if score or listed_on or any(result in ("refused", "error") for _n, result, _c, _d in answers):
+        _emit(logging.INFO, "dnsbl", client=client, score=score, listed_on=list(listed_on),
+              lists={name: " ".join(part for part in (result, *codes, detail) if part)
+                     for name, result, codes, detail in answers},
+              ms=round(seconds * 1000, 1))
+
+
+def spf_checked(result: str, seconds: float) -> None:
+    metrics.spf_results.labels(result=metrics.bounded(result, metrics.SPF_RESULTS)).inc()
+    metrics.dns_check_seconds.labels(check="spf").observe(seconds)
+
+
+def greylist_checked(result: str) -> None:
+    metrics.greylist_checks.labels(result=metrics.bounded(result, metrics.GREYLIST_RESULTS)).inc()
+
+
+def sender_refused(reason: str) -> None:
+    """Domain-bound relaying refused a sender; the `refused` log line says who and why."""
+    metrics.sender_refusals.labels(reason=metrics.bounded(reason, metrics.SENDER_REFUSAL_REASONS)).inc()
+
+
 # ---- delivery ---------------------------------------------------------------------------
+
+# When each backend last answered a delivery (monotonic seconds): the health monitor's passive
+# reachability signal, so a backend carrying mail is never probed as well.
+_answered_at: dict[str, float] = {}
+
 
 def forward_attempt(backend: str, result: str, seconds: float, queue_id: str | None = None,
                     detail: str | None = None) -> None:
-    metrics.forward_attempts.labels(backend=backend, result=result).inc()
+    """One hand-over (or connection attempt) to `backend` (host:port from the config)."""
+    metrics.forward_attempts.labels(backend=backend,
+                                    result=metrics.bounded(result, metrics.FORWARD_RESULTS)).inc()
     metrics.forward_seconds.labels(backend=backend).observe(seconds)
+    if result in ("ok", "permanent"):      # it answered: reachable, whatever it thought
+        _answered_at[backend] = time.monotonic()
+        metrics.backend_up.labels(backend=backend).set(1)
     if result != "ok":
         _emit(logging.WARNING, "forward_failed", backend=backend, result=result,
               queue_id=queue_id, detail=detail)
 
 
-def tls_session(direction: str, version: str) -> None:
-    metrics.tls_sessions.labels(direction=direction, version=version or "unknown").inc()
+def backend_answered_at(backend: str) -> float | None:
+    """time.monotonic() of the last delivery `backend` answered, or None."""
+    return _answered_at.get(backend)
+
+
+def backends_configured(backends: Iterable[str]) -> None:
+    """Create each backend's series at zero, so failure ratios exist before the first failure."""
+    for backend in backends:
+        for result in ("ok", "transient", "permanent"):
+            metrics.forward_attempts.labels(backend=backend, result=result)
+        metrics.forward_seconds.labels(backend=backend)
+
+
+def backend_probed(backend: str, up: bool) -> None:
+    """The health monitor's idle-time probe (SMTP greeting, then QUIT) of one backend."""
+    metrics.backend_up.labels(backend=backend).set(1 if up else 0)
+
+
+def backend_changed(backend: str, up: bool, detail: str | None = None) -> None:
+    """A backend went from reachable to not, or back: one line per change, not per probe."""
+    _emit(logging.INFO if up else logging.WARNING, "backend_up" if up else "backend_down",
+          backend=backend, detail=detail)
+
+
+def spool_state(messages: int, oldest_age_seconds: float) -> None:
+    """The spool's depth and the age of its oldest message (0 when empty); call on each scan."""
+    metrics.spool_messages.set(messages)
+    metrics.spool_oldest_age.set(oldest_age_seconds)
+
+
+def dead_letter(queue_id: str, reason: str, **fields: Any) -> None:
+    """A message given up on (moved to the dead-letter directory): counted and logged."""
+    metrics.dead_letters.inc()
+    _emit(logging.WARNING, "dead_letter", queue_id=queue_id, reason=reason, **fields)
+
+
+def delivery(*, queue_id: str, status: str, **fields: Any) -> None:
+    """One delivery attempt of a spooled message: `status` delivered, deferred or failed, with
+    the recipients each attempt settled (forward_attempt counts the hand-overs themselves)."""
+    _emit(logging.INFO, "delivery", queue_id=queue_id, status=status, **fields)
+
+
+def dsn_queued(queue_id: str, dsn_id: str, recipients: Sequence[str]) -> None:
+    """A delivery status notification for `queue_id` was spooled as `dsn_id`."""
+    _emit(logging.INFO, "dsn_queued", queue_id=queue_id, dsn_id=dsn_id, recipients=list(recipients))
+
+
+def spool_recovered(messages: int, temps_discarded: int, orphan_states: int) -> None:
+    """Start-up scan of the spool: what will be delivered, and what was never acknowledged."""
+    _emit(logging.INFO, "spool_recovered", messages=messages, temps_discarded=temps_discarded,
+          orphan_states=orphan_states)
+
+
+def spool_removed_elsewhere(queue_id: str) -> None:
+    """A spooled message vanished without this process (`frontfilter queue delete`, another worker)."""
+    _emit(logging.INFO, "spool_removed", queue_id=queue_id)
+
+
+def delivery_stopped(cut: int) -> None:
+    """Shutdown: attempts still in flight at the deadline were cut; their mail stays spooled."""
+    _emit(logging.INFO, "delivery_stopped", attempts_cut=cut)
+
+
+def recipient_verified(result: str, cached: bool) -> None:
+    """A recipient checked against the backend at RCPT (queue mode, backend.verify_recipients)."""
+    metrics.recipient_verifications.labels(
+        result=metrics.bounded(result, metrics.VERIFY_RESULTS),
+        source="cache" if cached else "probe").inc()
+
+
+# ---- health and the HTTP endpoint -----------------------------------------------------------
+
+def ready_check(check: str, ok: bool) -> None:
+    """The current result of one readiness check (metrics.READY_CHECKS), set on every probe."""
+    metrics.ready.labels(check=metrics.bounded(check, metrics.READY_CHECKS)).set(1 if ok else 0)
+
+
+def readiness_changed(check: str, ok: bool, detail: str) -> None:
+    """A readiness check flipped: one log line per change, with the reason."""
+    _emit(logging.INFO if ok else logging.WARNING, "readiness_changed", check=check, ok=ok,
+          detail=detail)
+
+
+def loop_lag(seconds: float) -> None:
+    metrics.event_loop_lag.observe(max(0.0, seconds))
+
+
+def http_request(path: str, code: int, client: str | None = None) -> None:
+    """One request to the metrics/health endpoint. Logged at debug only: scrapes are not news."""
+    label = metrics.bounded(path, metrics.HTTP_PATHS)
+    metrics.http_requests.labels(path=label, code=metrics.bounded(str(code), metrics.HTTP_CODES)).inc()
+    _emit(logging.DEBUG, "http_request", path=label, code=code, client=client)

@@ -1,13 +1,19 @@
 """The decision pipeline: one method per SMTP stage, each returning the `Reply` to send.
 
-Order at each stage: bounds and protocol facts first (cheap, fixed), then relay policy, then the
-administrator's rules for that stage, then (RCPT, DATA) the backend. Every refusal is logged
+Order at each stage: bounds and protocol facts first (cheap, fixed), then relay policy (with
+domain-bound relaying: policy.may_send_as, may_relay_out_as), then the reputation facts that
+stage's rules read (DNS lists, SPF, greylisting: reputation.checks, each under its deadline),
+then the administrator's rules for that stage, then (RCPT, DATA) the backend. Every refusal is logged
 with its reason; every accepted or refused message at end of DATA gets exactly one `message`
 log line, keyed by the queue id the client saw.
 
 Fail closed, in time (STYLE habit 5): inspection and rules run in a worker thread under
 `inspection.timeout`; a timeout answers `451 4.4.5`, an exception `451 4.3.0` — never a 250.
-In sync mode 250 is sent only after the backend accepted the message (see delivery.backend).
+Before them, with `[antivirus]`, the raw message is scanned by clamd on the event loop (async,
+bounded by `antivirus.timeout` and `antivirus.concurrency`); a failed scan is `on_error`'s.
+In sync mode 250 is sent only after the backend accepted the message (see delivery.backend); in
+queue mode only after it is durably in the spool (delivery.spool), and a full spool answers
+`452 4.3.1` — at MAIL when it can tell already, else at end of DATA.
 
 Who owns what: the SMTP edge (`smtp/`) owns the wire and per-connection bounds; this module owns
 decisions; `delivery/` owns talking to the backend; `observe` owns logs and metrics.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +32,19 @@ from email.utils import format_datetime, localtime
 from pathlib import Path
 
 from frontfilter import observe, policy, reply
-from frontfilter.config import Config, QuarantineOutcome
+from frontfilter.antivirus.clamd import ClamdClient
+from frontfilter.antivirus.result import ScanResult
+from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.decision import Decision, decide
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
+from frontfilter.delivery.spool import Admission, Envelope, Spool
+from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
 from frontfilter.policy import Address
+from frontfilter.reputation.checks import Checks, ClientChecks
+from frontfilter.reputation.facts import CheckFacts
+from frontfilter.sendermap import SenderMap, SenderMapError, load_sender_map
 from frontfilter.reply import Reply
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.model import Action, Mode, Verdict
@@ -67,6 +81,7 @@ class SessionState:
     backend: BackendSession | None = None
     early: Action | None = None    # accept or discard taken by a rule at connect or HELO
     carried: Verdict = field(default_factory=Verdict)   # headers and tags from connect/HELO
+    checks: ClientChecks = field(default_factory=ClientChecks)   # DNS lists, SPF, greylisting
 
     def facts(self) -> SessionFacts:
         return SessionFacts(peer=self.peer, helo=self.helo, tls=self.tls, auth_user=self.auth_user)
@@ -86,27 +101,54 @@ class RuleBook:
 
 
 class Pipeline:
-    def __init__(self, config: Config, rulebook: RuleBook):
+    def __init__(self, config: Config, rulebook: RuleBook, spool: Spool | None = None,
+                 verifier: RecipientVerifier | None = None):
         self.config = config
         self.rulebook = rulebook
+        # Queue mode (store and forward) when a spool is given: 250 once the message is on
+        # disk, a delivery worker takes it on. Without one: sync mode (backend mirrored).
+        self.spool = spool
+        self.verifier = verifier
         self.limits = InspectionLimits(**{
             f.name: getattr(config.inspection, f.name)
             for f in dataclasses.fields(InspectionLimits)})
         self._executor = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="inspect")
+        self.antivirus = ClamdClient.from_config(config.antivirus) if config.antivirus else None
+        self.on_scan_error = config.antivirus.on_error if config.antivirus else OnError.TEMPFAIL
+        self.checks = Checks(config)          # reputation: DNS lists, SPF, greylisting
+        self.senders: SenderMap | None = None  # relay.sender_map, see load_sender_map
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.checks.close()
+
+    async def load_sender_map(self, reload: bool = False) -> None:
+        """relay.sender_map: at start a map that does not load is a ConfigError (the relay does
+        not start with AUTH users unbound); on reload it is logged and the old map stays."""
+        path = self.config.relay.sender_map
+        if path is None:
+            return
+        try:
+            self.senders = await asyncio.to_thread(load_sender_map, path)
+        except SenderMapError as error:
+            if not reload:
+                raise ConfigError([f"{self.config.path}: relay.sender_map: {p}" for p in error.problems]) from None
+            observe.credentials_refused("sender_map", error.problems, reload=True)
+            return
+        observe.credentials_loaded("sender_map", reload, file=str(path), logins=len(self.senders.addresses))
 
     # ---- stages ---------------------------------------------------------------------------
 
-    def connect(self, peer: Peer) -> tuple[SessionState, Reply | None]:
-        state = SessionState(peer=peer)
-        refusal = self._rules(Stage.CONNECT, state)
+    async def connect(self, peer: Peer, tls: bool = False) -> tuple[SessionState, Reply | None]:
+        """`peer` is the real client (after PROXY); `tls` is true on implicit-TLS listeners."""
+        state = SessionState(peer=peer, tls=tls)
+        self.checks.open(state.checks, peer)
+        refusal = await self._rules(Stage.CONNECT, state)
         return state, refusal
 
-    def helo(self, state: SessionState, name: str) -> Reply | None:
+    async def helo(self, state: SessionState, name: str) -> Reply | None:
         state.helo = name
-        return self._rules(Stage.HELO, state)
+        return await self._rules(Stage.HELO, state)
 
     async def mail(self, state: SessionState, address: str, options: Sequence[str],
                    max_size: int | None = None) -> Reply:
@@ -120,10 +162,23 @@ class Pipeline:
         if isinstance(parsed, Reply):
             self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed")
             return parsed
+        denied = policy.may_send_as(parsed, state.facts(), self.senders)
+        if denied is not None:
+            observe.sender_refused("login_mismatch")
+            self._refused(state, Stage.MAIL, denied,
+                          f"sender {parsed.text!r} not in relay.sender_map for login {state.auth_user!r}")
+            return denied
+        if self.spool is not None:
+            # RFC 1870 §6.1 / RFC 3463 4.3.1: say "no room" before the client sends the body.
+            room = self.spool.admit(int(declared) if declared.isdigit() else 0)
+            if room is not Admission.OK:
+                answer = reply.SPOOL_FULL if room is Admission.FULL else reply.INTERNAL_ERROR
+                self._refused(state, Stage.MAIL, answer, f"spool {room.value}")
+                return answer
         await self.reset(state)
         state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options),
                                 carried=state.carried)
-        refusal = self._rules(Stage.MAIL, state)
+        refusal = await self._rules(Stage.MAIL, state)
         if refusal is not None:
             state.txn = None
             return refusal
@@ -145,10 +200,19 @@ class Pipeline:
         if denied is not None:
             self._refused(state, Stage.RCPT, denied, f"relay denied for {address!r}")
             return denied
-        refusal = self._rules(Stage.RCPT, state, recipient=parsed.normalised)
+        denied = policy.may_relay_out_as(txn.sender, parsed, self.config)
+        if denied is not None:
+            observe.sender_refused("not_own_domain")
+            self._refused(state, Stage.RCPT, denied,
+                          f"relaying to {address!r} as {txn.sender.text!r}: not in relay.sender_domains")
+            return denied
+        refusal = await self._rules(Stage.RCPT, state, recipient=parsed.normalised)
         if refusal is not None:
             return refusal
-        answer = await self._backend_recipient(state, parsed)
+        if self.spool is None:
+            answer = await self._backend_recipient(state, parsed)
+        else:
+            answer = await self._verify_recipient(state, parsed)
         if answer is not None:
             return answer
         txn.recipients.append(parsed)
@@ -179,6 +243,7 @@ class Pipeline:
 
     async def close(self, state: SessionState) -> None:
         state.txn = None
+        self.checks.end(state.checks)
         if state.backend is not None:
             backend, state.backend = state.backend, None
             await backend.close()
@@ -186,9 +251,14 @@ class Pipeline:
     # ---- end of DATA ----------------------------------------------------------------------
 
     async def _data(self, state: SessionState, txn: Transaction, raw: bytes, started: float) -> Reply:
-        facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope())
+        if self._bypassed(state) is None:   # SPF for Received-SPF and data rules (reputation)
+            await self.checks.gather(Stage.DATA, self.rulebook.current, state.checks, peer=state.peer,
+                                     helo=state.helo, auth_user=state.auth_user, sender=txn.sender.text)
+        facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope(),
+                      checks=self._check_facts(state))
         rules = self.rulebook.current
-        trace = [("Received", self._received(state, txn))]
+        trace = (self.checks.trace(state.checks, state.peer, txn.sender.text, state.helo)
+                 + [("Received", self._received(state, txn))])
         log = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
                    recipients=[r.normalised for r in txn.recipients], tls=state.tls,
                    auth_user=state.auth_user)
@@ -200,9 +270,16 @@ class Pipeline:
             return answer
         if early is Action.ACCEPT:
             rules = _NO_RULES
+        # Scanned on the loop (it is I/O), before the rules that read it; not when an earlier
+        # accept lifted the data rules, since nothing would read the verdict.
+        scan = await self._scan(raw, txn.queue_id) if rules is not _NO_RULES else None
+        if scan is not None:
+            log["antivirus"] = scan.log_fields() | (
+                {"on_error": self.on_scan_error.value} if scan.failed else {})
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, decide, raw, facts, rules, self.limits, trace,
-                                    self.config.rules.soft_reject, txn.carried)
+        work = loop.run_in_executor(self._executor, functools.partial(
+            decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
+            txn.carried, antivirus=scan, on_error=self.on_scan_error))
         try:
             decision: Decision = await asyncio.wait_for(work, self.config.inspection.timeout)
         except TimeoutError:
@@ -215,7 +292,7 @@ class Pipeline:
         self._count_verdict(decision)
         fired = [m.rule for m in verdict.matches]
         log.update(rules=fired, monitor=[m.rule for m in verdict.matches if m.mode is Mode.MONITOR],
-                   stripped=[{"part": o.mime_path, "rule": o.rule} for o in decision.stripped],
+                   stripped=_stripped_for_log(decision),
                    limits=sorted(limit.value for limit in decision.view.limits_exceeded),
                    inspect_ms=round((time.monotonic() - started) * 1000, 2))
 
@@ -237,8 +314,10 @@ class Pipeline:
             self._decided(txn, "quarantined", len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
 
+        forward_started = time.monotonic()
         answer, delivery = await self._deliver(state, txn, decision.message)
-        log.update(delivery=delivery, forwarded_size=len(decision.message))
+        log.update(delivery=delivery, forwarded_size=len(decision.message),
+                   forward_ms=round((time.monotonic() - forward_started) * 1000, 2))
         if answer.is_success:
             verdict_name = "accepted"
         else:
@@ -246,7 +325,17 @@ class Pipeline:
         self._decided(txn, verdict_name, len(raw), answer, started, log, decided_by=verdict.rule)
         return answer
 
+    async def _scan(self, raw: bytes, queue_id: str) -> ScanResult | None:
+        """clamd's verdict on the raw message, counted; None without [antivirus]."""
+        if self.antivirus is None:
+            return None
+        result = await self.antivirus.scan(raw)
+        observe.antivirus_scanned(result.status.value, result.seconds, queue_id, result.detail)
+        return result
+
     async def _deliver(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+        if self.spool is not None:
+            return await self._spool(state, txn, message)
         backend = state.backend
         if backend is None or not backend.connected:
             return reply.BACKEND_UNAVAILABLE, "backend connection lost"
@@ -254,6 +343,23 @@ class Pipeline:
         if result.ok:
             return reply.OK.with_text(f"OK: queued as {txn.queue_id}"), result.describe()
         return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()
+
+    async def _spool(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+        """Queue mode: 250 only once the message is durably in the spool (STYLE habit 6)."""
+        assert self.spool is not None
+        envelope = Envelope(
+            id=txn.queue_id, sender=txn.sender.text,
+            recipients=tuple(dict.fromkeys(r.normalised for r in txn.recipients)),
+            arrived=time.time(), size=len(message),
+            options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
+            client=str(state.peer), helo=state.helo or "")
+        spooled = await self.spool.submit(envelope, message)
+        spool_ms = round(spooled.seconds * 1000, 2)
+        if spooled.result is Admission.OK:
+            return reply.OK.with_text(f"OK: queued as {txn.queue_id}"), f"spooled in {spool_ms} ms"
+        if spooled.result is Admission.FULL:
+            return reply.SPOOL_FULL, f"spool full: {spooled.reason}"
+        return reply.INTERNAL_ERROR, f"spool write failed: {spooled.reason}"
 
     async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict) -> Reply:
         directory = self.config.quarantine.dir
@@ -293,16 +399,24 @@ class Pipeline:
 
     # ---- rules at the early stages ----------------------------------------------------------
 
-    def _rules(self, stage: Stage, state: SessionState, recipient: str | None = None) -> Reply | None:
+    async def _rules(self, stage: Stage, state: SessionState, recipient: str | None = None) -> Reply | None:
         rules = self.rulebook.current
-        if stage not in rules.stages or self._bypassed(state) is not None:
+        if self._bypassed(state) is not None:
             return None
+        gathered = await self._gather(stage, state, rules, recipient)
+        if gathered is not None or stage not in rules.stages:
+            return gathered
         started = time.monotonic()
-        facts = Facts(stage=stage, session=state.facts(), envelope=state.envelope(), recipient=recipient)
+        facts = Facts(stage=stage, session=state.facts(), envelope=state.envelope(), recipient=recipient,
+                      checks=self._check_facts(state, recipient))
         verdict = rules.evaluate(facts, soft_reject=self.config.rules.soft_reject)
         observe.stage_decided(stage.value, time.monotonic() - started)
         for match in verdict.matches:
             observe.rule_matched(match.rule, match.action.value, match.mode.value)
+        monitored = [m.rule for m in verdict.matches if m.mode is Mode.MONITOR]
+        if monitored:   # a rule on trial before DATA: its would-be decision goes to the log too
+            observe.rules_monitored(str(state.peer), stage.value, monitored,
+                                    state.txn.queue_id if state.txn else None)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.QUARANTINE):
             answer = verdict.reply or (reply.TEMPFAIL if verdict.action is Action.TEMPFAIL else reply.REJECTED)
             self._refused(state, stage, answer, f"rule {verdict.rule}", rules=[m.rule for m in verdict.matches])
@@ -322,6 +436,29 @@ class Pipeline:
                 state.early = verdict.action
         return None
 
+    async def _gather(self, stage: Stage, state: SessionState, rules: object,
+                      recipient: str | None = None) -> Reply | None:
+        """The reputation facts (DNS lists, SPF, greylisting) that this stage's rules read,
+        each check under its own deadline. An error (say the greylist database is unwritable)
+        answers 451 4.3.0: never a pass."""
+        txn = state.txn
+        try:
+            await self.checks.gather(stage, rules, state.checks, peer=state.peer, helo=state.helo,
+                                     auth_user=state.auth_user, sender=txn.sender.text if txn else None,
+                                     recipient=recipient)
+        except Exception:
+            observe.internal_error(f"reputation checks at {stage.value}",
+                                   queue_id=txn.queue_id if txn else None)
+            self._refused(state, stage, reply.INTERNAL_ERROR, "reputation check failed")
+            return reply.INTERNAL_ERROR
+        return None
+
+    def _check_facts(self, state: SessionState, recipient: str | None = None) -> CheckFacts:
+        txn = state.txn
+        return self.checks.facts(state.checks, sender=txn.sender.text if txn else None, helo=state.helo,
+                                 recipient=recipient,
+                                 recipients=tuple(r.normalised for r in txn.recipients) if txn else ())
+
     @staticmethod
     def _bypassed(state: SessionState) -> Action | None:
         return state.early or (state.txn.early if state.txn is not None else None)
@@ -332,6 +469,22 @@ class Pipeline:
         observe.command_refused(str(state.peer), stage.value, answer, reason, queue_id, rules)
 
     # ---- the backend (sync mode: mirrored transaction) ----------------------------------------
+
+    async def _verify_recipient(self, state: SessionState, recipient: Address) -> Reply | None:
+        """Queue mode with backend.verify_recipients: a cached RCPT probe of the backend."""
+        if self.verifier is None:
+            return None
+        checked = await self.verifier.verify(recipient.normalised)
+        if checked.verdict is Verified.VALID:
+            return None
+        if checked.verdict is Verified.INVALID and checked.reply is not None:
+            answer = self._backend_failure(checked.reply, BACKEND_REFUSED_RECIPIENT)
+        else:
+            answer = reply.BACKEND_UNAVAILABLE
+        detail = checked.reply.describe() if checked.reply is not None else "no backend"
+        self._refused(state, Stage.RCPT, answer,
+                      f"recipient verification{' (cached)' if checked.cached else ''}: {detail}")
+        return answer
 
     async def _backend_recipient(self, state: SessionState, recipient: Address) -> Reply | None:
         txn = state.txn
@@ -379,6 +532,15 @@ class _NoRules:
 
 
 _NO_RULES = _NoRules()
+
+
+def _stripped_for_log(decision: Decision) -> list[dict[str, object]]:
+    """Each stripped MIME part: where, by which rule, its detected type and file name."""
+    parts = {p.mime_path: p for p in decision.view.parts if not p.in_archive}
+    return [{"part": o.mime_path, "rule": o.rule,
+             "type": parts[o.mime_path].detected_type if o.mime_path in parts else None,
+             "filename": parts[o.mime_path].filename if o.mime_path in parts else None}
+            for o in decision.stripped]
 
 
 def _printable(text: str) -> str:

@@ -1,7 +1,10 @@
 """Relay access and address policy: a pure function of session facts, envelope facts and config.
 
 Never an open relay: a recipient is accepted when its domain is one of `relay.domains`, or when
-the client is in `relay.trusted_networks` or authenticated. Nothing else.
+the client is in `relay.trusted_networks` or authenticated (SMTP AUTH, smtp/auth.py). Nothing
+else — unless the administrator asked for an open relay with `relay.open = true` and the
+explicit `relay.open_confirmation` sentence (config.py refuses one without the other, and the
+service logs a warning at every start).
 
 Address tricks are refused outright rather than normalised, for every client: normalising
 `user%evil.net@example.org` to a relay-domain address would still hand the backend a local part
@@ -19,12 +22,16 @@ from dataclasses import dataclass
 import email_validator
 
 from frontfilter import reply
-from frontfilter.config import Config
+from frontfilter.config import Config, OutboundSenders
 from frontfilter.model import SessionFacts
 from frontfilter.reply import Reply
+from frontfilter.sendermap import SenderMap
 
 ADDRESS_FORM_REFUSED = Reply(550, "5.7.1", "Recipient address form not accepted")
 NON_ASCII_WITHOUT_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+# Domain-bound relaying (Postfix: reject_sender_login_mismatch, and its wording).
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
+SENDER_NOT_OURS = Reply(553, "5.7.1", "Sender address rejected: not in a domain of ours")
 
 # RFC 5321 §4.5.3.1: local part 64 octets, domain 255, path 256.
 MAX_LOCAL_PART = 64
@@ -92,8 +99,36 @@ def may_relay(recipient: Address, session: SessionFacts, config: Config) -> Repl
     """None when the recipient may be accepted from this client; else the refusal."""
     if recipient.domain in config.relay.domains:
         return None
+    if config.relay.open:      # confirmed by relay.open_confirmation (config.py)
+        return None
     if session.auth_user is not None:
         return None
     if any(session.peer.ip in network for network in config.relay.trusted_networks):
         return None
     return reply.RELAY_DENIED
+
+
+# ---- domain-bound relaying ---------------------------------------------------------------------
+
+def own_domains(config: Config) -> frozenset[str]:
+    """The domains our own users send as: relay.sender_domains, or else relay.domains."""
+    return frozenset(config.relay.sender_domains or config.relay.domains)
+
+
+def may_send_as(sender: Address, session: SessionFacts, senders: SenderMap | None) -> Reply | None:
+    """At MAIL: an authenticated user may use only the senders the sender map gives its login
+    (see sendermap.py). No map configured, or no login: nothing to check here."""
+    if senders is None or session.auth_user is None or sender.text == "":
+        return None
+    return None if senders.allows(session.auth_user, sender.normalised) else SENDER_NOT_OWNED
+
+
+def may_relay_out_as(sender: Address, recipient: Address, config: Config) -> Reply | None:
+    """At RCPT, once `may_relay` allowed the recipient: with `relay.outbound_senders =
+    "own_domains"`, mail relayed out (to a domain not ours) must come from one of our domains
+    (or be a bounce). Mail for our own domains is inbound and not concerned."""
+    if config.relay.outbound_senders is OutboundSenders.ANY:
+        return None
+    if recipient.domain in config.relay.domains or sender.text == "":
+        return None
+    return None if sender.domain in own_domains(config) else SENDER_NOT_OURS

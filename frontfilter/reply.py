@@ -86,6 +86,9 @@ SESSION_TIMEOUT = Reply(421, "4.4.2", "Session time limit exceeded, closing conn
 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 INSPECTION_TIMEOUT = Reply(451, "4.4.5", "Message could not be checked in time, try again later")
+# The antivirus could not answer and [antivirus] on_error = "tempfail" (a timeout answers the
+# line above). The text does not say which check: the log does.
+SCAN_UNAVAILABLE = Reply(451, "4.3.0", "Message could not be checked, try again later")
 BACKEND_UNAVAILABLE = Reply(451, "4.4.1", "Next hop unavailable, try again later")
 BACKEND_PARTIAL = Reply(451, "4.4.0", "Not all recipients could be handed on, try again later")
 TEMPFAIL = Reply(451, "4.7.1", "Message temporarily refused, try again later")
@@ -102,3 +105,20 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 BARE_NEWLINE_DATA = Reply(550, "5.6.0", "Bare CR or LF in message data is not allowed")
 REJECTED = Reply(554, "5.7.1", "Message rejected by policy")
+
+# The front door: STARTTLS (RFC 3207), AUTH (RFC 4954), listener roles.
+TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_LOCKED_OUT = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+AUTH_MALFORMED = Reply(501, "5.5.2", "Cannot decode the AUTH response")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_NOT_OFFERED = Reply(503, "5.5.1", "Authentication not enabled")
+AUTH_ALREADY_DONE = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")

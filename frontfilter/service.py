@@ -5,26 +5,36 @@ logs can say why) but answers every connection `421 4.3.0` until a valid set loa
 filter never runs without its rules. Reload (SIGHUP, or a rule file changing on disk): the new
 set is loaded and validated whole in a worker thread and swapped in atomically between messages;
 an invalid set is refused, logged with file, rule and key, and the old set keeps running.
-Stop (SIGTERM/SIGINT): stop accepting, let sessions in flight finish within
-`server.shutdown_grace`, then close what is left with `421 4.3.2`.
+SIGHUP also reloads the TLS certificate, the AUTH users file and the backend TLS files
+(smtp/door.py): new handshakes use them, sessions in flight are not touched.
+With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see httpd.py) starts
+before the SMTP listeners, with the probes that keep readiness fresh (health.py).
+In queue mode the spool is recovered (delivery/queue.py) before the listeners open.
+Stop (SIGTERM/SIGINT): /readyz turns 503 at once, stop accepting, let sessions in flight
+finish within `server.shutdown_grace`, then close what is left with `421 4.3.2`; deliveries in
+flight get the same grace, what is not delivered stays spooled for the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import os
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from frontfilter import __version__, observe
-from frontfilter.config import Config
+from frontfilter import __version__, observe, sdnotify
+from frontfilter.config import BackendMode, Config, HostPort
+from frontfilter.delivery.queue import StoreAndForward
+from frontfilter.health import Health, watch_loop_lag
+from frontfilter.httpd import HttpEndpoint
 from frontfilter.pipeline import Pipeline, RuleBook
 from frontfilter.reply import SHUTTING_DOWN
 from frontfilter.rules.loader import load_ruleset
 from frontfilter.rules.model import RuleSetError
+from frontfilter.smtp.door import FrontDoor, open_front_door, reload_front_door
 from frontfilter.smtp.handler import Handler
 from frontfilter.smtp.server import bind, start_servers
 
@@ -42,7 +52,11 @@ class Service:
     def __init__(self, config: Config, sockets: list[socket.socket] | None = None):
         self.config = config
         self.rulebook = RuleBook(None)
-        self.pipeline = Pipeline(config, self.rulebook)
+        # Queue mode: spool, delivery worker, recipient verification (delivery/queue.py).
+        self.queue = StoreAndForward(config) if config.backend.mode is BackendMode.QUEUE else None
+        self.pipeline = Pipeline(config, self.rulebook,
+                                 spool=self.queue.spool if self.queue else None,
+                                 verifier=self.queue.verifier if self.queue else None)
         self.handler = Handler(self.pipeline)
         self._sockets = sockets
         self._servers: list[asyncio.base_events.Server] = []
@@ -50,6 +64,9 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self._snapshot: tuple[tuple[str, float, int], ...] = ()
         self.addresses: list[str] = []
+        self.health = Health(config, lambda: None if self.rulebook.current is None else len(self.rulebook.current))
+        self.httpd: HttpEndpoint | None = None
+        self.door: FrontDoor | None = None
 
     @property
     def ready(self) -> bool:
@@ -57,10 +74,18 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
-        observe.started(__version__, [str(a) for a in config.server.listen], _effective(config))
+        observe.started(__version__, [str(listener.address) for listener in config.listeners], config)
+        self.door = await open_front_door(config)    # certificate, users: ConfigError if unreadable
+        await self.pipeline.load_sender_map()       # relay.sender_map: ConfigError if unreadable
+        observe.set_type_labels(config.metrics.type_labels)
         await self.reload(initial=True)
-        sockets = self._sockets if self._sockets is not None else [bind(a) for a in config.server.listen]
-        self._servers = await start_servers(config, self.handler, sockets)
+        if self.queue is not None:     # crash recovery before the first new message
+            await self.queue.start()
+        if config.metrics.listen is not None:
+            await self._start_http(config)
+        sockets = self._sockets if self._sockets is not None else [_bind(l.address) for l in config.listeners]
+        self._servers = await start_servers(config, self.handler, self.door,
+                                            list(zip(config.listeners, sockets)))
         for server in self._servers:
             for sock in server.sockets:
                 name = sock.getsockname()
@@ -69,6 +94,18 @@ class Service:
                 observe.listening(address)
         if config.rules.watch:
             self._tasks.append(asyncio.create_task(self._watch_rules()))
+
+    async def _start_http(self, config: Config) -> None:
+        """/metrics, /healthz, /readyz, and the probes that keep readiness fresh."""
+        self.httpd = HttpEndpoint(self.health)
+        try:
+            address = await self.httpd.start(config.metrics.listen)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise OSError(error.errno, f"{config.metrics.listen} (metrics.listen): {reason}") from None
+        observe.http_listening(address)
+        self._tasks.append(asyncio.create_task(self.health.run()))
+        self._tasks.append(asyncio.create_task(watch_loop_lag()))
 
     async def reload(self, initial: bool = False) -> bool:
         directory = self.config.rules.dir
@@ -84,8 +121,17 @@ class Service:
             return False
         self.rulebook.current = rules
         observe.rules_loaded(len(rules), getattr(rules, "fingerprint", ""),
-                             [str(p.name) for p in sorted(directory.glob("*.toml"))], reload=not initial)
+                             [str(p.name) for p in sorted(directory.glob("*.toml"))], reload=not initial,
+                             rules=[(r.name, r.action.value, r.mode.value) for r in rules])
         return True
+
+    async def hangup(self) -> None:
+        """SIGHUP: the rules, then the certificate, users and backend TLS files; running
+        sessions keep what they have, new connections and handshakes get the new."""
+        await self.reload()
+        if self.door is not None:
+            await reload_front_door(self.door, self.config)
+        await self.pipeline.load_sender_map(reload=True)
 
     async def _watch_rules(self) -> None:
         interval = self.config.rules.watch_interval
@@ -98,11 +144,15 @@ class Service:
     async def stop(self, reason: str = "requested") -> None:
         observe.stopping(reason)
         self.handler.accepting = False
+        self.health.accepting = False
+        self.health.publish()          # /readyz says 503 while sessions drain
         for task in self._tasks:
             task.cancel()
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + self.config.server.shutdown_grace
+        # Deliveries in flight get the same grace as sessions; the rest stays spooled.
+        delivery = asyncio.create_task(self.queue.stop(deadline)) if self.queue is not None else None
         while self._live_sessions() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         cut = 0
@@ -113,7 +163,13 @@ class Service:
                 protocol.transport.close()
         for server in self._servers:
             await server.wait_closed()
+        if delivery is not None:
+            await delivery
         self.pipeline.shutdown()
+        if self.door is not None and self.door.authenticator is not None:
+            self.door.authenticator.shutdown()
+        if self.httpd is not None:
+            await self.httpd.stop()
         observe.stopped(cut)
 
     def _live_sessions(self) -> list[Any]:
@@ -122,32 +178,53 @@ class Service:
         return live
 
     async def run(self) -> None:
+        """The process's life under a service manager: READY=1 once listening, RELOADING=1 …
+        READY=1 around SIGHUP, STOPPING=1, watchdog pings from this loop (sdnotify.py)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        await self.start()
-        await self._stop.wait()
-        await self.stop("signal")
+        with sdnotify.Notifier.from_environment() as notify:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._notified_hangup(notify)))
+            watchdog = asyncio.create_task(_watchdog(notify)) if notify.watchdog_interval else None
+            try:
+                await self.start()
+                notify.ready(self.status_line())
+                await self._stop.wait()
+                notify.stopping("stopping: letting sessions in flight finish")
+                await self.stop("signal")
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+
+    async def _notified_hangup(self, notify: sdnotify.Notifier) -> None:
+        notify.reloading("reloading rules and certificates")
+        before = self.rulebook.current
+        try:
+            await self.hangup()
+        finally:
+            refused = self.rulebook.current is before     # a refused set leaves the old object
+            notify.ready(self.status_line() + ("; last reload REFUSED, previous rules kept (see the journal)"
+                                               if refused else ""))
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: what is served, with how many rules."""
+        if self.rulebook.current is None:
+            return "no valid rule set: answering 421 until one loads (see the journal)"
+        return f"{len(self.rulebook.current)} rules; listening on {', '.join(self.addresses)}"
 
 
-def _effective(config: Config) -> dict[str, Any]:
-    """The configuration as it will be used, for the start-up log line. No secrets in it yet."""
-    result: dict[str, Any] = {}
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        if dataclasses.is_dataclass(value):
-            result[section.name] = {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-        else:
-            result[section.name] = _plain(value)
-    return result
+async def _watchdog(notify: sdnotify.Notifier) -> None:
+    """WATCHDOG=1 every half WatchdogSec=, from the event loop: a stuck loop stops the pings."""
+    interval = notify.watchdog_interval or 1.0
+    while True:
+        notify.watchdog()
+        await asyncio.sleep(interval)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return getattr(value, "value", None) or str(value)
+def _bind(address: HostPort | None) -> socket.socket:
+    """bind(), with the address in the error an administrator reads."""
+    try:
+        assert address is not None
+        return bind(address)
+    except OSError as error:
+        raise OSError(error.errno, f"{address}: {error.strerror or error}") from None

@@ -80,6 +80,10 @@ class RecordingSink:
             self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 2.0.0 Stored"
 
+    def smtp_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for aiosmtpd's SMTP (a subclass adds TLS, say)."""
+        return {}
+
     def start(self) -> RecordingSink:
         ready = threading.Event()
 
@@ -94,7 +98,7 @@ class RecordingSink:
             self.port = sock.getsockname()[1]
             def protocol() -> SMTP:
                 smtp = SMTP(self, hostname="backend.test", enable_SMTPUTF8=True, data_size_limit=None,
-                            loop=loop)
+                            loop=loop, **self.smtp_options())
                 self._protocols.append(smtp)
                 return smtp
 

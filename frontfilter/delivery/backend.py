@@ -26,6 +26,7 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
+from frontfilter.delivery import tls as backend_tls
 
 
 class Outcome(enum.Enum):
@@ -95,13 +96,16 @@ class BackendSession:
         name = str(server)
         try:
             await smtp.connect(timeout=self._config.connect_timeout)
+            tls_version = await backend_tls.secure(smtp, self._config, server)
             response = await smtp.ehlo()
         except aiosmtplib.SMTPResponseException as error:
             smtp.close()
             return _from_response(error.code, error.message, name)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+        except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
             smtp.close()
             return _connection_failure(name, error)
+        if tls_version is not None:
+            observe.tls_session("outbound", tls_version)
         self._smtp = smtp
         self.backend = name
         return _from_response(response.code, response.message, name)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from frontfilter.model import Stage
-from frontfilter.rules.conditions.tree import Context, evaluate_rule
+from frontfilter.rules.conditions.tree import Context, condition_keys, evaluate_rule
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.model import Action, Match, Mode, Rule, StripRequest, Verdict
 
@@ -32,10 +32,13 @@ class RuleSet:
     rules: tuple[Rule, ...]
     fingerprint: str = ""  # hash of the rule and list files' contents, for the reload log line
     _by_stage: dict[Stage, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    _reads: dict[Stage, frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_stage = {stage: tuple(r for r in self.rules if r.stage is stage) for stage in Stage}
         object.__setattr__(self, "_by_stage", {s: rules for s, rules in by_stage.items() if rules})
+        object.__setattr__(self, "_reads", {s: frozenset().union(*(condition_keys(r.condition) for r in rules))
+                                            for s, rules in by_stage.items()})
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -50,6 +53,12 @@ class RuleSet:
 
     def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
         return self._by_stage.get(stage, ())
+
+    def reads(self, stage: Stage) -> frozenset[str]:
+        """The condition keys (`client.dnsbl_score`, `spf.result`, ...) that the rules of `stage`
+        read, monitor rules included: the pipeline gathers costly facts (DNS, greylisting) only
+        for a stage whose rules will look at them."""
+        return self._reads.get(stage, frozenset())
 
     def evaluate(self, facts: Facts, *, soft_reject: bool = False) -> Verdict:
         """The verdict of the rules of `facts.stage`. Raises only on facts the pipeline built wrong."""

@@ -7,27 +7,15 @@ command sequencing (no RCPT before MAIL, no DATA before RCPT).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
 from frontfilter import observe, reply
-from frontfilter.model import Peer
+from frontfilter.model import Peer, Stage
 from frontfilter.pipeline import Pipeline, SessionState
 from frontfilter.reply import Reply
-
-
-def peer_of(session: Session) -> Peer:
-    host, port = session.peer[0], session.peer[1]
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        ip = ipaddress.ip_address("0.0.0.0")
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return Peer(ip=ip, port=int(port))
 
 
 class Handler:
@@ -45,7 +33,8 @@ class Handler:
 
     # ---- connection ---------------------------------------------------------------------
 
-    async def admit(self, server: Any, session: Session) -> Reply | None:
+    async def admit(self, server: Any, session: Session, peer: Peer) -> Reply | None:
+        """The client (after PROXY, within the limits) asks to be greeted: None admits it."""
         if not self.accepting:
             observe.connection("refused_shutdown")
             return reply.SHUTTING_DOWN
@@ -53,7 +42,7 @@ class Handler:
             observe.connection("refused_not_ready")
             return reply.NOT_READY
         started = time.monotonic()
-        state, refusal = self.pipeline.connect(peer_of(session))
+        state, refusal = await self.pipeline.connect(peer, tls=server.tls_active)
         session.frontfilter = state  # type: ignore[attr-defined]
         observe.stage_decided("connect", time.monotonic() - started)
         if refusal is not None:
@@ -72,25 +61,31 @@ class Handler:
     def forget(self, server: Any) -> None:
         self.sessions.discard(server)
 
+    def authenticated(self, session: Session, user: str) -> None:
+        """AUTH succeeded: from now on relay policy and the rules see the user."""
+        self._state(session).auth_user = user
+
     # ---- commands -----------------------------------------------------------------------
 
     async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         server.stage = "helo"
-        refusal = self.pipeline.helo(self._state(session), hostname)
+        refusal = await self.pipeline.helo(self._state(session), hostname)
         if refusal is not None:
             return [refusal.wire]
         session.host_name = hostname
         # aiosmtpd ends with "250 HELP"; PIPELINING is safe because DATA is read in blocks and
         # what follows the terminator goes back to the command reader (see smtp.data).
+        # STARTTLS and AUTH are the listener's to offer (server.extension_lines), not aiosmtpd's.
         size = f"250-SIZE {server.max_message_size}"
-        return responses[:1] + [size] + responses[1:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES",
-                                                           responses[-1]]
+        middle = [r for r in responses[1:-1] if not r.startswith(("250-AUTH", "250-STARTTLS"))]
+        return (responses[:1] + [size] + middle + server.extension_lines()
+                + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]])
 
     async def handle_HELO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str) -> str:
         server.stage = "helo"
-        refusal = self.pipeline.helo(self._state(session), hostname)
+        refusal = await self.pipeline.helo(self._state(session), hostname)
         if refusal is not None:
             return refusal.wire
         session.host_name = hostname
@@ -99,6 +94,12 @@ class Handler:
     async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         server.stage = "mail"
+        refusal = server.role_refusal()
+        if refusal is not None:    # submission: TLS and AUTH first
+            needs = "TLS" if refusal is reply.TLS_REQUIRED else "AUTH"
+            observe.command_refused(str(server.client), Stage.MAIL.value, refusal,
+                                    f"listener {server.listener.name} requires {needs} before MAIL")
+            return refusal.wire
         # aiosmtpd hands the null sender over as "<>", and needs a non-empty mail_from to
         # allow RCPT: it keeps "<>", the pipeline gets "".
         answer = await self.pipeline.mail(self._state(session), "" if address == "<>" else address,

@@ -1,29 +1,52 @@
 """`FrontSMTP`: aiosmtpd's SMTP protocol, hardened where aiosmtpd is lenient.
 
 What this class adds, and why:
+- Opening a session, in this order: the PROXY header (proxy listeners only, and only from
+  `proxy.networks`: the real client is what everything after sees), the connection limits
+  (total, per address, rate: `421 4.7.0`), the TLS handshake on implicit-TLS listeners, then
+  the handler's admission (connect rules) and the greeting.
+- STARTTLS and implicit TLS done here, with the certificate current at handshake time (a reload
+  reaches new handshakes, not running sessions); a failed or stalled handshake is one log line
+  and `connections_total{result="tls_failed"}`, never a traceback. Commands pipelined after
+  STARTTLS are discarded unread (RFC 3207 §4.2, CVE-2011-0411).
+- AUTH PLAIN and LOGIN only inside TLS and only where the listener offers it (`smtp.auth`
+  checks the credentials off the event loop); the listener's role refuses MAIL without TLS or
+  AUTH (`530 5.7.0`).
 - DATA is read in blocks (`smtp.data`), refusing bare CR/LF and over-long lines, draining an
   oversize body without keeping it — aiosmtpd accepts bare CR/LF verbatim (SMTP smuggling).
 - A command line ending in a bare LF, or holding a bare CR, is refused and the connection is
   closed (as Postfix's `smtpd_forbid_bare_newline`): `EHLO a\\nNOOP` is not two commands here.
 - Commands per session, protocol errors per session and a total session time are bounded;
-  crossing one answers `421 4.7.0` and closes.
+  crossing one answers `421 4.7.0` and closes. Past `limits.tarpit_after` errors, each error
+  reply waits `limits.tarpit_delay` (a tarpit: a client probing the relay gets slow).
 - A reply marked `close` closes the connection once it is written.
 - No exception text ever reaches the client: `handle_exception` answers `451 4.3.0` and logs.
 
-The hooks themselves (policy, rules, delivery) are the handler's (`smtp.handler`).
+The hooks themselves (policy, rules, delivery) are the handler's (`smtp.handler`). This module
+is longer than the 400-line guide because the session life cycle is one piece: splitting it
+would spread aiosmtpd's private state over several files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto as sslproto
+import ssl
 import time
+from asyncio.protocols import _feed_data_to_buffered_proto  # type: ignore[attr-defined]
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, syntax
 
 from frontfilter import observe, reply
+from frontfilter.config import AuthMode, ListenerConfig, TlsMode
+from frontfilter.model import Peer
 from frontfilter.reply import Reply
+from frontfilter.smtp import proxy
+from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.data import CHUNK, DataCollector, DataProblem
+from frontfilter.smtp.door import FrontDoor, peer_from
+from frontfilter.smtp.tls import HANDSHAKE_TIMEOUT, tls_version
 
 
 class BareNewlineInCommand(Exception):
@@ -31,9 +54,16 @@ class BareNewlineInCommand(Exception):
 
 
 class FrontSMTP(SMTP):
-    def __init__(self, handler: Any, *, max_line_length: int, max_commands: int, max_errors: int,
+    def __init__(self, handler: Any, *, listener: ListenerConfig, door: FrontDoor,
+                 max_line_length: int, max_commands: int, max_errors: int,
                  data_timeout: float, session_timeout: float, max_message_size: int, **kwargs: Any):
-        super().__init__(handler, **kwargs)
+        # aiosmtpd's own TLS, AUTH-required and PROXY handling stay off: this class does them.
+        super().__init__(handler, tls_context=None, auth_require_tls=True, **kwargs)
+        self.listener = listener
+        self.door = door
+        self.client: Peer = peer_from(None)   # the real client: set at connect, after PROXY
+        self._holds_slot = False     # a connection-limit slot to give back
+        self._lost = False
         self.max_message_size = max_message_size
         self._max_line = max_line_length
         self._max_commands = max_commands
@@ -63,14 +93,30 @@ class FrontSMTP(SMTP):
         reader.readuntil = checked_readuntil  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
+        previous = self.session
+        first = previous is None
         super().connection_made(transport)
         if first:
+            self.client = peer_from(transport.get_extra_info("peername"))
             self._session_deadline = self.loop.call_later(self._session_timeout, self._session_expired)
+            return
+        # The TLS layer came up (STARTTLS or implicit): aiosmtpd made a fresh Session, as
+        # RFC 3207 §4.2 asks (forget HELO and anything learnt before TLS). Carry over what
+        # is ours: the session state, with TLS now on and HELO to be given again.
+        state = getattr(previous, "frontfilter", None)
+        if state is not None:
+            state.tls, state.helo, state.auth_user, state.txn = True, None, None, None
+            self.session.frontfilter = state  # type: ignore[union-attr]
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._lost:        # a failed handshake calls this itself; the transport may again
+            return
+        self._lost = True
         if self._session_deadline is not None:
             self._session_deadline.cancel()
+        if self._holds_slot:
+            self._holds_slot = False
+            self.door.limits.release(self.client.ip)
         super().connection_lost(error)
         closed = getattr(self.event_handler, "session_closed", None)
         if closed is not None and self.session is not None:
@@ -82,13 +128,168 @@ class FrontSMTP(SMTP):
             self.transport.close()
 
     async def _handle_client(self) -> None:
+        try:
+            admitted = await self._open()
+        except Exception:    # never a silent hang: the client hears 421 4.3.0, the log has why
+            observe.internal_error("opening a session", client=str(self.client), listener=self.listener.name)
+            if self.transport is not None and not self.transport.is_closing():
+                await self.push(reply.NOT_READY)
+            return
+        if admitted:
+            await super()._handle_client()
+
+    async def _open(self) -> bool:
+        """PROXY header, limits, implicit TLS, admission. True when the client may be greeted."""
+        if self.listener.proxy_protocol:
+            client = await self._read_proxy_header()
+            if client is None:
+                return False
+            self.client = client
+        limit = self.door.limits.acquire(self.client.ip)
+        self._holds_slot = limit is None
+        if self.listener.tls is TlsMode.IMPLICIT and not await self._start_tls(implicit=True):
+            return False
+        if limit is not None:
+            observe.connection("refused_limit", str(self.client), limit=limit.value,
+                               listener=self.listener.name)
+            await self.push(reply.TOO_MANY_CONNECTIONS)
+            return False
         admit = getattr(self.event_handler, "admit", None)
-        if admit is not None and self._proxy_timeout is None:
-            refusal = await admit(self, self.session)
+        if admit is not None:
+            refusal = await admit(self, self.session, self.client)
             if refusal is not None:
                 await self.push(refusal)
-                return
-        await super()._handle_client()
+                return False
+        return True
+
+    async def _read_proxy_header(self) -> Peer | None:
+        """The client named by the PROXY header, or None (connection closed, logged, counted)."""
+        proxy_peer = self.client
+        problem = None
+        if not self.door.proxy_allowed(proxy_peer):
+            problem = "not from proxy.networks"
+        else:
+            try:
+                header = await asyncio.wait_for(proxy.read_header(self._reader), self.door.proxy_timeout)
+            except proxy.ProxyError as error:
+                problem = str(error)
+            except TimeoutError:
+                problem = "no PROXY header in time"
+            except (asyncio.IncompleteReadError, ConnectionError):
+                problem = "connection closed before the PROXY header"
+        if problem is not None:
+            observe.connection("refused_proxy", str(proxy_peer), reason=problem,
+                               listener=self.listener.name)
+            if self.transport is not None:
+                self.transport.close()
+            return None
+        if header.source is None:   # LOCAL / UNKNOWN: the proxy itself (a health check)
+            return proxy_peer
+        return Peer(ip=header.source, port=header.source_port)
+
+    # ---- TLS ------------------------------------------------------------------------------
+
+    @syntax("STARTTLS")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        self.stage = "starttls"
+        if arg:
+            await self.push(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+        elif self._tls_protocol is not None:
+            await self.push(reply.TLS_ALREADY_ACTIVE)
+        elif self.listener.tls is not TlsMode.STARTTLS or self.door.certificate is None:
+            await self.push(reply.NOT_IMPLEMENTED)
+        else:
+            if self._reader._buffer:  # type: ignore[attr-defined]
+                # Sent before our 220: plaintext that would be read as if it came over TLS.
+                observe.protocol_violation(str(self.client), "commands pipelined after STARTTLS discarded")
+                self._reader._buffer.clear()  # type: ignore[attr-defined]
+            await self.push(reply.TLS_READY)
+            await self._start_tls(implicit=False)
+
+    async def _start_tls(self, *, implicit: bool) -> bool:
+        """Put the TLS layer under this protocol. False (closed, logged, counted) on failure."""
+        assert self.door.certificate is not None and self.transport is not None
+        # Bytes already read belong to the handshake (a ClientHello right behind the PROXY
+        # header, or one that raced our 220): hand them to the TLS layer, not to SMTP.
+        early = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.door.certificate.context, waiter, server_side=True,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._get_app_transport()
+        self._tls_protocol.connection_made(self._original_transport)
+        if early:
+            _feed_data_to_buffered_proto(self._tls_protocol, early)
+        try:
+            await waiter
+        except (OSError, EOFError) as error:   # ssl.SSLError is an OSError
+            observe.connection("tls_failed", str(self.client), reason=_tls_failure(error),
+                               listener=self.listener.name, implicit=implicit)
+            self._original_transport.close()
+            self.connection_lost(None)      # the TLS layer never tells us: see sslproto
+            return False
+        observe.tls_session("inbound", tls_version(self.transport.get_extra_info("ssl_object")))
+        return True
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None
+
+    def extension_lines(self) -> list[str]:
+        """The EHLO keywords for TLS and AUTH that this listener offers right now."""
+        lines = []
+        if self.listener.tls is TlsMode.STARTTLS and not self.tls_active and self.door.certificate:
+            lines.append("250-STARTTLS")
+        if self.listener.auth is not AuthMode.NONE and self.tls_active and self.door.authenticator:
+            lines.append("250-AUTH " + " ".join(MECHANISMS))
+        return lines
+
+    # ---- AUTH and the listener's role -------------------------------------------------------
+
+    @syntax("AUTH mechanism [initial-response]")
+    async def smtp_AUTH(self, arg: str) -> None:
+        self.stage = "auth"
+        assert self.session is not None and self.envelope is not None
+        words = (arg or "").split()
+        refusal = None
+        if self.listener.auth is AuthMode.NONE or self.door.authenticator is None:
+            refusal = reply.AUTH_NOT_OFFERED
+        elif not self.session.host_name or not self.session.extended_smtp:
+            refusal = reply.BAD_SEQUENCE.with_text("Send EHLO first")
+        elif not self.tls_active:
+            refusal = reply.AUTH_NEEDS_TLS
+        elif self.session.authenticated:
+            refusal = reply.AUTH_ALREADY_DONE
+        elif self.envelope.mail_from is not None:
+            refusal = reply.AUTH_IN_TRANSACTION
+        elif not 1 <= len(words) <= 2:
+            refusal = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        elif words[0].upper() not in MECHANISMS:
+            refusal = reply.AUTH_UNKNOWN_MECHANISM
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        user, answer = await self.door.authenticator.authenticate(  # type: ignore[union-attr]
+            self, self.client, words[0].upper(), words[1] if len(words) == 2 else None)
+        if user is not None:
+            self.session.authenticated = True
+            self.session.auth_data = user
+            hook = getattr(self.event_handler, "authenticated", None)
+            if hook is not None:
+                hook(self.session, user)
+        if answer is not None:
+            await self.push(answer)
+
+    def role_refusal(self) -> Reply | None:
+        """What this listener's role says to MAIL: TLS first, AUTH first, or nothing."""
+        if self.listener.require_tls and not self.tls_active:
+            return reply.TLS_REQUIRED
+        if self.listener.auth is AuthMode.REQUIRED and not (self.session and self.session.authenticated):
+            return reply.AUTH_REQUIRED
+        return None
 
     # ---- replies --------------------------------------------------------------------
 
@@ -104,6 +305,8 @@ class FrontSMTP(SMTP):
         code = text[:3]
         if code.isdigit() and code[0] in "45" and not text.startswith("421"):
             self._errors += 1
+            if self._errors > self.door.tarpit_after and self.door.tarpit_delay > 0:
+                await asyncio.sleep(self.door.tarpit_delay)
         if text.startswith("421"):
             self._close_after_push = True
         await super().push(status)
@@ -125,8 +328,7 @@ class FrontSMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareNewlineInCommand):
-            observe.protocol_violation(str(self.session.peer if self.session else "-"),
-                                       "bare CR or LF in command")
+            observe.protocol_violation(str(self.client), "bare CR or LF in command")
             self._close_after_push = True
             return reply.BARE_NEWLINE_COMMAND.wire
         queue_id = getattr(self.event_handler, "queue_id_of", lambda s: None)(self.session)
@@ -177,14 +379,24 @@ class FrontSMTP(SMTP):
             self._set_post_data_state()
             await self.push(_DATA_REPLIES[problem])
             if problem is DataProblem.BARE_NEWLINE:
-                observe.protocol_violation(str(self.session.peer if self.session else "-"),
-                                           "bare CR or LF in DATA")
+                observe.protocol_violation(str(self.client), "bare CR or LF in DATA")
             return
         self.envelope.content = message
         self.envelope.original_content = message
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+
+def _tls_failure(error: BaseException) -> str:
+    """A short reason for the log line: the OpenSSL reason code, or what the client did."""
+    if isinstance(error, ssl.SSLError):
+        return f"tls error: {error.reason or type(error).__name__}"
+    if isinstance(error, ConnectionAbortedError):
+        return "handshake timed out"
+    if isinstance(error, ConnectionResetError | EOFError | BrokenPipeError):
+        return "client closed the connection during the handshake"
+    return type(error).__name__
 
 
 _DATA_REPLIES = {

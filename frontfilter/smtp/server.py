@@ -1,7 +1,9 @@
-"""Listening sockets -> `FrontSMTP` protocols sharing one handler.
+"""Listening sockets -> `FrontSMTP` protocols sharing one handler and one front door.
 
-Binds every `server.listen` address (IPv4 and IPv6; an IPv6 socket is v6-only so `[::]` and
-`0.0.0.0` can both be listed). Sockets may also come from systemd socket activation.
+Binds every listener's address (IPv4 and IPv6; an IPv6 socket is v6-only so `[::]` and
+`0.0.0.0` can both be listed). Sockets may also come from systemd socket activation, in the
+order the listeners are configured. Each listener gets its own protocol factory, carrying its
+role (TLS mode, AUTH, PROXY); everything else — handler, limits, certificate — is shared.
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ import asyncio
 import socket
 from typing import Any
 
-from frontfilter.config import Config, HostPort
+from frontfilter.config import Config, HostPort, ListenerConfig
+from frontfilter.smtp.door import FrontDoor
 from frontfilter.smtp.handler import Handler
 from frontfilter.smtp.protocol import FrontSMTP
 
+LISTEN_BACKLOG = 512   # pending connections the kernel queues for us (capped by somaxconn)
 
-def protocol_factory(config: Config, handler: Handler) -> Any:
+
+def protocol_factory(config: Config, handler: Handler, listener: ListenerConfig, door: FrontDoor) -> Any:
     server = config.server
 
     def make() -> FrontSMTP:
         return FrontSMTP(
             handler,
+            listener=listener,
+            door=door,
             hostname=server.hostname,
             ident="frontfilter",
             # aiosmtpd's own SIZE handling answers without enhanced codes: ours is in the
@@ -48,7 +55,7 @@ def bind(address: HostPort) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((address.host, address.port))
-        sock.listen(512)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -56,8 +63,8 @@ def bind(address: HostPort) -> socket.socket:
     return sock
 
 
-async def start_servers(config: Config, handler: Handler,
-                        sockets: list[socket.socket]) -> list[asyncio.base_events.Server]:
+async def start_servers(config: Config, handler: Handler, door: FrontDoor,
+                        bound: list[tuple[ListenerConfig, socket.socket]]) -> list[asyncio.base_events.Server]:
     loop = asyncio.get_running_loop()
-    factory = protocol_factory(config, handler)
-    return [await loop.create_server(factory, sock=sock) for sock in sockets]
+    return [await loop.create_server(protocol_factory(config, handler, listener, door), sock=sock)
+            for listener, sock in bound]

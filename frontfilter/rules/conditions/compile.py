@@ -8,13 +8,17 @@ rule can never silently wait for a fact that its stage does not have.
 Keys and their scopes (see rules/README.md for the administrator's view):
 - message scope: client.ip, helo, tls, auth, auth.user, sender.address, sender.domain,
   recipient.address, recipient.domain, recipients.count, header.<Name>, subject, body, size,
-  inspection.limit, ambiguity, attachment.<...>, any, not;
+  inspection.limit, ambiguity, virus, virus.name, attachment.<...>, any, not;
+  and the reputation facts (frontfilter.reputation): client.dnsbl, client.dnsbl_score,
+  client.listed_on, client.dnswl, client.trusted, dns.error, sender.own_domain, spf.result,
+  greylist.new, from.address, from.domain, from.own_domain;
 - attachment scope (inside `attachment`): declared_type, detected_type, disposition, filename,
   extension, size, the part flags (`PART_FLAGS`), any, not.
 """
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import json
 import re
@@ -36,6 +40,7 @@ from frontfilter.rules.conditions.values import (
 )
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.matchers import NetworkMatcher
+from frontfilter.reputation.facts import DnsCheck, SpfResult, domain_of
 
 # Boolean facts of a part, each a `Part` field of the same name.
 PART_FLAGS = (
@@ -59,11 +64,19 @@ KNOWN_FROM = {
     "size": Stage.DATA,
     "inspection": Stage.DATA,
     "ambiguity": Stage.DATA,
+    "virus": Stage.DATA,
     "attachment": Stage.DATA,
+    # reputation (frontfilter.reputation): DNS facts of the client from connect, SPF from MAIL
+    "dns": Stage.CONNECT,
+    "spf": Stage.MAIL,
+    "greylist": Stage.RCPT,      # the triplet needs the recipient
+    "from": Stage.DATA,          # the From: header field
 }
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
-_GROUPS = frozenset({"client", "auth", "sender", "recipient", "recipients", "header", "inspection", "attachment"})
+_GROUPS = frozenset({"client", "auth", "sender", "recipient", "recipients", "header", "inspection",
+                     "dns", "spf", "greylist", "from",
+                     "virus", "attachment"})
 _MAX_SPEC = 80  # characters of a condition quoted in a "not (...)" reason
 _NESTING = re.compile(r"(?:any\[\d+\]\.|not\.)")  # path steps that reasons leave out
 
@@ -152,7 +165,10 @@ def _subtable(value: Any, path: str, env: Env, keys: tuple[str, ...]) -> dict[st
 
 def _client(value: Any, path: str, env: Env) -> list[Node]:
     nodes = []
-    for key, item in _subtable(value, path, env, ("ip",)).items():
+    for key, item in _subtable(value, path, env, ("ip", *_CLIENT_REPUTATION)).items():
+        if key in _CLIENT_REPUTATION:
+            nodes += _CLIENT_REPUTATION[key](item, f"{path}.{key}", env)
+            continue
         matcher = networks(item, f"{path}.{key}", env)
         if matcher is not None:
             nodes.append(_leaf(f"{path}.{key}", item, False, _peer_ip, _match_test(matcher, "in")))
@@ -178,7 +194,10 @@ def _auth(value: Any, path: str, env: Env) -> list[Node]:
 
 def _sender(value: Any, path: str, env: Env) -> list[Node]:
     nodes = []
-    for key, item in _subtable(value, path, env, ("address", "domain")).items():
+    for key, item in _subtable(value, path, env, ("address", "domain", "own_domain")).items():
+        if key == "own_domain":   # the envelope sender's domain is one of ours (reputation)
+            nodes += _bool_leaf(f"{path}.{key}", item, env, False, _sender_own_domain)
+            continue
         pick = _address if key == "address" else _domain
         nodes += _string_leaf(f"{path}.{key}", item, env, False,
                               lambda f, p, pick=pick: tuple(pick(s) for s in _some(f.envelope.sender)))
@@ -247,6 +266,20 @@ def _ambiguity(value: Any, path: str, env: Env) -> list[Node]:
     return [] if test is None else [_leaf(path, value, False, lambda f, p: (_message(f).ambiguities,), test)]
 
 
+def _virus(value: Any, path: str, env: Env) -> list[Node]:
+    # Only a conclusive scan answers: after a failed scan (or none) neither `virus = true` nor
+    # `virus = false` holds, so `virus = false` can never wave through an unscanned message.
+    if isinstance(value, bool):
+        return _bool_leaf(path, value, env, False, lambda f, p: _scan_verdict(f))
+    if not isinstance(value, dict):
+        env.error(path, f"must be true, false or a table {{ name = ... }}, not {type_name(value)}")
+        return []
+    nodes = []
+    for key, item in _subtable(value, path, env, ("name",)).items():
+        nodes += _string_leaf(f"{path}.{key}", item, env, False, lambda f, p: _signatures(f))
+    return nodes
+
+
 def _attachment(value: Any, path: str, env: Env) -> list[Node]:
     if not isinstance(value, dict) or not value:
         env.error(path, "must be a table of attachment conditions")
@@ -255,11 +288,118 @@ def _attachment(value: Any, path: str, env: Env) -> list[Node]:
     return [] if node is None else [node]
 
 
+# --- reputation: DNSBL/DNSWL, SPF, greylisting, our own domains (frontfilter.reputation) ------
+# A check that did not run (no list configured, no rule needing it) reads as "nothing found":
+# score 0, listed nowhere, not allow-listed, no SPF result, not a new greylist triplet.
+
+def _listing(facts: Facts) -> Any:
+    return facts.checks.listing
+
+
+def _score(value: Any) -> int:
+    # Scores are sums of weights, and allow lists weigh negative: negative bounds are fine.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    return value
+
+
+def _client_dnsbl(value: Any, path: str, env: Env) -> list[Node]:
+    return _bool_leaf(path, value, env, False,
+                      lambda f, p: (bool(_listing(f) and _listing(f).over_threshold),))
+
+
+def _client_dnsbl_score(value: Any, path: str, env: Env) -> list[Node]:
+    test = value_range(value, path, env, _score)
+    if test is None:
+        return []
+    return [_leaf(path, value, False, lambda f, p: (_listing(f).score if _listing(f) else 0,), test)]
+
+
+def _client_listed_on(value: Any, path: str, env: Env) -> list[Node]:
+    return _string_leaf(path, value, env, False,
+                        lambda f, p: _listing(f).listed_on if _listing(f) else ())
+
+
+def _client_dnswl(value: Any, path: str, env: Env) -> list[Node]:
+    return _bool_leaf(path, value, env, False,
+                      lambda f, p: (bool(_listing(f) and _listing(f).allowlisted),))
+
+
+def _client_trusted(value: Any, path: str, env: Env) -> list[Node]:
+    return _bool_leaf(path, value, env, False, lambda f, p: (f.checks.trusted,))
+
+
+_CLIENT_REPUTATION: dict[str, Callable[[Any, str, Env], list[Node]]] = {
+    "dnsbl": _client_dnsbl, "dnsbl_score": _client_dnsbl_score, "listed_on": _client_listed_on,
+    "dnswl": _client_dnswl, "trusted": _client_trusted,
+}
+
+
+def _names_of(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value   # one name or a list of names
+
+
+def _dns(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("error",)).items():
+        test = names(_names_of(item), f"{path}.{key}", env, DnsCheck)
+        if test is not None:
+            nodes.append(_leaf(f"{path}.{key}", item, False, lambda f, p: (f.checks.dns_errors,), test))
+    return nodes
+
+
+def _spf(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("result",)).items():
+        test = names(_names_of(item), f"{path}.{key}", env, SpfResult)
+        if test is not None:
+            nodes.append(_leaf(f"{path}.{key}", item, False, lambda f, p: (
+                frozenset({f.checks.spf}) if f.checks.spf is not None else frozenset(),), test))
+    return nodes
+
+
+def _greylist(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("new",)).items():
+        nodes += _bool_leaf(f"{path}.{key}", item, env, False, lambda f, p: (bool(f.checks.greylist_new),))
+    return nodes
+
+
+def _from(value: Any, path: str, env: Env) -> list[Node]:
+    nodes = []
+    for key, item in _subtable(value, path, env, ("address", "domain", "own_domain")).items():
+        where = f"{path}.{key}"
+        if key == "own_domain":
+            nodes += _bool_leaf(where, item, env, False, lambda f, p: (
+                any(domain in f.checks.own_domains for domain in _from_domains(f)),))
+        elif key == "domain":
+            nodes += _string_leaf(where, item, env, False, _from_domains)
+        else:
+            nodes += _string_leaf(where, item, env, False, _from_addresses)
+    return nodes
+
+
+def _sender_own_domain(facts: Facts, part: Part | None) -> tuple[bool, ...]:
+    sender = facts.envelope.sender
+    return (bool(sender) and domain_of(sender) in facts.checks.own_domains,)
+
+
+def _from_addresses(facts: Facts, part: Part | None = None) -> tuple[str, ...]:
+    # Every address of every From: field: a second From: (or a mailbox-list) must not hide ours.
+    fields = _message(facts).header_values("From")
+    return tuple(address for _name, address in email.utils.getaddresses(fields) if "@" in address)
+
+
+def _from_domains(facts: Facts, part: Part | None = None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d for d in map(domain_of, _from_addresses(facts)) if d))
+
+
 _MESSAGE: dict[str, Callable[[Any, str, Env], list[Node]]] = {
     "client": _client, "helo": _helo, "tls": _tls, "auth": _auth, "sender": _sender,
     "recipient": _recipient, "recipients": _recipients_group, "header": _header,
     "subject": _subject, "body": _body, "size": _size, "inspection": _inspection,
-    "ambiguity": _ambiguity, "attachment": _attachment,
+    "ambiguity": _ambiguity, "virus": _virus, "attachment": _attachment,
+    "dns": _dns, "spf": _spf, "greylist": _greylist, "from": _from,
 }
 
 
@@ -364,6 +504,16 @@ def _match_test(matcher: NetworkMatcher, verb: str) -> Callable[[Any], str | Non
         label = matcher.match(ip)
         return None if label is None else f"{ip} {verb} {label}"
     return test
+
+
+def _scan_verdict(facts: Facts) -> tuple[bool, ...]:
+    scan = facts.antivirus
+    return (scan.infected,) if scan is not None and not scan.failed else ()
+
+
+def _signatures(facts: Facts) -> tuple[str, ...]:
+    scan = facts.antivirus
+    return scan.signatures if scan is not None and scan.infected else ()
 
 
 def _message(facts: Facts) -> Any:

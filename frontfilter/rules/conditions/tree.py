@@ -130,6 +130,16 @@ def all_of(children: list[Node], spec: str) -> Node:
     return AllOf(tuple(ordered), spec, any(child.per_part for child in ordered))
 
 
+def condition_keys(node: Node | None) -> frozenset[str]:
+    """Every condition key in a tree (`client.ip`, `spf.result`, `attachment.filename`...)."""
+    if node is None:
+        return frozenset()
+    if isinstance(node, Leaf):
+        return frozenset({node.key})
+    children = (node.child,) if isinstance(node, NotOf) else getattr(node, "children", ())
+    return frozenset().union(*(condition_keys(child) for child in children))
+
+
 def evaluate_rule(condition: Node | None, ctx: Context) -> tuple[Reasons, tuple[Part, ...]]:
     """Whether a rule's tree holds, its reasons, and (for per-part rules) the parts that made it hold."""
     if condition is None:

@@ -1,0 +1,296 @@
+"""One delivery attempt of a spooled message to the backends, with per-recipient results.
+
+`Forwarder.deliver` tries `backend.servers` in order. A backend that refused the connection,
+timed out, failed its greeting/EHLO/STARTTLS, or answered MAIL with 4xx is marked down for
+`backend.skip_failed_for` and the next one is tried at once, in the same attempt (Postfix's
+dead-host cache); if every backend is down the attempt fails transiently without waiting.
+
+What the backend says is classified where it is understood (STYLE habit 7), per recipient:
+RCPT 5xx → that recipient PERMANENT; RCPT 4xx → that recipient TRANSIENT; DATA 5xx/4xx → every
+recipient it accepted; a lost connection or timeout → TRANSIENT. MAIL 5xx is the backend's policy
+about the sender, not its health: PERMANENT for all, no shopping around. Once DATA has been
+sent, nothing is retried elsewhere in this attempt: a lost final reply may mean the message
+was taken (the one at-least-once duplicate), and the retry schedule decides.
+
+Connections are reused across messages (one transaction after another, RSET after a failed
+one), kept idle at most POOL_IDLE_SECONDS; a reused connection the backend closed meanwhile is
+replaced by a fresh one without counting a failure. TLS to the backend follows `backend.tls`
+through `delivery.tls` (the same code as sync mode: none, opportunistic, or required and
+verified); a failed or refused handshake counts as that backend failing (transient).
+
+Bounds: `backend.connect_timeout` per connection, `backend.timeout` per command; at most
+POOL_IDLE_PER_BACKEND idle connections per backend; the caller bounds concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from frontfilter import observe
+from frontfilter.config import BackendConfig, HostPort
+from frontfilter.delivery import tls as backend_tls
+from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, _from_response
+
+# Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
+# here, as a backlog after an outage is exactly when reuse pays.
+POOL_IDLE_SECONDS = 5.0
+POOL_IDLE_PER_BACKEND = 8
+QUIT_TIMEOUT = 5.0
+# MAIL parameters passed on when the backend supports the extension (RFC 6152, 6531, 1870).
+PASSED_ON = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+
+NO_BACKEND = "no backend available"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt's answer: a reply per recipient asked (same order) and who answered."""
+
+    backend: str
+    results: tuple[BackendReply, ...]
+    data_sent: bool                  # DATA went out: a lost reply may mean a duplicate later
+
+
+@dataclass(frozen=True)
+class _Failover:
+    """This backend did not get as far as the message: try the next one."""
+
+    reply: BackendReply
+    connection_lost: bool        # the connection died (vs. a 4xx to MAIL)
+
+
+@dataclass
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    server: HostPort
+    name: str
+    idle_since: float = 0.0
+    reused: bool = False
+
+
+class Forwarder:
+    """Backends with health and a pool of idle connections; shared by the worker and verify."""
+
+    def __init__(self, config: BackendConfig, helo_name: str,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.helo_name = config.helo_name or helo_name
+        self._clock = clock
+        self._down_until: dict[HostPort, float] = {}
+        self._last_failure: dict[HostPort, BackendReply] = {}   # why it is being skipped
+        self._idle: dict[HostPort, list[_Connection]] = {}
+
+    # ---- backend health ---------------------------------------------------------------
+
+    def usable(self) -> list[HostPort]:
+        """Backends in the administrator's order, minus those that failed a moment ago."""
+        now = self._clock()
+        return [s for s in self.config.servers if self._down_until.get(s, 0.0) <= now]
+
+    def mark_down(self, server: HostPort, why: BackendReply | None = None) -> None:
+        self._down_until[server] = self._clock() + self.config.skip_failed_for
+        if why is not None:
+            self._last_failure[server] = why
+
+    def skipped_because(self) -> BackendReply:
+        """With every backend skipped: the last failure of the first one (what a log should say)."""
+        for server in self.config.servers:
+            if server in self._last_failure:
+                failure = self._last_failure[server]
+                return BackendReply(failure.outcome, failure.code, failure.enhanced,
+                                    f"skipped after a recent failure: {failure.text}", failure.backend)
+        return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", NO_BACKEND, "-")
+
+    def mark_up(self, server: HostPort) -> None:
+        self._down_until.pop(server, None)
+
+    # ---- connections ------------------------------------------------------------------
+
+    async def connect(self, server: HostPort) -> _Connection | BackendReply:
+        """A fresh connection, TLS as `backend.tls` says, EHLO done; or why not."""
+        name = str(server)
+        smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port, local_hostname=self.helo_name,
+                               timeout=self.config.timeout, start_tls=False)
+        try:
+            await smtp.connect(timeout=self.config.connect_timeout)
+            tls_version = await backend_tls.secure(smtp, self.config, server)
+            await smtp.ehlo()
+        except aiosmtplib.SMTPResponseException as error:
+            smtp.close()
+            return _from_response(error.code, error.message, name)
+        except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError,
+                ssl.SSLError) as error:
+            smtp.close()
+            return _connection_failure(name, error)
+        if tls_version is not None:
+            observe.tls_session("outbound", tls_version)
+        return _Connection(smtp, server, name)
+
+    async def acquire(self, server: HostPort) -> _Connection | BackendReply:
+        idle = self._idle.get(server, [])
+        now = self._clock()
+        while idle:
+            conn = idle.pop()
+            if conn.smtp.is_connected and now - conn.idle_since < POOL_IDLE_SECONDS:
+                conn.reused = True
+                return conn
+            await self._quit(conn)
+        return await self.connect(server)
+
+    async def release(self, conn: _Connection, reusable: bool) -> None:
+        idle = self._idle.setdefault(conn.server, [])
+        if reusable and conn.smtp.is_connected and len(idle) < POOL_IDLE_PER_BACKEND:
+            conn.idle_since = self._clock()
+            idle.append(conn)
+        else:
+            await self._quit(conn)
+
+    async def prune(self) -> None:
+        """Close connections idle too long (called from the worker's scan loop)."""
+        now = self._clock()
+        for server, idle in self._idle.items():
+            keep = [c for c in idle if c.smtp.is_connected and now - c.idle_since < POOL_IDLE_SECONDS]
+            for conn in idle:
+                if conn not in keep:
+                    await self._quit(conn)
+            self._idle[server] = keep
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                await self._quit(idle.pop())
+
+    async def _quit(self, conn: _Connection) -> None:
+        try:
+            if conn.smtp.is_connected:
+                await conn.smtp.quit(timeout=min(QUIT_TIMEOUT, self.config.timeout))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            conn.smtp.close()
+
+    # ---- one attempt --------------------------------------------------------------------
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes,
+                      options: Sequence[str], queue_id: str | None = None) -> Attempt:
+        last: BackendReply | None = None
+        for server in self.usable():
+            for _fresh_try in range(2):     # a second go only when a pooled connection had died
+                started = self._clock()
+                conn = await self.acquire(server)
+                if isinstance(conn, BackendReply):
+                    last = conn
+                    self.mark_down(server, conn)
+                    observe.forward_attempt(conn.backend, conn.outcome.value, self._clock() - started,
+                                            queue_id=queue_id, detail=conn.describe())
+                    break
+                try:
+                    outcome = await self._transaction(conn, sender, recipients, data, options)
+                except asyncio.CancelledError:
+                    conn.smtp.close()       # mid-command: never back into the pool
+                    raise
+                if isinstance(outcome, Attempt):
+                    self.mark_up(server)
+                    ok = any(r.ok for r in outcome.results)
+                    result = Outcome.OK if ok else _worst(outcome.results)
+                    detail = None if ok else outcome.results[0].describe()
+                    observe.forward_attempt(conn.name, result.value, self._clock() - started,
+                                            queue_id=queue_id, detail=detail)
+                    return outcome
+                if conn.reused and outcome.connection_lost:
+                    continue            # the backend closed an idle connection: not a failure
+                last = outcome.reply
+                self.mark_down(server, last)
+                observe.forward_attempt(conn.name, last.outcome.value, self._clock() - started,
+                                        queue_id=queue_id, detail=last.describe())
+                break
+        reply = last or self.skipped_because()
+        return Attempt(reply.backend, tuple(reply for _ in recipients), data_sent=False)
+
+    async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: bytes,
+                           options: Sequence[str]) -> Attempt | _Failover:
+        """MAIL, RCPT each, DATA. Returns the attempt, or why the next backend should be tried."""
+        smtp, name = conn.smtp, conn.name
+        utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports_extension("smtputf8")
+        encoding = "utf-8" if utf8 else "ascii"
+        mail_options = self._mail_options(smtp, options, len(data))
+        try:
+            await smtp.mail(sender, options=mail_options, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as error:
+            reply = _from_response(error.code, error.message, name)
+            if reply.outcome is Outcome.PERMANENT:
+                await self._reset(conn)
+                return Attempt(name, tuple(reply for _ in recipients), False)
+            await self.release(conn, reusable=False)
+            return _Failover(reply, connection_lost=False)
+        except UnicodeEncodeError:
+            await self._reset(conn)
+            reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7",
+                                 "non-ASCII sender and the backend lacks SMTPUTF8", name)
+            return Attempt(name, tuple(reply for _ in recipients), False)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            await self.release(conn, reusable=False)
+            return _Failover(_connection_failure(name, error), connection_lost=True)
+
+        results: list[BackendReply | None] = []
+        for recipient in recipients:
+            try:
+                await smtp.rcpt(recipient, encoding=encoding)
+                results.append(None)           # accepted: its fate is DATA's
+            except aiosmtplib.SMTPResponseException as error:
+                results.append(_from_response(error.code, error.message, name))
+            except UnicodeEncodeError:
+                results.append(BackendReply(Outcome.PERMANENT, 553, "5.6.7",
+                                            "non-ASCII recipient and the backend lacks SMTPUTF8", name))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                await self.release(conn, reusable=False)
+                return _Failover(_connection_failure(name, error), connection_lost=True)
+        if all(r is not None for r in results):
+            await self._reset(conn)
+            return Attempt(name, tuple(r for r in results if r is not None), False)
+
+        try:
+            response = await smtp.data(data)
+            outcome = _from_response(response.code, response.message, name)
+            reusable = True
+        except aiosmtplib.SMTPResponseException as error:
+            outcome = _from_response(error.code, error.message, name)
+            reusable = error.code != 421
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            outcome = _connection_failure(name, error)
+            reusable = False
+        await self.release(conn, reusable=reusable)
+        final = tuple(outcome if r is None else r for r in results)
+        return Attempt(name, final, data_sent=True)
+
+    async def _reset(self, conn: _Connection) -> None:
+        try:
+            await conn.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            await self.release(conn, reusable=False)
+            return
+        await self.release(conn, reusable=True)
+
+    @staticmethod
+    def _mail_options(smtp: aiosmtplib.SMTP, options: Sequence[str], size: int) -> list[str]:
+        wanted = []
+        for option in options:
+            keyword = option.split("=", 1)[0].upper()
+            extension = PASSED_ON.get(keyword)
+            if extension is not None and smtp.supports_extension(extension):
+                wanted.append(option)
+        if smtp.supports_extension("size"):
+            wanted.append(f"SIZE={size}")
+        return wanted
+
+
+def _worst(results: Sequence[BackendReply]) -> Outcome:
+    if any(r.outcome is Outcome.TRANSIENT for r in results):
+        return Outcome.TRANSIENT
+    return Outcome.PERMANENT if results else Outcome.TRANSIENT

@@ -1,0 +1,51 @@
+"""Queue mode, assembled: the spool, the forwarder, the worker and (optionally) verification.
+
+The composition root (`service.py`) builds one `StoreAndForward` in queue mode, starts it before
+the SMTP listeners (so crash recovery has run before any new message arrives) and stops it after
+they closed. The pipeline gets `spool` (acknowledged writes, back-pressure) and `verifier`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from frontfilter import observe
+from frontfilter.config import Config
+from frontfilter.delivery import tls as backend_tls
+from frontfilter.delivery.forward import Forwarder
+from frontfilter.delivery.spool import Spool
+from frontfilter.delivery.verify import RecipientVerifier
+from frontfilter.delivery.worker import Worker
+
+
+class StartError(Exception):
+    """Queue mode cannot start (spool directory, TLS files): one readable line, naming the key."""
+
+
+class StoreAndForward:
+    def __init__(self, config: Config):
+        self.spool = Spool(config.spool)
+        self.forwarder = Forwarder(config.backend, config.server.hostname)
+        self.worker = Worker(config, self.spool, self.forwarder)
+        self.verifier = (RecipientVerifier(config.backend, self.forwarder)
+                         if config.backend.verify_recipients else None)
+
+    async def start(self) -> None:
+        """Crash recovery (drop what was never acknowledged), then deliver what is spooled."""
+        try:
+            recovery = await self.spool.open()
+        except OSError as error:
+            raise StartError(f"cannot use the spool {self.spool.layout.root} (spool.dir): "
+                             f"{error.strerror or error}") from None
+        try:      # CA and client certificate files are read now, not on the first delivery
+            await asyncio.to_thread(backend_tls.client_context, self.forwarder.config)
+        except ValueError as error:
+            raise StartError(str(error)) from None
+        observe.spool_recovered(recovery.messages, recovery.temps_discarded, recovery.orphan_states)
+        await self.worker.start()
+
+    async def stop(self, deadline: float) -> None:
+        """No new attempts; those in flight until `deadline` (monotonic), the rest stay spooled."""
+        cut = await self.worker.stop(deadline)
+        observe.delivery_stopped(cut)
+        await asyncio.to_thread(self.spool.shutdown)

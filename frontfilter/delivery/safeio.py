@@ -1,0 +1,209 @@
+"""Safe file I/O for the spool: durable atomic writes, directory fsync, per-file locks.
+
+Guarantees (the Postfix `mail_stream.c` / chasquid `safeio` recipe, STYLE habit 6):
+- `write_atomically` returns only once the bytes are in a file under their final name and that
+  name survives a crash or power cut: data written to a temporary file, `fsync`, `rename` onto
+  the final name, `fsync` of the final directory. Before it returns, a crash leaves the final
+  name as it was (absent, or its old content) and at most a stale temporary file: never a
+  partial file under the final name.
+- A temporary file is `flock`ed by its writer from creation to rename, so a recovery scan in any
+  process tells a stale temporary (lock free: its writer died) from one being written now.
+- `lock_file` takes an advisory `flock(2)` on an existing file and checks the name still points
+  at the locked inode (a file deleted or replaced between open and lock is reported gone).
+  The kernel drops a flock when the process dies, SIGKILL included: a crash never leaves a
+  stale lock behind, and no lock files need cleaning up.
+
+Everything here blocks (open, write, fsync, rename): call it from a worker thread, never on the
+event loop. Temporary and final directories must be on one filesystem (rename is atomic only
+within one).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+# How often a blocking `lock_file(wait=...)` retries a busy lock.
+LOCK_POLL_SECONDS = 0.05
+FILE_MODE = 0o600       # spooled mail is private: only the daemon's user reads it
+DIR_MODE = 0o700
+
+
+class Gone(Exception):
+    """The file was removed (delivered, deleted) before or while it was being locked."""
+
+
+class Busy(Exception):
+    """Another process or task holds the lock."""
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(directory: Path) -> None:
+    """Create a private directory (and its parents) and make its entry durable."""
+    if directory.is_dir():
+        return
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    fsync_dir(directory.parent)
+
+
+def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+                     owner: tuple[int, int] | None = None) -> os.stat_result:
+    """Write `chunks` durably under `final`; returns the new file's stat (inode, size).
+
+    `owner` (uid, gid), when given and we are root, is applied before the rename: the queue tool
+    run as root must not leave a file the daemon's own user cannot read.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix=final.name + ".", suffix=TEMP_SUFFIX)
+    temp = Path(temp_name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)       # ours alone from birth: recovery leaves it be
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        os.fsync(fd)
+        stat = os.fstat(fd)
+        os.rename(temp, final)
+    except BaseException:
+        os.close(fd)
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    fsync_dir(final.parent)
+    return stat
+
+
+class LockedFile:
+    """An open file holding an exclusive flock. Close it (or use `with`) to release."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self.fd = fd
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def read_all(self) -> bytes:
+        size = os.fstat(self.fd).st_size
+        return os.pread(self.fd, size, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)       # releases the flock
+            self.fd = -1
+
+    def __enter__(self) -> LockedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_file(path: Path, wait: float = 0.0) -> LockedFile:
+    """Lock an existing file. Raises Gone if it does not exist (any more), Busy if still locked
+    by someone else after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise Gone(str(path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise Busy(str(path)) from None
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        # Locked. But a holder may have removed (delivered) or replaced the file meanwhile:
+        # only the inode the name still points at is the message.
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            os.close(fd)
+            raise Gone(str(path)) from None
+        mine = os.fstat(fd)
+        if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)
+            continue
+        return LockedFile(path, fd)
+
+
+def is_locked(path: Path) -> bool:
+    """True when someone holds the file's lock now (it is being delivered or written)."""
+    try:
+        with lock_file(path):
+            return False
+    except Busy:
+        return True
+    except Gone:
+        return False
+
+
+def discard_stale_temps(temp_dir: Path) -> int:
+    """Remove temporary files whose writer is gone (no lock held). Returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(temp_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.endswith(TEMP_SUFFIX):
+            continue
+        path = temp_dir / name
+        try:
+            with lock_file(path):
+                path.unlink()
+                removed += 1
+        except (Busy, Gone):
+            continue
+    if removed:
+        fsync_dir(temp_dir)
+    return removed
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on the directory's filesystem."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def unlink_durably(*paths: Path) -> None:
+    """Remove files in the given order (missing ones are fine), then fsync their directories."""
+    dirs = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        if path.parent not in dirs:
+            dirs.append(path.parent)
+    for directory in dirs:
+        fsync_dir(directory)
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)

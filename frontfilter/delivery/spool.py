@@ -1,0 +1,476 @@
+"""The durable spool: where a message lives from the client's 250 until the backend took it.
+
+Layout (documented for administrators in docs/spool.md):
+
+    SPOOL/tmp/          files being written; one without a writer's lock was never acknowledged
+    SPOOL/queue/ID.msg  the envelope and the message, together, never changed once written
+    SPOOL/queue/ID.state  per-recipient delivery state, replaced atomically after each attempt
+    SPOOL/deadletter/   ID.msg + ID.state of messages given up on (kept for the administrator)
+
+`ID.msg` is a text line `FRONTFILTER-SPOOL 1`, one line of JSON (the envelope), then the message
+bytes exactly as they are forwarded. `ID.state` is JSON; absent means "no attempt yet, every
+recipient pending".
+
+Guarantees:
+- A message is acknowledged (250) only after `write_message` returned: written in `tmp/`,
+  fsynced, renamed into `queue/`, `queue/` fsynced (see safeio). `ID.msg` is the commit point.
+- The `.msg` file's flock protects the pair: whoever changes the state, delivers, deletes or
+  dead-letters a message holds it — a worker in this or another process (issue 9), or the
+  `frontfilter queue` tool. Locks die with their process.
+- Crash semantics: delivered → `.msg` is removed first, then `.state`; a crash between leaves
+  an orphan `.state` that recovery removes. Dead-lettered → `.msg` moved first, then `.state`
+  (recovery moves an orphan after it). A crash before the new state is written means the last
+  attempt is repeated: at-least-once, a duplicate only for what was in flight.
+
+Bounds: MAX_ENVELOPE_BYTES on the envelope line; back-pressure limits (count, bytes, free disk)
+from `[spool]`, checked at MAIL (cheap, cached) and again at end of DATA (authoritative).
+Blocking functions here run in threads; `Spool` is the asyncio face the pipeline uses.
+(Past 400 lines on purpose: the file format, its reader and writer, the locked message and the
+admission that decides what may be written are one contract, easier to check read together.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frontfilter.config import SpoolConfig
+from frontfilter.delivery import safeio
+
+MAGIC = b"FRONTFILTER-SPOOL 1\n"
+STATE_VERSION = 1
+# Envelope line: up to a few hundred recipients of 256 octets (RFC 5321 §4.5.3.1.3) plus facts.
+MAX_ENVELOPE_BYTES = 1024 * 1024
+# Threads writing client messages (fsync): concurrent fsyncs share one ext4 journal commit, so a
+# few threads raise throughput; more only queue in the kernel.
+SPOOL_IO_THREADS = 4
+# Queue ids are model.new_queue_id(): digits and upper-case consonants. Anything else given to
+# the queue tool is refused before it becomes a path.
+VALID_ID = re.compile(r"^[0-9A-Z]{8,40}$")
+
+
+class SpoolFormatError(Exception):
+    """A spool file that cannot be read as one (damaged, or edited by hand)."""
+
+
+class Status(enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    id: str
+    sender: str                       # "" is the null sender
+    recipients: tuple[str, ...]
+    arrived: float                    # Unix time the client's 250 was sent (about)
+    size: int                         # bytes of the message that follows the envelope line
+    options: tuple[str, ...] = ()     # MAIL parameters kept for the backend: BODY=, SMTPUTF8
+    client: str = ""
+    helo: str = ""
+    dsn_for: str = ""                 # for a DSN we generated: the queue id it reports on
+
+    def to_json(self) -> bytes:
+        return json.dumps({**asdict(self), "recipients": list(self.recipients),
+                           "options": list(self.options)}, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        data = json.loads(raw)
+        return cls(id=str(data["id"]), sender=str(data["sender"]),
+                   recipients=tuple(str(r) for r in data["recipients"]),
+                   arrived=float(data["arrived"]), size=int(data["size"]),
+                   options=tuple(str(o) for o in data.get("options", ())),
+                   client=str(data.get("client", "")), helo=str(data.get("helo", "")),
+                   dsn_for=str(data.get("dsn_for", "")))
+
+    @property
+    def smtputf8(self) -> bool:
+        return any(o.upper() == "SMTPUTF8" for o in self.options)
+
+
+@dataclass
+class RecipientState:
+    address: str
+    status: Status = Status.PENDING
+    code: int = 0                     # the last answer about this recipient
+    enhanced: str = ""
+    detail: str = ""                  # the backend's full answer (admin eyes only: never sent out)
+    at: float = 0.0
+
+
+@dataclass
+class DeliveryState:
+    recipients: list[RecipientState]
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_attempt: float = 0.0
+    dead_reason: str = ""
+    version: int = STATE_VERSION
+
+    @classmethod
+    def initial(cls, envelope: Envelope) -> DeliveryState:
+        return cls(recipients=[RecipientState(r) for r in envelope.recipients],
+                   next_attempt=envelope.arrived)
+
+    def pending(self) -> list[int]:
+        return [i for i, r in enumerate(self.recipients) if r.status is Status.PENDING]
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        for recipient in data["recipients"]:
+            recipient["status"] = recipient["status"].value
+        return json.dumps(data, ensure_ascii=False, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes, envelope: Envelope) -> DeliveryState:
+        data = json.loads(raw)
+        recipients = [RecipientState(address=str(r["address"]), status=Status(r["status"]),
+                                     code=int(r.get("code", 0)), enhanced=str(r.get("enhanced", "")),
+                                     detail=str(r.get("detail", "")), at=float(r.get("at", 0)))
+                      for r in data["recipients"]]
+        if [r.address for r in recipients] != list(envelope.recipients):
+            raise SpoolFormatError("state does not match the envelope's recipients")
+        return cls(recipients=recipients, attempts=int(data.get("attempts", 0)),
+                   next_attempt=float(data.get("next_attempt", 0)),
+                   last_attempt=float(data.get("last_attempt", 0)),
+                   dead_reason=str(data.get("dead_reason", "")))
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def dead(self) -> Path:
+        return self.root / "deadletter"
+
+    def msg(self, queue_id: str, dead: bool = False) -> Path:
+        return (self.dead if dead else self.queue) / f"{queue_id}.msg"
+
+    def state(self, queue_id: str, dead: bool = False) -> Path:
+        return (self.dead if dead else self.queue) / f"{queue_id}.state"
+
+    def create(self) -> None:
+        for directory in (self.root, self.tmp, self.queue, self.dead):
+            safeio.ensure_dir(directory)
+
+
+# ---- files (blocking: call from threads) ------------------------------------------------------
+
+def write_message(layout: Layout, envelope: Envelope, data: bytes) -> os.stat_result:
+    header = envelope.to_json()
+    if len(header) > MAX_ENVELOPE_BYTES or b"\n" in header:
+        raise SpoolFormatError("envelope too large")
+    return safeio.write_atomically(layout.tmp, layout.msg(envelope.id), (MAGIC, header, b"\n", data))
+
+
+def parse_message(raw: bytes) -> tuple[Envelope, bytes]:
+    if not raw.startswith(MAGIC):
+        raise SpoolFormatError("not a frontfilter spool file (bad first line)")
+    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENVELOPE_BYTES + 1)
+    if end < 0:
+        raise SpoolFormatError("envelope line missing or too long")
+    try:
+        envelope = Envelope.from_json(raw[len(MAGIC):end])
+    except (ValueError, KeyError, TypeError) as error:
+        raise SpoolFormatError(f"envelope unreadable: {error}") from None
+    body = raw[end + 1:]
+    if len(body) != envelope.size:
+        raise SpoolFormatError(f"message is {len(body)} bytes, the envelope says {envelope.size}")
+    return envelope, body
+
+
+class Message:
+    """A spooled message, locked: read it, change its state, remove or dead-letter it."""
+
+    def __init__(self, layout: Layout, queue_id: str, lock: safeio.LockedFile, dead: bool):
+        self.layout = layout
+        self.id = queue_id
+        self.dead = dead
+        self._lock = lock
+        self.problem: str | None = None
+        self.envelope: Envelope | None = None
+        self.body = b""
+        self.state: DeliveryState | None = None
+        stat = lock.stat()
+        self._owner = (stat.st_uid, stat.st_gid)
+        self.mtime = stat.st_mtime
+        try:
+            self.envelope, self.body = parse_message(lock.read_all())
+            if self.envelope.id != queue_id:
+                raise SpoolFormatError(f"file says it is {self.envelope.id}")
+            self.state = self._read_state(self.envelope)
+        except SpoolFormatError as error:
+            self.problem = str(error)
+
+    def _read_state(self, envelope: Envelope) -> DeliveryState:
+        try:
+            raw = self.layout.state(self.id, self.dead).read_bytes()
+        except FileNotFoundError:
+            return DeliveryState.initial(envelope)
+        try:
+            return DeliveryState.from_json(raw, envelope)
+        except (ValueError, KeyError, TypeError) as error:
+            raise SpoolFormatError(f"state unreadable: {error}") from None
+
+    def save(self, state: DeliveryState) -> os.stat_result:
+        stat = safeio.write_atomically(self.layout.tmp, self.layout.state(self.id, self.dead),
+                                       (state.to_json(),), owner=self._owner)
+        self.state = state
+        return stat
+
+    def remove(self) -> None:
+        """Delivered (or deleted): the message first, so a crash between leaves only an orphan
+        state for recovery — never a message that would be delivered again."""
+        safeio.unlink_durably(self.layout.msg(self.id, self.dead), self.layout.state(self.id, self.dead))
+
+    def move_to_dead_letters(self) -> None:
+        if self.dead:
+            return
+        os.rename(self.layout.msg(self.id), self.layout.msg(self.id, dead=True))
+        safeio.fsync_dir(self.layout.dead)
+        safeio.fsync_dir(self.layout.queue)
+        try:
+            os.rename(self.layout.state(self.id), self.layout.state(self.id, dead=True))
+        except FileNotFoundError:
+            pass
+        else:
+            safeio.fsync_dir(self.layout.dead)
+            safeio.fsync_dir(self.layout.queue)
+        self.dead = True
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def __enter__(self) -> Message:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_message(layout: Layout, queue_id: str, wait: float = 0.0, dead: bool = False) -> Message:
+    """Lock and read one message. Raises safeio.Gone or safeio.Busy."""
+    lock = safeio.lock_file(layout.msg(queue_id, dead), wait=wait)
+    try:
+        return Message(layout, queue_id, lock, dead)
+    except BaseException:
+        lock.close()
+        raise
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    size: int            # bytes of the .msg file
+    mtime: float         # when it was written (about the client's 250)
+    state_inode: int     # 0 without a state file: tells a state replaced by someone else
+
+
+def scan(layout: Layout) -> dict[str, ScanItem]:
+    """Every complete message in queue/, from one directory read (and a stat per message)."""
+    states: dict[str, int] = {}
+    messages: dict[str, tuple[int, float]] = {}
+    with os.scandir(layout.queue) as entries:
+        for entry in entries:
+            name, _, suffix = entry.name.rpartition(".")
+            if suffix == "state":
+                states[name] = entry.inode()
+            elif suffix == "msg":
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                messages[name] = (stat.st_size, stat.st_mtime)
+    return {name: ScanItem(size, mtime, states.get(name, 0)) for name, (size, mtime) in messages.items()}
+
+
+def read_state_file(layout: Layout, queue_id: str) -> tuple[float, int] | None:
+    """(next_attempt, inode) from a state file without locking; None if absent or unreadable.
+    Used by the scan only as a hint: the attempt itself re-reads under the lock."""
+    path = layout.state(queue_id)
+    try:
+        with open(path, "rb") as handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            data = json.loads(handle.read())
+        return float(data.get("next_attempt", 0)), inode
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    messages: int
+    temps_discarded: int
+    orphan_states: int
+
+
+def recover(layout: Layout) -> Recovery:
+    """Start-up: drop what was never acknowledged (unlocked temporaries) and orphan states."""
+    layout.create()
+    temps = safeio.discard_stale_temps(layout.tmp)
+    orphans = 0
+    found = scan(layout)
+    for entry in os.listdir(layout.queue):
+        name, _, suffix = entry.rpartition(".")
+        if suffix != "state" or name in found:
+            continue
+        orphans += 1
+        if layout.msg(name, dead=True).exists():
+            os.replace(layout.state(name), layout.state(name, dead=True))
+        else:
+            layout.state(name).unlink(missing_ok=True)
+    if orphans:
+        safeio.fsync_dir(layout.queue)
+        safeio.fsync_dir(layout.dead)
+    return Recovery(messages=len(found), temps_discarded=temps, orphan_states=orphans)
+
+
+# ---- the asyncio face: admission and acknowledged writes -------------------------------------
+
+class Admission(enum.Enum):
+    OK = "ok"
+    FULL = "full"          # a limit or the disk: answer 452 4.3.1
+    FAILED = "failed"      # an I/O error: answer 451 4.3.0
+
+
+@dataclass
+class Spooled:
+    result: Admission
+    seconds: float = 0.0
+    reason: str = ""
+
+
+class _Full(Exception):
+    pass
+
+
+@dataclass
+class _Usage:
+    sizes: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    reserved_count: int = 0
+    reserved_bytes: int = 0
+
+
+class Spool:
+    """Admission control and durable writes for the acknowledge path; shared with the worker."""
+
+    def __init__(self, config: SpoolConfig, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.layout = Layout(config.dir)
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(SPOOL_IO_THREADS, thread_name_prefix="spool")
+        self._usage = _Usage()
+        self._free: int | None = None     # bytes free on the spool's disk, last we looked
+        self.listeners: list[Callable[[Envelope, os.stat_result], None]] = []
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> Recovery:
+        recovery: Recovery = await self.run(recover, self.layout)
+        items: dict[str, ScanItem] = await self.run(scan, self.layout)
+        self.set_contents({name: item.size for name, item in items.items()})
+        await self.run(self.refresh_free_space)
+        return recovery
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # ---- what is in the spool (kept by the worker's scans and by our own writes) ----
+
+    @property
+    def count(self) -> int:
+        return len(self._usage.sizes)
+
+    @property
+    def bytes(self) -> int:
+        return self._usage.bytes
+
+    def set_contents(self, sizes: dict[str, int]) -> None:
+        self._usage.sizes = dict(sizes)
+        self._usage.bytes = sum(self._usage.sizes.values())
+
+    def track(self, queue_id: str, size: int) -> None:
+        self.forget(queue_id)
+        self._usage.sizes[queue_id] = size
+        self._usage.bytes += size
+
+    def forget(self, queue_id: str) -> None:
+        self._usage.bytes -= self._usage.sizes.pop(queue_id, 0)
+
+    # ---- admission ----
+
+    def admit(self, size: int = 0) -> Admission:
+        """Cheap check (no I/O but a cached statvfs) for MAIL: is there room for `size` more?"""
+        usage, config = self._usage, self.config
+        if self.count + usage.reserved_count + 1 > config.max_messages:
+            return Admission.FULL
+        if usage.bytes + usage.reserved_bytes + size > config.max_size:
+            return Admission.FULL
+        # The free-space figure comes from the last write or scan (statvfs stays off the event
+        # loop: on a network filesystem it can block); the write checks it afresh anyway.
+        if self._free is not None and self._free - usage.reserved_bytes - size < config.min_free_space:
+            return Admission.FULL
+        return Admission.OK
+
+    def refresh_free_space(self) -> None:
+        """Blocking (statvfs): called from the worker's scan thread."""
+        self._free = safeio.free_bytes(self.layout.root)
+
+    async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:
+        """Write a message durably. Only `Admission.OK` may be answered 250.
+
+        `force` skips the count and size limits (not the disk): for DSNs, which must not be
+        lost because the spool is busy with the mail they report on.
+        """
+        started = time.monotonic()
+        size = len(data)
+        if not force:
+            admission = self.admit(size)
+            if admission is not Admission.OK:
+                return Spooled(admission, reason="spool limits")
+        self._usage.reserved_count += 1
+        self._usage.reserved_bytes += size
+        try:
+            stat = await self.run(self._write, envelope, data, force)
+        except _Full:
+            return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
+        except OSError as error:
+            if safeio.is_disk_full(error):
+                return Spooled(Admission.FULL, time.monotonic() - started, "disk full")
+            return Spooled(Admission.FAILED, time.monotonic() - started,
+                           f"{type(error).__name__}: {error.strerror or error}")
+        finally:
+            self._usage.reserved_count -= 1
+            self._usage.reserved_bytes -= size
+        self.track(envelope.id, stat.st_size)
+        for listener in self.listeners:
+            listener(envelope, stat)
+        return Spooled(Admission.OK, time.monotonic() - started)
+
+    def _write(self, envelope: Envelope, data: bytes, force: bool) -> os.stat_result:
+        if not force:
+            free = self._free = safeio.free_bytes(self.layout.root)
+            if free - len(data) < self.config.min_free_space:
+                raise _Full()
+        return write_message(self.layout, envelope, data)

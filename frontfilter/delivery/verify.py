@@ -1,0 +1,150 @@
+"""Recipient verification at RCPT time in queue mode (Postfix `reject_unverified_recipient`).
+
+Queue mode answers 250 before the backend has seen the message, so an unknown user would only
+be found at delivery — and bounced to a sender who may be forged (backscatter). With
+`backend.verify_recipients`, each new recipient is probed on the backend while the client waits:
+`MAIL FROM:<>`, `RCPT TO:<address>`, `RSET`, on a pooled connection (the forwarder's, with its
+failover). The answer is cached: valid for `verify_positive_ttl`, invalid for
+`verify_negative_ttl`; a backend that cannot answer is not cached.
+
+Result classes (STYLE habit 7): VALID → accept; INVALID (5xx) → the pipeline refuses the
+recipient with the backend's code; UNAVAILABLE (4xx, no backend) → the pipeline answers 4xx and
+the client retries, as Postfix's default `unverified_recipient_tempfail_action`.
+
+Concurrent probes of one address share one probe. Bounds: CACHE_ENTRIES addresses (least
+recently used dropped first); one probe costs at most a connect and three commands, each under
+the backend timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from frontfilter import observe
+from frontfilter.config import BackendConfig
+from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, _from_response
+from frontfilter.delivery.forward import Forwarder
+
+# Addresses remembered. An edge relay for a few domains sees a bounded set of real recipients;
+# a dictionary attack is what this bound is for.
+CACHE_ENTRIES = 50_000
+
+
+class Verdict(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Verification:
+    verdict: Verdict
+    reply: BackendReply | None
+    cached: bool
+
+
+class RecipientVerifier:
+    def __init__(self, config: BackendConfig, forwarder: Forwarder,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.forwarder = forwarder
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, Verification]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[Verification]] = {}
+
+    async def verify(self, address: str) -> Verification:
+        key = address.lower()   # the cache may be case-blind; the probe keeps the case sent
+        hit = self._cache.get(key)
+        if hit is not None:
+            expires, verification = hit
+            if expires > self._clock():
+                self._cache.move_to_end(key)
+                observe.recipient_verified(verification.verdict.value, cached=True)
+                return Verification(verification.verdict, verification.reply, cached=True)
+            del self._cache[key]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise                   # this session went away
+                # The session that was probing went away: probe for ourselves.
+        future: asyncio.Future[Verification] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            verification = await self._probe(address)
+            future.set_result(verification)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()      # retrieved: nobody else may be waiting
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        ttl = {Verdict.VALID: self.config.verify_positive_ttl,
+               Verdict.INVALID: self.config.verify_negative_ttl}.get(verification.verdict)
+        if ttl:
+            self._cache[key] = (self._clock() + ttl, verification)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        observe.recipient_verified(verification.verdict.value, cached=False)
+        return verification
+
+    async def _probe(self, address: str) -> Verification:
+        last: BackendReply | None = None
+        for server in self.forwarder.usable():
+            for _fresh_try in range(2):     # a second go only when a pooled connection had died
+                conn = await self.forwarder.acquire(server)
+                if isinstance(conn, BackendReply):
+                    self.forwarder.mark_down(server, conn)
+                    last = conn
+                    break
+                try:
+                    reply = await self._ask(conn.smtp, conn.name, address)
+                except asyncio.CancelledError:
+                    conn.smtp.close()       # mid-command: never back into the pool
+                    raise
+                except aiosmtplib.SMTPResponseException as error:     # MAIL or RSET refused
+                    await self.forwarder.release(conn, reusable=False)
+                    last = _from_response(error.code, error.message, conn.name)
+                    break
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                    await self.forwarder.release(conn, reusable=False)
+                    if conn.reused:
+                        continue
+                    last = _connection_failure(conn.name, error)
+                    self.forwarder.mark_down(server, last)
+                    break
+                await self.forwarder.release(conn, reusable=True)
+                if reply.outcome is Outcome.OK:
+                    return Verification(Verdict.VALID, reply, cached=False)
+                if reply.outcome is Outcome.PERMANENT:
+                    return Verification(Verdict.INVALID, reply, cached=False)
+                return Verification(Verdict.UNAVAILABLE, reply, cached=False)
+        return Verification(Verdict.UNAVAILABLE, last or self.forwarder.skipped_because(), cached=False)
+
+    @staticmethod
+    async def _ask(smtp: aiosmtplib.SMTP, name: str, address: str) -> BackendReply:
+        utf8 = not address.isascii()
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            return BackendReply(Outcome.PERMANENT, 553, "5.6.7", "backend lacks SMTPUTF8", name)
+        await smtp.mail("", options=["SMTPUTF8"] if utf8 else [])
+        try:
+            response = await smtp.rcpt(address, encoding="utf-8" if utf8 else "ascii")
+            reply = _from_response(response.code, response.message, name)
+        except aiosmtplib.SMTPResponseException as error:
+            reply = _from_response(error.code, error.message, name)
+        await smtp.rset()
+        return reply

@@ -1,0 +1,395 @@
+"""The delivery worker: takes spooled messages to the backends, retries, gives up, bounces.
+
+How it runs: an in-memory index of the spool (id → next attempt), filled by a scan at start,
+by every message the pipeline spools, and kept honest by a re-scan every `spool.scan_interval`
+(changes made by `frontfilter queue` or by another process show up there: a state file whose
+inode changed is re-read; a message gone from disk is dropped). Due messages are attempted,
+at most `backend.concurrency` at once.
+
+One attempt (`_attempt`): lock the message (flock on its `.msg`: a message is never attempted
+twice at once, across processes too), send it to the pending recipients only, then record each
+recipient's fate (STYLE habit 7: the typed outcome alone decides):
+- delivered → done; permanent (5xx) → failed now; transient → retried later, with exponential
+  backoff from `retry_min` to `retry_max`, ± `retry_jitter`, the last try at `max_lifetime`;
+  past it, still-pending recipients fail as expired (4.4.7).
+- Failed recipients get one DSN (RFC 3464, delivery.dsn) to the sender — not for the null
+  sender — written to the spool *before* the new state, and delivered like any message.
+- Nothing pending: removed if all were delivered, else moved to the dead-letter directory.
+
+Crash semantics (docs/spool.md): the state is written after the backend answered. A crash in
+between repeats the attempt: recipients delivered then are delivered again (the only
+duplicates), a DSN written then may be sent twice. Nothing acknowledged is ever dropped.
+
+Shutdown: no new attempts; attempts in flight get until the deadline, then their network part
+is cancelled (the message stays spooled, its state unchanged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from frontfilter import observe
+from frontfilter.config import Config, SpoolConfig
+from frontfilter.delivery import dsn, safeio
+from frontfilter.delivery.backend import BackendReply, Outcome
+from frontfilter.delivery.forward import Attempt, Forwarder
+from frontfilter.delivery.spool import (
+    Admission, DeliveryState, Envelope, Message, Spool, Status, open_message,
+    read_state_file, scan)
+from frontfilter.model import new_queue_id
+
+BACKOFF_FACTOR = 2
+# After the deadline, cancelled attempts get this long to put their message back.
+CANCEL_GRACE_SECONDS = 5.0
+# Keep "we removed this" marks this long so a scan that listed the file just before is ignored.
+GONE_MEMORY_SECONDS = 60.0
+
+
+def retry_delay(attempts: int, config: SpoolConfig, rand: float) -> float:
+    """Seconds until the next try after `attempts` failed ones; `rand` uniform in [0, 1)."""
+    exponent = min(max(attempts - 1, 0), 64)
+    base = min(config.retry_max, config.retry_min * BACKOFF_FACTOR ** exponent)
+    return base * (1 + config.retry_jitter * (2 * rand - 1))
+
+
+@dataclass
+class Applied:
+    """What one attempt changed: whose fate was settled, and what happens to the message next."""
+
+    delivered: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)        # permanent now
+    expired: list[int] = field(default_factory=list)       # transient for too long
+    deferred: list[int] = field(default_factory=list)
+
+
+def apply_attempt(envelope: Envelope, state: DeliveryState, pending: Sequence[int],
+                  results: Sequence[BackendReply], now: float, config: SpoolConfig,
+                  rand: float) -> Applied:
+    """Fold an attempt's per-recipient replies into the state (pure; mutates `state`)."""
+    applied = Applied()
+    for index, reply in zip(pending, results, strict=True):
+        recipient = state.recipients[index]
+        recipient.code, recipient.enhanced = reply.code, reply.enhanced or ""
+        recipient.detail, recipient.at = reply.describe(), now
+        if reply.outcome is Outcome.OK:
+            recipient.status = Status.DELIVERED
+            applied.delivered.append(index)
+        elif reply.outcome is Outcome.PERMANENT:
+            recipient.status = Status.FAILED
+            applied.failed.append(index)
+        else:
+            applied.deferred.append(index)
+    state.attempts += 1
+    state.last_attempt = now
+    expires = envelope.arrived + config.max_lifetime
+    if applied.deferred and now >= expires:
+        for index in applied.deferred:
+            state.recipients[index].status = Status.FAILED
+        applied.expired, applied.deferred = applied.deferred, []
+    elif applied.deferred:
+        # The last try falls on the expiry time itself, not a whole backoff after it.
+        state.next_attempt = min(now + retry_delay(state.attempts, config, rand), expires)
+    return applied
+
+
+@dataclass
+class _Entry:
+    id: str
+    next_attempt: float
+    arrived: float
+    size: int
+    state_inode: int
+    added: float                     # monotonic: tells entries newer than a scan's listing
+
+
+class Worker:
+    def __init__(self, config: Config, spool: Spool, forwarder: Forwarder,
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random):
+        self.config = config
+        self.spool = spool
+        self.forwarder = forwarder
+        self._clock = clock
+        self._rand = rand
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._sending: dict[str, asyncio.Future[Attempt]] = {}
+        self._gone: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._oldest_age = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        spool.listeners.append(self._spooled)
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.backend.concurrency
+
+    # ---- life --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.rescan()
+        self._tasks = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._rescan_loop())]
+
+    async def stop(self, deadline: float) -> int:
+        """Stop attempting; wait for attempts in flight until `deadline` (monotonic), then cut
+        them. Returns how many were cut (their messages stay spooled, state unchanged)."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        cut = 0
+        active = list(self._active.values())
+        if active:
+            _, late = await asyncio.wait(active, timeout=max(0.0, deadline - time.monotonic()))
+            if late:
+                cut = len(late)
+                for sending in list(self._sending.values()):
+                    sending.cancel()
+                await asyncio.wait(late, timeout=CANCEL_GRACE_SECONDS)
+        await self.forwarder.close()
+        return cut
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- the index ---------------------------------------------------------------------
+
+    def _spooled(self, envelope: Envelope, stat: object) -> None:
+        """A message just written by this process (client mail or a DSN): due now."""
+        size = getattr(stat, "st_size", envelope.size)
+        self._put(_Entry(envelope.id, envelope.arrived, envelope.arrived, size, 0, time.monotonic()))
+        observe.spool_state(len(self._entries), self._oldest_age)
+        self._wake.set()
+
+    def _put(self, entry: _Entry) -> None:
+        self._entries[entry.id] = entry
+        heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+
+    def _drop(self, queue_id: str) -> None:
+        if self._entries.pop(queue_id, None) is not None:
+            self._gone[queue_id] = time.monotonic()
+            self.spool.forget(queue_id)
+            observe.spool_state(len(self._entries), self._oldest_age if self._entries else 0.0)
+
+    def _reschedule(self, entry: _Entry, when: float, state_inode: int | None = None) -> None:
+        entry.next_attempt = when
+        if state_inode is not None:
+            entry.state_inode = state_inode
+        heapq.heappush(self._heap, (when, entry.id))
+
+    async def rescan(self) -> None:
+        """Re-read the spool directory and reconcile the index with it."""
+        started = time.monotonic()
+        known = {e.id: e.state_inode for e in self._entries.values()}
+        items, hints = await asyncio.to_thread(self._scan, known)
+        for queue_id, item in items.items():
+            if queue_id in self._active or self._gone.get(queue_id, 0.0) >= started:
+                continue
+            entry = self._entries.get(queue_id)
+            hint = hints.get(queue_id)
+            if entry is None:
+                when = hint[0] if hint else item.mtime
+                self._put(_Entry(queue_id, when, item.mtime, item.size, item.state_inode, started))
+            elif item.state_inode != entry.state_inode and hint is not None:
+                self._reschedule(entry, hint[0], hint[1])        # changed by someone else
+        for queue_id, entry in list(self._entries.items()):
+            if queue_id not in items and queue_id not in self._active and entry.added < started:
+                self._drop(queue_id)
+                observe.spool_removed_elsewhere(queue_id)
+        horizon = time.monotonic() - GONE_MEMORY_SECONDS
+        self._gone = {k: v for k, v in self._gone.items() if v > horizon}
+        self.spool.set_contents({e.id: e.size for e in self._entries.values()})
+        oldest = min((e.arrived for e in self._entries.values()), default=None)
+        self._oldest_age = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+        observe.spool_state(len(self._entries), self._oldest_age)
+        self._wake.set()
+
+    def _scan(self, known: dict[str, int]) -> tuple[dict, dict[str, tuple[float, int]]]:
+        layout = self.spool.layout
+        items = scan(layout)
+        hints = {}
+        for queue_id, item in items.items():
+            if item.state_inode and known.get(queue_id) != item.state_inode:
+                hint = read_state_file(layout, queue_id)
+                if hint is not None:
+                    hints[queue_id] = hint
+        try:
+            self.spool.refresh_free_space()
+        except OSError:
+            pass
+        return items, hints
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.spool.scan_interval)
+            try:
+                await self.rescan()
+                await self.forwarder.prune()
+            except Exception:
+                observe.internal_error("spool scan")
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            now = self._clock()
+            while self._heap and len(self._active) < self.concurrency:
+                when, queue_id = self._heap[0]
+                entry = self._entries.get(queue_id)
+                if entry is None or entry.next_attempt != when or queue_id in self._active:
+                    heapq.heappop(self._heap)
+                    continue
+                if when > now:
+                    break
+                heapq.heappop(self._heap)
+                self._active[queue_id] = asyncio.create_task(self._attempt(entry))
+            delay = None
+            if self._heap and len(self._active) < self.concurrency:
+                delay = max(0.0, self._heap[0][0] - now)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    # ---- one attempt -------------------------------------------------------------------
+
+    async def _attempt(self, entry: _Entry) -> None:
+        try:
+            await self._attempt_locked(entry)
+        except Exception:
+            observe.internal_error("delivery attempt", queue_id=entry.id)
+            self._reschedule(entry, self._clock() + self.config.spool.retry_min)
+        finally:
+            self._active.pop(entry.id, None)
+            self._wake.set()
+
+    async def _attempt_locked(self, entry: _Entry) -> None:
+        layout = self.spool.layout
+        try:
+            message: Message = await asyncio.to_thread(open_message, layout, entry.id)
+        except safeio.Gone:
+            self._drop(entry.id)
+            return
+        except safeio.Busy:          # another process (or `frontfilter queue`) has it now
+            self._reschedule(entry, self._clock() + self.config.spool.scan_interval)
+            return
+        closed = False
+        try:
+            if message.problem is not None or message.envelope is None or message.state is None:
+                await asyncio.to_thread(self._finish, message, None, True)
+                closed = True
+                observe.dead_letter(entry.id, f"unreadable spool file: {message.problem}")
+                self._drop(entry.id)
+                return
+            envelope, state = message.envelope, message.state
+            pending = state.pending()
+            applied = Applied()
+            attempt: Attempt | None = None
+            if pending:
+                attempt = await self._send(envelope, message.body, pending)
+                if attempt is None:          # cut by shutdown: the message stays as it was
+                    return
+                applied = apply_attempt(envelope, state, pending, attempt.results, self._clock(),
+                                        self.config.spool, self._rand())
+            settled = applied.failed + applied.expired
+            if settled and envelope.sender and not envelope.dsn_for:
+                if not await self._bounce(envelope, message.body, state, applied):
+                    for index in settled:    # the DSN could not be kept: try them again later
+                        state.recipients[index].status = Status.PENDING
+                    applied.deferred += settled
+                    state.next_attempt = self._clock() + self.config.spool.retry_min
+            dead = not state.pending() and any(r.status is Status.FAILED for r in state.recipients)
+            if dead:
+                state.dead_reason = "expired" if applied.expired else "refused"
+            inode = await asyncio.to_thread(self._finish, message, state, dead)
+            closed = True
+            self._report(envelope, state, applied, attempt, dead)
+            if state.pending():
+                self._reschedule(entry, state.next_attempt, inode)
+            else:
+                self._drop(entry.id)
+        finally:
+            if not closed:
+                message.close()
+
+    async def _send(self, envelope: Envelope, body: bytes, pending: list[int]) -> Attempt | None:
+        recipients = [envelope.recipients[i] for i in pending]
+        sending = asyncio.ensure_future(self.forwarder.deliver(
+            envelope.sender, recipients, body, envelope.options, queue_id=envelope.id))
+        self._sending[envelope.id] = sending
+        try:
+            return await sending
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if sending.cancelled() and not (current is not None and current.cancelling()):
+                return None
+            raise
+        finally:
+            self._sending.pop(envelope.id, None)
+
+    @staticmethod
+    def _finish(message: Message, state: DeliveryState | None, dead: bool) -> int | None:
+        """Blocking: record the outcome on disk, then release the lock. Returns the new state
+        file's inode when the message stays queued."""
+        try:
+            if dead:
+                if state is not None:
+                    message.save(state)
+                message.move_to_dead_letters()
+                return None
+            assert state is not None
+            if not state.pending():
+                message.remove()
+                return None
+            return message.save(state).st_ino
+        finally:
+            message.close()
+
+    async def _bounce(self, envelope: Envelope, body: bytes, state: DeliveryState,
+                      applied: Applied) -> bool:
+        failed = [state.recipients[i] for i in applied.failed + applied.expired]
+        expired = {state.recipients[i].address for i in applied.expired}
+        dsn_id = new_queue_id()
+        now = self._clock()
+        message, utf8 = dsn.build_dsn(dsn_id=dsn_id, hostname=self.config.server.hostname,
+                                      envelope=envelope, message=body, failed=failed,
+                                      expired=expired, now=now)
+        options = (("SMTPUTF8",) if utf8 else ()) + (("BODY=8BITMIME",) if not message.isascii() else ())
+        report = Envelope(id=dsn_id, sender="", recipients=(envelope.sender,), arrived=now,
+                          size=len(message), options=options, dsn_for=envelope.id)
+        spooled = await self.spool.submit(report, message, force=True)
+        if spooled.result is not Admission.OK:
+            observe.warning("dsn_not_spooled", queue_id=envelope.id, reason=spooled.reason)
+            return False
+        observe.dsn_queued(envelope.id, dsn_id, [r.address for r in failed])
+        return True
+
+    def _report(self, envelope: Envelope, state: DeliveryState, applied: Applied,
+                attempt: Attempt | None, dead: bool) -> None:
+        names = envelope.recipients
+        if dead:
+            status = "failed"
+        elif state.pending():
+            status = "deferred"
+        else:
+            status = "delivered"
+        observe.delivery(
+            queue_id=envelope.id, status=status, attempts=state.attempts,
+            backend=attempt.backend if attempt else None,
+            delivered=[names[i] for i in applied.delivered],
+            failed=[names[i] for i in applied.failed], expired=[names[i] for i in applied.expired],
+            deferred=[names[i] for i in applied.deferred],
+            next_attempt_in=round(state.next_attempt - self._clock(), 3) if status == "deferred" else None,
+            age=round(self._clock() - envelope.arrived, 3), dsn=bool(envelope.dsn_for))
+        if dead:
+            observe.dead_letter(envelope.id, state.dead_reason,
+                                failed=[r.address for r in state.recipients if r.status is Status.FAILED])
+

@@ -1,0 +1,197 @@
+"""What the pipeline calls: gather the reputation facts a stage's rules need, once, in time.
+
+A check runs only when it is configured AND the active rule set reads its facts (monitor rules
+included): a relay without `[dnsbl] lists` or without a rule on `client.dnsbl*` never sends a
+DNSBL query. What each stage needs is worked out once per rule set (`RuleSet.reads`).
+
+- DNSBL/DNSWL of the client: started at connect as soon as any rule of the set will read it,
+  awaited by the first stage whose rules read it (so its latency overlaps EHLO and MAIL).
+  Bounded by `dns.timeout` from connect.
+- SPF: started at MAIL when a rule reads `spf.result` (or `[spf] header` wants the field),
+  awaited where needed; bounded by `spf.timeout`. Not for authenticated or trusted clients:
+  their mail does not come from the sender domain's outbound servers, and they are ours.
+- Greylisting: at RCPT, for the recipient being decided, when a rule reads `greylist.new`.
+  Never for authenticated or trusted clients.
+- `dns.error` reads the failures of the checks the rule set uses: a stage whose rules read it
+  waits for those of them that are known by then.
+
+Facts of a check that did not run are "nothing found" (see reputation.facts). An exception
+(the greylist database unwritable) propagates: the pipeline answers 451 4.3.0, never a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from frontfilter import observe
+from frontfilter.config import Config
+from frontfilter.model import Peer, Stage
+from frontfilter.reputation import dnsbl
+from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts
+from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
+from frontfilter.reputation.resolver import Resolver
+from frontfilter.reputation.spfcheck import SpfChecker, SpfOutcome, received_spf
+
+DNSBL_KEYS = frozenset({"client.dnsbl", "client.dnsbl_score", "client.listed_on", "client.dnswl"})
+SPF_KEYS = frozenset({"spf.result"})
+GREYLIST_KEYS = frozenset({"greylist.new"})
+DNS_ERROR = "dns.error"
+
+DNSBL, SPF, GREYLIST = "dnsbl", "spf", "greylist"
+
+
+@dataclass
+class ClientChecks:
+    """Per SMTP session: what has been found out about this client and its transactions."""
+
+    trusted: bool = False
+    listing: ListingFacts | None = None
+    listing_failed: bool = False
+    listing_task: asyncio.Task[Any] | None = None
+    spf: SpfOutcome | None = None
+    spf_for: tuple[str, str | None] | None = None          # (sender, helo) the SPF result is for
+    spf_task: asyncio.Task[Any] | None = None
+    greylisted: dict[tuple[str, str], bool] = field(default_factory=dict)   # (sender, rcpt) -> new
+
+
+@dataclass(frozen=True)
+class _Plan:
+    now: dict[Stage, frozenset[str]]     # checks to have done before a stage's rules run
+    later: dict[Stage, frozenset[str]]   # checks a later stage will need: start them early
+
+
+class Checks:
+    def __init__(self, config: Config):
+        self.config = config
+        relay = config.relay
+        self.own_domains = frozenset(relay.sender_domains or relay.domains)
+        self.resolver = Resolver(config.dns)
+        self.lists = config.dnsbl.lists
+        self.spf = SpfChecker(self.resolver, config.spf, config.server.hostname) if config.spf.enabled else None
+        self.greylist = Greylist(config.greylist) if config.greylist.enabled else None
+        self._greylist_thread = ThreadPoolExecutor(1, thread_name_prefix="greylist") if self.greylist else None
+        self._plan_cache: tuple[object, _Plan] | None = None
+
+    # ---- what a rule set needs where --------------------------------------------------------
+
+    def _plan(self, rules: object) -> _Plan:
+        if self._plan_cache is not None and self._plan_cache[0] is rules:
+            return self._plan_cache[1]
+        reads_of = getattr(rules, "reads", None)
+        reads = {stage: (reads_of(stage) if reads_of else frozenset()) for stage in Stage}
+        used = frozenset().union(*reads.values())
+        uses_dnsbl = bool(self.lists) and bool(used & DNSBL_KEYS)
+        uses_spf = self.spf is not None and (bool(used & SPF_KEYS) or self.config.spf.header)
+        now: dict[Stage, frozenset[str]] = {}
+        for stage in Stage:
+            needs = set()
+            if uses_dnsbl and (reads[stage] & DNSBL_KEYS or DNS_ERROR in reads[stage]):
+                needs.add(DNSBL)
+            if uses_spf and stage.order >= Stage.MAIL.order and (
+                    reads[stage] & SPF_KEYS or DNS_ERROR in reads[stage]
+                    or (stage is Stage.DATA and self.config.spf.header)):
+                needs.add(SPF)
+            if self.greylist is not None and stage is Stage.RCPT and (
+                    (reads[Stage.RCPT] | reads[Stage.DATA]) & GREYLIST_KEYS):
+                needs.add(GREYLIST)
+            now[stage] = frozenset(needs)
+        later = {stage: frozenset().union(*(now[s] for s in Stage if s.order >= stage.order))
+                 for stage in Stage}
+        plan = _Plan(now, later)
+        self._plan_cache = (rules, plan)
+        return plan
+
+    # ---- gathering ------------------------------------------------------------------------------
+
+    def open(self, session: ClientChecks, peer: Peer) -> None:
+        session.trusted = any(peer.ip in network for network in self.config.relay.trusted_networks)
+
+    async def gather(self, stage: Stage, rules: object, session: ClientChecks, *, peer: Peer,
+                     helo: str | None, auth_user: str | None, sender: str | None,
+                     recipient: str | None = None) -> None:
+        """Start what later stages will need; finish what `stage`'s rules need."""
+        plan = self._plan(rules)
+        later, now = plan.later[stage], plan.now[stage]
+        if DNSBL in later and session.listing is None and session.listing_task is None and not session.trusted:
+            session.listing_task = asyncio.ensure_future(self._listing(peer))
+        ours = session.trusted or auth_user is not None
+        if SPF in later and sender is not None and not ours and session.spf_for != (sender, helo):
+            if session.spf_task is not None:
+                session.spf_task.cancel()
+            assert self.spf is not None
+            session.spf, session.spf_for = None, (sender, helo)
+            session.spf_task = asyncio.ensure_future(self.spf.check(peer.ip, sender, helo))
+        if DNSBL in now and session.listing_task is not None:
+            result = await session.listing_task
+            session.listing_task = None
+            session.listing, session.listing_failed = result.facts, result.failed
+        if SPF in now and session.spf_task is not None:
+            session.spf = await session.spf_task
+            session.spf_task = None
+        if GREYLIST in now and recipient is not None and sender is not None and not ours:
+            session.greylisted[(sender, recipient)] = await self._greylist(peer, sender, recipient)
+
+    async def _listing(self, peer: Peer) -> dnsbl.ListingCheck:
+        started = time.monotonic()
+        result = await dnsbl.check(self.resolver, self.lists, self.config.dnsbl.threshold, peer.ip,
+                                   started + self.config.dns.timeout)
+        observe.client_listing(str(peer), result.facts.score, result.facts.listed_on,
+                               [(a.list.name, a.result.value, a.codes, a.detail) for a in result.answers],
+                               time.monotonic() - started)
+        return result
+
+    async def _greylist(self, peer: Peer, sender: str, recipient: str) -> bool:
+        assert self.greylist is not None and self._greylist_thread is not None
+        work = asyncio.get_running_loop().run_in_executor(
+            self._greylist_thread, self.greylist.check, peer.ip, sender, recipient)
+        verdict = await asyncio.wait_for(work, BUSY_TIMEOUT + 1.0)   # past it: 451 4.3.0
+        observe.greylist_checked(verdict.value)
+        return verdict.is_new
+
+    # ---- what the rules see ---------------------------------------------------------------------
+
+    def facts(self, session: ClientChecks, *, sender: str | None, helo: str | None,
+              recipient: str | None = None, recipients: tuple[str, ...] = ()) -> CheckFacts:
+        spf = session.spf if session.spf is not None and session.spf_for == (sender, helo) else None
+        if recipient is not None:
+            new = session.greylisted.get((sender or "", recipient))
+        else:
+            found = [session.greylisted[(sender or "", r)] for r in recipients
+                     if (sender or "", r) in session.greylisted]
+            new = any(found) if found else None
+        errors = set()
+        if session.listing_failed:
+            errors.add(DnsCheck.DNSBL)
+        if spf is not None and spf.dns_failed:
+            errors.add(DnsCheck.SPF)
+        return CheckFacts(trusted=session.trusted, own_domains=self.own_domains,
+                          listing=session.listing, spf=spf.result if spf else None,
+                          greylist_new=new, dns_errors=frozenset(errors))
+
+    def trace(self, session: ClientChecks, peer: Peer, sender: str, helo: str | None) -> list[tuple[str, str]]:
+        """Trace fields for the forwarded message: Received-SPF, when SPF was evaluated."""
+        spf = session.spf
+        if self.spf is None or not self.config.spf.header or spf is None or session.spf_for != (sender, helo):
+            return []
+        return [("Received-SPF", received_spf(spf, self.config.server.hostname, peer.ip, sender, helo))]
+
+    # ---- lifetime -------------------------------------------------------------------------------
+
+    def end(self, session: ClientChecks) -> None:
+        """The session is over: lookups still running for it are not waited for."""
+        for task in (session.listing_task, session.spf_task):
+            if task is not None and not task.done():
+                task.cancel()
+        session.listing_task = session.spf_task = None
+
+    def close(self) -> None:
+        if self.spf is not None:
+            self.spf.close()
+        if self._greylist_thread is not None:
+            self._greylist_thread.shutdown(wait=True)
+        if self.greylist is not None:
+            self.greylist.close()

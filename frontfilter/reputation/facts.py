@@ -1,0 +1,85 @@
+"""The reputation facts a rule can read, as plain immutable values. Pure: no I/O, no asyncio.
+
+`CheckFacts` rides on `rules.Facts.checks`. Each field says what a check found, or that it did
+not run (`None`): no list configured, no rule needing it, an authenticated client. A check that
+did not run never makes a condition on it hold, except the "not" forms: `client.dnswl = false`
+holds when no allow list said otherwise.
+
+Names here are a contract with rule files (rules/README.md): the values of `SpfResult` are the
+words of RFC 7208 §2.6, the values of `DnsCheck` the words of `dns.error = [...]`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+
+class SpfResult(enum.Enum):
+    """RFC 7208 §2.6: the result of check_host() for the envelope sender (or the HELO name)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+
+
+class DnsCheck(enum.Enum):
+    """Which DNS-based check could not be completed (timeout, SERVFAIL, no resolver answered)."""
+
+    DNSBL = "dnsbl"   # a block or allow list lookup of the client address
+    SPF = "spf"       # the SPF evaluation (its result is then temperror)
+
+
+@dataclass(frozen=True)
+class ListingFacts:
+    """DNSBL/DNSWL of the client: the weighted score (postscreen style) and where it is listed."""
+
+    score: int = 0
+    listed_on: tuple[str, ...] = ()   # names of the lists that listed the client, config order
+    allowlisted: bool = False         # listed on a list of negative weight (a DNSWL)
+    over_threshold: bool = False      # score >= dnsbl.threshold
+
+
+@dataclass(frozen=True)
+class CheckFacts:
+    trusted: bool = False                      # client in relay.trusted_networks
+    own_domains: frozenset[str] = frozenset()  # relay.sender_domains (or relay.domains), A-labels
+    listing: ListingFacts | None = None        # None: not looked up
+    spf: SpfResult | None = None               # None: not evaluated
+    greylist_new: bool | None = None           # None: greylisting not consulted
+    dns_errors: frozenset[DnsCheck] = frozenset()
+
+
+NO_CHECKS = CheckFacts()
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower case, no trailing dot, A-label form; "" when it cannot be a domain."""
+    domain = domain.strip().rstrip(".").lower()
+    if not domain:
+        return ""
+    if domain.startswith("[") or _is_ip(domain):
+        return ""
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain if domain.isascii() else ""
+
+
+def domain_of(address: str) -> str:
+    """The normalised domain of an address (`local@domain`); "" for the null sender."""
+    local, at, domain = address.rpartition("@")
+    return normalise_domain(domain) if at else ""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

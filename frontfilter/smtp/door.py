@@ -1,0 +1,156 @@
+"""The front door: what every listener of one running relay shares.
+
+One `FrontDoor` is built by the service from the config: the connection counters (one table for
+all listeners, so a client cannot double its share by using two ports), the AUTH checker with
+its lockout table, the current server certificate (replaced on SIGHUP), and whom to believe
+about PROXY headers. Each `FrontSMTP` protocol gets it plus its own `ListenerConfig`.
+
+`open_front_door` reads the certificate, the users file and the backend TLS files at start (a
+file that does not load stops the start, naming file and key); `reload_front_door` reads them
+again on SIGHUP and keeps the previous one of each that fails; `front_door_problems` is the
+same check for `frontfilter check`. All file reading happens in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from frontfilter import observe
+from frontfilter.config import Config, ConfigError
+from frontfilter.delivery.tls import build_client_context, client_context, reload_client_context
+from frontfilter.model import Peer
+from frontfilter.passwd import ScryptHash, UsersFileError, load_users
+from frontfilter.smtp.auth import Authenticator
+from frontfilter.smtp.limits import ConnectionLimits, Network
+from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, certificate_summary, server_context
+
+
+@dataclass
+class FrontDoor:
+    limits: ConnectionLimits
+    certificate: ServerCertificate | None = None
+    authenticator: Authenticator | None = None
+    proxy_networks: tuple[Network, ...] = ()
+    proxy_timeout: float = 10.0
+    tarpit_after: int = 0          # errors answered at full speed in one session
+    tarpit_delay: float = 0.0      # seconds before each later error reply
+
+    @classmethod
+    def from_config(cls, config: Config, certificate: ServerCertificate | None = None,
+                    authenticator: Authenticator | None = None) -> FrontDoor:
+        limits = config.limits
+        return cls(
+            limits=ConnectionLimits(
+                max_connections=limits.max_connections, max_per_ip=limits.max_connections_per_ip,
+                rate_per_ip=limits.connection_rate_per_ip, rate_window=limits.connection_rate_window,
+                exempt=config.relay.trusted_networks),
+            certificate=certificate, authenticator=authenticator,
+            proxy_networks=config.proxy.networks, proxy_timeout=config.proxy.timeout,
+            tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay)
+
+    def proxy_allowed(self, peer: Peer) -> bool:
+        return any(peer.ip in network for network in self.proxy_networks)
+
+
+def peer_from(address: object) -> Peer:
+    """A socket's peername as a `Peer`; IPv4-mapped IPv6 addresses as plain IPv4."""
+    host, port = ("0.0.0.0", 0)
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), int(address[1])
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        ip = ipaddress.ip_address("0.0.0.0")
+    if ip.version == 6 and ip.ipv4_mapped is not None:   # type: ignore[union-attr]
+        ip = ip.ipv4_mapped                               # type: ignore[union-attr]
+    return Peer(ip=ip, port=port)
+
+
+async def open_front_door(config: Config) -> FrontDoor:
+    """Load the certificate, the users file and the backend TLS files (in a worker thread).
+
+    Raises ConfigError with one `FILE: key: problem` line per problem: a relay whose
+    certificate or users cannot be read does not start half-armed.
+    """
+    problems: list[str] = []
+    certificate = None
+    if config.tls.cert_file is not None:
+        try:
+            certificate = ServerCertificate(config.tls, await asyncio.to_thread(server_context, config.tls))
+            observe.credentials_loaded("tls_certificate", False, file=str(config.tls.cert_file),
+                                       **certificate_summary(config.tls.cert_file))
+        except CertificateProblem as error:
+            problems.append(f"{config.path}: tls.cert_file: {error}")
+    authenticator = None
+    if config.auth.users_file is not None:
+        try:
+            users = await asyncio.to_thread(_load_users, config.auth.users_file)
+            authenticator = Authenticator(config.auth, users)
+        except UsersFileError as error:
+            problems.extend(f"{config.path}: auth.users_file: {p}" for p in error.problems)
+    try:
+        await asyncio.to_thread(client_context, config.backend)
+    except ValueError as error:
+        problems.append(f"{config.path}: {error}")
+    if problems:
+        raise ConfigError(problems)
+    if config.relay.open:
+        observe.warning("open_relay", detail="relay.open = true: anyone may send mail anywhere "
+                                             "through this relay")
+    return FrontDoor.from_config(config, certificate, authenticator)
+
+
+async def reload_front_door(door: FrontDoor, config: Config) -> None:
+    """SIGHUP: read the certificate, users and backend TLS files again. Sessions in flight keep
+    what they have; what fails to load is logged and the previous one stays in use."""
+    if door.certificate is not None:
+        try:
+            door.certificate.replace(await asyncio.to_thread(server_context, config.tls))
+            observe.credentials_loaded("tls_certificate", True, file=str(config.tls.cert_file),
+                                       **certificate_summary(config.tls.cert_file))  # type: ignore[arg-type]
+        except CertificateProblem as error:
+            observe.credentials_refused("tls_certificate", [str(error)], reload=True)
+    if door.authenticator is not None and config.auth.users_file is not None:
+        try:
+            door.authenticator.replace_users(await asyncio.to_thread(_load_users, config.auth.users_file, True))
+        except UsersFileError as error:
+            observe.credentials_refused("users", error.problems, reload=True)
+    try:
+        await asyncio.to_thread(reload_client_context, config.backend)
+    except ValueError as error:
+        observe.credentials_refused("backend_tls", [str(error)], reload=True)
+
+
+def _load_users(path: Path, reload: bool = False) -> dict[str, ScryptHash]:
+    users = load_users(path)
+    observe.credentials_loaded("users", reload, file=str(path), users=len(users))
+    try:
+        if path.stat().st_mode & 0o004:
+            observe.warning("users_file_readable", file=str(path),
+                            detail="every local user can read the password hashes: chmod 600")
+    except OSError:
+        pass
+    return users
+
+
+def front_door_problems(config: Config) -> list[str]:
+    """What `open_front_door` would refuse, without starting anything (`frontfilter check`)."""
+    problems = []
+    if config.tls.cert_file is not None:
+        try:
+            server_context(config.tls)
+        except CertificateProblem as error:
+            problems.append(f"{config.path}: tls.cert_file: {error}")
+    if config.auth.users_file is not None:
+        try:
+            load_users(config.auth.users_file)
+        except UsersFileError as error:
+            problems.extend(f"{config.path}: auth.users_file: {p}" for p in error.problems)
+    try:
+        build_client_context(config.backend)
+    except ValueError as error:
+        problems.append(f"{config.path}: {error}")
+    return problems

@@ -1,0 +1,88 @@
+"""Inbound TLS: the server's certificate as an `ssl.SSLContext` that a reload can replace.
+
+Guarantees: TLS 1.2 at least (`tls.min_version` may raise it to 1.3); Python's server defaults
+for everything else, which are modern (forward-secret AEAD suites first, no SSLv3/RC4/3DES),
+plus no compression (CRIME) and no renegotiation. Clients are not asked for certificates.
+The certificate file may hold the whole chain (leaf first), as Let's Encrypt's fullchain.pem.
+
+Reload (SIGHUP) builds a new context in a worker thread and swaps it in: sessions already in TLS
+keep theirs; every handshake that starts afterwards (new connections, a later STARTTLS) uses the
+new one. A certificate that does not load is refused with its reason and the old one stays.
+
+Bounds: a handshake that takes longer than `HANDSHAKE_TIMEOUT` is abandoned (the connection
+is closed and counted as `tls_failed`), so a client that opens TLS and stalls holds nothing.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from frontfilter.config import TlsConfig, TlsVersion
+from frontfilter.units import SECONDS
+
+HANDSHAKE_TIMEOUT = 30 * SECONDS   # a real client finishes in well under a second
+
+_VERSIONS = {TlsVersion.V1_2: ssl.TLSVersion.TLSv1_2, TlsVersion.V1_3: ssl.TLSVersion.TLSv1_3}
+
+
+class CertificateProblem(Exception):
+    """The certificate or key could not be loaded; the text says why (for the administrator)."""
+
+
+def server_context(config: TlsConfig) -> ssl.SSLContext:
+    """A server context from the configured files. Reads files: call it off the event loop."""
+    assert config.cert_file is not None and config.key_file is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[config.min_version]
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.verify_mode = ssl.CERT_NONE
+    for path in (config.cert_file, config.key_file):    # OpenSSL's errors do not name the file
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise CertificateProblem(f"{path}: {_os_reason(error)}") from None
+    try:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    except ssl.SSLError as error:
+        raise CertificateProblem(f"cannot load certificate {config.cert_file} with key "
+                                 f"{config.key_file}: {error.reason or error}") from None
+    except OSError as error:
+        raise CertificateProblem(f"cannot read certificate or key: {error.strerror or error}") from None
+    return context
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or str(error)
+
+
+def certificate_summary(path: Path) -> dict[str, str]:
+    """Subject and expiry of the first certificate in a PEM file, for the log line; {} if unknown."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    except Exception:  # a private CPython helper: informative only, never fatal
+        return {}
+    subject = ", ".join("=".join(pair) for rdn in decoded.get("subject", ()) for pair in rdn)
+    return {"subject": subject, "not_after": str(decoded.get("notAfter", ""))}
+
+
+class ServerCertificate:
+    """The current inbound context. `context` is read at every handshake; `replace` swaps it."""
+
+    def __init__(self, config: TlsConfig, context: ssl.SSLContext):
+        self.config = config
+        self.context = context
+
+    def replace(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+
+def tls_version(ssl_object: object) -> str:
+    """`TLSv1.3` etc., for the metric label (a small fixed set)."""
+    version = getattr(ssl_object, "version", None)
+    return (version() if callable(version) else None) or "unknown"
