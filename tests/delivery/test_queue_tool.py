@@ -1,0 +1,86 @@
+"""`frontfilter queue list | show | retry | delete` against a running relay's spool."""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+from pathlib import Path
+
+from tests.delivery.support import (
+    dead_port, message, message_ids, queue_config, run_cli, send_one, spooled, wait_until)
+from tests.harness import RecordingSink, Relay
+
+
+def test_queue_list_show_retry_delete_on_a_running_daemon(tmp_path: Path) -> None:
+    port = dead_port()
+    # Retries an hour apart: whatever moves after the first attempt is the tool's doing.
+    config = queue_config(tmp_path, [port], spool={"retry_min": "1h", "retry_max": "1h"})
+    with Relay(config) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            ids = [send_one(client, "alice@example.net", ["bob@example.org", "carol@example.org"],
+                            message(f"tool-{n}")) for n in range(3)]
+        for queue_id in ids:
+            relay.wait_event("delivery", queue_id=queue_id, status="deferred")
+
+        listed = run_cli("queue", "list", "--config", str(config))
+        assert listed.returncode == 0, listed.stderr
+        for queue_id in ids:
+            assert queue_id in listed.stdout
+        assert listed.stdout.count("pending   <bob@example.org>") == 3
+        assert "-- 3 messages" in listed.stdout
+        assert len(re.findall(r" in (1h0\dm|5\dm\d\ds) ", listed.stdout)) == 3   # 1h +- jitter
+
+        shown = run_cli("queue", "--config", str(config), "show", ids[1])
+        assert shown.returncode == 0, shown.stderr
+        assert "sender:     <alice@example.net>" in shown.stdout
+        assert "recipient:  <carol@example.org> pending" in shown.stdout
+        assert "Message-ID: <tool-1@test>" in shown.stdout
+
+        deleted = run_cli("queue", "delete", "--config", str(config), ids[0])
+        assert (deleted.returncode, deleted.stdout.strip()) == (0, f"{ids[0]}: deleted")
+        relay.wait_event("spool_removed", queue_id=ids[0])     # the daemon noticed
+
+        with RecordingSink(port=port) as sink:                  # the backend is back ...
+            retried = run_cli("queue", "retry", "--config", str(config))   # ... and we say so
+            assert retried.returncode == 0, retried.stderr
+            assert retried.stdout.count("will be retried now (2 recipients pending)") == 2
+            assert wait_until(lambda: not spooled(tmp_path))
+            assert message_ids(sink.messages) == {"tool-1@test": 1, "tool-2@test": 1}
+
+        empty = run_cli("queue", "list", "--config", str(config), "--json")
+        assert json.loads(empty.stdout) == []
+        assert run_cli("queue", "list", "--config", str(config)).stdout.strip() == "Queue is empty."
+
+
+def test_queue_tool_answers_bad_ids_with_one_line_each(tmp_path: Path) -> None:
+    with RecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
+        relay.wait_event("spool_recovered")
+        config = str(relay.config)
+        result = run_cli("queue", "delete", "--config", config, "../../etc/passwd", "2Q3ZZZZZZZZZZZZZZZZZZ")
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            "'../../etc/passwd': not a queue id",
+            "2Q3ZZZZZZZZZZZZZZZZZZ: not in the queue (delivered or deleted already?)"]
+        missing = run_cli("queue", "show", "--config", config, "2Q3ZZZZZZZZZZZZZZZZZZ")
+        assert missing.returncode == 2
+        assert missing.stderr.strip() == "frontfilter: 2Q3ZZZZZZZZZZZZZZZZZZ: not in the queue nor in the dead letters"
+        assert "Traceback" not in result.stderr + missing.stderr
+
+
+def test_queue_tool_without_a_spool_says_so(tmp_path: Path) -> None:
+    config = queue_config(tmp_path, [dead_port()])
+    result = run_cli("queue", "list", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith("frontfilter: ") and "no spool here" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_with_an_unusable_spool_exits_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool should be")
+    config = queue_config(tmp_path, [dead_port()], spool={"dir": str(blocker / "spool")})
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert lines == [f"frontfilter: cannot use the spool {blocker / 'spool'} (spool.dir): Not a directory"]

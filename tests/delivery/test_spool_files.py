@@ -1,0 +1,112 @@
+"""The spool's files without a relay: atomic writes, locks, format, recovery."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from frontfilter.delivery import safeio
+from frontfilter.delivery.spool import (
+    MAGIC, DeliveryState, Envelope, Layout, SpoolFormatError, Status, open_message,
+    parse_message, recover, scan, write_message)
+
+QUEUE_ID = "2Q3DWAAAAAAAAAAAAAAAA"
+
+
+def envelope(queue_id: str = QUEUE_ID, size: int = 0) -> Envelope:
+    return Envelope(id=queue_id, sender="alice@example.net",
+                    recipients=("bob@example.org", "ünï@example.org"), arrived=1_700_000_000.5,
+                    size=size, options=("SMTPUTF8",), client="192.0.2.1:4000", helo="client.test")
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    spool = Layout(tmp_path / "spool")
+    spool.create()
+    return spool
+
+
+def test_a_spool_file_is_a_text_header_and_the_message_bytes(layout: Layout) -> None:
+    data = b"Subject: hi\r\n\r\nbody\r\n"
+    write_message(layout, envelope(size=len(data)), data)
+    raw = layout.msg(QUEUE_ID).read_bytes()
+    first, second, rest = raw.split(b"\n", 2)
+    assert first + b"\n" == MAGIC and rest == data
+    assert b'"recipients": ["bob@example.org", "\xc3\xbcn\xc3\xaf@example.org"]' in second
+    assert parse_message(raw) == (envelope(size=len(data)), data)
+    assert os.stat(layout.msg(QUEUE_ID)).st_mode & 0o777 == 0o600
+    assert list(layout.tmp.iterdir()) == []
+
+
+def test_a_truncated_or_foreign_file_is_a_format_error(layout: Layout) -> None:
+    data = b"Subject: hi\r\n\r\nbody\r\n"
+    write_message(layout, envelope(size=len(data)), data)
+    raw = layout.msg(QUEUE_ID).read_bytes()
+    with pytest.raises(SpoolFormatError, match="the envelope says"):
+        parse_message(raw[:-3])
+    with pytest.raises(SpoolFormatError, match="bad first line"):
+        parse_message(b"From: x\r\n\r\n")
+
+
+def test_state_is_absent_until_the_first_attempt_then_replaced_whole(layout: Layout) -> None:
+    write_message(layout, envelope(), b"")
+    with open_message(layout, QUEUE_ID) as message:
+        assert message.state == DeliveryState.initial(envelope())
+        assert message.state is not None
+        message.state.recipients[0].status = Status.DELIVERED
+        message.state.attempts = 1
+        message.save(message.state)
+    with open_message(layout, QUEUE_ID) as message:
+        assert message.state is not None and message.state.pending() == [1]
+    assert sorted(scan(layout)) == [QUEUE_ID]
+
+
+def test_a_locked_message_is_busy_for_others_and_gone_once_removed(layout: Layout) -> None:
+    write_message(layout, envelope(), b"")
+    with open_message(layout, QUEUE_ID) as message:
+        with pytest.raises(safeio.Busy):
+            open_message(layout, QUEUE_ID)
+        message.remove()
+    with pytest.raises(safeio.Gone):
+        open_message(layout, QUEUE_ID)
+    assert list(layout.queue.iterdir()) == []
+
+
+def test_dead_letters_keep_message_and_state_together(layout: Layout) -> None:
+    write_message(layout, envelope(), b"")
+    with open_message(layout, QUEUE_ID) as message:
+        assert message.state is not None
+        message.save(message.state)
+        message.move_to_dead_letters()
+    assert sorted(p.name for p in layout.dead.iterdir()) == [f"{QUEUE_ID}.msg", f"{QUEUE_ID}.state"]
+    assert scan(layout) == {}
+
+
+def test_recovery_drops_unlocked_temps_keeps_locked_ones_and_orphan_states(layout: Layout) -> None:
+    stale = layout.tmp / "X.msg.abc.tmp"
+    stale.write_bytes(b"half")
+    live = layout.tmp / "Y.msg.def.tmp"
+    live.write_bytes(b"being written")
+    (layout.queue / "2Q3DWBBBBBBBBBBBBBBBB.state").write_text("{}")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)        # another process is writing it right now
+        result = recover(layout)
+    finally:
+        os.close(fd)
+    assert (result.temps_discarded, result.orphan_states, result.messages) == (1, 1, 0)
+    assert not stale.exists() and live.exists()
+    assert list(layout.queue.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_temp_and_no_final_file(layout: Layout) -> None:
+    def chunks():
+        yield b"start"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        safeio.write_atomically(layout.tmp, layout.msg(QUEUE_ID), chunks())
+    assert list(layout.tmp.iterdir()) == [] and not layout.msg(QUEUE_ID).exists()
