@@ -1,0 +1,92 @@
+"""TLS to the backend: required STARTTLS with a test CA and verified names; opportunistic."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.frontdoor.helpers import Pki, TlsRecordingSink, make_pki, scrape
+from tests.harness import RecordingSink, Relay, free_port, write_config
+
+MESSAGE = b"From: a@example.net\r\nTo: bob@example.org\r\nSubject: to the backend\r\n\r\nHi.\r\n"
+
+
+@pytest.fixture(scope="module")
+def backend_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    # The backend is addressed as 127.0.0.1 but its certificate names backend.test (and the IP).
+    return make_pki(tmp_path_factory.mktemp("backend-pki"), "backend.test", "127.0.0.1", prefix="backend")
+
+
+@contextmanager
+def relay_to(tmp_path: Path, sink: RecordingSink, **backend: Any) -> Iterator[tuple[Relay, int]]:
+    metrics = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = write_config(tmp_path, [sink.port], backend={"servers": [f"127.0.0.1:{sink.port}"], **backend},
+                          metrics={"listen": f"127.0.0.1:{metrics}"})
+    with Relay(config) as relay:
+        yield relay, metrics
+
+
+def send(port: int) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+        client.ehlo("client.test")
+        client.mail("a@example.net")
+        answer = client.rcpt("bob@example.org")
+        if answer[0] == 250:
+            client.data(MESSAGE)
+        return answer
+
+
+def test_backend_requiring_starttls_with_a_test_ca_and_verification(tmp_path: Path, backend_pki: Pki) -> None:
+    with TlsRecordingSink(backend_pki) as sink, relay_to(
+            tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file),
+            tls_verify_name="backend.test") as (relay, metrics):
+        assert send(relay.port)[0] == 250
+        [received] = sink.wait_for(1)
+        assert received.recipients == ["bob@example.org"] and sink.tls_flags == [True]
+        relay.wait_event("message", verdict="accepted")
+        assert scrape(metrics)['frontfilter_tls_sessions_total{direction="outbound",version="TLSv1.3"}'] >= 1
+
+
+def test_verification_by_ip_address_when_no_name_is_set(tmp_path: Path, backend_pki: Pki) -> None:
+    with TlsRecordingSink(backend_pki) as sink, relay_to(
+            tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file)) as (relay, _):
+        assert send(relay.port)[0] == 250
+        assert sink.tls_flags == [True]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("other CA", "certificate not verified"),
+    ("wrong name", "certificate not verified"),
+])
+def test_unverifiable_backend_gets_nothing(tmp_path: Path, backend_pki: Pki, case: str, expected: str) -> None:
+    ca_file = make_pki(tmp_path / "other", prefix="other").ca_file if case == "other CA" else backend_pki.ca_file
+    name = "mail.elsewhere.test" if case == "wrong name" else "backend.test"
+    with TlsRecordingSink(backend_pki) as sink, relay_to(
+            tmp_path, sink, tls="required", tls_ca_file=str(ca_file), tls_verify_name=name) as (relay, _):
+        code, text = send(relay.port)
+        assert (code, text.split()[0]) == (451, b"4.4.1")     # transient: the client retries
+        assert sink.wait_for(1, timeout=0.5) == []
+        line = relay.wait_event("forward_failed")
+        assert expected in line["detail"]
+
+
+def test_required_tls_to_a_backend_without_starttls_delivers_nothing(tmp_path: Path) -> None:
+    with RecordingSink() as sink, relay_to(tmp_path, sink, tls="required") as (relay, _):
+        assert send(relay.port)[0] == 451
+        assert sink.wait_for(1, timeout=0.5) == []
+        assert "does not offer STARTTLS" in relay.wait_event("forward_failed")["detail"]
+
+
+def test_opportunistic_uses_tls_when_offered_and_plain_otherwise(tmp_path: Path, backend_pki: Pki) -> None:
+    with TlsRecordingSink(backend_pki) as sink, relay_to(tmp_path / "a", sink, tls="opportunistic") as (relay, _):
+        assert send(relay.port)[0] == 250
+        assert sink.wait_for(1) and sink.tls_flags == [True]
+    with RecordingSink() as plain, relay_to(tmp_path / "b", plain, tls="opportunistic") as (relay, _):
+        assert send(relay.port)[0] == 250
+        assert len(plain.wait_for(1)) == 1

@@ -1,0 +1,93 @@
+"""Front-door configuration: every inconsistent combination is refused with file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frontfilter.config import AuthMode, ConfigError, TlsMode, load_config
+from tests.harness import REPO
+
+BASE = '[backend]\nservers = ["127.0.0.1:2526"]\n'
+TLS = '[tls]\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+AUTH = '[auth]\nusers_file = "users"\n'
+
+
+def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + text)
+    return load_config(path)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[[listener]]\nname = "mx"\n', 'listener[1].address: missing (e.g. "0.0.0.0:25")'),
+    ('[[listener]]\naddress = "127.0.0.1:25"\ntls = "startls"\n',
+     "listener[1].tls: 'startls' is not one of 'none', 'starttls', 'implicit'"),
+    ('[server]\nlisten = ["127.0.0.1:25"]\n[[listener]]\naddress = "127.0.0.1:587"\n',
+     "server.listen: use either server.listen or [[listener]] tables, not both"),
+    ('[[listener]]\naddress = "127.0.0.1:465"\ntls = "implicit"\n',
+     "listener[1].tls: 'implicit' needs tls.cert_file and tls.key_file"),
+    (TLS + '[[listener]]\naddress = "127.0.0.1:587"\ntls = "none"\nrequire_tls = true\n',
+     'listener[1].require_tls: needs tls = "starttls" or "implicit"'),
+    (TLS + '[[listener]]\naddress = "127.0.0.1:587"\nauth = "required"\n',
+     "listener[1].auth: needs auth.users_file"),
+    (TLS + AUTH + '[[listener]]\naddress = "127.0.0.1:25"\ntls = "none"\nauth = "optional"\n',
+     "listener[1].auth: AUTH is offered only inside TLS: set tls"),
+    ('[[listener]]\naddress = "127.0.0.1:25"\nproxy_protocol = true\n',
+     "listener[1].proxy_protocol: needs proxy.networks (the load balancers)"),
+    ('[[listener]]\naddress = "127.0.0.1:25"\n[[listener]]\naddress = "127.0.0.1:25"\n',
+     "listener[2].address: '127.0.0.1:25' is already used by listener[1]"),
+    ('[relay]\nopen = true\n', 'relay.open_confirmation: an open relay needs open_confirmation = '
+                               '"anyone may send mail anywhere through this relay"'),
+    ('[relay]\nopen = true\nopen_confirmation = "yes"\n', "relay.open_confirmation: an open relay needs"),
+    ('[tls]\ncert_file = "cert.pem"\n', "tls: cert_file and key_file go together"),
+    ('[backend]\ntls_ca_file = "ca.pem"\n', "backend.tls_ca_file: has no effect while backend.tls = \"none\""),
+    ('[limits]\nmax_conections = 5\n', "limits.max_conections: unknown key (did you mean 'max_connections'?)"),
+    ('[auth]\nlockout_time = "soon"\n', "auth.lockout_time: 'soon' is not a duration"),
+])
+def test_inconsistent_front_door_is_refused(tmp_path: Path, text: str, problem: str) -> None:
+    if text.startswith("[backend]"):
+        text = text.replace("[backend]\n", "")
+        (tmp_path / "frontfilter.toml").write_text(BASE + text)
+        call = lambda: load_config(tmp_path / "frontfilter.toml")  # noqa: E731
+    else:
+        call = lambda: load(tmp_path, text)  # noqa: E731
+    with pytest.raises(ConfigError) as caught:
+        call()
+    label = str(tmp_path / "frontfilter.toml")
+    assert any(line.startswith(f"{label}: {problem}") for line in caught.value.problems), caught.value.problems
+
+
+def test_server_listen_becomes_inbound_listeners_with_starttls_when_a_certificate_is_set(tmp_path: Path) -> None:
+    plain = load(tmp_path, '[server]\nlisten = ["127.0.0.1:2525", "[::1]:2525"]\n')
+    assert [(str(l.address), l.tls, l.auth) for l in plain.listeners] == [
+        ("127.0.0.1:2525", TlsMode.NONE, AuthMode.NONE), ("[::1]:2525", TlsMode.NONE, AuthMode.NONE)]
+    with_tls = load(tmp_path, TLS + '[server]\nlisten = ["127.0.0.1:2525"]\n')
+    assert with_tls.listeners[0].tls is TlsMode.STARTTLS
+    assert with_tls.tls.cert_file == tmp_path / "cert.pem"       # relative to the config file
+
+
+def test_listener_roles(tmp_path: Path) -> None:
+    config = load(tmp_path, TLS + AUTH + '[proxy]\nnetworks = ["10.0.0.0/8"]\n'
+                  '[[listener]]\naddress = "0.0.0.0:25"\nname = "mx"\n'
+                  '[[listener]]\naddress = "0.0.0.0:587"\nname = "submission"\nrequire_tls = true\nauth = "required"\n'
+                  '[[listener]]\naddress = "0.0.0.0:465"\ntls = "implicit"\nauth = "required"\n'
+                  '[[listener]]\naddress = "0.0.0.0:2525"\nproxy_protocol = true\n')
+    assert [l.name for l in config.listeners] == ["mx", "submission", "0.0.0.0:465", "0.0.0.0:2525"]
+    assert config.listeners[1].require_tls and config.listeners[1].auth is AuthMode.REQUIRED
+    assert config.listeners[2].tls is TlsMode.IMPLICIT
+    assert config.auth.users_file == tmp_path / "users"
+
+
+def test_check_and_serve_name_an_unloadable_certificate(tmp_path: Path) -> None:
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + TLS + f'[rules]\ndir = "{REPO / "rules"}"\n')
+    for command, code in (("check", 1), ("serve", 2)):
+        done = subprocess.run([sys.executable, "-m", "frontfilter", command, "--config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+        assert done.returncode == code, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"{path}: tls.cert_file: {tmp_path / 'cert.pem'}: file not found" in done.stderr

@@ -1,0 +1,123 @@
+"""Connection limits, the error tarpit and the AUTH lockout on a running relay.
+
+Each test runs its own relay: the counters are per client address, and every client here is
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.frontdoor.helpers import make_pki, needs_swaks, swaks, write_users
+from tests.harness import RawClient, RecordingSink, Relay, write_config
+
+PASSWORD = "correct horse battery"
+WAIT_ROUNDS = 100          # x 50 ms: how long a freed slot may take to come back
+
+
+@contextmanager
+def relay(tmp_path: Path, **sections: dict[str, Any]) -> Iterator[Relay]:
+    with RecordingSink() as sink:
+        with Relay(write_config(tmp_path, [sink.port], **sections)) as running:
+            yield running
+
+
+def greeting(port: int, stack: ExitStack) -> tuple[RawClient, str]:
+    client = stack.enter_context(RawClient(port))
+    return client, client.read_reply()
+
+
+def test_extra_connection_from_one_address_gets_421_while_the_others_are_served(tmp_path: Path) -> None:
+    with relay(tmp_path, limits={"max_connections_per_ip": 2, "connection_rate_per_ip": 0}) as running:
+        with ExitStack() as stack:
+            first, hello1 = greeting(running.port, stack)
+            second, hello2 = greeting(running.port, stack)
+            assert hello1.startswith("220 ") and hello2.startswith("220 ")
+            third, refused = greeting(running.port, stack)
+            assert refused == "421 4.7.0 Too many connections, try again later"
+            assert third.read_reply() == ""                      # and closed
+            assert first.command("EHLO client.test").startswith("250")
+            assert second.command("NOOP").startswith("250")
+            line = running.wait_event("connection_refused", result="refused_limit")
+            assert line["limit"] == "per_ip" and line["client"].startswith("127.0.0.1:")
+            first.command("QUIT")
+            for _ in range(WAIT_ROUNDS):        # the slot comes back once the server saw the close
+                with RawClient(running.port) as again:
+                    if again.read_reply().startswith("220 "):
+                        break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the freed slot never came back")
+
+
+def test_connection_rate_per_address(tmp_path: Path) -> None:
+    with relay(tmp_path, limits={"max_connections_per_ip": 0, "connection_rate_per_ip": 3,
+                                 "connection_rate_window": "10m"}) as running:
+        for _ in range(3):
+            with RawClient(running.port) as client:
+                assert client.read_reply().startswith("220 ")
+        with RawClient(running.port) as client:
+            assert client.read_reply().startswith("421 4.7.0")
+        assert running.wait_event("connection_refused", result="refused_limit")["limit"] == "rate"
+
+
+def test_errors_past_the_threshold_are_slowed_then_the_session_is_closed(tmp_path: Path) -> None:
+    with relay(tmp_path, limits={"tarpit_after": 1, "tarpit_delay": "300ms"},
+               server={"max_errors": 4}) as running:
+        with RawClient(running.port) as client:
+            client.read_reply()
+            started = time.monotonic()
+            replies = [client.command("BOGUS") for _ in range(3)]
+            slowed = time.monotonic() - started
+            assert [r[:3] for r in replies] == ["500", "500", "500"]
+            assert slowed >= 0.6           # errors 2 and 3 waited; a lower bound, never flaky
+            assert client.command("BOGUS")[:3] == "500"          # the fourth error, then:
+            assert client.read_reply() == "421 4.7.0 Too many errors, closing connection"
+
+
+@needs_swaks
+def test_repeated_auth_failures_lock_the_address_out(tmp_path: Path) -> None:
+    with RecordingSink() as sink, _auth_listener_relay(tmp_path, sink, failure_delay="10ms",
+                                                       max_failures=3, lockout_time="10m") as running:
+        port = running.port
+        for attempt in range(3):
+            done = swaks("--server", "127.0.0.1", "--port", str(port), "--tls", "--auth", "PLAIN",
+                         "--auth-user", "alice", "--auth-password", f"guess {attempt}", "--quit-after", "AUTH")
+            assert "535 5.7.8" in done.stdout, done.stdout
+        line = running.wait_event("auth", result="failure", locked_out=True)
+        assert line["client"].startswith("127.0.0.1:")
+        # Locked out: even the right password is not looked at.
+        assert _login(port, PASSWORD) == (454, b"4.7.0 Temporary authentication failure, try again later")
+        done = swaks("--server", "127.0.0.1", "--port", str(port), "--tls", "--auth", "PLAIN",
+                     "--auth-user", "alice", "--auth-password", PASSWORD, "--quit-after", "AUTH")
+        assert "454 4.7.0" in done.stdout and done.returncode != 0
+        running.wait_event("auth", result="locked_out")
+
+
+def _auth_listener_relay(tmp_path: Path, sink: RecordingSink, **auth: Any) -> Relay:
+    from tests.frontdoor.helpers import frontdoor_config
+    from tests.harness import free_port
+
+    pki = make_pki(tmp_path / "tls")
+    users = write_users(tmp_path / "users", {"alice": PASSWORD})
+    port = free_port()
+    config = frontdoor_config(
+        tmp_path, [sink.port], listeners=[{"address": f"127.0.0.1:{port}", "auth": "optional"}],
+        tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+        auth={"users_file": str(users), **auth})
+    return Relay(config)
+
+
+def _login(port: int, password: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+        client.starttls()
+        client.ehlo("client.test")
+        return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0alice\0{password}".encode()).decode())
