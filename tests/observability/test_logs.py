@@ -1,0 +1,87 @@
+"""The log an administrator reads: one line per message with everything about it, the effective
+configuration at start-up, and the text format for humans."""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.harness import REPO, RecordingSink, Relay, write_config
+from tests.observability import mail
+from tests.observability.support import eventually
+
+
+def test_one_line_per_message_carries_everything(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], backend={"mode": "sync"})
+        with Relay(config) as relay:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=15) as client:
+                client.ehlo("client.example.net")
+                client.mail(mail.SENDER)
+                client.rcpt(mail.RECIPIENT)
+                code, text = client.data(mail.with_macros())
+            assert code == 250
+            queue_id = re.search(r"queued as (\w+)", text.decode()).group(1)
+            line = relay.wait_event("message", queue_id=queue_id)
+            assert mail.send(relay.port, mail.with_executable()) == "554"
+            rejected = relay.wait_event("message", verdict="rejected")
+
+    assert line["verdict"] == "accepted"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", line["client"])
+    assert line["helo"] == "client.example.net"
+    assert (line["sender"], line["recipients"]) == (mail.SENDER, [mail.RECIPIENT])
+    assert line["size"] > 0 and line["forwarded_size"] > 0
+    assert "office-macros" in line["rules"]
+    [stripped] = [s for s in line["stripped"] if s["rule"] == "office-macros"]
+    assert stripped["filename"] == "budget.docm"
+    assert stripped["type"] and stripped["part"]
+    assert line["delivery"].startswith(f"127.0.0.1:{sink.port}: 250")
+    assert line["reply"].startswith("250 ") and queue_id in line["reply"]
+    for duration in ("ms", "inspect_ms", "forward_ms"):
+        assert isinstance(line[duration], float | int) and line[duration] >= 0, duration
+    assert rejected["decided_by"] == "executable-by-type" and "executable-by-type" in rejected["rules"]
+    assert rejected["reply"].startswith("554 5.7.1")
+
+
+def test_start_up_logs_the_effective_configuration(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], backend={"mode": "sync"},
+                              metrics={"type_labels": ["application/pdf"]})
+        with Relay(config) as relay:
+            started = relay.wait_event("started")
+    effective = started["config"]
+    assert effective["backend"]["servers"] == [f"127.0.0.1:{sink.port}"]
+    assert effective["server"]["listen"] == started["listen"]
+    assert effective["spool"]["dir"] == str(tmp_path / "spool")
+    assert effective["metrics"] == {"listen": None, "type_labels": ["application/pdf"]}
+    assert effective["log"] == {"format": "json", "level": "info"}
+    json.dumps(effective)              # plain JSON values all the way down
+
+
+def test_text_format_is_one_readable_line_per_event(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], backend={"mode": "sync"},
+                              log={"format": "text", "level": "info"})
+        proc = subprocess.Popen([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            listening = eventually(lambda: [l for l in list(lines) if "event=listening" in l])
+            port = int(listening[0].rsplit(":", 1)[1])
+            assert mail.send(port, mail.clean()) == "250"
+            message = eventually(lambda: [l for l in list(lines) if "event=message" in l])
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            reader.join(5)
+            proc.stderr.close()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d info event=message queue_id=\w+ verdict=accepted ",
+                    message[0])
+    assert "sender=alice@example.net" in message[0] and "{" not in message[0].split(" event=")[0]
