@@ -4,7 +4,8 @@ aiosmtpd reads DATA one line at a time and accepts bare CR and bare LF verbatim 
 which lets a client smuggle a second message past a backend that reads line ends differently
 (SMTP smuggling, CVE-2023-51764 and friends). Here the stream is read in blocks, the terminator
 `<CRLF>.<CRLF>` is found with `bytes.find` across block borders, and the collected data is then
-checked in a few linear passes at C speed:
+checked as it arrives, a complete line range per block, in linear passes at C speed (so
+no single check holds the event loop for long, whatever the message size):
 
 - bare CR or bare LF anywhere           -> refused (`550 5.6.0`), never forwarded;
 - a line longer than the limit          -> refused (`500 5.5.6`, RFC 5321 §4.5.3.1.6);
@@ -45,6 +46,10 @@ class DataCollector:
         # "\r\n." the one pattern for dot-stuffed lines.
         self._buffer = bytearray(b"\r\n")
         self._tail = b"\r\n"   # the last 4 bytes seen, kept even while draining an oversize body
+        self._checked = 2       # buffer[:_checked] is complete lines, already found well formed
+        self._problem: DataProblem | None = None
+        # +1: a transparency dot may precede a line of max_line octets (RFC 5321 §4.5.2).
+        self._long_line = _long_line(self.max_line + 1)
 
     def feed(self, block: bytes) -> bytes | None:
         window = self._tail + block
@@ -67,6 +72,28 @@ class DataCollector:
             self._buffer = bytearray()   # free it now: an oversize body is drained, never kept
             return
         self._buffer += block
+        if self._problem is None:
+            self._check_new_lines()
+
+    def _check_new_lines(self) -> None:
+        """Check the lines completed by the last block, without copying them.
+
+        A line is well formed when it ends in CRLF, holds no other CR or LF, and is not too long.
+        The counts and the search run on buffer ranges, so each block costs time in proportion
+        to its own size (a regex for long lines over the whole message at the end cost 17 ms per
+        100 KB: it scanned each line again from every position)."""
+        buffer, start = self._buffer, self._checked
+        end = buffer.rfind(b"\n", start) + 1          # just past the last complete line
+        # buffer[start - 1] is the LF ending the line before (the virtual CRLF's, at first).
+        if end > start:
+            crlf = buffer.count(b"\r\n", start, end)
+            if buffer.count(b"\n", start, end) != crlf or buffer.count(b"\r", start, end) != crlf:
+                self._problem = DataProblem.BARE_NEWLINE
+            elif self._long_line.search(buffer, start - 1, end):   # from the LF before the line
+                self._problem = DataProblem.LINE_TOO_LONG
+            self._checked = end
+        if self._problem is None and len(buffer) - self._checked > self.max_line + 3:
+            self._problem = DataProblem.LINE_TOO_LONG   # dot + max_line + CRLF, and still no LF
 
     def result(self) -> tuple[bytes | None, DataProblem | None]:
         """The unstuffed message, or the problem that refuses it."""
@@ -74,14 +101,10 @@ class DataCollector:
         if self.too_big:
             return None, DataProblem.TOO_BIG
         data = self._buffer
-        del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
         self._buffer = bytearray()
-        crlf = data.count(b"\r\n")
-        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-            return None, DataProblem.BARE_NEWLINE
-        # +1: a transparency dot may precede a line of max_line octets (RFC 5321 §4.5.2).
-        if _long_line(self.max_line + 1).search(data):
-            return None, DataProblem.LINE_TOO_LONG
+        if self._problem is not None:
+            return None, self._problem
+        del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
         if b"\r\n." in data:
             data = data.replace(b"\r\n.", b"\r\n")
         message = bytes(memoryview(data)[2:])
@@ -96,5 +119,7 @@ _LONG_LINE_CACHE: dict[int, re.Pattern[bytes]] = {}
 def _long_line(limit: int) -> re.Pattern[bytes]:
     pattern = _LONG_LINE_CACHE.get(limit)
     if pattern is None:
-        pattern = _LONG_LINE_CACHE[limit] = re.compile(rb"[^\r\n]{%d}" % (limit + 1))
+        # Anchored on the LF before a line, which the regex engine finds by a fast literal scan:
+        # each line is read once, not once per position in it.
+        pattern = _LONG_LINE_CACHE[limit] = re.compile(rb"\n[^\r\n]{%d}" % (limit + 1))
     return pattern

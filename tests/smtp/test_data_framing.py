@@ -1,0 +1,68 @@
+"""DATA framing read in blocks gives the same verdict however the client's bytes are split.
+
+A client controls where TCP segments end; a check that looked only inside each block would let
+a bare CR/LF or an overlong line through when it straddles a border. Each case is fed whole, byte
+by byte, and in random splits, and compared with a line-by-line reading of the same bytes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from frontfilter.smtp.data import DataCollector, DataProblem
+
+MAX_LINE = 40
+
+
+def reference(wire: bytes) -> tuple[bytes | None, DataProblem | None]:
+    """The slow, obvious reading: split at CRLF, judge each line, unstuff."""
+    body = wire[: wire.index(b"\r\n.\r\n") + 2] if not wire.startswith(b".\r\n") else b""
+    lines = body.split(b"\r\n")[:-1] if body else []
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        return None, DataProblem.BARE_NEWLINE
+    if any(len(line) > MAX_LINE + 1 for line in lines):
+        return None, DataProblem.LINE_TOO_LONG
+    return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines), None
+
+
+def collect(wire: bytes, cuts: list[int]) -> tuple[tuple[bytes | None, DataProblem | None], bytes]:
+    collector = DataCollector(max_size=1 << 20, max_line=MAX_LINE)
+    leftover = None
+    for start, end in zip([0] + cuts, cuts + [len(wire)]):
+        leftover = collector.feed(wire[start:end])
+        if leftover is not None:
+            rest = wire[end:]
+            return collector.result(), leftover + rest
+    raise AssertionError("terminator never seen")
+
+
+CASES = {
+    "plain": b"Subject: a\r\n\r\nhello\r\n.\r\n",
+    "empty": b".\r\n",
+    "dot stuffed": b"Subject: a\r\n\r\n..leading dot\r\n.\r\n",
+    "longest allowed": b"x" * MAX_LINE + b"\r\n." + b"y" * MAX_LINE + b"\r\n.\r\n",
+    "one too long": b"x" * (MAX_LINE + 2) + b"\r\n.\r\n",
+    "very long": b"ok\r\n" + b"z" * (5 * MAX_LINE) + b"\r\n.\r\n",
+    "bare LF": b"Subject: a\r\n\r\nline\nsmuggled\r\n.\r\n",
+    "bare CR": b"Subject: a\r\n\r\nline\rsmuggled\r\n.\r\n",
+    "bare LF dot": b"Subject: a\r\n\r\nline\n.\r\nMAIL FROM:<x@y>\r\n.\r\n",
+    "CR before CRLF": b"Subject: a\r\n\r\nline\r\r\n.\r\n",
+    "pipelined after": b"Subject: a\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_verdict_does_not_depend_on_where_the_client_splits_the_stream(name: str) -> None:
+    wire = CASES[name]
+    expected = reference(wire)
+    after = wire[wire.index(b".\r\n") + 3:] if wire.startswith(b".\r\n") else wire[wire.index(b"\r\n.\r\n") + 5:]
+    splits = [[], list(range(1, len(wire)))]
+    generator = random.Random(name)
+    for _ in range(200):
+        splits.append(sorted(generator.sample(range(1, len(wire)), generator.randint(1, min(6, len(wire) - 1)))))
+    for cuts in splits:
+        result, leftover = collect(wire, cuts)
+        assert result == expected, (name, cuts)
+        assert leftover == after, (name, cuts)
