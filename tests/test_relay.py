@@ -210,7 +210,18 @@ def test_pipelined_commands_after_the_terminator_are_read_as_commands(relay: Rel
 
 # ---- integrity --------------------------------------------------------------------------------
 
-def test_clean_messages_arrive_byte_identical_apart_from_received(relay: Relay, sink: RecordingSink) -> None:
+@pytest.fixture(params=["sync", "queue"])
+def either_mode(request: pytest.FixtureRequest, sink: RecordingSink,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """The relay in each backend mode: the two forward through different code."""
+    config = write_config(tmp_path_factory.mktemp(request.param), [sink.port],
+                          backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": request.param})
+    with Relay(config) as running:
+        yield running
+
+
+def test_clean_messages_arrive_byte_identical_apart_from_received(either_mode: Relay, sink: RecordingSink) -> None:
+    relay = either_mode
     long_header = "X-Long: " + " ".join(f"word{i}" for i in range(300))
     folded = "\r\n\t".join(long_header[i:i + 900] for i in range(0, len(long_header), 900))
     body = (

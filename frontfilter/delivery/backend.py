@@ -26,7 +26,7 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
-from frontfilter.delivery import tls as backend_tls
+from frontfilter.delivery import tls as backend_tls, wire
 
 
 class Outcome(enum.Enum):
@@ -186,7 +186,10 @@ class BackendSession:
             self._smtp = None
             return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "not connected", name)
         try:
-            response = await getattr(self._smtp, verb)(*args, **kwargs)
+            if verb == "data":
+                response = await wire.send_data(self._smtp, *args)   # type: ignore[arg-type]
+            else:
+                response = await getattr(self._smtp, verb)(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
             if error.code == 421:

@@ -34,7 +34,7 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
-from frontfilter.delivery import tls as backend_tls
+from frontfilter.delivery import tls as backend_tls, wire
 from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, _from_response
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
@@ -256,7 +256,7 @@ class Forwarder:
             return Attempt(name, tuple(r for r in results if r is not None), False)
 
         try:
-            response = await smtp.data(data)
+            response = await wire.send_data(smtp, data)
             outcome = _from_response(response.code, response.message, name)
             reusable = True
         except aiosmtplib.SMTPResponseException as error:
