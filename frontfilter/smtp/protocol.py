@@ -42,11 +42,14 @@ from frontfilter import observe, reply
 from frontfilter.config import AuthMode, ListenerConfig, TlsMode
 from frontfilter.model import Peer
 from frontfilter.reply import Reply
-from frontfilter.smtp import proxy
+from frontfilter.smtp import introspect, proxy
 from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.data import CHUNK, DataCollector, DataProblem
 from frontfilter.smtp.door import FrontDoor, peer_from
 from frontfilter.smtp.tls import HANDSHAKE_TIMEOUT, tls_version
+
+
+introspect.install()
 
 
 class BareNewlineInCommand(Exception):
