@@ -22,6 +22,9 @@ TEST_DEBS += clamav-daemon clamdscan clamav-testfiles
 # from the host's files (an overlay), so python3-venv must be on the host; nft and haproxy
 # check the firewall and load-balancer examples of deploy/.
 TEST_DEBS += systemd-container python3-venv nftables haproxy
+# bench/: Postfix is the reference relay, and its smtp-source / smtp-sink the load and the
+# backend; `make test` runs the bench on a tiny load so the harness cannot rot.
+TEST_DEBS += postfix
 
 .PHONY: run test check bench clean system-run system-test
 
@@ -35,6 +38,10 @@ run: system-run $(STAMP)
 
 test: system-test $(STAMP)
 	$(PY) -m pytest -q
+
+# The full benchmark: several minutes, the table to stdout and bench/results.json (bench/README.md).
+bench: system-test $(STAMP)
+	$(PY) bench/run.py
 
 check: $(STAMP)
 	$(PY) -m frontfilter check --config dev/frontfilter.toml

@@ -1,0 +1,558 @@
+"""frontfilter vs Postfix vs the direct limit: messages per second on loopback, in one run.
+
+    make bench                 # the full run (several minutes), table to stdout and bench/results.json
+    python bench/run.py --quick   # a tiny load, as `make test` runs it so the harness cannot rot
+
+Load: Postfix's `smtp-source` (20 sessions) into `smtp-sink` (the backend for everyone).
+Contenders, each measured "until the backend has them all":
+  limit        smtp-source straight into smtp-sink
+  postfix      a throw-away Postfix (temp dir, loopback ports, queue with fsync, no filter)
+  ff-queue     frontfilter with the shipped rules, queue mode (if the build has it)
+  ff-sync      frontfilter with the shipped rules, sync mode (before-queue proxy)
+Loads: 5 KB plain, 100 KB with a PDF attachment, and a mix where some messages carry an
+attachment that is stripped (.docm) or rejected (.exe) — rejected ones never reach the sink,
+so the mix counts messages *decided* per second.
+
+Reported: msgs/s (median of --runs), ratios to Postfix and to the limit, CPU seconds per 1,000
+messages (the relay's whole process tree), peak RSS of frontfilter, and added latency
+(p50/p99 of sequential sends through the relay minus straight into the sink). Every process
+this starts is stopped; nothing binds port 25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.content import corpus  # noqa: E402  (payload builders shared with the tests)
+
+SESSIONS = 20
+WAIT_LIMIT = 300.0           # seconds: a contender slower than this is reported as failed
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---- the backend --------------------------------------------------------------------------
+
+class Sink:
+    """smtp-sink with its running counter read from stdout ("... mesg=N\\r")."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.count = 0
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_port(self.port)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        pattern = re.compile(rb"mesg=(\d+)")
+        buffer = b""
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            buffer = (buffer + chunk)[-256:]
+            found = pattern.findall(buffer)
+            if found:
+                self.count = int(found[-1])
+
+    def wait_for(self, count: int, limit: float = WAIT_LIMIT) -> bool:
+        deadline = time.monotonic() + limit
+        while self.count < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def wait_port(port: int, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+# ---- contenders ---------------------------------------------------------------------------
+
+@dataclass
+class Contender:
+    name: str
+    port: int
+    pids: Callable[[], list[int]] = lambda: []
+    stop: Callable[[], None] = lambda: None
+    rss_pid: int | None = None
+
+
+@contextmanager
+def direct(sink: Sink) -> Iterator[Contender]:
+    yield Contender("limit", sink.port)
+
+
+@contextmanager
+def postfix(sink: Sink, workdir: Path) -> Iterator[Contender]:
+    base = workdir / "postfix"
+    for sub in ("etc", "spool", "data"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    shutil.chown(base / "data", "postfix")
+    port = free_port()
+    (base / "etc" / "main.cf").write_text(f"""
+compatibility_level = 3.6
+queue_directory = {base}/spool
+data_directory = {base}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = bench.localdomain
+mydestination =
+mynetworks = 127.0.0.0/8
+relay_domains = example.org
+relayhost = [127.0.0.1]:{sink.port}
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = {base}/maillog
+maillog_file_prefixes = {base}
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+""")
+    master = Path("/etc/postfix/master.cf").read_text()
+    master = re.sub(r"(?m)^smtp\s+inet.*$", f"127.0.0.1:{port} inet n - y - - smtpd", master)
+    (base / "etc" / "master.cf").write_text(master)
+    os.chmod(workdir, 0o755)      # postfix's own processes must reach their data directory
+    checked = subprocess.run(["postfix", "-c", str(base / "etc"), "check"], capture_output=True, text=True)
+    if checked.returncode != 0:
+        raise RuntimeError(f"postfix check failed: {checked.stderr.strip()}")
+    proc = subprocess.Popen(["postfix", "-c", str(base / "etc"), "start-fg"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield Contender("postfix", port, pids=lambda: tree(proc.pid))
+    finally:
+        subprocess.run(["postfix", "-c", str(base / "etc"), "stop"], capture_output=True)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def frontfilter(sink: Sink, workdir: Path, mode: str, rules: Path = REPO / "rules",
+                label: str | None = None) -> Iterator[Contender]:
+    port = free_port()
+    name = label or f"ff-{mode}"
+    directory = workdir / name
+    directory.mkdir(exist_ok=True)
+    config = directory / "frontfilter.toml"
+    config.write_text(f"""
+[server]
+hostname = "bench.localdomain"
+listen = ["127.0.0.1:{port}"]
+max_message_size = "64MiB"
+[relay]
+domains = ["example.org"]
+trusted_networks = ["127.0.0.0/8"]   # like Postfix's mynetworks above: the load client is exempt
+                                     # from per-IP connection limits, as Postfix exempts it
+[backend]
+servers = ["127.0.0.1:{sink.port}"]
+mode = "{mode}"
+[spool]
+dir = "spool"
+[rules]
+dir = "{rules}"
+watch = false
+[log]
+format = "json"
+""")
+    log = (directory / "relay.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_port(port)
+        yield Contender(name, port, pids=lambda: tree(proc.pid), rss_pid=proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+# ---- process accounting -------------------------------------------------------------------
+
+def tree(root: int) -> list[int]:
+    """root and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    result, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        result.append(pid)
+        todo.extend(children.get(pid, []))
+    return result
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of each process, plus what its reaped children used (cutime+cstime)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
+def peak_rss_mib(pid: int | None) -> float | None:
+    return rss_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int | None, field_name: str) -> float | None:
+    """VmRSS (now) or VmHWM (the peak so far) of a process, in MiB."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---- loads --------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    name: str
+    files: list[tuple[Path | None, int, int]]   # (message file or None for -l SIZE, sessions, count)
+    size: int = 5 * 1024
+    delivered_share: float = 1.0                 # fraction that reaches the sink
+
+    @property
+    def total(self) -> int:
+        return sum(count for _, _, count in self.files)
+
+    @property
+    def delivered(self) -> int:
+        return sum(count for path, _, count in self.files if path is None or "reject" not in path.name)
+
+
+def make_loads(workdir: Path, scale: float) -> list[Load]:
+    def n(count: int) -> int:
+        return max(20, int(count * scale))
+
+    def write(name: str, data: bytes) -> Path:
+        path = workdir / name
+        # smtp-source -F sends the file line by line and adds CRLF itself: store bare LF
+        path.write_bytes(data.replace(b"\r\n", b"\n"))
+        return path
+
+    pdf = corpus.pdf() + b"%" + os.urandom(70 * 1024).hex().encode()[: 95 * 1024] + b"\n"
+    with_pdf = write("pdf-100k.eml", corpus.message(corpus.attachment(pdf, "application/pdf", "report.pdf")))
+    docm = write("strip-docm.eml", corpus.message(corpus.attachment(
+        corpus.docx(macros=True), "application/vnd.ms-word.document.macroEnabled.12", "budget.docm")))
+    exe = write("reject-exe.eml", corpus.message(corpus.attachment(corpus.pe(), "image/jpeg", "photo.jpg")))
+    plain = write("plain-5k.eml", corpus.hand("From: bench@example.net\nTo: user@example.org\nSubject: bench\n",
+                                              ("lorem ipsum dolor sit amet " * 3 + "\n") * 60))
+    return [
+        Load("5KB plain", [(None, SESSIONS, n(5000))]),
+        Load("100KB + PDF", [(with_pdf, SESSIONS, n(2000))]),
+        Load("mix", [(plain, 14, n(2100)), (docm, 3, n(450)), (exe, 3, n(450))]),
+    ]
+
+
+def offer(load: Load, port: int) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for path, sessions, count in load.files:
+        command = ["smtp-source", "-s", str(sessions), "-m", str(count), "-f", "bench@example.net",
+                   "-t", "user@example.org"]
+        command += ["-F", str(path)] if path is not None else ["-l", str(load.size)]
+        procs.append(subprocess.Popen(command + [f"127.0.0.1:{port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+@dataclass
+class Result:
+    contender: str
+    load: str
+    rates: list[float] = field(default_factory=list)
+    cpu_per_1000: list[float] = field(default_factory=list)
+    rss_mib: float | None = None
+    failed: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_per_1000) if self.cpu_per_1000 else 0.0
+
+
+def measure(contender: Contender, sink: Sink, load: Load, runs: int) -> Result:
+    result = Result(contender.name, load.name)
+    for _ in range(runs):
+        expected = sink.count + load.delivered
+        cpu_before = cpu_seconds(contender.pids())
+        started = time.monotonic()
+        procs = offer(load, contender.port)
+        for proc in procs:
+            proc.wait(WAIT_LIMIT)
+        if not sink.wait_for(expected):
+            result.failed = f"only {sink.count - (expected - load.delivered)} of {load.delivered} arrived"
+            return result
+        elapsed = time.monotonic() - started
+        result.rates.append(load.total / elapsed)
+        if contender.name != "limit":
+            used = cpu_seconds(contender.pids()) - cpu_before
+            result.cpu_per_1000.append(used * 1000 / load.total)
+    result.rss_mib = peak_rss_mib(contender.rss_pid)
+    return result
+
+
+def added_latency(relay_port: int, sink_port: int, count: int) -> tuple[float, float]:
+    """p50/p99 in ms of sequential 5 KB sends through the relay, minus straight to the sink."""
+    body = b"Subject: latency\r\n\r\n" + (b"x" * 70 + b"\r\n") * 70
+
+    def timings(port: int) -> list[float]:
+        values = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            for _ in range(count):
+                started = time.perf_counter()
+                client.sendmail("bench@example.net", ["user@example.org"], body)
+                values.append((time.perf_counter() - started) * 1000)
+        return sorted(values)
+
+    direct_times, relay_times = timings(sink_port), timings(relay_port)
+
+    def pct(values: list[float], p: float) -> float:
+        return values[min(len(values) - 1, int(len(values) * p))]
+
+    return (pct(relay_times, 0.50) - pct(direct_times, 0.50), pct(relay_times, 0.99) - pct(direct_times, 0.99))
+
+
+# ---- scaling ------------------------------------------------------------------------------
+
+def rule_sets(workdir: Path, extra_rules: int, list_entries: int) -> dict[str, Path]:
+    """The shipped rules alone, plus `extra_rules` rules, plus one rule on a list of `list_entries`.
+
+    The added rules never fire on bench mail, so each set does the same work apart from
+    evaluating them: the throughput change is the price of the rules themselves."""
+    def ruleset(name: str, extra: str, lists: dict[str, str] | None = None) -> Path:
+        directory = workdir / "rulesets" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for shipped in (REPO / "rules").glob("*.toml"):
+            shutil.copy(shipped, directory)
+        (directory / "90-bench.toml").write_text(extra)
+        for list_name, text in (lists or {}).items():
+            (directory / "lists").mkdir(exist_ok=True)
+            (directory / "lists" / list_name).write_text(text)
+        return directory
+
+    stages = [
+        ('stage = "mail"', 'sender.domain = "spam{i}.example"'),
+        ('stage = "rcpt"', 'recipient.address = "nobody{i}@example.org"'),
+        ('stage = "data"', 'subject = "*lottery winner {i}*"'),
+        ('stage = "data"', 'header.X-Mailer = {{ regex = "bulkmailer-{i}[.]" }}'),
+        ('stage = "data"', 'attachment.filename = "*.bench{i}"'),
+    ]
+    many = "".join(
+        f'[[rule]]\nname = "bench-{i}"\n{stages[i % len(stages)][0]}\n'
+        f'{stages[i % len(stages)][1].format(i=i)}\naction = "reject"\n\n'
+        for i in range(extra_rules))
+    listed = "".join(f"sender{i}@blocked{i % 997}.example\n" for i in range(list_entries))
+    one_list = ('[[rule]]\nname = "bench-list"\nstage = "mail"\n'
+                'sender.address = "@lists/blocked.txt"\naction = "reject"\n')
+    shipped_count = sum(path.read_text().count("[[rule]]") for path in (REPO / "rules").glob("*.toml"))
+    return {
+        f"{shipped_count} rules (shipped)": ruleset("shipped", ""),
+        f"{shipped_count + extra_rules} rules": ruleset("many", many),
+        f"{shipped_count + 1} rules, {list_entries:,}-entry list": ruleset("list", one_list,
+                                                                          {"blocked.txt": listed}),
+    }
+
+
+def memory_for_one_message(sink: Sink, workdir: Path, size_mib: int) -> dict[str, float]:
+    """Peak RSS of the relay (queue mode) around one message of about `size_mib` MiB.
+
+    The attachment is random bytes (base64 on the wire), so it is decoded, typed and spooled
+    like any large attachment. Reported: the idle RSS, the peak while the message went
+    through, and the growth over idle divided by the message's size on the wire."""
+    raw = os.urandom(size_mib * 1024 * 1024 * 3 // 4)
+    message = corpus.message(corpus.attachment(raw, "application/octet-stream", "data.bin"))
+    with frontfilter(sink, workdir, "queue", label="ff-memory") as contender:
+        assert contender.rss_pid is not None
+        time.sleep(1.0)                                  # let start-up allocation settle
+        idle = rss_mib(contender.rss_pid, "VmRSS") or 0.0
+        before = sink.count
+        with smtplib.SMTP("127.0.0.1", contender.port, timeout=120) as client:
+            client.sendmail("bench@example.net", ["user@example.org"], message)
+        sink.wait_for(before + 1, limit=120)
+        peak = rss_mib(contender.rss_pid, "VmHWM") or 0.0
+    size = len(message) / (1024 * 1024)
+    return {"message_mib": size, "idle_mib": idle, "peak_mib": peak, "growth_per_size": (peak - idle) / size}
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny load, to check the harness works")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
+    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync)")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the rules and memory checks")
+    parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, spools)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.scale = 1, 0.01
+    missing = [tool for tool in ("smtp-source", "smtp-sink", "postfix") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: missing {', '.join(missing)} (Debian package postfix)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as temp:
+        workdir = Path(temp)
+        if args.keep:
+            workdir = args.keep
+            workdir.mkdir(parents=True, exist_ok=True)
+        loads = make_loads(workdir, args.scale)
+        sink = Sink()
+        results: list[Result] = []
+        latency: dict[str, tuple[float, float]] = {}
+        try:
+            makers: list[tuple[str, Callable[[], object]]] = [
+                ("limit", lambda: direct(sink)),
+                ("postfix", lambda: postfix(sink, workdir)),
+                ("ff-queue", lambda: frontfilter(sink, workdir, "queue")),
+                ("ff-sync", lambda: frontfilter(sink, workdir, "sync")),
+            ]
+            for name, make in makers:
+                if args.only and name not in args.only:
+                    continue
+                with make() as contender:   # type: ignore[attr-defined]
+                    for load in loads:
+                        result = measure(contender, sink, load, args.runs)
+                        results.append(result)
+                        print(f"bench: {name:9} {load.name:12} {result.rate:8.0f} msgs/s"
+                              + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                    if name != "limit":
+                        latency[name] = added_latency(contender.port, sink.port, 30 if args.quick else 300)
+            scaling: list[Result] = []
+            memory: dict[str, float] = {}
+            if not args.no_scaling:
+                five_kb = loads[0]
+                sets = rule_sets(workdir, extra_rules=50 if args.quick else 1000,
+                                 list_entries=1000 if args.quick else 100_000)
+                for label, rules in sets.items():
+                    with frontfilter(sink, workdir, "queue", rules=rules, label=f"rules-{len(scaling)}") as contender:
+                        result = measure(contender, sink, five_kb, args.runs)
+                        result.contender = label
+                        scaling.append(result)
+                        print(f"bench: {label:40} {result.rate:8.0f} msgs/s"
+                              + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                memory = memory_for_one_message(sink, workdir, 2 if args.quick else 25)
+        finally:
+            sink.stop()
+    table = render(results, latency) + render_scaling(scaling, memory)
+    print(table)
+    args.json.write_text(json.dumps({
+        "results": [r.__dict__ | {"rate": r.rate, "cpu": r.cpu} for r in results],
+        "latency_ms": latency,
+        "rules": [r.__dict__ | {"rate": r.rate, "cpu": r.cpu} for r in scaling],
+        "memory": memory}, indent=2))
+    return 1 if any(r.failed for r in results + scaling) else 0
+
+
+def render(results: list[Result], latency: dict[str, tuple[float, float]]) -> str:
+    by = {(r.contender, r.load): r for r in results}
+    loads = list(dict.fromkeys(r.load for r in results))
+    lines = ["| contender | load | msgs/s | ÷ Postfix | ÷ limit | CPU s / 1000 msgs | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        postfix_rate = by.get(("postfix", r.load))
+        limit_rate = by.get(("limit", r.load))
+        vs_postfix = f"{r.rate / postfix_rate.rate:.2f}" if postfix_rate and postfix_rate.rate else "-"
+        vs_limit = f"{r.rate / limit_rate.rate:.2f}" if limit_rate and limit_rate.rate else "-"
+        lines.append(f"| {r.contender} | {r.load} | {r.rate:.0f} | {vs_postfix} | {vs_limit} | "
+                     f"{r.cpu:.2f} | {r.rss_mib or 0:.0f} |" if not r.failed else
+                     f"| {r.contender} | {r.load} | failed: {r.failed} | | | | |")
+    lines.append("")
+    lines.append("| contender | added latency p50 ms | p99 ms |")
+    lines.append("|---|---:|---:|")
+    for name, (p50, p99) in latency.items():
+        lines.append(f"| {name} | {p50:.2f} | {p99:.2f} |")
+    del loads
+    return "\n".join(lines)
+
+
+def render_scaling(scaling: list[Result], memory: dict[str, float]) -> str:
+    if not scaling and not memory:
+        return ""
+    lines = ["", "", "| rule set (queue mode, 5 KB) | msgs/s | change | CPU s / 1000 msgs |", "|---|---:|---:|---:|"]
+    base = scaling[0].rate if scaling and scaling[0].rate else None
+    for r in scaling:
+        change = f"{(r.rate / base - 1) * 100:+.0f} %" if base and not r.failed else "-"
+        lines.append(f"| {r.contender} | {r.rate:.0f} | {change} | {r.cpu:.2f} |" if not r.failed
+                     else f"| {r.contender} | failed: {r.failed} | | |")
+    if memory:
+        lines += ["", f"One {memory['message_mib']:.1f} MiB message (queue mode): idle RSS {memory['idle_mib']:.0f} MiB, "
+                      f"peak {memory['peak_mib']:.0f} MiB, growth {memory['growth_per_size']:.1f}× the message size."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
