@@ -122,6 +122,57 @@ class StringMatcher:
         return None
 
 
+_GROUP_OPEN = re.compile(r"\(\?P<g\d+>")
+_REFERS_TO_GROUP = re.compile(r"\\[1-9]|\\g<|\(\?P=|\(\?\(")   # \1, \g<1>, (?P=name), (?(1)...)
+
+
+@dataclass(frozen=True)
+class AnyOfMatchers:
+    """Whether a value matches ANY of many `StringMatcher`s, in a few C-level steps.
+
+    Built once per rule set for the conditions of many rules on one key (engine.py): the exact
+    strings go into one set, the globs into one pattern, and regexes of equal flags into one
+    alternation where they compile together (each still on its own where they do not, e.g.
+    back-references). It answers only yes or no; the rules it lets through are then evaluated
+    one by one as before, so their reasons and order are unchanged.
+    """
+
+    exact: frozenset[str]
+    globs: re.Pattern[str] | None
+    regexes: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def build(cls, matchers: list[StringMatcher]) -> AnyOfMatchers:
+        exact = frozenset().union(*(m.exact for m in matchers))
+        glob_bodies = [_GROUP_OPEN.sub("(?:", m.globs.pattern) for m in matchers if m.globs is not None]
+        globs = re.compile("|".join(f"(?:{body})" for body in glob_bodies), re.IGNORECASE | re.DOTALL) \
+            if glob_bodies else None
+        by_flags: dict[int, list[re.Pattern[str]]] = {}
+        for matcher in matchers:
+            for _label, pattern in matcher.regexes:
+                by_flags.setdefault(pattern.flags, []).append(pattern)
+        regexes: list[re.Pattern[str]] = []
+        for flags, patterns in by_flags.items():
+            # Joining renumbers groups: a pattern that refers to one by number stays alone.
+            alone = [p for p in patterns if _REFERS_TO_GROUP.search(p.pattern)]
+            joinable = [p for p in patterns if not _REFERS_TO_GROUP.search(p.pattern)]
+            regexes.extend(alone)
+            if not joinable:
+                continue
+            try:
+                regexes.append(re.compile("|".join(f"(?:{p.pattern})" for p in joinable), flags))
+            except re.error:      # a group name used twice, or inline flags not at the start
+                regexes.extend(joinable)
+        return cls(exact, globs, tuple(regexes))
+
+    def matches(self, value: str) -> bool:
+        if value.lower() in self.exact:
+            return True
+        if self.globs is not None and self.globs.fullmatch(value) is not None:
+            return True
+        return any(pattern.search(value) for pattern in self.regexes)
+
+
 @dataclass(frozen=True)
 class NetworkMatcher:
     # (ip version, prefix length) -> {network address >> host bits: label}

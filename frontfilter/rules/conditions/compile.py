@@ -18,6 +18,7 @@ Keys and their scopes (see rules/README.md for the administrator's view):
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import enum
 import json
@@ -456,7 +457,8 @@ def _string_leaf(path: str, value: Any, env: Env, per_part: bool,
         label = matcher.match(text)
         return None if label is None else f"{show(text)} matches {label}"
 
-    return [_leaf(path, value, per_part, values, test)]
+    leaf = _leaf(path, value, per_part, values, test)
+    return [dataclasses.replace(leaf, patterns=matcher)]
 
 
 def _bool_leaf(path: str, value: Any, env: Env, per_part: bool,

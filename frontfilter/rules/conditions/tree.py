@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from frontfilter.content.view import MessageView, Part
 from frontfilter.rules.facts import Facts
+from frontfilter.rules.matchers import StringMatcher
 
 Reasons = tuple[str, ...] | None
 
@@ -56,6 +57,9 @@ class Leaf:
     per_part: bool
     values: Callable[[Facts, Part | None], Iterable[Any]]
     test: Callable[[Any], str | None]
+    # The string patterns behind `test`, when it is a plain pattern match: the rule set joins
+    # those of many rules on one key into a single pre-check (engine.py).
+    patterns: StringMatcher | None = None
 
     def eval(self, ctx: Context, part: Part | None) -> Reasons:
         if not self.per_part:
