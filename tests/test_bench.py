@@ -34,6 +34,7 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     assert not [row for row in report["results"] + report["rules"] if row["failed"]]
     assert len(report["rules"]) == 3 and all(row["rate"] > 0 for row in report["rules"])
     assert set(report["latency_ms"]) == {"postfix", "ff-queue", "ff-sync"}
+    assert all("loaded_p99" in got for got in report["latency_ms"].values())
     assert report["memory"]["peak_mib"] >= report["memory"]["idle_mib"] > 0
     for contender in ("postfix", "ff-queue", "ff-sync"):
         assert f"| {contender} | 5KB plain |" in done.stdout
