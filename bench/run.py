@@ -177,7 +177,8 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 
 @contextmanager
 def frontfilter(sink: Sink, workdir: Path, mode: str, rules: Path = REPO / "rules",
-                label: str | None = None) -> Iterator[Contender]:
+                label: str | None = None, workers: int | str = 1,
+                backend_extra: str = "") -> Iterator[Contender]:
     port = free_port()
     name = label or f"ff-{mode}"
     directory = workdir / name
@@ -188,6 +189,7 @@ def frontfilter(sink: Sink, workdir: Path, mode: str, rules: Path = REPO / "rule
 hostname = "bench.localdomain"
 listen = ["127.0.0.1:{port}"]
 max_message_size = "64MiB"
+workers = {json.dumps(workers)}
 [relay]
 domains = ["example.org"]
 trusted_networks = ["127.0.0.0/8"]   # like Postfix's mynetworks above: the load client is exempt
@@ -195,6 +197,7 @@ trusted_networks = ["127.0.0.0/8"]   # like Postfix's mynetworks above: the load
 [backend]
 servers = ["127.0.0.1:{sink.port}"]
 mode = "{mode}"
+{backend_extra}
 [spool]
 dir = "spool"
 [rules]
@@ -359,7 +362,8 @@ def measure(contender: Contender, sink: Sink, load: Load, runs: int) -> Result:
         if contender.name != "limit":
             used = cpu_seconds(contender.pids()) - cpu_before
             result.cpu_per_1000.append(used * 1000 / load.total)
-    result.rss_mib = peak_rss_mib(contender.rss_pid)
+    if contender.rss_pid is not None:    # the relay: every process of it (the workers' peaks summed)
+        result.rss_mib = sum(peak_rss_mib(pid) or 0.0 for pid in contender.pids())
     return result
 
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,18 +107,32 @@ def _load_config(path: Path) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
+    from frontfilter import supervisor
+
+    # Several workers share their metrics through files: prometheus_client must know before
+    # its first import (by observe, just below).
+    metrics_dir = supervisor.prepare_metrics_dir() if config.server.workers > 1 else None
     from frontfilter.observe import setup_logging
-    from frontfilter.service import Service
 
     setup_logging(config.log.format.value, config.log.level)
-    _use_uvloop()
     sockets = _activated_sockets(config)
+    if metrics_dir is None:
+        _use_uvloop()
+        _serve_one(config, sockets, None)
+        return EXIT_OK
+    try:
+        return _serve_workers(config, sockets)
+    finally:
+        supervisor.cleanup_metrics_dir(metrics_dir)
 
-    async def run() -> None:
-        await Service(config, sockets=sockets).run()
 
+def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None:
     from frontfilter.config import ConfigError
     from frontfilter.delivery.queue import StartError
+    from frontfilter.service import Service
+
+    async def run() -> None:
+        await Service(config, sockets=sockets, http_socket=http_socket).run()
 
     try:
         asyncio.run(run())
@@ -127,7 +142,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise _Fatal(str(error)) from None
     except OSError as error:
         raise _Fatal(f"cannot listen: {error.strerror or error}") from None
-    return EXIT_OK
+
+
+def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
+    """`server.workers` processes on shared sockets, under a supervisor (supervisor.py)."""
+    from frontfilter import observe
+    from frontfilter.service import bind_listener
+    from frontfilter.supervisor import Supervisor
+
+    try:
+        if sockets is None:
+            sockets = [bind_listener(listener.address) for listener in config.listeners]
+        http_socket = bind_listener(config.metrics.listen) if config.metrics.listen is not None else None
+    except OSError as error:
+        raise _Fatal(f"cannot listen: {error.strerror or error}") from None
+
+    # The supervisor's own gauge files would count as a worker that is never ready.
+    observe.process_gone(os.getpid())
+
+    def serve() -> int:                # in each forked worker
+        observe.set_worker(os.getpid())
+        _use_uvloop()
+        try:
+            _serve_one(config, sockets, http_socket)
+        except _Fatal as error:
+            for line in error.lines:
+                print(f"frontfilter: {line}", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK
+
+    return Supervisor(config.server.workers, serve, config.server.shutdown_grace,
+                      log=observe.supervisor_event, on_worker_exit=observe.process_gone).run()
 
 
 def _activated_sockets(config: Any) -> list[Any] | None:

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import enum
 import ipaddress
+import os
 import re
 import tomllib
 import types
@@ -145,6 +146,20 @@ def _conv(fn: Any, **kw: Any) -> Any:
     return field(metadata={"convert": fn}, **kw)
 
 
+MAX_WORKERS = 256
+
+
+def parse_workers(value: object) -> int:
+    """A number of processes, or "auto": one per CPU this process may run on."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected a number of processes or "auto", got {value!r}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     hostname: str = "localhost"
@@ -162,6 +177,9 @@ class ServerConfig:
     session_timeout: float = _conv(parse_duration, default=30 * MINUTES)  # whole connection
     shutdown_grace: float = _conv(parse_duration, default=30 * SECONDS)
     smtputf8: bool = True
+    # Processes serving SMTP on the same sockets, spool and metrics (supervisor.py); "auto" is
+    # one per CPU. 1 is a single process, with nothing between systemd and the relay.
+    workers: int = _conv(parse_workers, default=1)
 
 
 @dataclass(frozen=True)

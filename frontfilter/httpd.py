@@ -71,7 +71,8 @@ class HttpEndpoint:
         self.write_timeout = write_timeout
         self.max_request_bytes = max_request_bytes
         self.cache_seconds = cache_seconds
-        self._generate = exposition or (lambda: generate_latest(metrics.REGISTRY))
+        registry = metrics.exposition_registry()    # all workers' values when there are several
+        self._generate = exposition or (lambda: generate_latest(registry))
         self._cached: tuple[float, bytes] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}

@@ -21,8 +21,10 @@ and list it in tests/observability/coverage.py (a test fails until you do).
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
-                               disable_created_metrics)
+                               disable_created_metrics, multiprocess)
 from prometheus_client.metrics import MetricWrapperBase
 
 # The 0.0.4 text format would carry one `<name>_created` gauge per counter and histogram
@@ -33,6 +35,28 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
 # process_start_time_seconds ... (read from /proc on each scrape: microseconds).
 ProcessCollector(registry=REGISTRY)
+
+# Several workers (server.workers > 1, supervisor.py): each writes its values to files in
+# $PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker sums them. A gauge says how: the spool
+# and backend gauges are the same fact seen by every worker ("max"); a rule or readiness gauge
+# is only as good as the worst worker ("min"). process_* then describe the worker that answered.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def forget_process(pid: int) -> None:
+    """A worker is gone: its "live" gauges stop counting (its counters stay in the sums)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics exports: this process's registry, or every worker's values summed."""
+    if not MULTIPROCESS:
+        return REGISTRY
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    ProcessCollector(registry=merged)
+    return merged
 
 OTHER = "other"
 
@@ -219,14 +243,14 @@ forward_seconds = Histogram(
 backend_up = Gauge(
     "frontfilter_backend_up",
     "1 when the backend last answered (a delivery, or an idle-time SMTP greeting probe), else 0.",
-    ["backend"], registry=REGISTRY)
+    ["backend"], registry=REGISTRY, multiprocess_mode="livemax")
 
 spool_messages = Gauge(
     "frontfilter_spool_messages", "Messages in the spool waiting for delivery.",
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="livemax")
 spool_oldest_age = Gauge(
     "frontfilter_spool_oldest_age_seconds", "Age of the oldest message in the spool.",
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="livemax")
 dead_letters = Counter(
     "frontfilter_dead_letters", "Messages given up on and moved to the dead-letter directory.",
     registry=REGISTRY)
@@ -241,28 +265,28 @@ VERIFY_RESULTS = closed(recipient_verifications, result=("valid", "invalid", "un
 # ---- rules ------------------------------------------------------------------------------------
 
 rules_loaded = Gauge(
-    "frontfilter_rules_loaded", "Rules in the active rule set.", registry=REGISTRY)
+    "frontfilter_rules_loaded", "Rules in the active rule set.", registry=REGISTRY, multiprocess_mode="livemin")
 rules_reloads = Counter(
     "frontfilter_rules_reloads", "Rule set loads, by result (ok, invalid).",
     ["result"], registry=REGISTRY)
 RELOAD_RESULTS = closed(rules_reloads, result=("ok", "invalid"))["result"]
 rules_last_reload_successful = Gauge(
     "frontfilter_rules_last_reload_successful",
-    "1 when the last rule load succeeded, 0 when it was refused.", registry=REGISTRY)
+    "1 when the last rule load succeeded, 0 when it was refused.", registry=REGISTRY, multiprocess_mode="livemin")
 rules_last_reload_success_timestamp = Gauge(
     "frontfilter_rules_last_reload_success_timestamp_seconds",
-    "Unix time of the last rule load that succeeded.", registry=REGISTRY)
+    "Unix time of the last rule load that succeeded.", registry=REGISTRY, multiprocess_mode="livemin")
 
 # ---- process and health -----------------------------------------------------------------------
 
 build_info = Gauge(
     "frontfilter_build_info", "Always 1; the version is in the label.",
-    ["version"], registry=REGISTRY)
+    ["version"], registry=REGISTRY, multiprocess_mode="livemax")
 
 ready = Gauge(
     "frontfilter_ready",
     "1 when the readiness check passes (as /readyz reports it), by check.",
-    ["check"], registry=REGISTRY)
+    ["check"], registry=REGISTRY, multiprocess_mode="livemin")
 READY_CHECKS = closed(ready, check=(
     "rules",       # a valid rule set is loaded
     "spool",       # a file can be written and fsynced in the spool, with room for a message

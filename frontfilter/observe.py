@@ -23,6 +23,7 @@ import dataclasses
 import enum
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -112,9 +113,18 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: Any = None) ->
     logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
 
 
+# Fields every line of this process carries: with several workers, which one wrote it.
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
 def _emit(level: int, event: str, **fields: Any) -> None:
     if log.isEnabledFor(level):
-        log.log(level, event, extra={"fields": {"event": event, **fields}})
+        log.log(level, event, extra={"fields": {"event": event, **_PROCESS_FIELDS, **fields}})
+
+
+def set_worker(pid: int) -> None:
+    """In a worker of several (supervisor.py): every line names it, `"worker": pid`."""
+    _PROCESS_FIELDS["worker"] = pid
 
 
 # ---- process -----------------------------------------------------------------------------
@@ -470,3 +480,15 @@ def http_request(path: str, code: int, client: str | None = None) -> None:
     label = metrics.bounded(path, metrics.HTTP_PATHS)
     metrics.http_requests.labels(path=label, code=metrics.bounded(str(code), metrics.HTTP_CODES)).inc()
     _emit(logging.DEBUG, "http_request", path=label, code=code, client=client)
+
+
+# ---- several workers (supervisor.py) -------------------------------------------------------
+
+def process_gone(pid: int) -> None:
+    """A worker (or, before forking, the supervisor itself) no longer holds live gauges."""
+    metrics.forget_process(pid)
+
+
+def supervisor_event(event: str, level: str = "info", **fields: Any) -> None:
+    """The supervisor's own lines: workers started, ready, reloading, stopping, died, restarted."""
+    _emit(logging.ERROR if level == "error" else logging.INFO, event, supervisor=os.getpid(), **fields)

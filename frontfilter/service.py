@@ -49,7 +49,8 @@ def rules_snapshot(directory: Path) -> tuple[tuple[str, float, int], ...]:
 
 
 class Service:
-    def __init__(self, config: Config, sockets: list[socket.socket] | None = None):
+    def __init__(self, config: Config, sockets: list[socket.socket] | None = None,
+                 http_socket: socket.socket | None = None):
         self.config = config
         self.rulebook = RuleBook(None)
         # Queue mode: spool, delivery worker, recipient verification (delivery/queue.py).
@@ -59,6 +60,7 @@ class Service:
                                  verifier=self.queue.verifier if self.queue else None)
         self.handler = Handler(self.pipeline)
         self._sockets = sockets
+        self._http_socket = http_socket    # metrics.listen, bound by a supervisor for its workers
         self._servers: list[asyncio.base_events.Server] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -83,7 +85,7 @@ class Service:
             await self.queue.start()
         if config.metrics.listen is not None:
             await self._start_http(config)
-        sockets = self._sockets if self._sockets is not None else [_bind(l.address) for l in config.listeners]
+        sockets = self._sockets if self._sockets is not None else [bind_listener(l.address) for l in config.listeners]
         self._servers = await start_servers(config, self.handler, self.door,
                                             list(zip(config.listeners, sockets)))
         for server in self._servers:
@@ -99,7 +101,7 @@ class Service:
         """/metrics, /healthz, /readyz, and the probes that keep readiness fresh."""
         self.httpd = HttpEndpoint(self.health)
         try:
-            address = await self.httpd.start(config.metrics.listen)
+            address = await self.httpd.start(config.metrics.listen, sock=self._http_socket)
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise OSError(error.errno, f"{config.metrics.listen} (metrics.listen): {reason}") from None
@@ -221,7 +223,7 @@ async def _watchdog(notify: sdnotify.Notifier) -> None:
         await asyncio.sleep(interval)
 
 
-def _bind(address: HostPort | None) -> socket.socket:
+def bind_listener(address: HostPort | None) -> socket.socket:
     """bind(), with the address in the error an administrator reads."""
     try:
         assert address is not None

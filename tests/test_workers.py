@@ -1,0 +1,161 @@
+"""`server.workers = 2`: two relay processes on one port, one spool, one set of metrics.
+
+Through real sockets and processes: mail is spread over both workers and each message arrives
+exactly once; SIGHUP reaches every worker; a worker killed with SIGKILL is replaced and mail
+keeps flowing; SIGTERM stops them all; a worker that cannot start ends the service with one
+readable line; and a real Prometheus scraping the relay sees the workers' counts summed, never
+one worker's share.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
+from tests.observability.support import eventually
+
+WORKERS = 2
+
+
+def send(port: int, subject: str) -> str:
+    """One message on its own connection (so the kernel picks a worker each time); the reply."""
+    data = f"From: a@example.net\r\nTo: b@example.org\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        try:
+            client.sendmail("a@example.net", ["b@example.org"], data)
+        except smtplib.SMTPDataError as error:
+            return f"{error.smtp_code} {error.smtp_error.decode()}"
+    return "250"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    with RecordingSink() as running:
+        yield running
+
+
+def start(tmp_path: Path, sink: RecordingSink, rules: Path | None = None, **sections: dict) -> Relay:
+    config = write_config(tmp_path, [sink.port], rules_dir=rules,
+                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                                  "workers": WORKERS, "shutdown_grace": "5s"},
+                          backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": "queue"}, **sections)
+    relay = Relay(config).start()
+    relay.wait_event("workers_ready")
+    return relay
+
+
+def worker_pids(relay: Relay) -> list[int]:
+    return list(relay.wait_event("workers_started")["pids"])
+
+
+def test_mail_is_spread_over_the_workers_and_arrives_exactly_once(tmp_path: Path, sink: RecordingSink) -> None:
+    relay = start(tmp_path, sink)
+    try:
+        pids = worker_pids(relay)
+        assert len(pids) == WORKERS and all(alive(pid) for pid in pids)
+        replies = [send(relay.port, f"spread {n}") for n in range(60)]
+        assert replies == ["250"] * 60
+        arrived = sink.wait_for(60)
+        subjects = Counter(m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in arrived)
+        assert len(subjects) == 60 and set(subjects.values()) == {1}        # each once, none twice
+        eventually(lambda: len(relay.events("message")) == 60)
+        by_worker = Counter(line["worker"] for line in relay.events("message"))
+        assert set(by_worker) == set(pids), by_worker                         # both took mail
+        eventually(lambda: len(relay.events("delivery")) == 60)
+    finally:
+        assert relay.stop() == 0
+    assert not [pid for pid in pids if alive(pid)]                            # SIGTERM stopped them all
+
+
+def test_sighup_reloads_every_worker(tmp_path: Path, sink: RecordingSink) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    relay = start(tmp_path, sink, rules=rules)
+    try:
+        assert send(relay.port, "forbidden words") == "250"
+        (rules / "90-local.toml").write_text(
+            '[[rule]]\nname = "no-forbidden"\nstage = "data"\nsubject = "*forbidden*"\n'
+            'action = "reject"\nreply = "554 5.7.1 Not this subject"\n')
+        relay.signal(signal.SIGHUP)
+        eventually(lambda: len(relay.events("workers_ready")) == 2)
+        reloaded = [line for line in relay.events("rules_loaded") if line.get("reload")]
+        assert {line["worker"] for line in reloaded} == set(worker_pids(relay))
+        replies = [send(relay.port, f"forbidden {n}") for n in range(20)]
+        assert all(reply.startswith("554 5.7.1 Not this subject") for reply in replies), replies
+    finally:
+        relay.stop()
+
+
+def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink: RecordingSink) -> None:
+    relay = start(tmp_path, sink)
+    try:
+        victim, survivor = worker_pids(relay)
+        os.kill(victim, signal.SIGKILL)
+        died = relay.wait_event("worker_died", pid=victim)
+        assert died["exit_code"] == -signal.SIGKILL
+        replaced = relay.wait_event("worker_restarted")
+        assert survivor in replaced["workers"] and victim not in replaced["workers"]
+        assert len(replaced["workers"]) == WORKERS
+        assert [send(relay.port, f"after {n}") for n in range(20)] == ["250"] * 20
+        assert len(sink.wait_for(20)) == 20
+    finally:
+        assert relay.stop() == 0
+
+
+def test_a_worker_that_cannot_start_ends_the_service_with_one_line(tmp_path: Path, sink: RecordingSink) -> None:
+    config = write_config(tmp_path, [sink.port],
+                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"], "workers": WORKERS},
+                          relay={"domains": ["example.org"], "trusted_networks": [],
+                                 "sender_map": str(tmp_path / "missing-sender-map")})
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("frontfilter: ")]
+    assert errors and "missing-sender-map" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="Prometheus is installed by `make test` (Debian package prometheus)")
+def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, sink: RecordingSink) -> None:
+    from tests.observability.test_prometheus import Prometheus
+
+    http_port = free_port()
+    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
+    (tmp_path / "prom").mkdir()
+    prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
+    try:
+        assert [send(relay.port, f"counted {n}") for n in range(30)] == ["250"] * 30
+        accepted = 'frontfilter_messages_total{verdict="accepted"}'
+        eventually(lambda: prometheus.value(accepted) == 30, timeout=30)
+        scraped = time.monotonic()
+        eventually(lambda: time.monotonic() - scraped > 4, timeout=10)   # a few more scrapes
+        # Each scrape lands on one worker; every one of them must report all 30.
+        assert prometheus.value(f"min_over_time({accepted}[4s])") == 30
+        assert prometheus.value(f"changes({accepted}[4s])") == 0
+        assert prometheus.value('min_over_time(frontfilter_ready{check="rules"}[4s])') == 1
+        assert prometheus.value("frontfilter_rules_loaded") == prometheus.value("min_over_time(frontfilter_rules_loaded[4s])")
+    finally:
+        prometheus.stop()
+        relay.stop()
