@@ -7,8 +7,9 @@ Load: Postfix's `smtp-source` (20 sessions) into `smtp-sink` (the backend for ev
 Contenders, each measured "until the backend has them all":
   limit        smtp-source straight into smtp-sink
   postfix      a throw-away Postfix (temp dir, loopback ports, queue with fsync, no filter)
-  ff-queue     frontfilter with the shipped rules, queue mode (if the build has it)
-  ff-sync      frontfilter with the shipped rules, sync mode (before-queue proxy)
+  ff-queue     frontfilter with the shipped rules, queue mode, server.workers = --workers ("auto")
+  ff-sync      frontfilter with the shipped rules, sync mode (before-queue proxy), the same workers
+  ff-*-1p      the same as one process (full runs only), to show what the workers bring
 Loads: 5 KB plain, 100 KB with a PDF attachment, and a mix where some messages carry an
 attachment that is stripped (.docm) or rejected (.exe) — rejected ones never reach the sink,
 so the mix counts messages *decided* per second.
@@ -499,9 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check the harness works")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
-    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync)")
+    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync, ff-queue-1p, ff-sync-1p)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--no-scaling", action="store_true", help="skip the rules and memory checks")
+    parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help='frontfilter\'s server.workers (default "auto": one per CPU)')
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, spools)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -523,9 +526,12 @@ def main(argv: list[str] | None = None) -> int:
             makers: list[tuple[str, Callable[[], object]]] = [
                 ("limit", lambda: direct(sink)),
                 ("postfix", lambda: postfix(sink, workdir)),
-                ("ff-queue", lambda: frontfilter(sink, workdir, "queue")),
-                ("ff-sync", lambda: frontfilter(sink, workdir, "sync")),
+                ("ff-queue", lambda: frontfilter(sink, workdir, "queue", workers=args.workers)),
+                ("ff-sync", lambda: frontfilter(sink, workdir, "sync", workers=args.workers)),
             ]
+            if not args.quick and args.workers != 1:    # and as one process, for comparison
+                makers += [("ff-queue-1p", lambda: frontfilter(sink, workdir, "queue", label="ff-queue-1p")),
+                           ("ff-sync-1p", lambda: frontfilter(sink, workdir, "sync", label="ff-sync-1p"))]
             for name, make in makers:
                 if args.only and name not in args.only:
                     continue
