@@ -15,20 +15,22 @@ DNSBL query. What each stage needs is worked out once per rule set (`RuleSet.rea
 - `dns.error` reads the failures of the checks the rule set uses: a stage whose rules read it
   waits for those of them that are known by then.
 
-Facts of a check that did not run are "nothing found" (see reputation.facts). An exception
-(the greylist database unwritable) propagates: the pipeline answers 451 4.3.0, never a pass.
+Facts of a check that did not run are "nothing found" (see reputation.facts). A greylist
+database that cannot be opened at all stops the start (ConfigError); an exception later (the
+database unwritable) propagates: the pipeline answers 451 4.3.0, never a pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from frontfilter import observe
-from frontfilter.config import Config
+from frontfilter.config import Config, ConfigError
 from frontfilter.model import Peer, Stage
 from frontfilter.reputation import dnsbl
 from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts
@@ -73,6 +75,8 @@ class Checks:
         self.lists = config.dnsbl.lists
         self.spf = SpfChecker(self.resolver, config.spf, config.server.hostname) if config.spf.enabled else None
         self.greylist = Greylist(config.greylist) if config.greylist.enabled else None
+        if self.greylist is not None:
+            _probe(self.greylist, config)
         self._greylist_thread = ThreadPoolExecutor(1, thread_name_prefix="greylist") if self.greylist else None
         self._plan_cache: tuple[object, _Plan] | None = None
 
@@ -195,3 +199,14 @@ class Checks:
             self._greylist_thread.shutdown(wait=True)
         if self.greylist is not None:
             self.greylist.close()
+
+
+def _probe(greylist: Greylist, config: Config) -> None:
+    """A greylist database that cannot be opened is a configuration error, found at start."""
+    try:
+        greylist.probe()
+    except (sqlite3.Error, OSError) as error:
+        why = str(error)
+        if isinstance(error, OSError) and error.strerror:
+            why = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+        raise ConfigError([f"{config.path}: greylist.database: {config.greylist.database}: {why}"]) from None

@@ -187,6 +187,16 @@ class Greylist:
         self._db = db
         return db
 
+    def probe(self) -> None:
+        """Open (creating it if need be) and close the database: at start, so that a database
+        that cannot be opened stops the relay instead of deferring every message at RCPT.
+        Closed again: the connection of a worker is opened in the worker, after any fork."""
+        with self._lock:
+            self._connect()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import multiprocessing
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from frontfilter.config import GreylistConfig, parse_network
 from frontfilter.reputation.greylist import Greylist, Verdict, normalise_sender
 from tests.frontdoor.helpers import connect_from, read_reply
-from tests.harness import RecordingSink, Relay, write_config
+from tests.harness import RecordingSink, Relay, free_port, write_config
 
 A = ipaddress.ip_address("192.0.2.10")
 NEIGHBOUR = ipaddress.ip_address("192.0.2.200")     # same /24
@@ -195,3 +196,15 @@ def test_first_try_451_retry_after_the_delay_250_and_the_state_survives_a_restar
             refused = restarted.wait_event("refused", stage="rcpt", reason="rule greylist")
             assert refused["reply"].startswith("451 4.7.1")
         assert [m.recipients for m in sink.wait_for(2)] == [["bob@example.org"], ["bob@example.org"]]
+
+
+def test_a_relay_whose_greylist_database_cannot_be_opened_does_not_start(tmp_path: Path) -> None:
+    # Found at start, named in one line, rather than a 451 for every message from the first RCPT on.
+    (tmp_path / "state").write_text("a file where the database's directory should be\n")
+    database = tmp_path / "state" / "greylist.sqlite"
+    config = write_config(tmp_path, [free_port()], greylist={"enabled": True, "database": str(database)})
+    relay = Relay(config)
+    expected = rf"greylist.database: {re.escape(str(database))}: {re.escape(str(database.parent))}: File exists"
+    with pytest.raises(RuntimeError, match=expected):
+        relay.start()
+    relay.stop()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.frontdoor.helpers import connect_from, read_reply
-from tests.harness import REPO, RecordingSink, Relay, write_config
+from tests.frontdoor.helpers import connect_from, frontdoor_config, make_pki, read_reply, write_users
+from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
 from tests.reputation.dnsserver import DnsServer, dead_resolver
 
 SITE_RULES = '''
@@ -174,6 +174,32 @@ def test_a_listing_below_the_threshold_passes(relay: Relay, sink: RecordingSink)
     assert replies[-2].startswith("250 2.0.0"), replies
     line = dnsbl_line(relay, "127.0.0.5")
     assert (line["score"], line["listed_on"]) == (1, ["bl2.test"])
+
+
+def test_authenticated_user_on_a_listed_address_is_not_refused(
+        dns: DnsServer, sink: RecordingSink, tmp_path: Path) -> None:
+    # Our users log in from home lines that the lists carry (Spamhaus's PBL is part of zen):
+    # their password vouches for them; the same address without AUTH is still refused.
+    pki = make_pki(tmp_path / "tls")
+    users = write_users(tmp_path / "users", {"alice@example.org": "correct horse battery"})
+    config = frontdoor_config(
+        tmp_path, [sink.port],
+        listeners=[{"name": "submission", "address": f"127.0.0.1:{free_port()}", "auth": "optional"}],
+        tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+        auth={"users_file": str(users), "failure_delay": "50ms"},
+        **reputation_sections(dns, rules_dir(tmp_path)))
+    with Relay(config) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=20, source_address=("127.0.0.2", 0)) as client:
+            client.ehlo("laptop.example.org")
+            client.starttls(context=pki.client_context())
+            client.ehlo("laptop.example.org")
+            client.login("alice@example.org", "correct horse battery")
+            assert client.sendmail("alice@example.org", ["someone@foreign.example"],
+                                   message("from home", "alice@example.org")) == {}
+        assert sink.wait_for(1)[0].recipients == ["someone@foreign.example"]
+        assert dnsbl_line(relay, "127.0.0.2")["score"] == 2
+        replies = dialogue(relay.port, "127.0.0.2", "alice@spf-pass.example")
+        assert replies[3] == "554 5.7.1 Service unavailable; client host has a poor reputation"
 
 
 def dnsbl_line(relay: Relay, source: str, timeout: float = 15.0) -> dict:
