@@ -285,6 +285,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     facts = dataclasses.replace(facts, checks=checks,
                                 session=dataclasses.replace(facts.session, auth_user=args.auth_user))
     early = early_stages(rules, facts)
+    refused = _envelope_refusal(config, facts.session, args.sender, recipients) if args.config is not None else None
     limits = InspectionLimits(**{f.name: getattr(inspection, f.name)
                                  for f in dataclasses.fields(InspectionLimits)})
     scan, on_error = None, OnError.TEMPFAIL
@@ -296,6 +297,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         early[-1][0] is Stage.RCPT and early[-1][1].action.value == "accept") else None
     if ended is not None:      # the relay would have decided before DATA
         action = ended[1].action.value if ended[1].action.value != "quarantine" else "reject"
+    if refused is not None:    # relay access or sender binding: before any rule
+        action = "reject" if refused[1].is_permanent else "tempfail"
     if args.output is not None:
         args.output.write_bytes(decision.message)
     if args.json:
@@ -309,6 +312,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             document["verdict"] = action
             document["reply"] = ended[1].reply.wire if ended[1].reply else None
             document["decided_by"] = ended[1].rule
+        if refused is not None:
+            document["verdict"] = action
+            document["reply"] = refused[1].wire
+            document["decided_by"] = f"relay policy at {refused[0]}: {refused[2]}"
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         for line in check_lines:
@@ -321,7 +328,41 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if ended is not None:
             print(f"(decided at stage {ended[0].value}, before the message: the relay would not "
                   f"have received it)")
+        if refused is not None:
+            print(f"relay policy at {refused[0]}: {refused[1].wire} ({refused[2]}): the relay would "
+                  f"not have received the message")
     return SCAN_EXIT.get(action, EXIT_OK)
+
+
+def _envelope_refusal(config: Any, session: Any, sender: str | None,
+                      recipients: tuple[str, ...]) -> tuple[str, Any, str] | None:
+    """What the relay's own envelope policy says before any rule: the sender a login may use
+    (relay.sender_map), relay access for each recipient, and relay.outbound_senders.
+    (stage, reply, why) of the first refusal, or None."""
+    from frontfilter import policy
+    from frontfilter.reply import Reply
+    from frontfilter.sendermap import SenderMapError, load_sender_map
+
+    senders = None
+    if config.relay.sender_map is not None:
+        try:
+            senders = load_sender_map(config.relay.sender_map)
+        except SenderMapError as error:
+            raise _Fatal(*(f"relay.sender_map: {problem}" for problem in error.problems)) from None
+    parsed = policy.parse_sender(sender or "", True)
+    if isinstance(parsed, Reply):
+        return "mail", parsed, f"sender {sender!r} malformed"
+    denied = policy.may_send_as(parsed, session, senders, policy.own_domains(config))
+    if denied is not None:
+        return "mail", denied, f"sender {parsed.text!r} not owned by login {session.auth_user!r}"
+    for text in recipients:
+        recipient = policy.parse_recipient(text, True)
+        if isinstance(recipient, Reply):
+            return "rcpt", recipient, f"recipient {text!r} malformed"
+        denied = policy.may_relay(recipient, session, config) or policy.may_relay_out_as(parsed, recipient, config)
+        if denied is not None:
+            return "rcpt", denied, f"recipient {text!r} from this client and sender"
+    return None
 
 
 def _antivirus_scan(antivirus: Any, raw: bytes) -> Any:

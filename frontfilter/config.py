@@ -368,8 +368,9 @@ class AntivirusConfig:
     # max_message_size, so every message it takes is scanned (clamd's StreamMaxLength must be
     # at least as large: Debian ships 25M).
     max_size: int | None = _conv(parse_size, default=None)
-    # Scans in flight at once: below clamd's MaxThreads (10 by default) so that clamd never
-    # queues our scans behind each other where our timeout cannot tell load from a hang.
+    # Scans in flight at once, per worker process (server.workers): their sum should stay below
+    # clamd's MaxThreads (10 by default) so that clamd never queues our scans behind each other
+    # where our timeout cannot tell load from a hang.
     concurrency: int = 8
     on_error: OnError = OnError.TEMPFAIL
 

@@ -162,11 +162,12 @@ class Pipeline:
         if isinstance(parsed, Reply):
             self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed")
             return parsed
-        denied = policy.may_send_as(parsed, state.facts(), self.senders)
+        denied = policy.may_send_as(parsed, state.facts(), self.senders, policy.own_domains(self.config))
         if denied is not None:
             observe.sender_refused("login_mismatch")
+            owned = "in relay.sender_map" if self.senders is not None else "the login's own address (no relay.sender_map)"
             self._refused(state, Stage.MAIL, denied,
-                          f"sender {parsed.text!r} not in relay.sender_map for login {state.auth_user!r}")
+                          f"sender {parsed.text!r} not {owned} for login {state.auth_user!r}")
             return denied
         if self.spool is not None:
             # RFC 1870 §6.1 / RFC 3463 4.3.1: say "no room" before the client sends the body.

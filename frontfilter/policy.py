@@ -115,12 +115,23 @@ def own_domains(config: Config) -> frozenset[str]:
     return frozenset(config.relay.sender_domains or config.relay.domains)
 
 
-def may_send_as(sender: Address, session: SessionFacts, senders: SenderMap | None) -> Reply | None:
-    """At MAIL: an authenticated user may use only the senders the sender map gives its login
-    (see sendermap.py). No map configured, or no login: nothing to check here."""
-    if senders is None or session.auth_user is None or sender.text == "":
+def may_send_as(sender: Address, session: SessionFacts, senders: SenderMap | None,
+                own: frozenset[str] = frozenset()) -> Reply | None:
+    """At MAIL: an authenticated user may use only the senders its login owns (a bounce, `<>`,
+    always). With `relay.sender_map`, those the map gives the login (sendermap.py). Without
+    one, only itself: a login that is an address, that address; any other login, that name
+    in one of our own domains (`own`) — never anyone else's address, so one stolen password
+    cannot send as the whole company."""
+    if session.auth_user is None or sender.text == "":
         return None
-    return None if senders.allows(session.auth_user, sender.normalised) else SENDER_NOT_OWNED
+    if senders is not None:
+        return None if senders.allows(session.auth_user, sender.normalised) else SENDER_NOT_OWNED
+    login = session.auth_user.lower()
+    address = sender.normalised.lower()
+    if "@" in login:
+        return None if address == login else SENDER_NOT_OWNED
+    local, _, domain = address.rpartition("@")
+    return None if local == login and domain.rstrip(".") in own else SENDER_NOT_OWNED
 
 
 def may_relay_out_as(sender: Address, recipient: Address, config: Config) -> Reply | None:

@@ -54,3 +54,19 @@ def test_scan_dns_needs_a_config(tmp_path: Path) -> None:
     (tmp_path / "m.eml").write_bytes(SPOOF)
     done = scan(str(tmp_path / "m.eml"), "--dns")
     assert done.returncode == 2 and "--dns needs --config" in done.stderr
+
+
+def test_scan_applies_the_relay_policy_before_the_rules(tmp_path: Path) -> None:
+    (tmp_path / "m.eml").write_bytes(b"From: alice@example.org\nSubject: hi\n\nhello\n")
+    config = write_config(tmp_path, [25])
+    done = scan(str(tmp_path / "m.eml"), "--config", str(config), "--auth-user", "alice",
+                "--sender", "bob@example.org", "--recipient", "x@foreign.example")
+    assert done.returncode == 1, done.stderr
+    assert "relay policy at mail: 553 5.7.1 Sender address rejected: not owned by user" in done.stdout
+    done = scan(str(tmp_path / "m.eml"), "--config", str(config), "--auth-user", "alice",
+                "--sender", "alice@example.org", "--recipient", "x@foreign.example")
+    assert done.returncode == 0 and "relay policy" not in done.stdout
+    done = scan(str(tmp_path / "m.eml"), "--config", str(config), "--sender", "a@elsewhere.example",
+                "--recipient", "x@foreign.example", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["reply"].startswith("554 5.7.1")

@@ -87,7 +87,18 @@ def test_may_send_as_checks_only_authenticated_sessions() -> None:
     assert isinstance(bob, policy.Address)
     assert policy.may_send_as(bob, SessionFacts(peer, auth_user="alice"), senders) == policy.SENDER_NOT_OWNED
     assert policy.may_send_as(bob, SessionFacts(peer), senders) is None          # not authenticated
-    assert policy.may_send_as(bob, SessionFacts(peer, auth_user="alice"), None) is None   # no map
+    # No map: a login owns only itself — an address login that address, a plain login that
+    # name in our own domains.
+    own = frozenset({"example.org"})
+    alice = policy.parse_sender("alice@example.org", False)
+    assert isinstance(alice, policy.Address)
+    assert policy.may_send_as(bob, SessionFacts(peer, auth_user="alice"), None, own) == policy.SENDER_NOT_OWNED
+    assert policy.may_send_as(alice, SessionFacts(peer, auth_user="alice"), None, own) is None
+    assert policy.may_send_as(alice, SessionFacts(peer, auth_user="alice@example.org"), None, own) is None
+    assert policy.may_send_as(bob, SessionFacts(peer, auth_user="alice@example.org"), None, own) == \
+        policy.SENDER_NOT_OWNED
+    assert policy.may_send_as(alice, SessionFacts(peer, auth_user="alice"), None, frozenset()) == \
+        policy.SENDER_NOT_OWNED                                                   # not our domain
 
 
 def test_config_refuses_bad_reputation_settings(tmp_path: Path) -> None:
@@ -246,3 +257,28 @@ def test_check_reports_a_bad_sender_map(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().endswith(f"relay.sender_map: {tmp_path / 'senders'}:2: "
                                         "expected \"login: sender, sender ...\"")
+
+
+def test_without_a_sender_map_a_login_sends_only_as_itself(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "tls")
+    users = write_users(tmp_path / "users", {"alice": PASSWORD, "carol@example.org": PASSWORD})
+    with RecordingSink() as sink:
+        config = frontdoor_config(
+            tmp_path, [sink.port],
+            listeners=[{"name": "mx", "address": f"127.0.0.1:{free_port()}", "auth": "optional"}],
+            relay={"domains": ["example.org"], "trusted_networks": []},
+            tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+            auth={"users_file": str(users), "failure_delay": "50ms"})
+        with Relay(config) as relay:
+            state = Bound(relay, sink, pki, tmp_path / "none")
+            with logged_in(state, "alice") as client:
+                assert client.mail("bob@example.org")[0] == 553
+                client.rset()
+                client.sendmail("alice@example.org", ["someone@foreign.example"], message("alice@example.org", "a"))
+            with logged_in(state, "carol@example.org") as client:
+                assert client.mail("ceo@example.org")[0] == 553
+                client.rset()
+                client.sendmail("carol@example.org", ["someone@foreign.example"], message("carol@example.org", "c"))
+            assert [m.sender for m in sink.wait_for(2)] == ["alice@example.org", "carol@example.org"]
+            line = relay.wait_event("refused", stage="mail")
+            assert "no relay.sender_map" in line["reason"]
