@@ -142,7 +142,8 @@ class Health:
         if problem is None:
             self._spool_ok_at = self._clock()
             self._spool_detail = "writable"
-        else:
+        else:   # failing now: the last success no longer counts (staleness is for a stuck probe)
+            self._spool_ok_at = None
             self._spool_detail = problem
         now = self._clock()
         idle = [b for b in self._backends

@@ -94,7 +94,13 @@ def check_name(name: str) -> str | None:
     """The problem with a user name, or None. Names are compared exactly, case included."""
     if not name:
         return "user name is empty"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+    try:
+        # A name from the command line that is not UTF-8 arrives with surrogate escapes: it
+        # could be neither written to the file nor typed by a mail program.
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "user name must be UTF-8"
+    if len(name.encode("utf-8")) > MAX_NAME:
         return f"user name longer than {MAX_NAME} octets"
     if ":" in name or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in name):
         return "user name must not contain ':', spaces or control characters"

@@ -10,7 +10,9 @@ reads `SessionFacts.auth_user`). So AUTH is guarded as the door it is:
 - every failure waits `auth.failure_delay` before its `535 5.7.8` (a tarpit: guessing gets slow);
 - past `auth.max_failures` failures from one client address (an IPv6 /64) within
   `auth.lockout_time`, AUTH from there is refused with `454 4.7.0` for `lockout_time`, without
-  looking at the credentials, so guessing during a lockout learns nothing.
+  looking at the credentials, so guessing during a lockout learns nothing. The lock is checked
+  again once the credentials are in and once their check is done: an exchange that was already
+  under way in another session from there when the lock fell is refused the same way.
 
 Log lines name the user only when it exists in the users file: a password typed into the user
 field is never written to the log. Passwords are never logged.
@@ -87,9 +89,18 @@ class Authenticator:
             return None, credentials
         user, password = credentials
         known = user if user is not None and user in self.users else None
+        if self.lockout.locked(client.ip):   # locked while the client typed (LOGIN challenges)
+            observe.auth_attempt(Result.LOCKED_OUT.value, where, mechanism)
+            return None, reply.AUTH_LOCKED_OUT
         hashed = self.users[known] if known is not None else self._decoy
         loop = asyncio.get_running_loop()
         matched = await loop.run_in_executor(self._executor, hashed.matches, password)
+        if self.lockout.locked(client.ip):
+            # Other sessions from this address crossed the threshold while this check waited
+            # for a thread: its answer is withheld too, or parallel sessions would keep guessing
+            # (and could be told "right") past max_failures.
+            observe.auth_attempt(Result.LOCKED_OUT.value, where, mechanism)
+            return None, reply.AUTH_LOCKED_OUT
         if matched and known is not None:
             observe.auth_attempt(Result.SUCCESS.value, where, mechanism, user=known)
             return known, reply.AUTH_OK

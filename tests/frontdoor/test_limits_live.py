@@ -121,3 +121,30 @@ def _login(port: int, password: str) -> tuple[int, bytes]:
         client.starttls()
         client.ehlo("client.test")
         return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0alice\0{password}".encode()).decode())
+
+
+def test_an_auth_exchange_under_way_when_the_address_gets_locked_learns_nothing(tmp_path: Path) -> None:
+    """Parallel sessions from one address: one starts AUTH LOGIN (the lock is not set yet),
+    two others fail and lock the address, then the first sends the right password. It must
+    get the lockout answer, not 235: else an attacker keeps guessing past max_failures in
+    sessions opened before the lock."""
+    with RecordingSink() as sink, _auth_listener_relay(tmp_path, sink, failure_delay="10ms",
+                                                       max_failures=2, lockout_time="10m") as running:
+        with ExitStack() as stack:
+            sessions = []
+            for _ in range(3):
+                client = stack.enter_context(smtplib.SMTP("127.0.0.1", running.port, timeout=15))
+                client.starttls()
+                client.ehlo("client.test")
+                sessions.append(client)
+            patient, *guessers = sessions
+            assert patient.docmd("AUTH", "LOGIN")[0] == 334
+            assert patient.docmd(base64.b64encode(b"alice").decode())[0] == 334   # Password:
+            for number, guesser in enumerate(guessers):
+                answer = guesser.docmd("AUTH", "PLAIN " + base64.b64encode(
+                    f"\0alice\0guess {number}".encode()).decode())
+                assert answer[0] == 535, answer
+            running.wait_event("auth", result="failure", locked_out=True)
+            answer = patient.docmd(base64.b64encode(PASSWORD.encode()).decode())
+            assert answer == (454, b"4.7.0 Temporary authentication failure, try again later")
+        assert running.wait_event("auth", result="locked_out")["user"] is None

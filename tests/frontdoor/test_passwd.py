@@ -71,3 +71,17 @@ def test_passwd_command_reads_stdin_and_refuses_bad_input(tmp_path: Path) -> Non
     nowhere = passwd(str(tmp_path / "no" / "dir" / "users"), "bob", stdin="x\n")
     assert nowhere.returncode == 2 and "Traceback" not in nowhere.stderr
     assert len(nowhere.stderr.strip().splitlines()) == 1
+
+
+def test_passwd_command_refuses_a_user_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A Latin-1 name typed in a non-UTF-8 terminal reaches Python with surrogate escapes:
+    refused with one line, not a UnicodeEncodeError traceback, and the file is left alone."""
+    path = tmp_path / "users"
+    assert passwd(str(path), "alice", stdin="s3cret\n").returncode == 0
+    before = path.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "passwd", str(path), b"j\xf6rg"],
+                          input="x\n", capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("user name must be UTF-8")
+    assert path.read_bytes() == before

@@ -252,3 +252,23 @@ def test_metrics_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"frontfilter: cannot listen: 127.0.0.1:{port} (metrics.listen): Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_spool_check_fails_at_the_first_failing_probe_not_when_the_last_success_goes_stale(
+        tmp_path: Path) -> None:
+    """The spool breaks after a good probe (disk remounted read-only, directory replaced): the
+    next probe makes the relay not ready at once. The clock does not move here, so the check
+    cannot fail by going stale: only the failing probe itself can turn it."""
+    spool = tmp_path / "spool"
+    with RecordingSink() as sink:
+        config = build_config({"backend": {"servers": [f"127.0.0.1:{sink.port}"], "mode": "sync"},
+                               "spool": {"dir": str(spool)}}, tmp_path / "f.toml")
+        health = Health(config, lambda: 3, clock=Clock())
+        asyncio.run(health.probe())
+        assert health.ready
+        shutil.rmtree(spool)
+        spool.write_text("a file where the spool directory was")
+        asyncio.run(health.probe())
+    checks = {c.name: c for c in health.checks()}
+    assert not checks["spool"].ok and checks["spool"].detail == "not writable: File exists"
+    assert not health.ready
