@@ -3,6 +3,11 @@
 The composition root (`service.py`) builds one `StoreAndForward` in queue mode, starts it before
 the SMTP listeners (so crash recovery has run before any new message arrives) and stops it after
 they closed. The pipeline gets `spool` (acknowledged writes, back-pressure) and `verifier`.
+
+Shutdown comes in two steps because sessions outlive the worker: `stop` ends deliveries (run
+alongside the sessions' `server.shutdown_grace`), while a session still in DATA may yet spool
+its message and must get its 250; only `close`, once no session is left, ends the spool's
+writer threads. (Without `close`, they end with the process, after any write in progress.)
 """
 
 from __future__ import annotations
@@ -48,4 +53,7 @@ class StoreAndForward:
         """No new attempts; those in flight until `deadline` (monotonic), the rest stay spooled."""
         cut = await self.worker.stop(deadline)
         observe.delivery_stopped(cut)
+
+    async def close(self) -> None:
+        """After the last session: no message can be spooled any more."""
         await asyncio.to_thread(self.spool.shutdown)

@@ -278,40 +278,54 @@ def open_message(layout: Layout, queue_id: str, wait: float = 0.0, dead: bool = 
         raise
 
 
+# Which version of a `.state` file the worker last saw: its inode and its mtime. The inode alone
+# is not enough: ext4 hands a freed inode straight back, so two rewrites between two scans (the
+# queue tool run twice) can leave a new file with the very inode seen last.
+StateStamp = tuple[int, int]
+NO_STATE: StateStamp = (0, 0)
+
+
+def state_stamp(stat: os.stat_result) -> StateStamp:
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class ScanItem:
     size: int            # bytes of the .msg file
     mtime: float         # when it was written (about the client's 250)
-    state_inode: int     # 0 without a state file: tells a state replaced by someone else
+    state: StateStamp    # NO_STATE without a state file: tells a state replaced by someone else
 
 
 def scan(layout: Layout) -> dict[str, ScanItem]:
-    """Every complete message in queue/, from one directory read (and a stat per message)."""
-    states: dict[str, int] = {}
+    """Every complete message in queue/, from one directory read (and a stat per file)."""
+    states: dict[str, StateStamp] = {}
     messages: dict[str, tuple[int, float]] = {}
     with os.scandir(layout.queue) as entries:
         for entry in entries:
             name, _, suffix = entry.name.rpartition(".")
+            if suffix not in ("state", "msg"):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue
             if suffix == "state":
-                states[name] = entry.inode()
-            elif suffix == "msg":
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:
-                    continue
+                states[name] = state_stamp(stat)
+            else:
                 messages[name] = (stat.st_size, stat.st_mtime)
-    return {name: ScanItem(size, mtime, states.get(name, 0)) for name, (size, mtime) in messages.items()}
+    return {name: ScanItem(size, mtime, states.get(name, NO_STATE))
+            for name, (size, mtime) in messages.items()}
 
 
-def read_state_file(layout: Layout, queue_id: str) -> tuple[float, int] | None:
-    """(next_attempt, inode) from a state file without locking; None if absent or unreadable.
+def read_state_file(layout: Layout, queue_id: str) -> tuple[float, StateStamp] | None:
+    """(next_attempt, stamp) from a state file without locking; None if absent or unreadable.
     Used by the scan only as a hint: the attempt itself re-reads under the lock."""
     path = layout.state(queue_id)
     try:
         with open(path, "rb") as handle:
-            inode = os.fstat(handle.fileno()).st_ino
+            stamp = state_stamp(os.fstat(handle.fileno()))
             data = json.loads(handle.read())
-        return float(data.get("next_attempt", 0)), inode
+        return float(data.get("next_attempt", 0)), stamp
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 

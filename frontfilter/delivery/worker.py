@@ -3,8 +3,8 @@
 How it runs: an in-memory index of the spool (id → next attempt), filled by a scan at start,
 by every message the pipeline spools, and kept honest by a re-scan every `spool.scan_interval`
 (changes made by `frontfilter queue` or by another process show up there: a state file whose
-inode changed is re-read; a message gone from disk is dropped). Due messages are attempted,
-at most `backend.concurrency` at once.
+inode or mtime changed is re-read; a message gone from disk is dropped). Due messages are
+attempted, at most `backend.concurrency` at once.
 
 One attempt (`_attempt`): lock the message (flock on its `.msg`: a message is never attempted
 twice at once, across processes too), send it to the pending recipients only, then record each
@@ -39,8 +39,8 @@ from frontfilter.delivery import dsn, safeio
 from frontfilter.delivery.backend import BackendReply, Outcome
 from frontfilter.delivery.forward import Attempt, Forwarder
 from frontfilter.delivery.spool import (
-    Admission, DeliveryState, Envelope, Message, Spool, Status, open_message,
-    read_state_file, scan)
+    NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
+    read_state_file, scan, state_stamp)
 from frontfilter.model import new_queue_id
 
 BACKOFF_FACTOR = 2
@@ -103,7 +103,7 @@ class _Entry:
     next_attempt: float
     arrived: float
     size: int
-    state_inode: int
+    state: StateStamp            # the state file as last seen (spool.state_stamp)
     added: float                     # monotonic: tells entries newer than a scan's listing
 
 
@@ -164,7 +164,7 @@ class Worker:
     def _spooled(self, envelope: Envelope, stat: object) -> None:
         """A message just written by this process (client mail or a DSN): due now."""
         size = getattr(stat, "st_size", envelope.size)
-        self._put(_Entry(envelope.id, envelope.arrived, envelope.arrived, size, 0, time.monotonic()))
+        self._put(_Entry(envelope.id, envelope.arrived, envelope.arrived, size, NO_STATE, time.monotonic()))
         observe.spool_state(len(self._entries), self._oldest_age)
         self._wake.set()
 
@@ -178,16 +178,16 @@ class Worker:
             self.spool.forget(queue_id)
             observe.spool_state(len(self._entries), self._oldest_age if self._entries else 0.0)
 
-    def _reschedule(self, entry: _Entry, when: float, state_inode: int | None = None) -> None:
+    def _reschedule(self, entry: _Entry, when: float, state: StateStamp | None = None) -> None:
         entry.next_attempt = when
-        if state_inode is not None:
-            entry.state_inode = state_inode
+        if state is not None:
+            entry.state = state
         heapq.heappush(self._heap, (when, entry.id))
 
     async def rescan(self) -> None:
         """Re-read the spool directory and reconcile the index with it."""
         started = time.monotonic()
-        known = {e.id: e.state_inode for e in self._entries.values()}
+        known = {e.id: e.state for e in self._entries.values()}
         items, hints = await asyncio.to_thread(self._scan, known)
         for queue_id, item in items.items():
             if queue_id in self._active or self._gone.get(queue_id, 0.0) >= started:
@@ -196,8 +196,8 @@ class Worker:
             hint = hints.get(queue_id)
             if entry is None:
                 when = hint[0] if hint else item.mtime
-                self._put(_Entry(queue_id, when, item.mtime, item.size, item.state_inode, started))
-            elif item.state_inode != entry.state_inode and hint is not None:
+                self._put(_Entry(queue_id, when, item.mtime, item.size, item.state, started))
+            elif item.state != entry.state and hint is not None:
                 self._reschedule(entry, hint[0], hint[1])        # changed by someone else
         for queue_id, entry in list(self._entries.items()):
             if queue_id not in items and queue_id not in self._active and entry.added < started:
@@ -211,12 +211,12 @@ class Worker:
         observe.spool_state(len(self._entries), self._oldest_age)
         self._wake.set()
 
-    def _scan(self, known: dict[str, int]) -> tuple[dict, dict[str, tuple[float, int]]]:
+    def _scan(self, known: dict[str, StateStamp]) -> tuple[dict, dict[str, tuple[float, StateStamp]]]:
         layout = self.spool.layout
         items = scan(layout)
         hints = {}
         for queue_id, item in items.items():
-            if item.state_inode and known.get(queue_id) != item.state_inode:
+            if item.state != NO_STATE and known.get(queue_id) != item.state:
                 hint = read_state_file(layout, queue_id)
                 if hint is not None:
                     hints[queue_id] = hint
@@ -309,11 +309,11 @@ class Worker:
             dead = not state.pending() and any(r.status is Status.FAILED for r in state.recipients)
             if dead:
                 state.dead_reason = "expired" if applied.expired else "refused"
-            inode = await asyncio.to_thread(self._finish, message, state, dead)
+            stamp = await asyncio.to_thread(self._finish, message, state, dead)
             closed = True
             self._report(envelope, state, applied, attempt, dead)
             if state.pending():
-                self._reschedule(entry, state.next_attempt, inode)
+                self._reschedule(entry, state.next_attempt, stamp)
             else:
                 self._drop(entry.id)
         finally:
@@ -336,9 +336,9 @@ class Worker:
             self._sending.pop(envelope.id, None)
 
     @staticmethod
-    def _finish(message: Message, state: DeliveryState | None, dead: bool) -> int | None:
+    def _finish(message: Message, state: DeliveryState | None, dead: bool) -> StateStamp | None:
         """Blocking: record the outcome on disk, then release the lock. Returns the new state
-        file's inode when the message stays queued."""
+        file's stamp when the message stays queued."""
         try:
             if dead:
                 if state is not None:
@@ -349,7 +349,7 @@ class Worker:
             if not state.pending():
                 message.remove()
                 return None
-            return message.save(state).st_ino
+            return state_stamp(message.save(state))
         finally:
             message.close()
 

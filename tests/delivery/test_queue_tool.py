@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import re
 import smtplib
+import time
 from pathlib import Path
+
+from frontfilter import queuectl
+from frontfilter.delivery.spool import Layout
 
 from tests.delivery.support import (
     dead_port, message, message_ids, queue_config, run_cli, send_one, spooled, wait_until)
@@ -84,3 +88,25 @@ def test_serve_with_an_unusable_spool_exits_with_one_line(tmp_path: Path) -> Non
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert lines == [f"frontfilter: cannot use the spool {blocker / 'spool'} (spool.dir): Not a directory"]
+
+
+def test_retry_run_twice_before_the_daemon_looks_is_not_lost(tmp_path: Path) -> None:
+    """ext4 hands a freed inode straight back: two state rewrites between two spool scans can
+    leave a state file with the very inode the daemon saw last. The daemon must still notice.
+    (The tool's function is called twice in this process, back to back, so that no scan of the
+    running daemon can fall between the two; the CLI runs the same function.)"""
+    port = dead_port()
+    config = queue_config(tmp_path, [port], spool={"retry_min": "1h", "retry_max": "1h",
+                                                   "scan_interval": "500ms"})
+    with Relay(config) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            queue_id = send_one(client, "alice@example.net", ["bob@example.org"], message("twice"))
+        relay.wait_event("delivery", queue_id=queue_id, status="deferred")    # next try in 1h
+        layout = Layout(tmp_path / "spool")
+        with RecordingSink(port=port) as sink:
+            for _ in range(2):
+                lines, ok = queuectl.retry(layout, [queue_id])
+                assert ok, lines
+            assert wait_until(lambda: not spooled(tmp_path)), queuectl.format_list(
+                *queuectl.list_queue(layout), dead=0, now=time.time())
+            assert message_ids(sink.messages) == {"twice@test": 1}

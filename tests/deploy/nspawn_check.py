@@ -311,9 +311,14 @@ def plain_unit(bundle: Path) -> bool:
            stop.returncode == 0 and result == {"ActiveState": "inactive", "Result": "success",
                                                "ExecMainCode": "1", "ExecMainStatus": "0"}, result)
     text = journal("frontfilter.service", "plain")
-    reloads = [e for e in events(text, "rules_loaded") if e.get("reload")]
-    record("the journal has the reload and the clean stop", len(reloads) == 1 and events(text, "stopped"),
-           f"{len(reloads)} reloads, {len(events(text, 'stopped'))} stopped")
+    # One reload per relay process: with server.workers each worker logs its own (and its pid).
+    loads = events(text, "rules_loaded")
+    processes = [e.get("worker") for e in loads if not e.get("reload")]
+    reloaded = sorted(str(e.get("worker")) for e in loads if e.get("reload"))
+    stopped = events(text, "stopped")
+    record("the journal has the reload and the clean stop, once per relay process",
+           bool(processes) and reloaded == sorted(str(p) for p in processes) and len(stopped) == len(processes),
+           f"{len(processes)} processes, reloaded by {reloaded}, {len(stopped)} stopped")
     return True
 
 
