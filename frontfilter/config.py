@@ -253,7 +253,7 @@ class BackendConfig:
     connect_timeout: float = _conv(parse_duration, default=10 * SECONDS)
     timeout: float = _conv(parse_duration, default=2 * MINUTES)    # per SMTP command
     helo_name: str = ""                                            # default: server.hostname
-    tls: BackendTls = BackendTls.NONE
+    tls: BackendTls = BackendTls.OPPORTUNISTIC    # STARTTLS when offered (issue 4); "required" verifies
     tls_ca_file: Path | None = None      # default: the system's CAs
     tls_cert_file: Path | None = None    # client certificate, if the backend asks for one
     tls_key_file: Path | None = None
@@ -824,6 +824,11 @@ def _front_door_checks(sections: dict[str, Any], listeners: tuple[ListenerConfig
         for key in ("tls_ca_file", "tls_cert_file", "tls_verify_name"):
             if getattr(backend, key):
                 problems.append(f"{label}: backend.{key}: has no effect while backend.tls = \"none\"")
+    elif backend.tls is BackendTls.OPPORTUNISTIC:     # the certificate is not checked
+        for key in ("tls_ca_file", "tls_verify_name"):
+            if getattr(backend, key):
+                problems.append(f"{label}: backend.{key}: has no effect unless backend.tls = \"required\" "
+                                f"(\"opportunistic\" does not check the certificate)")
     limits: LimitsConfig = sections["limits"]
     if limits.connection_rate_per_ip and limits.connection_rate_window <= 0:
         problems.append(f"{label}: limits.connection_rate_window: must be more than 0")

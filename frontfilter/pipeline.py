@@ -266,7 +266,7 @@ class Pipeline:
         early = self._bypassed(state)
         if early is Action.DISCARD:
             await self._backend_reset(state)
-            answer = reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
             self._decided(txn, "discarded", len(raw), answer, started, log, decided_by="early discard")
             return answer
         if early is Action.ACCEPT:
@@ -306,7 +306,7 @@ class Pipeline:
             return answer
         if action is Action.DISCARD:
             await self._backend_reset(state)
-            answer = reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
             self._decided(txn, "discarded", len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
         if action is Action.QUARANTINE:
@@ -342,7 +342,7 @@ class Pipeline:
             return reply.BACKEND_UNAVAILABLE, "backend connection lost"
         result = await backend.send(message)
         if result.ok:
-            return reply.OK.with_text(f"OK: queued as {txn.queue_id}"), result.describe()
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), result.describe()
         return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()
 
     async def _spool(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
@@ -357,7 +357,7 @@ class Pipeline:
         spooled = await self.spool.submit(envelope, message)
         spool_ms = round(spooled.seconds * 1000, 2)
         if spooled.result is Admission.OK:
-            return reply.OK.with_text(f"OK: queued as {txn.queue_id}"), f"spooled in {spool_ms} ms"
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), f"spooled in {spool_ms} ms"
         if spooled.result is Admission.FULL:
             return reply.SPOOL_FULL, f"spool full: {spooled.reason}"
         return reply.INTERNAL_ERROR, f"spool write failed: {spooled.reason}"
@@ -370,7 +370,7 @@ class Pipeline:
         await asyncio.get_running_loop().run_in_executor(
             self._executor, _write_file, directory, f"{txn.queue_id}.eml", envelope.encode() + raw)
         if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
-            return reply.OK.with_text(f"OK: queued as {txn.queue_id}")
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
         return verdict.reply or reply.REJECTED
 
     def _count_verdict(self, decision: Decision) -> None:

@@ -167,6 +167,8 @@ class Service:
             await server.wait_closed()
         if delivery is not None:
             await delivery
+        if self.queue is not None:     # no session left that could still spool a message
+            await self.queue.close()
         self.pipeline.shutdown()
         if self.door is not None and self.door.authenticator is not None:
             self.door.authenticator.shutdown()

@@ -65,6 +65,7 @@ class _Worker:
     pid: int
     started: float
     ready: bool = False
+    status: str = ""          # its last STATUS= line ("23 rules; listening on ...")
 
 
 @dataclass
@@ -229,11 +230,20 @@ class Supervisor:
                 worker.ready = True
             if "RELOADING=1" in lines:
                 worker.ready = False
+            worker.status = next((line[7:] for line in lines if line.startswith("STATUS=")), worker.status)
         all_ready = len(self.workers) == self.count and all(w.ready for w in self.workers.values())
         if all_ready and (not self._announced or self._reloading) and not self._stopping:
-            notify.ready(f"{self.count} workers ready")
+            notify.ready(self.status_line())
             self._announced, self._reloading = True, False
             self.log("workers_ready", workers=sorted(self.workers))
+
+    def status_line(self) -> str:
+        """For `systemctl status`: the workers' own line (rules, listeners), the worst of them
+        when they differ — a worker whose reload was refused says so."""
+        statuses = [w.status for w in self.workers.values() if w.status]
+        worst = next((s for s in statuses if "REFUSED" in s or "no valid rule set" in s),
+                     statuses[0] if statuses else "ready")
+        return f"{worst} ({self.count} workers)"
 
     def _reload(self, notify: sdnotify.Notifier) -> None:
         notify.reloading(f"reloading {len(self.workers)} workers")

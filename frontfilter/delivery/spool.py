@@ -347,11 +347,18 @@ def recover(layout: Layout) -> Recovery:
         name, _, suffix = entry.rpartition(".")
         if suffix != "state" or name in found:
             continue
+        # Another worker may have spooled this message after the scan above (server.workers):
+        # look again before calling its state an orphan.
+        if layout.msg(name).exists():
+            continue
         orphans += 1
-        if layout.msg(name, dead=True).exists():
-            os.replace(layout.state(name), layout.state(name, dead=True))
-        else:
-            layout.state(name).unlink(missing_ok=True)
+        try:
+            if layout.msg(name, dead=True).exists():
+                os.replace(layout.state(name), layout.state(name, dead=True))
+            else:
+                layout.state(name).unlink(missing_ok=True)
+        except FileNotFoundError:      # moved or removed by another worker meanwhile
+            pass
     if orphans:
         safeio.fsync_dir(layout.queue)
         safeio.fsync_dir(layout.dead)

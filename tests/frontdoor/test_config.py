@@ -44,7 +44,8 @@ def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
                                '"anyone may send mail anywhere through this relay"'),
     ('[relay]\nopen = true\nopen_confirmation = "yes"\n', "relay.open_confirmation: an open relay needs"),
     ('[tls]\ncert_file = "cert.pem"\n', "tls: cert_file and key_file go together"),
-    ('[backend]\ntls_ca_file = "ca.pem"\n', "backend.tls_ca_file: has no effect while backend.tls = \"none\""),
+    ('[backend]\ntls = "none"\ntls_ca_file = "ca.pem"\n', "backend.tls_ca_file: has no effect while backend.tls = \"none\""),
+    ('[backend]\ntls_ca_file = "ca.pem"\n', "backend.tls_ca_file: has no effect unless backend.tls = \"required\""),
     ('[limits]\nmax_conections = 5\n', "limits.max_conections: unknown key (did you mean 'max_connections'?)"),
     ('[auth]\nlockout_time = "soon"\n', "auth.lockout_time: 'soon' is not a duration"),
 ])
