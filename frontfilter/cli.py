@@ -3,7 +3,7 @@
 Every failure an administrator can cause (a bad config, a bad rule, a missing file, a port in
 use) ends with readable lines on stderr and a non-zero exit — never a traceback.
 
-Exit codes: 0 ok; 1 `check` found problems (`queue`: an id not found or unreadable);
+Exit codes: 0 ok; 1 `check` found problems (`queue`: an id found but unreadable);
 2 usage or start-up error;
 `passwd`: 0 done, 2 error; `scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine.
 """

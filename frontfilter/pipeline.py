@@ -515,7 +515,10 @@ class Pipeline:
     def _backend_failure(result: BackendReply, text: str) -> Reply:
         """The backend's verdict in our words: its class and enhanced code, never its host."""
         if result.outcome is Outcome.TRANSIENT:
-            if result.code != 421 and result.enhanced and result.enhanced.startswith("4."):
+            # 4.4.x is the way there (connection, TLS, timeout): the next hop is unavailable,
+            # it did not refuse anything.
+            if result.code != 421 and result.enhanced and result.enhanced.startswith("4.") \
+                    and not result.enhanced.startswith("4.4."):
                 return Reply(result.code, result.enhanced, text)
             return reply.BACKEND_UNAVAILABLE
         code = result.code if 500 <= result.code < 600 else 554

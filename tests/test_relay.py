@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import subprocess
 import sys
@@ -342,3 +343,21 @@ def test_check_accepts_the_shipped_configs() -> None:
     for config in ("dev/frontfilter.toml", "deploy/frontfilter.example.toml"):
         result = run_cli("check", "--config", config, "--rules", "rules")
         assert result.returncode == 0, result.stderr
+
+
+# ---- replies carry enhanced status codes ---------------------------------------------------------
+
+def test_every_reply_but_the_greeting_and_ehlo_carries_an_enhanced_code(relay: Relay) -> None:
+    """EHLO advertises ENHANCEDSTATUSCODES (RFC 2034): aiosmtpd's own replies must keep that
+    promise too, and a command line too long is answered, not taken for smuggling."""
+    with RawClient(relay.port) as client:
+        assert client.read_reply().startswith("220 ")
+        replies = [client.command(line) for line in (
+            "NOOP", "MAIL FROM:<a@b.example>", "EHLO client.test", "RCPT TO:<b@example.org>",
+            "MAIL FROM:<a@b.example> FOO=BAR", "EHLO", "X" * 1500, "NOOP", "RSET", "QUIT")]
+    ehlo = replies.pop(2)
+    assert "ENHANCEDSTATUSCODES" in ehlo
+    for answer in replies:
+        assert re.match(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} ", answer), answer
+    assert replies[5] == "500 5.5.6 Line too long"        # and the session goes on:
+    assert replies[6:] == ["250 2.0.0 OK", "250 2.0.0 OK", "221 2.0.0 Bye"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto as sslproto
+import re
 import ssl
 import time
 from asyncio.protocols import _feed_data_to_buffered_proto  # type: ignore[attr-defined]
@@ -67,6 +68,7 @@ class FrontSMTP(SMTP):
         self.client: Peer = peer_from(None)   # the real client: set at connect, after PROXY
         self._holds_slot = False     # a connection-limit slot to give back
         self._lost = False
+        self._overrun = False
         self.max_message_size = max_message_size
         self._max_line = max_line_length
         self._max_commands = max_commands
@@ -86,8 +88,19 @@ class FrontSMTP(SMTP):
         plain_readuntil = reader.readuntil
 
         async def checked_readuntil(separator: bytes = b"\n") -> bytes:
-            line = await plain_readuntil(separator)
+            try:
+                line = await plain_readuntil(separator)
+            except asyncio.LimitOverrunError:
+                if separator == b"\n":
+                    self._overrun = True       # aiosmtpd reads on to the end of it, then says 500
+                raise
             if separator == b"\n":
+                if self._overrun:
+                    # The tail of a command line that was too long: aiosmtpd throws it away and
+                    # answers "line too long". The cut may fall between its CR and LF, so it is
+                    # no evidence of smuggling, and it is not a command.
+                    self._overrun = False
+                    return line
                 self._commands += 1
                 if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                     raise BareNewlineInCommand()
@@ -305,6 +318,7 @@ class FrontSMTP(SMTP):
                 self._close_after_push = True
             status = status.wire
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        text = status = with_enhanced_code(text)
         code = text[:3]
         if code.isdigit() and code[0] in "45" and not text.startswith("421"):
             self._errors += 1
@@ -407,3 +421,27 @@ _DATA_REPLIES = {
     DataProblem.BARE_NEWLINE: reply.BARE_NEWLINE_DATA,
     DataProblem.LINE_TOO_LONG: reply.LINE_TOO_LONG,
 }
+
+
+# aiosmtpd's own replies ("503 Error: need MAIL command", "500 Command line too long", ...)
+# carry no enhanced status code, though EHLO advertises ENHANCEDSTATUSCODES (RFC 2034 §3: every
+# reply but the greeting and HELO/EHLO's carries one). Ours always do; these get theirs here.
+_BARE_REPLY = re.compile(r"^([245]\d\d) (?!\d\.\d{1,3}\.\d{1,3}(?: |$))")
+_ENHANCED_FOR_TEXT = {"500 Command line too long": reply.LINE_TOO_LONG.wire, "250 OK": "250 2.0.0 OK"}
+_ENHANCED_FOR_CODE = {        # not 250: the last line of an EHLO reply, or HELO's, is a bare 250
+    "221": "2.0.0", "252": "2.5.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0", "553": "5.1.3",
+    "554": "5.0.0", "555": "5.5.4", "421": "4.3.0", "451": "4.3.0", "452": "4.3.1",
+}
+
+
+def with_enhanced_code(text: str) -> str:
+    """A single-line reply with its enhanced status code, added when it has none."""
+    if text in _ENHANCED_FOR_TEXT:
+        return _ENHANCED_FOR_TEXT[text]
+    found = _BARE_REPLY.match(text)
+    if found is None or "\n" in text:
+        return text
+    enhanced = _ENHANCED_FOR_CODE.get(found.group(1))
+    return text if enhanced is None else f"{found.group(1)} {enhanced} {text[4:]}"

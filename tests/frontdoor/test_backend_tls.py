@@ -71,6 +71,7 @@ def test_unverifiable_backend_gets_nothing(tmp_path: Path, backend_pki: Pki, cas
             tmp_path, sink, tls="required", tls_ca_file=str(ca_file), tls_verify_name=name) as (relay, _):
         code, text = send(relay.port)
         assert (code, text.split()[0]) == (451, b"4.4.1")     # transient: the client retries
+        assert b"unavailable" in text and b"rejected" not in text   # nothing was refused
         assert sink.wait_for(1, timeout=0.5) == []
         line = relay.wait_event("forward_failed")
         assert expected in line["detail"]
