@@ -412,6 +412,15 @@ def backend_changed(backend: str, up: bool, detail: str | None = None) -> None:
           backend=backend, detail=detail)
 
 
+def spool_scan_failed(problem: str) -> None:
+    """The periodic spool scan cannot read the spool (logged once per distinct problem)."""
+    _emit(logging.ERROR, "spool_scan_failed", problem=problem)
+
+
+def spool_scan_recovered(problem: str) -> None:
+    _emit(logging.INFO, "spool_scan_recovered", was=problem)
+
+
 def spool_state(messages: int, oldest_age_seconds: float) -> None:
     """The spool's depth and the age of its oldest message (0 when empty); call on each scan."""
     metrics.spool_messages.set(messages)

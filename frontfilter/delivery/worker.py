@@ -122,6 +122,7 @@ class Worker:
         self._gone: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._scan_problem: str | None = None     # why the last spool scan failed, if it did
         self._oldest_age = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         spool.listeners.append(self._spooled)
@@ -232,8 +233,20 @@ class Worker:
             try:
                 await self.rescan()
                 await self.forwarder.prune()
+            except OSError as error:
+                # The spool directory itself is gone or unreadable: say so once, not at every
+                # scan (/readyz reports it meanwhile), and say when it is back.
+                problem = f"{error.filename or 'spool'}: {error.strerror or error}"
+                if problem != self._scan_problem:
+                    observe.spool_scan_failed(problem)
+                    self._scan_problem = problem
+                continue
             except Exception:
                 observe.internal_error("spool scan")
+                continue
+            if self._scan_problem is not None:
+                observe.spool_scan_recovered(self._scan_problem)
+                self._scan_problem = None
 
     # ---- dispatch ----------------------------------------------------------------------
 

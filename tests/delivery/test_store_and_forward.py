@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import time
 from pathlib import Path
 
 from tests.delivery.support import (
@@ -186,3 +187,24 @@ def test_recipient_verification_with_the_backend_down_answers_4xx(tmp_path: Path
         client.command("MAIL FROM:<alice@example.net>")
         assert client.command("RCPT TO:<bob@example.org>").startswith("451 4.4.1")
         client.command("QUIT")
+
+
+def test_a_spool_directory_gone_at_run_time_is_logged_once_and_its_return_too(tmp_path: Path) -> None:
+    """Not a traceback every scan_interval: one line when the scans start failing, one when
+    they work again, and mail flows again."""
+    with RecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port], spool={"scan_interval": "100ms"})) as relay:
+        queue = tmp_path / "spool" / "queue"
+        aside = tmp_path / "queue-aside"
+        queue.rename(aside)
+        queue.write_text("not a directory")
+        relay.wait_event("spool_scan_failed")
+        scans_seen = len(relay.events("spool_scan_failed"))
+        time.sleep(1.0)                                                 # ten scans go by
+        assert len(relay.events("spool_scan_failed")) == scans_seen == 1
+        assert not [e for e in relay.events("internal_error") if e.get("where") == "spool scan"]
+        queue.unlink()
+        aside.rename(queue)
+        relay.wait_event("spool_scan_recovered")
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            send_one(client, "alice@example.net", ["bob@example.org"], message("back"))
+        assert message_ids(sink.wait_for(1)) == {"back@test": 1}
