@@ -651,8 +651,12 @@ def build_config(raw: dict[str, Any], path: Path) -> Config:
         problems.append(f"{label}: server.listen: use either server.listen or [[listener]] tables, not both")
     if not problems:
         problems.extend(_cross_checks(sections, label))
+        given = bool(listeners)
         listeners = _resolve_listeners(raw, sections, listeners)
         problems.extend(_front_door_checks(sections, listeners, label))
+        if given:     # server.listen then says where the [[listener]] tables listen, not its default
+            sections["server"] = dataclasses.replace(
+                sections["server"], listen=tuple(listener.address for listener in listeners))
     if problems:
         raise ConfigError(problems)
     base = path.resolve().parent

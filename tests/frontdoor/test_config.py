@@ -81,6 +81,8 @@ def test_listener_roles(tmp_path: Path) -> None:
     assert config.listeners[1].require_tls and config.listeners[1].auth is AuthMode.REQUIRED
     assert config.listeners[2].tls is TlsMode.IMPLICIT
     assert config.auth.users_file == tmp_path / "users"
+    # What the start-up log shows as server.listen is where the listeners are, not the default.
+    assert [str(a) for a in config.server.listen] == ["0.0.0.0:25", "0.0.0.0:587", "0.0.0.0:465", "0.0.0.0:2525"]
 
 
 def test_check_and_serve_name_an_unloadable_certificate(tmp_path: Path) -> None:
