@@ -258,10 +258,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def peak_rss_mib(pid: int | None) -> float | None:
-    return rss_mib(pid, "VmHWM")
-
-
 def rss_mib(pid: int | None, field_name: str) -> float | None:
     """VmRSS (now) or VmHWM (the peak so far) of a process, in MiB."""
     if pid is None:
@@ -281,8 +277,7 @@ def rss_mib(pid: int | None, field_name: str) -> float | None:
 class Load:
     name: str
     files: list[tuple[Path | None, int, int]]   # (message file or None for -l SIZE, sessions, count)
-    size: int = 5 * 1024
-    delivered_share: float = 1.0                 # fraction that reaches the sink
+    size: int = 5 * 1024                         # of the generated messages (no file)
 
     @property
     def total(self) -> int:
@@ -364,7 +359,7 @@ def measure(contender: Contender, sink: Sink, load: Load, runs: int) -> Result:
             used = cpu_seconds(contender.pids()) - cpu_before
             result.cpu_per_1000.append(used * 1000 / load.total)
     if contender.rss_pid is not None:    # the relay: every process of it (the workers' peaks summed)
-        result.rss_mib = sum(peak_rss_mib(pid) or 0.0 for pid in contender.pids())
+        result.rss_mib = sum(rss_mib(pid, "VmHWM") or 0.0 for pid in contender.pids())
     return result
 
 

@@ -127,11 +127,9 @@ def may_send_as(sender: Address, session: SessionFacts, senders: SenderMap | Non
     if senders is not None:
         return None if senders.allows(session.auth_user, sender.normalised) else SENDER_NOT_OWNED
     login = session.auth_user.lower()
-    address = sender.normalised.lower()
     if "@" in login:
-        return None if address == login else SENDER_NOT_OWNED
-    local, _, domain = address.rpartition("@")
-    return None if local == login and domain.rstrip(".") in own else SENDER_NOT_OWNED
+        return None if sender.normalised.lower() == login else SENDER_NOT_OWNED
+    return None if sender.local.lower() == login and sender.domain in own else SENDER_NOT_OWNED
 
 
 def may_relay_out_as(sender: Address, recipient: Address, config: Config) -> Reply | None:

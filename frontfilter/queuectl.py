@@ -29,7 +29,7 @@ from typing import Any
 from frontfilter.delivery import safeio
 from frontfilter.delivery.spool import (
     MAGIC, MAX_ENVELOPE_BYTES, VALID_ID, DeliveryState, Envelope, Layout, SpoolFormatError,
-    open_message, parse_message, scan)
+    open_message, parse_envelope, parse_message, read_state, scan)
 
 # An attempt in flight holds the lock at most a few backend timeouts; waiting this long covers
 # a normal one, and past it the administrator is told to try again rather than left hanging.
@@ -57,26 +57,7 @@ def read_envelope(path: Any) -> Envelope:
     """The envelope line of a spool file, without reading the message."""
     with open(path, "rb") as handle:
         head = handle.read(len(MAGIC) + MAX_ENVELOPE_BYTES + 1)
-    if not head.startswith(MAGIC):
-        raise SpoolFormatError("not a frontfilter spool file")
-    end = head.find(b"\n", len(MAGIC))
-    if end < 0:
-        raise SpoolFormatError("envelope line missing or too long")
-    try:
-        return Envelope.from_json(head[len(MAGIC):end])
-    except (ValueError, KeyError, TypeError) as error:
-        raise SpoolFormatError(f"envelope unreadable: {error}") from None
-
-
-def _state(layout: Layout, envelope: Envelope, dead: bool = False) -> DeliveryState:
-    try:
-        raw = layout.state(envelope.id, dead).read_bytes()
-    except FileNotFoundError:
-        return DeliveryState.initial(envelope)
-    try:
-        return DeliveryState.from_json(raw, envelope)
-    except (ValueError, KeyError, TypeError) as error:
-        raise SpoolFormatError(f"state unreadable: {error}") from None
+    return parse_envelope(head)[0]
 
 
 def list_queue(layout: Layout) -> tuple[list[Listed], list[str]]:
@@ -86,7 +67,7 @@ def list_queue(layout: Layout) -> tuple[list[Listed], list[str]]:
     for queue_id, item in sorted(scan(layout).items()):
         try:
             envelope = read_envelope(layout.msg(queue_id))
-            listed.append(Listed(envelope, _state(layout, envelope), item.size))
+            listed.append(Listed(envelope, read_state(layout, envelope), item.size))
         except FileNotFoundError:
             continue                      # delivered while we looked
         except SpoolFormatError as error:
@@ -176,7 +157,7 @@ def show(layout: Layout, queue_id: str) -> tuple[list[str], bytes]:
         except FileNotFoundError:
             continue
         envelope, body = parse_message(raw)
-        state = _state(layout, envelope, dead)
+        state = read_state(layout, envelope, dead)
         lines = [f"queue id:   {envelope.id}" + ("  (dead letter)" if dead else ""),
                  f"file:       {path}",
                  f"arrived:    {_when(envelope.arrived)} UTC from {envelope.client or '-'}"

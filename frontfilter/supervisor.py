@@ -82,6 +82,7 @@ class Supervisor:
     _restarts: list[float] = field(default_factory=list)
     _pending_starts: list[float] = field(default_factory=list)
     _exit_code: int = 0
+    _child_env: dict[str, str] = field(default_factory=dict)   # NOTIFY_SOCKET: ours, for the workers
 
     def run(self) -> int:
         notify = sdnotify.Notifier.from_environment()
@@ -96,7 +97,7 @@ class Supervisor:
         received: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, lambda number, _frame: received.append(number))
-        self._child_env = {"NOTIFY_SOCKET": "@" + inbox_name}
+        self._child_env["NOTIFY_SOCKET"] = "@" + inbox_name
         try:
             for _ in range(self.count):
                 self._spawn(notify, inbox, wake_read, wake_write)

@@ -183,17 +183,35 @@ def write_message(layout: Layout, envelope: Envelope, data: bytes) -> os.stat_re
     return safeio.write_atomically(layout.tmp, layout.msg(envelope.id), (MAGIC, header, b"\n", data))
 
 
-def parse_message(raw: bytes) -> tuple[Envelope, bytes]:
-    if not raw.startswith(MAGIC):
+def parse_envelope(head: bytes) -> tuple[Envelope, int]:
+    """The envelope line at the start of a spool file (or of its first bytes), and where the
+    message after it begins."""
+    if not head.startswith(MAGIC):
         raise SpoolFormatError("not a frontfilter spool file (bad first line)")
-    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENVELOPE_BYTES + 1)
+    end = head.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENVELOPE_BYTES + 1)
     if end < 0:
         raise SpoolFormatError("envelope line missing or too long")
     try:
-        envelope = Envelope.from_json(raw[len(MAGIC):end])
+        return Envelope.from_json(head[len(MAGIC):end]), end + 1
     except (ValueError, KeyError, TypeError) as error:
         raise SpoolFormatError(f"envelope unreadable: {error}") from None
-    body = raw[end + 1:]
+
+
+def read_state(layout: Layout, envelope: Envelope, dead: bool = False) -> DeliveryState:
+    """A message's delivery state: its state file, or the initial state when it has none."""
+    try:
+        raw = layout.state(envelope.id, dead).read_bytes()
+    except FileNotFoundError:
+        return DeliveryState.initial(envelope)
+    try:
+        return DeliveryState.from_json(raw, envelope)
+    except (ValueError, KeyError, TypeError) as error:
+        raise SpoolFormatError(f"state unreadable: {error}") from None
+
+
+def parse_message(raw: bytes) -> tuple[Envelope, bytes]:
+    envelope, start = parse_envelope(raw)
+    body = raw[start:]
     if len(body) != envelope.size:
         raise SpoolFormatError(f"message is {len(body)} bytes, the envelope says {envelope.size}")
     return envelope, body
@@ -218,19 +236,9 @@ class Message:
             self.envelope, self.body = parse_message(lock.read_all())
             if self.envelope.id != queue_id:
                 raise SpoolFormatError(f"file says it is {self.envelope.id}")
-            self.state = self._read_state(self.envelope)
+            self.state = read_state(self.layout, self.envelope, self.dead)
         except SpoolFormatError as error:
             self.problem = str(error)
-
-    def _read_state(self, envelope: Envelope) -> DeliveryState:
-        try:
-            raw = self.layout.state(self.id, self.dead).read_bytes()
-        except FileNotFoundError:
-            return DeliveryState.initial(envelope)
-        try:
-            return DeliveryState.from_json(raw, envelope)
-        except (ValueError, KeyError, TypeError) as error:
-            raise SpoolFormatError(f"state unreadable: {error}") from None
 
     def save(self, state: DeliveryState) -> os.stat_result:
         stat = safeio.write_atomically(self.layout.tmp, self.layout.state(self.id, self.dead),

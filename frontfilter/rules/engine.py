@@ -132,9 +132,9 @@ class _Plan:
     """A stage's rules, with the pre-checks that let most of a large set be skipped."""
 
     rules: tuple[Rule, ...]
-    ungated: tuple[int, ...]
     gates: tuple[_Gate, ...]
-    ungated_rules: tuple[Rule, ...] = ()
+    ungated: frozenset[int]             # positions of the rules no gate covers
+    ungated_rules: tuple[Rule, ...]     # those rules, in load order
 
     @classmethod
     def build(cls, rules: tuple[Rule, ...]) -> _Plan:
@@ -151,8 +151,8 @@ class _Plan:
             patterns = AnyOfMatchers.build([leaf.patterns for _, leaf in members if leaf.patterns is not None])
             gates.append(_Gate(members[0][1], patterns, frozenset(index for index, _ in members)))
             gated.update(index for index, _ in members)
-        ungated = tuple(index for index in range(len(rules)) if index not in gated)
-        return cls(rules, ungated, tuple(gates), tuple(rules[index] for index in ungated))
+        ungated = frozenset(range(len(rules))) - gated
+        return cls(rules, tuple(gates), ungated, tuple(r for i, r in enumerate(rules) if i in ungated))
 
     def candidates(self, ctx: Context) -> tuple[Rule, ...] | list[Rule]:
         """The stage's rules in load order, less those a closed gate rules out."""
@@ -161,7 +161,7 @@ class _Plan:
         opened = [gate.members for gate in self.gates if gate.open(ctx)]
         if not opened:
             return self.ungated_rules
-        keep = set(self.ungated).union(*opened)
+        keep = self.ungated.union(*opened)
         return [rule for index, rule in enumerate(self.rules) if index in keep]
 
 

@@ -35,12 +35,11 @@ class Handler:
 
     async def admit(self, server: Any, session: Session, peer: Peer) -> Reply | None:
         """The client (after PROXY, within the limits) asks to be greeted: None admits it."""
-        listener = getattr(getattr(server, "listener", None), "name", None)
         if not self.accepting:
-            observe.connection("refused_shutdown", str(peer), listener=listener)
+            observe.connection("refused_shutdown", str(peer), listener=server.listener.name)
             return reply.SHUTTING_DOWN
         if self.pipeline.rulebook.current is None:
-            observe.connection("refused_not_ready", str(peer), listener=listener)
+            observe.connection("refused_not_ready", str(peer), listener=server.listener.name)
             return reply.NOT_READY
         started = time.monotonic()
         state, refusal = await self.pipeline.connect(peer, tls=server.tls_active)

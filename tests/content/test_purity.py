@@ -6,6 +6,7 @@ import ast
 import pathlib
 
 import frontfilter.content
+from tests.imports import imported_names, module_tree
 
 FORBIDDEN = {"asyncio", "aiosmtpd", "aiosmtplib", "prometheus_client"}
 
@@ -13,15 +14,9 @@ FORBIDDEN = {"asyncio", "aiosmtpd", "aiosmtplib", "prometheus_client"}
 def test_content_imports_no_io_frameworks():
     root = pathlib.Path(frontfilter.content.__file__).parent
     for module in root.glob("*.py"):
-        tree = ast.parse(module.read_text(), str(module))
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{module.name} imports {name}"
-                if name.startswith("frontfilter."):
-                    assert name.startswith(("frontfilter.content", "frontfilter.model")), f"{module.name} imports {name}"
+        tree = module_tree(module)
+        for name in imported_names(tree):
+            assert name.split(".")[0] not in FORBIDDEN, f"{module.name} imports {name}"
+            if name.startswith("frontfilter."):
+                assert name.startswith(("frontfilter.content", "frontfilter.model")), f"{module.name} imports {name}"
         assert ast.get_docstring(tree), f"{module.name} has no module docstring"

@@ -16,6 +16,7 @@ from frontfilter.config import BackendMode, ConfigError, SpoolConfig, load_confi
 from frontfilter.delivery.backend import BackendReply, Outcome
 from frontfilter.delivery.dsn import MAX_RETURNED_HEADER_BYTES, build_dsn
 from frontfilter.delivery.spool import DeliveryState, Envelope, RecipientState, Status
+from tests.imports import imported_names, module_tree
 from frontfilter.delivery.worker import apply_attempt, retry_delay
 from frontfilter.units import DAYS, MINUTES
 
@@ -130,15 +131,9 @@ def test_bad_spool_keys_name_file_and_key(tmp_path: Path, text: str, problem: st
 def test_delivery_knows_nothing_of_rules_content_or_the_smtp_server() -> None:
     root = pathlib.Path(frontfilter.delivery.__file__).parent
     for module in root.glob("*.py"):
-        tree = ast.parse(module.read_text(), str(module))
+        tree = module_tree(module)
         assert ast.get_docstring(tree), f"{module.name} has no module docstring"
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in ("aiosmtpd", "prometheus_client"), f"{module.name}: {name}"
-                assert not name.startswith(("frontfilter.rules", "frontfilter.content", "frontfilter.pipeline",
-                                            "frontfilter.smtp", "frontfilter.metrics")), f"{module.name}: {name}"
+        for name in imported_names(tree):
+            assert name.split(".")[0] not in ("aiosmtpd", "prometheus_client"), f"{module.name}: {name}"
+            assert not name.startswith(("frontfilter.rules", "frontfilter.content", "frontfilter.pipeline",
+                                        "frontfilter.smtp", "frontfilter.metrics")), f"{module.name}: {name}"

@@ -13,7 +13,6 @@ files, this script. /results (read-write, the host's temporary folder): results 
 from __future__ import annotations
 
 import json
-import os
 import re
 import smtplib
 import socket

@@ -102,16 +102,6 @@ def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
     return found
 
 
-def family_of(sample: str, families: set[str]) -> str | None:
-    """The metric family a sample name belongs to (histogram _bucket/_sum/_count)."""
-    if sample in families:
-        return sample
-    for suffix in ("_bucket", "_sum", "_count"):
-        if sample.endswith(suffix) and sample[: -len(suffix)] in families:
-            return sample[: -len(suffix)]
-    return None
-
-
 def exported_names(exposition: str) -> dict[str, set[str]]:
     """Every series name a /metrics text declares (HELP/TYPE, with or without samples), mapped
     to the label names seen on its samples: counters as `_total`, histograms with their

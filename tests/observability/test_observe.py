@@ -3,7 +3,6 @@ start-up configuration is masked, and the closed label sets agree with the enums
 
 from __future__ import annotations
 
-import ast
 import enum
 import ipaddress
 import time
@@ -18,6 +17,7 @@ from frontfilter import metrics, observe
 from frontfilter.config import ConfigError, HostPort, build_config
 from frontfilter.content.view import Limit
 from frontfilter.rules.model import Action, Mode
+from tests.imports import imported_names, module_tree
 from tests.observability.coverage import COVERAGE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,13 +269,6 @@ def test_only_observe_and_the_exporter_touch_metrics() -> None:
     """Business code goes through observe (STYLE habit 4); prometheus_client stays in three files."""
     allowed_metrics = {"observe.py", "httpd.py", "metrics.py"}
     for module in (REPO / "frontfilter").rglob("*.py"):
-        tree = ast.parse(module.read_text(), str(module))
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for name in names:
-                if name in ("frontfilter.metrics",) or name.startswith("prometheus_client"):
-                    assert module.name in allowed_metrics, f"{module} imports {name}"
+        for name in imported_names(module_tree(module)):
+            if name in ("frontfilter.metrics",) or name.startswith("prometheus_client"):
+                assert module.name in allowed_metrics, f"{module} imports {name}"

@@ -30,7 +30,7 @@ from tests.frontdoor.helpers import frontdoor_config, make_pki, write_users
 from tests.harness import REPO, RecordingSink, Relay, free_port
 from tests.observability import mail
 from tests.observability.coverage import COVERAGE, E2E
-from tests.observability.promql import (ALERT_RULES, dashboard_queries, exported_names, family_of,
+from tests.observability.promql import (ALERT_RULES, dashboard_queries, exported_names,
                                         metric_names, panels, rule_count, selectors, substitute)
 from tests.observability.support import eventually, http_get
 
