@@ -10,15 +10,18 @@ one worker's share.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +162,82 @@ def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, si
     finally:
         prometheus.stop()
         relay.stop()
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: what the supervisor tells the manager."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.seen: list[dict[str, str]] = []
+
+    def wait_for(self, predicate: Any, timeout: float = 30.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.seen:
+                if predicate(message):
+                    return message
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.seen.append(dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line))
+        raise TimeoutError(f"no such notification in {self.seen}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_systemd_hears_ready_with_the_workers_status_and_a_refused_reload(tmp_path: Path, sink: RecordingSink) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    notify = NotifySocket(tmp_path)
+    config = write_config(tmp_path, [sink.port], rules_dir=rules,
+                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                                  "workers": WORKERS, "shutdown_grace": "5s"},
+                          backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": "queue"})
+    relay = Relay(config, env={"NOTIFY_SOCKET": str(notify.path)}).start()
+    try:
+        ready = notify.wait_for(lambda m: m.get("READY") == "1")
+        assert re.match(r"\d+ rules; listening on 127\.0\.0\.1:\d+ \(2 workers\)$", ready["STATUS"]), ready
+        (rules / "90-broken.toml").write_text("[[rule]]\nname = \n")
+        relay.signal(signal.SIGHUP)
+        notify.wait_for(lambda m: m.get("RELOADING") == "1")
+        again = notify.wait_for(lambda m: m.get("READY") == "1" and "REFUSED" in m.get("STATUS", ""))
+        assert again["STATUS"].endswith("(2 workers)")
+        assert send(relay.port, "still served") == "250"        # the previous rules go on
+        assert relay.stop() == 0
+        notify.wait_for(lambda m: m.get("STOPPING") == "1")
+    finally:
+        relay.stop()
+        notify.close()
+
+
+def test_workers_dying_over_and_over_end_the_service_so_systemd_restarts_it(tmp_path: Path, sink: RecordingSink) -> None:
+    relay = start(tmp_path, sink)
+    try:
+        for _ in range(10):                              # more than the restart burst allows
+            restarts = relay.events("worker_restarted")
+            victim = (restarts[-1]["workers"] if restarts else worker_pids(relay))[-1]
+            relay.wait_event("listening", worker=victim)  # a worker that was up, not one starting
+            os.kill(victim, signal.SIGKILL)
+            eventually(lambda: len(relay.events("worker_restarted")) > len(restarts)
+                       or relay.events("workers_restarting_too_often"), timeout=10)
+            if relay.events("workers_restarting_too_often"):
+                break
+        assert relay.events("workers_restarting_too_often")
+        assert not relay.events("worker_failed_to_start")
+        assert relay.proc is not None and relay.proc.wait(30) == 1
+    finally:
+        relay.stop()
+
+
+def test_check_names_a_bad_workers_value(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [25], server={"hostname": "mx.test", "workers": "many"})
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("""server.workers: expected a number of processes or "auto", got 'many'""")

@@ -91,3 +91,11 @@ def test_opportunistic_uses_tls_when_offered_and_plain_otherwise(tmp_path: Path,
     with RecordingSink() as plain, relay_to(tmp_path / "b", plain, tls="opportunistic") as (relay, _):
         assert send(relay.port)[0] == 250
         assert len(plain.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("mode", ["queue", "sync"])
+def test_by_default_starttls_is_used_when_the_backend_offers_it(tmp_path: Path, backend_pki: Pki, mode: str) -> None:
+    """Issue 4: outbound STARTTLS when the backend offers it, with no backend.tls written."""
+    with TlsRecordingSink(backend_pki) as sink, relay_to(tmp_path, sink, mode=mode) as (relay, _):
+        assert send(relay.port)[0] == 250
+        assert sink.wait_for(1) and sink.tls_flags == [True]
