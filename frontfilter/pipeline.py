@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import format_datetime, localtime
@@ -37,8 +37,9 @@ from frontfilter.antivirus.result import ScanResult
 from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.decision import Decision, decide
+from frontfilter.endofdata import Claim, Outcome, decide_then_spool
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
-from frontfilter.delivery.spool import Admission, Envelope, Spool
+from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
 from frontfilter.policy import Address
@@ -277,18 +278,16 @@ class Pipeline:
         if scan is not None:
             log["antivirus"] = scan.log_fields() | (
                 {"on_error": self.on_scan_error.value} if scan.failed else {})
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, functools.partial(
-            decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
-            txn.carried, antivirus=scan, on_error=self.on_scan_error))
-        try:
-            decision: Decision = await asyncio.wait_for(work, self.config.inspection.timeout)
-        except TimeoutError:
+        judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
+                                  txn.carried, antivirus=scan, on_error=self.on_scan_error)
+        judged = await self._judge(state, txn, judge, len(raw))
+        if judged is None:
             await self._backend_reset(state)
             observe.inspection_limit("time")
             self._decided(txn, "tempfailed", len(raw), reply.INSPECTION_TIMEOUT, started, log,
                           reason="inspection timeout")
             return reply.INSPECTION_TIMEOUT
+        decision, spooled = judged
         verdict = decision.verdict
         self._count_verdict(decision)
         fired = [m.rule for m in verdict.matches]
@@ -316,7 +315,10 @@ class Pipeline:
             return answer
 
         forward_started = time.monotonic()
-        answer, delivery = await self._deliver(state, txn, decision.message)
+        if self.spool is not None:
+            answer, delivery = self._spooled(txn, spooled)
+        else:
+            answer, delivery = await self._forward(state, txn, decision.message)
         log.update(delivery=delivery, forwarded_size=len(decision.message),
                    forward_ms=round((time.monotonic() - forward_started) * 1000, 2))
         if answer.is_success:
@@ -334,9 +336,48 @@ class Pipeline:
         observe.antivirus_scanned(result.status.value, result.seconds, queue_id, result.detail)
         return result
 
-    async def _deliver(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
-        if self.spool is not None:
-            return await self._spool(state, txn, message)
+    async def _judge(self, state: SessionState, txn: Transaction, judge: Callable[[], Decision],
+                     size: int) -> tuple[Decision, Spooled | Admission | None] | None:
+        """The decision, in an inspection thread under `inspection.timeout` (None: too late).
+        In queue mode the same thread spools a message that is to be forwarded (endofdata):
+        then the second item is what the write did, or why there was no room for it."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.inspection.timeout
+        if self.spool is None:
+            try:
+                return await asyncio.wait_for(loop.run_in_executor(self._executor, judge), timeout), None
+            except TimeoutError:
+                return None
+        reservation = self.spool.reserve(size)
+        claim = Claim()
+        job = loop.run_in_executor(self._executor, decide_then_spool, judge, claim, self.spool,
+                                   reservation, self._envelope(state, txn))
+        if isinstance(reservation, Reservation):
+            # Settled whatever becomes of this task: a written message reaches the worker.
+            self.spool.settle_when_done(reservation, job, lambda outcome: outcome.spooled)
+        else:
+            job.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait({job}, timeout=timeout)
+        except asyncio.CancelledError:
+            claim.abandon()       # the client is gone: no 250 was sent, nothing to write
+            raise
+        if not done and claim.abandon():
+            return None
+        outcome: Outcome = await asyncio.shield(job)    # past the deadline only if writing
+        return outcome.decision, outcome.spooled if isinstance(reservation, Reservation) else reservation
+
+    def _envelope(self, state: SessionState, txn: Transaction) -> Envelope:
+        """The spool's envelope; its size and arrival time are filled in when it is written."""
+        return Envelope(
+            id=txn.queue_id, sender=txn.sender.text,
+            recipients=tuple(dict.fromkeys(r.normalised for r in txn.recipients)),
+            arrived=0.0, size=0,
+            options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
+            client=str(state.peer), helo=state.helo or "")
+
+    async def _forward(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+        """Sync mode: the backend's own answer to the mirrored transaction decides."""
         backend = state.backend
         if backend is None or not backend.connected:
             return reply.BACKEND_UNAVAILABLE, "backend connection lost"
@@ -345,19 +386,15 @@ class Pipeline:
             return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), result.describe()
         return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()
 
-    async def _spool(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+    @staticmethod
+    def _spooled(txn: Transaction, spooled: Spooled | Admission | None) -> tuple[Reply, str]:
         """Queue mode: 250 only once the message is durably in the spool (STYLE habit 6)."""
-        assert self.spool is not None
-        envelope = Envelope(
-            id=txn.queue_id, sender=txn.sender.text,
-            recipients=tuple(dict.fromkeys(r.normalised for r in txn.recipients)),
-            arrived=time.time(), size=len(message),
-            options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
-            client=str(state.peer), helo=state.helo or "")
-        spooled = await self.spool.submit(envelope, message)
-        spool_ms = round(spooled.seconds * 1000, 2)
-        if spooled.result is Admission.OK:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), f"spooled in {spool_ms} ms"
+        if isinstance(spooled, Spooled) and spooled.result is Admission.OK:
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), f"spooled in {round(spooled.seconds * 1000, 2)} ms"
+        if isinstance(spooled, Admission) or spooled is None:     # refused before the write
+            room = spooled if isinstance(spooled, Admission) else Admission.FAILED
+            answer = reply.SPOOL_FULL if room is Admission.FULL else reply.INTERNAL_ERROR
+            return answer, f"spool {room.value}: spool limits"
         if spooled.result is Admission.FULL:
             return reply.SPOOL_FULL, f"spool full: {spooled.reason}"
         return reply.INTERNAL_ERROR, f"spool write failed: {spooled.reason}"
@@ -536,6 +573,12 @@ class _NoRules:
 
 
 _NO_RULES = _NoRules()
+
+
+def _retrieve(job: asyncio.Future[object]) -> None:
+    """A job nobody may await any more (abandoned at its deadline): its error is not news."""
+    if not job.cancelled():
+        job.exception()
 
 
 def _stripped_for_log(decision: Decision) -> list[dict[str, object]]:

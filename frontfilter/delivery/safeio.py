@@ -66,8 +66,18 @@ def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     `owner` (uid, gid), when given and we are root, is applied before the rename: the queue tool
     run as root must not leave a file the daemon's own user cannot read.
     """
-    fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix=final.name + ".", suffix=TEMP_SUFFIX)
-    temp = Path(temp_name)
+    stat, locked = write_locked(temp_dir, final, chunks, owner)
+    locked.close()
+    return stat
+
+
+def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+                 owner: tuple[int, int] | None = None) -> tuple[os.stat_result, LockedFile]:
+    """`write_atomically`, and the new file stays locked by the caller: the writer's lock is
+    held from the temporary's creation on, so no other process can take the file between the
+    rename and the caller's first use of it (the spool hands a just-written message to its
+    delivery worker this way, without reopening it)."""
+    fd, temp = _create_temp(temp_dir, final.name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)       # ours alone from birth: recovery leaves it be
         if owner is not None and os.geteuid() == 0:
@@ -87,9 +97,25 @@ def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[bytes],
         except OSError:
             pass
         raise
-    os.close(fd)
-    fsync_dir(final.parent)
-    return stat
+    locked = LockedFile(final, fd)
+    try:
+        fsync_dir(final.parent)
+    except BaseException:
+        locked.close()
+        raise
+    return stat, locked
+
+
+def _create_temp(temp_dir: Path, name: str) -> tuple[int, Path]:
+    """A new private temporary for `name`. The name is unique already (a queue id, or a state
+    file written under its message's lock), so the pid suffices to tell writers apart; a stale
+    file of that name (a crash, a reused pid) falls back to a random name."""
+    temp = temp_dir / f"{name}.{os.getpid()}{TEMP_SUFFIX}"
+    try:
+        return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), temp
+    except FileExistsError:
+        fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix=name + ".", suffix=TEMP_SUFFIX)
+        return fd, Path(temp_name)
 
 
 class LockedFile:

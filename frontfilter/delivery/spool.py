@@ -12,8 +12,10 @@ bytes exactly as they are forwarded. `ID.state` is JSON; absent means "no attemp
 recipient pending".
 
 Guarantees:
-- A message is acknowledged (250) only after `write_message` returned: written in `tmp/`,
+- A message is acknowledged (250) only after `Spool.write` returned OK: written in `tmp/`,
   fsynced, renamed into `queue/`, `queue/` fsynced (see safeio). `ID.msg` is the commit point.
+  The writer's lock is kept, and the message goes to the delivery worker locked and in memory
+  (`Spool.settle` → `on_spooled`): it is not read back from disk for its first attempt.
 - The `.msg` file's flock protects the pair: whoever changes the state, delivers, deletes or
   dead-letters a message holds it — a worker in this or another process (issue 9), or the
   `frontfilter queue` tool. Locks die with their process.
@@ -176,11 +178,18 @@ class Layout:
 
 # ---- files (blocking: call from threads) ------------------------------------------------------
 
-def write_message(layout: Layout, envelope: Envelope, data: bytes) -> os.stat_result:
+def write_message(layout: Layout, envelope: Envelope, data: bytes) -> None:
+    """Write a message durably and let go of it."""
+    write_message_locked(layout, envelope, data).close()
+
+
+def write_message_locked(layout: Layout, envelope: Envelope, data: bytes) -> Message:
+    """Write a message durably; it comes back locked and in memory (close it to let go)."""
     header = envelope.to_json()
     if len(header) > MAX_ENVELOPE_BYTES or b"\n" in header:
         raise SpoolFormatError("envelope too large")
-    return safeio.write_atomically(layout.tmp, layout.msg(envelope.id), (MAGIC, header, b"\n", data))
+    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), (MAGIC, header, b"\n", data))
+    return Message.written(layout, envelope, data, lock, stat)
 
 
 def parse_envelope(head: bytes) -> tuple[Envelope, int]:
@@ -232,6 +241,7 @@ class Message:
         stat = lock.stat()
         self._owner = (stat.st_uid, stat.st_gid)
         self.mtime = stat.st_mtime
+        self.size = stat.st_size
         try:
             self.envelope, self.body = parse_message(lock.read_all())
             if self.envelope.id != queue_id:
@@ -239,6 +249,18 @@ class Message:
             self.state = read_state(self.layout, self.envelope, self.dead)
         except SpoolFormatError as error:
             self.problem = str(error)
+
+    @classmethod
+    def written(cls, layout: Layout, envelope: Envelope, body: bytes, lock: safeio.LockedFile,
+                stat: os.stat_result) -> Message:
+        """The message this process just wrote, still locked: nothing to read back, and no
+        state file yet (nobody else could have written one: the lock was ours from the start)."""
+        message = cls.__new__(cls)
+        message.layout, message.id, message.dead, message._lock = layout, envelope.id, False, lock
+        message.problem, message.envelope, message.body = None, envelope, body
+        message.state = DeliveryState.initial(envelope)
+        message._owner, message.mtime, message.size = (stat.st_uid, stat.st_gid), stat.st_mtime, stat.st_size
+        return message
 
     def save(self, state: DeliveryState) -> os.stat_result:
         stat = safeio.write_atomically(self.layout.tmp, self.layout.state(self.id, self.dead),
@@ -250,6 +272,14 @@ class Message:
         """Delivered (or deleted): the message first, so a crash between leaves only an orphan
         state for recovery — never a message that would be delivered again."""
         safeio.unlink_durably(self.layout.msg(self.id, self.dead), self.layout.state(self.id, self.dead))
+
+    def unlink(self) -> None:
+        """`remove` without the directory fsync, for `remove_delivered` (one fsync for many)."""
+        for path in (self.layout.msg(self.id, self.dead), self.layout.state(self.id, self.dead)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
     def move_to_dead_letters(self) -> None:
         if self.dead:
@@ -274,6 +304,29 @@ class Message:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_delivered(layout: Layout, messages: list[Message]) -> list[OSError | None]:
+    """Remove delivered messages together (`Message.remove`'s order for each), release their
+    locks, then make the removals durable with one fsync of queue/ for the whole batch: under
+    load the delivery worker finishes messages in bunches, and a directory fsync is a journal
+    commit. Each message's error, if any, in order. A lock is released only after its
+    message's name is gone: held until then, nobody else can deliver it again."""
+    errors: list[OSError | None] = []
+    for message in messages:
+        try:
+            message.unlink()
+            errors.append(None)
+        except OSError as error:
+            errors.append(error)
+        finally:
+            message.close()
+    if any(error is None for error in errors):
+        try:
+            safeio.fsync_dir(layout.queue)
+        except OSError as error:
+            errors = [e if e is not None else error for e in errors]
+    return errors
 
 
 def open_message(layout: Layout, queue_id: str, wait: float = 0.0, dead: bool = False) -> Message:
@@ -386,10 +439,20 @@ class Spooled:
     result: Admission
     seconds: float = 0.0
     reason: str = ""
+    message: Message | None = None     # what was written, locked, until `Spool.settle` hands it on
 
 
 class _Full(Exception):
     pass
+
+
+@dataclass
+class Reservation:
+    """Room claimed for one message between the admission check and its write."""
+
+    size: int
+    force: bool = False
+    settled: bool = False
 
 
 @dataclass
@@ -410,7 +473,8 @@ class Spool:
         self._executor = ThreadPoolExecutor(SPOOL_IO_THREADS, thread_name_prefix="spool")
         self._usage = _Usage()
         self._free: int | None = None     # bytes free on the spool's disk, last we looked
-        self.listeners: list[Callable[[Envelope, os.stat_result], None]] = []
+        # Takes each message written here, locked and in memory (the delivery worker).
+        self.on_spooled: Callable[[Message], None] | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -466,22 +530,30 @@ class Spool:
         """Blocking (statvfs): called from the worker's scan thread."""
         self._free = safeio.free_bytes(self.layout.root)
 
-    async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:
-        """Write a message durably. Only `Admission.OK` may be answered 250.
+    def reserve(self, size: int, force: bool = False) -> Reservation | Admission:
+        """On the event loop: claim room for a message of about `size` bytes, or say why not.
+        Every reservation must be `settle`d, whether or not it was written.
 
         `force` skips the count and size limits (not the disk): for DSNs, which must not be
-        lost because the spool is busy with the mail they report on.
-        """
-        started = time.monotonic()
-        size = len(data)
+        lost because the spool is busy with the mail they report on."""
         if not force:
             admission = self.admit(size)
             if admission is not Admission.OK:
-                return Spooled(admission, reason="spool limits")
+                return admission
         self._usage.reserved_count += 1
         self._usage.reserved_bytes += size
+        return Reservation(size, force)
+
+    def write(self, reservation: Reservation, envelope: Envelope, data: bytes) -> Spooled:
+        """Blocking, in any thread: the durable write. Only `Admission.OK` may be answered 250,
+        and only once `settle` has seen it."""
+        started = time.monotonic()
         try:
-            stat = await self.run(self._write, envelope, data, force)
+            if not reservation.force:
+                free = self._free = safeio.free_bytes(self.layout.root)
+                if free - len(data) < self.config.min_free_space:
+                    raise _Full()
+            message = write_message_locked(self.layout, envelope, data)
         except _Full:
             return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
         except OSError as error:
@@ -489,17 +561,45 @@ class Spool:
                 return Spooled(Admission.FULL, time.monotonic() - started, "disk full")
             return Spooled(Admission.FAILED, time.monotonic() - started,
                            f"{type(error).__name__}: {error.strerror or error}")
-        finally:
-            self._usage.reserved_count -= 1
-            self._usage.reserved_bytes -= size
-        self.track(envelope.id, stat.st_size)
-        for listener in self.listeners:
-            listener(envelope, stat)
-        return Spooled(Admission.OK, time.monotonic() - started)
+        return Spooled(Admission.OK, time.monotonic() - started, message=message)
 
-    def _write(self, envelope: Envelope, data: bytes, force: bool) -> os.stat_result:
-        if not force:
-            free = self._free = safeio.free_bytes(self.layout.root)
-            if free - len(data) < self.config.min_free_space:
-                raise _Full()
-        return write_message(self.layout, envelope, data)
+    def settle(self, reservation: Reservation, spooled: Spooled | None) -> None:
+        """On the event loop, once the write is over (or was never made: `spooled` None): the
+        room is given back, and a written message is counted and handed, still locked, to
+        `on_spooled` (the delivery worker), which owns the lock from then on."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        self._usage.reserved_count -= 1
+        self._usage.reserved_bytes -= reservation.size
+        message = spooled.message if spooled is not None else None
+        if message is None:
+            return
+        spooled.message = None
+        assert message.envelope is not None
+        self.track(message.id, message.size)
+        if self.on_spooled is not None:
+            self.on_spooled(message)
+        else:
+            message.close()
+
+    def settle_when_done(self, reservation: Reservation, future: asyncio.Future[Any],
+                         result: Callable[[Any], Spooled | None] = lambda spooled: spooled) -> None:
+        """Settle when `future` (a job that calls `write`) ends, whatever became of the task
+        that awaited it: a session cancelled mid-write must not leave its message locked and
+        unknown to the worker. `result` picks the `Spooled` out of the job's result."""
+        def done(job: asyncio.Future[Any]) -> None:
+            value = None if job.cancelled() or job.exception() is not None else result(job.result())
+            self.settle(reservation, value)
+        future.add_done_callback(done)
+
+    async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:
+        """Reserve, write in a spool thread, settle: for messages that are not inspected
+        first (DSNs). Client mail is written in its inspection thread (pipeline.py)."""
+        reservation = self.reserve(len(data), force)
+        if not isinstance(reservation, Reservation):
+            return Spooled(reservation, reason="spool limits")
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self.write, reservation, envelope, data)
+        self.settle_when_done(reservation, job)
+        spooled: Spooled = await asyncio.shield(job)
+        return spooled

@@ -27,6 +27,7 @@ is cancelled (the message stays spooled, its state unchanged).
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import random
 import time
@@ -40,7 +41,7 @@ from frontfilter.delivery.backend import BackendReply, Outcome
 from frontfilter.delivery.forward import Attempt, Forwarder
 from frontfilter.delivery.spool import (
     NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
-    read_state_file, scan, state_stamp)
+    read_state_file, remove_delivered, scan, state_stamp)
 from frontfilter.model import new_queue_id
 
 BACKOFF_FACTOR = 2
@@ -48,6 +49,9 @@ BACKOFF_FACTOR = 2
 CANCEL_GRACE_SECONDS = 5.0
 # Keep "we removed this" marks this long so a scan that listed the file just before is ignored.
 GONE_MEMORY_SECONDS = 60.0
+# Messages just written by this process wait for a free delivery slot in memory, still locked
+# (no reopening, no re-reading); past this many they are let go and taken from disk later.
+READY_MAX = 256
 
 
 def retry_delay(attempts: int, config: SpoolConfig, rand: float) -> float:
@@ -125,7 +129,10 @@ class Worker:
         self._scan_problem: str | None = None     # why the last spool scan failed, if it did
         self._oldest_age = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        spool.listeners.append(self._spooled)
+        self._ready: collections.deque[Message] = collections.deque()
+        self._removals: list[tuple[Message, asyncio.Future[OSError | None]]] = []
+        self._removing = False
+        spool.on_spooled = self._spooled
 
     @property
     def concurrency(self) -> int:
@@ -145,6 +152,8 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._ready:               # stays spooled: the next start delivers it
+            self._ready.popleft().close()
         cut = 0
         active = list(self._active.values())
         if active:
@@ -162,12 +171,25 @@ class Worker:
 
     # ---- the index ---------------------------------------------------------------------
 
-    def _spooled(self, envelope: Envelope, stat: object) -> None:
-        """A message just written by this process (client mail or a DSN): due now."""
-        size = getattr(stat, "st_size", envelope.size)
-        self._put(_Entry(envelope.id, envelope.arrived, envelope.arrived, size, NO_STATE, time.monotonic()))
+    def _spooled(self, message: Message) -> None:
+        """A message just written by this process (client mail or a DSN), handed over locked
+        and in memory: attempted at once when a slot is free, else next in line; only when
+        too many wait does it go back to disk, to be reopened when its turn comes."""
+        envelope = message.envelope
+        assert envelope is not None
+        entry = _Entry(envelope.id, envelope.arrived, envelope.arrived, message.size, NO_STATE, time.monotonic())
+        self._entries[entry.id] = entry
         observe.spool_state(len(self._entries), self._oldest_age)
-        self._wake.set()
+        if self._stopping:
+            message.close()
+        elif len(self._active) < self.concurrency:
+            self._active[entry.id] = asyncio.create_task(self._attempt(entry, message))
+        elif len(self._ready) < READY_MAX:
+            self._ready.append(message)
+        else:
+            message.close()
+            self._reschedule(entry, entry.next_attempt)
+            self._wake.set()
 
     def _put(self, entry: _Entry) -> None:
         self._entries[entry.id] = entry
@@ -253,6 +275,13 @@ class Worker:
     async def _dispatch(self) -> None:
         while not self._stopping:
             now = self._clock()
+            while self._ready and len(self._active) < self.concurrency:
+                message = self._ready.popleft()
+                entry = self._entries.get(message.id)
+                if entry is None:            # cannot happen while we hold its lock; be safe
+                    message.close()
+                    continue
+                self._active[message.id] = asyncio.create_task(self._attempt(entry, message))
             while self._heap and len(self._active) < self.concurrency:
                 when, queue_id = self._heap[0]
                 entry = self._entries.get(queue_id)
@@ -274,9 +303,9 @@ class Worker:
 
     # ---- one attempt -------------------------------------------------------------------
 
-    async def _attempt(self, entry: _Entry) -> None:
+    async def _attempt(self, entry: _Entry, message: Message | None = None) -> None:
         try:
-            await self._attempt_locked(entry)
+            await self._attempt_locked(entry, message)
         except Exception:
             observe.internal_error("delivery attempt", queue_id=entry.id)
             self._reschedule(entry, self._clock() + self.config.spool.retry_min)
@@ -284,16 +313,18 @@ class Worker:
             self._active.pop(entry.id, None)
             self._wake.set()
 
-    async def _attempt_locked(self, entry: _Entry) -> None:
-        layout = self.spool.layout
-        try:
-            message: Message = await asyncio.to_thread(open_message, layout, entry.id)
-        except safeio.Gone:
-            self._drop(entry.id)
-            return
-        except safeio.Busy:          # another process (or `frontfilter queue`) has it now
-            self._reschedule(entry, self._clock() + self.config.spool.scan_interval)
-            return
+    async def _attempt_locked(self, entry: _Entry, handed: Message | None) -> None:
+        if handed is not None:
+            message = handed
+        else:
+            try:
+                message = await asyncio.to_thread(open_message, self.spool.layout, entry.id)
+            except safeio.Gone:
+                self._drop(entry.id)
+                return
+            except safeio.Busy:          # another process (or `frontfilter queue`) has it now
+                self._reschedule(entry, self._clock() + self.config.spool.scan_interval)
+                return
         closed = False
         try:
             if message.problem is not None or message.envelope is None or message.state is None:
@@ -322,8 +353,11 @@ class Worker:
             dead = not state.pending() and any(r.status is Status.FAILED for r in state.recipients)
             if dead:
                 state.dead_reason = "expired" if applied.expired else "refused"
-            stamp = await asyncio.to_thread(self._finish, message, state, dead)
             closed = True
+            if dead or state.pending():
+                stamp = await asyncio.to_thread(self._finish, message, state, dead)
+            else:
+                stamp = await self._remove(message)
             self._report(envelope, state, applied, attempt, dead)
             if state.pending():
                 self._reschedule(entry, state.next_attempt, stamp)
@@ -347,6 +381,44 @@ class Worker:
             raise
         finally:
             self._sending.pop(envelope.id, None)
+
+    async def _remove(self, message: Message) -> None:
+        """Delivered: removed in a batch with the others delivered meanwhile (one directory
+        fsync for all, spool.remove_delivered). Raises the removal's error, if any."""
+        done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
+        self._removals.append((message, done))
+        if not self._removing:
+            self._removing = True
+            asyncio.create_task(self._remove_batches())
+        error = await done
+        if error is not None:
+            raise error
+
+    async def _remove_batches(self) -> None:
+        try:
+            while self._removals:
+                batch, self._removals = self._removals, []
+                try:
+                    errors = await asyncio.to_thread(remove_delivered, self.spool.layout, [m for m, _ in batch])
+                except asyncio.CancelledError:
+                    # The thread finishes the batch on its own; its outcome is unknown here, so
+                    # each message is tried again and found gone (or still there).
+                    self._settle_removals(batch, [OSError("removal interrupted")] * len(batch))
+                    raise
+                except Exception as error:        # the thread did not run: let the locks go
+                    for message, _ in batch:
+                        message.close()
+                    errors = [OSError(f"removal failed: {error}")] * len(batch)
+                self._settle_removals(batch, errors)
+        finally:
+            self._removing = False
+
+    @staticmethod
+    def _settle_removals(batch: list[tuple[Message, asyncio.Future[OSError | None]]],
+                         errors: Sequence[OSError | None]) -> None:
+        for (_, done), error in zip(batch, errors, strict=True):
+            if not done.done():
+                done.set_result(error)
 
     @staticmethod
     def _finish(message: Message, state: DeliveryState | None, dead: bool) -> StateStamp | None:

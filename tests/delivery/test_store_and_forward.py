@@ -208,3 +208,33 @@ def test_a_spool_directory_gone_at_run_time_is_logged_once_and_its_return_too(tm
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             send_one(client, "alice@example.net", ["bob@example.org"], message("back"))
         assert message_ids(sink.wait_for(1)) == {"back@test": 1}
+
+
+def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(tmp_path: Path) -> None:
+    """Inspection and the spool write share one thread (frontfilter/endofdata.py): whichever
+    answer the client gets at the deadline, the spool agrees with it — 451 is never delivered,
+    250 always is, once."""
+    parts = "".join(
+        f"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+        f"filename=\"part{n}.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + ("QUJD" * 19 + "\r\n") * 100 for n in range(40))
+    body = "--b\r\nContent-Type: text/plain\r\n\r\nHello.\r\n" + parts + "--b--\r\n"
+    answers: dict[str, int] = {}
+    with RecordingSink() as sink, Relay(queue_config(
+            tmp_path, [sink.port], inspection={"timeout": "1ms"})) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            for n in range(5):
+                data = message(f"slow-{n}").replace(b"\r\n\r\n", b"\r\nMIME-Version: 1.0\r\n"
+                                                    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n", 1)
+                client.mail("alice@example.net")
+                client.rcpt("bob@example.org")
+                code, text = client.data(data[: data.index(b"\r\n\r\n") + 4] + body.encode())
+                answers[f"slow-{n}@test"] = code
+                assert code == 250 or text.startswith(b"4.4.5"), (code, text)
+        assert 451 in answers.values()
+        time.sleep(1.0)                                 # time enough for anything spooled to arrive
+        assert wait_until(lambda: not spooled(tmp_path))
+        assert message_ids(sink.messages) == {i: 1 for i, code in answers.items() if code == 250}
+        timeouts = [e for e in relay.events("message") if e["verdict"] == "tempfailed"]
+        assert len(timeouts) == list(answers.values()).count(451)
