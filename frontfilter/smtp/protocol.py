@@ -38,6 +38,8 @@ from asyncio.protocols import _feed_data_to_buffered_proto  # type: ignore[attr-
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, syntax
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 from frontfilter import observe, reply
 from frontfilter.config import AuthMode, ListenerConfig, TlsMode
@@ -80,6 +82,24 @@ class FrontSMTP(SMTP):
         self._close_after_push = False
         self._session_deadline: asyncio.TimerHandle | None = None
         self.stage = "connect"
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own, less a `typing.Protocol` class it defines on every call (a class
+        creation per MAIL and RCPT: 4 % of the event loop in the bench profile)."""
+        if not arg:
+            return "", ""
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     # ---- connection -----------------------------------------------------------------
 
