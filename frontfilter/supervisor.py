@@ -227,8 +227,9 @@ class Supervisor:
             if worker is None:
                 continue
             lines = data.decode("utf-8", "replace").splitlines()
-            if "READY=1" in lines:
-                worker.ready = True
+            if "READY=1" in lines and not worker.ready:
+                worker.ready = True     # from now on its death is a crash to restart, not a failed start
+                self.log("worker_ready", pid=pid)
             if "RELOADING=1" in lines:
                 worker.ready = False
             worker.status = next((line[7:] for line in lines if line.startswith("STATUS=")), worker.status)

@@ -222,7 +222,8 @@ def test_workers_dying_over_and_over_end_the_service_so_systemd_restarts_it(tmp_
         for _ in range(10):                              # more than the restart burst allows
             restarts = relay.events("worker_restarted")
             victim = (restarts[-1]["workers"] if restarts else worker_pids(relay))[-1]
-            relay.wait_event("listening", worker=victim)  # a worker that was up, not one starting
+            # Ready in the supervisor's eyes: one that dies before is a failed start, not a crash.
+            relay.wait_event("worker_ready", pid=victim)
             os.kill(victim, signal.SIGKILL)
             eventually(lambda: len(relay.events("worker_restarted")) > len(restarts)
                        or relay.events("workers_restarting_too_often"), timeout=10)
