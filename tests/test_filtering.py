@@ -122,6 +122,9 @@ ORDINARY = {
     "png": lambda: c.message(c.attachment(c.png(), "image/png", "logo.png")),
     "docx": lambda: c.message(c.attachment(
         c.docx(), "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "letter.docx")),
+    # random bytes libmagic guesses to be a DOS COM program, as ~1 % of encrypted files are
+    "encrypted-blob": lambda: c.message(c.attachment(c.com_lookalike(), "application/octet-stream",
+                                                     "backup.gpg")),
     "zip-of-pdfs": lambda: c.message(c.attachment(c.zip_of({"a.pdf": c.pdf(), "b.pdf": c.pdf()}),
                                                   "application/zip", "reports.zip")),
 }

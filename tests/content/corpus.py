@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zipfile
 import zlib
@@ -21,6 +22,19 @@ def pe() -> bytes:
     optional = bytearray(0xF0)
     struct.pack_into("<H", optional, 0, 0x20B)
     return bytes(dos) + b"PE\0\0" + coff + bytes(optional)
+
+
+def com_lookalike(size: int = 4096) -> bytes:
+    """High-entropy bytes (as in any encrypted or compressed file) that libmagic itself types as
+    a DOS COM program: the first of a fixed series of pseudo-random blocks it guesses so for."""
+    import magic                                    # the real libmagic, not frontfilter's view of it
+
+    guess = magic.Magic(mime=True)
+    for seed in range(20_000):                      # about 1 in 110 blocks qualifies
+        block = random.Random(seed).randbytes(size)
+        if guess.from_buffer(block) == "application/x-dosexec":
+            return block
+    raise AssertionError("libmagic typed no random block as a DOS COM program")
 
 
 def elf() -> bytes:

@@ -23,6 +23,8 @@ def by_path(view):
 def test_libmagic_types_of_corpus_payloads():
     assert sniff.detect(c.pe()) == PE
     assert sniff.detect(b"MZ" + bytes(200)) == "application/x-dosexec"
+    # libmagic's one-byte DOS COM guess on random data is not taken for a program
+    assert sniff.detect(c.com_lookalike()) == "application/octet-stream"
     assert sniff.detect(c.elf()) == "application/x-executable"
     assert sniff.detect(c.png()) == "image/png"
     assert sniff.detect(c.pdf()) == "application/pdf"
