@@ -171,7 +171,7 @@ class ServerConfig:
     # because folding would change the message the recipient signed (DKIM).
     max_line_length: int = 998
     max_commands: int = 1000                 # per session: a client looping is not mail
-    max_errors: int = 10                     # protocol errors per session, then 421 and close
+    max_errors: int = 10                     # 4xx/5xx since the last message taken, then 421 and close
     command_timeout: float = _conv(parse_duration, default=5 * MINUTES)   # RFC 5321 §4.5.3.2
     data_timeout: float = _conv(parse_duration, default=10 * MINUTES)     # whole DATA phase
     session_timeout: float = _conv(parse_duration, default=30 * MINUTES)  # whole connection

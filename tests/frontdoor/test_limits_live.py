@@ -83,6 +83,25 @@ def test_errors_past_the_threshold_are_slowed_then_the_session_is_closed(tmp_pat
             assert client.read_reply() == "421 4.7.0 Too many errors, closing connection"
 
 
+def test_a_message_taken_forgives_the_errors_before_it(tmp_path: Path) -> None:
+    message = b"Subject: fine\r\n\r\nhello\r\n.\r\n"
+    out_of_order = "RCPT TO:<bob@example.org>"                  # before MAIL: 503, an error
+    with relay(tmp_path, limits={"tarpit_after": 5}, server={"max_errors": 3}) as running:
+        with RawClient(running.port) as client:
+            client.read_reply()
+            client.command("EHLO client.test")
+            for _ in range(3):              # two errors, then a message taken; three times over
+                assert [client.command(out_of_order)[:3] for _ in range(2)] == ["503", "503"]
+                assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
+                assert client.command("RCPT TO:<bob@example.org>").startswith("250")
+                assert client.command("DATA").startswith("354")
+                client.send(message)
+                assert client.read_reply().startswith("250 2.0.0 Ok: queued as")
+            assert client.command("NOOP").startswith("250")     # six errors in all, still served
+            assert [client.command(out_of_order)[:3] for _ in range(3)] == ["503", "503", "503"]
+            assert client.read_reply() == "421 4.7.0 Too many errors, closing connection"
+
+
 @needs_swaks
 def test_repeated_auth_failures_lock_the_address_out(tmp_path: Path) -> None:
     with RecordingSink() as sink, _auth_listener_relay(tmp_path, sink, failure_delay="10ms",
