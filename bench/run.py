@@ -274,18 +274,34 @@ def rss_mib(pid: int | None, field_name: str) -> float | None:
 # ---- loads --------------------------------------------------------------------------------
 
 @dataclass
-class Load:
-    name: str
-    files: list[tuple[Path | None, int, int]]   # (message file or None for -l SIZE, sessions, count)
-    size: int = 5 * 1024                         # of the generated messages (no file)
+class Stream:
+    """`count` messages over `sessions` connections: smtp-source's own 5 KB text (no files), or
+    the message files taken in turn."""
+    sessions: int
+    count: int
+    files: tuple[Path, ...] = ()
 
-    @property
-    def total(self) -> int:
-        return sum(count for _, _, count in self.files)
+    def refused(self, index: int) -> bool:
+        return "reject" in self.files[index % len(self.files)].name if self.files else False
 
     @property
     def delivered(self) -> int:
-        return sum(count for path, _, count in self.files if path is None or "reject" not in path.name)
+        return sum(not self.refused(index) for index in range(self.count))
+
+
+@dataclass
+class Load:
+    name: str
+    streams: list[Stream]
+    size: int = 5 * 1024                         # of smtp-source's generated messages
+
+    @property
+    def total(self) -> int:
+        return sum(stream.count for stream in self.streams)
+
+    @property
+    def delivered(self) -> int:
+        return sum(stream.delivered for stream in self.streams)
 
 
 def make_loads(workdir: Path, scale: float) -> list[Load]:
@@ -306,21 +322,89 @@ def make_loads(workdir: Path, scale: float) -> list[Load]:
     plain = write("plain-5k.eml", corpus.hand("From: bench@example.net\nTo: user@example.org\nSubject: bench\n",
                                               ("lorem ipsum dolor sit amet " * 3 + "\n") * 60))
     return [
-        Load("5KB plain", [(None, SESSIONS, n(5000))]),
-        Load("100KB + PDF", [(with_pdf, SESSIONS, n(2000))]),
-        Load("mix", [(plain, 14, n(2100)), (docm, 3, n(450)), (exe, 3, n(450))]),
+        Load("5KB plain", [Stream(SESSIONS, n(5000))]),
+        Load("100KB + PDF", [Stream(SESSIONS, n(2000), (with_pdf,))]),
+        # The refused messages travel between accepted ones, as in a real relay's sessions: a
+        # session of nothing but refusals is a spam run and gets the tarpit (Postfix's too).
+        Load("mix", [Stream(14, n(2100), (plain,)), Stream(6, 2 * n(450), (docm, exe))]),
     ]
 
 
-def offer(load: Load, port: int) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for path, sessions, count in load.files:
-        command = ["smtp-source", "-s", str(sessions), "-m", str(count), "-f", "bench@example.net",
-                   "-t", "user@example.org"]
-        command += ["-F", str(path)] if path is not None else ["-l", str(load.size)]
-        procs.append(subprocess.Popen(command + [f"127.0.0.1:{port}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    return procs
+class Source:
+    """smtp-source sending one stream. It exits at the first reply it did not expect, so a
+    relay's 4xx/5xx ends the run: that is reported, not hidden."""
+
+    def __init__(self, stream: Stream, size: int, port: int) -> None:
+        command = ["smtp-source", "-s", str(stream.sessions), "-m", str(stream.count),
+                   "-f", "bench@example.net", "-t", "user@example.org"]
+        command += ["-F", str(stream.files[0])] if stream.files else ["-l", str(size)]
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(command + [f"127.0.0.1:{port}"],
+                                     stdout=subprocess.DEVNULL, stderr=self.errors)
+
+    def wait(self, timeout: float) -> str | None:
+        """None, or what went wrong."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return f"smtp-source still sending after {timeout:.0f} s"
+        self.errors.seek(0)
+        said = self.errors.read().decode(errors="replace").strip().splitlines()
+        self.errors.close()
+        return f"smtp-source exit {code}: {said[-1] if said else ''}" if code else None
+
+
+class Refusable:
+    """A stream with messages to be refused, sent from threads: smtp-source gives up at the
+    first refusal (to it a fatal error), so it cannot offer mail that a filter rejects. A 5xx
+    after DATA is an answer here; anything else is a failure of the run."""
+
+    def __init__(self, stream: Stream, port: int) -> None:
+        self.stream = stream
+        self.messages = [path.read_bytes().replace(b"\n", b"\r\n") for path in stream.files]
+        self.next = 0
+        self.lock = threading.Lock()
+        self.problems: list[str] = []
+        self.threads = [threading.Thread(target=self._session, args=(port,), daemon=True)
+                        for _ in range(stream.sessions)]
+        for thread in self.threads:
+            thread.start()
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.next == self.stream.count:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def _session(self, port: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                while (index := self._take()) is not None:
+                    try:
+                        client.sendmail("bench@example.net", ["user@example.org"],
+                                        self.messages[index % len(self.messages)])
+                    except smtplib.SMTPDataError as refused:
+                        if refused.smtp_code < 500 or not self.stream.refused(index):
+                            raise
+        except (OSError, smtplib.SMTPException) as error:
+            self.problems.append(f"{type(error).__name__}: {error}")
+
+    def wait(self, timeout: float) -> str | None:
+        """None, or what went wrong."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self.threads):
+            return f"still sending after {timeout:.0f} s"
+        return self.problems[0] if self.problems else None
+
+
+def offer(load: Load, port: int) -> list[Source | Refusable]:
+    return [Refusable(stream, port) if stream.delivered < stream.count else Source(stream, load.size, port)
+            for stream in load.streams]
 
 
 @dataclass
@@ -347,9 +431,11 @@ def measure(contender: Contender, sink: Sink, load: Load, runs: int) -> Result:
         expected = sink.count + load.delivered
         cpu_before = cpu_seconds(contender.pids())
         started = time.monotonic()
-        procs = offer(load, contender.port)
-        for proc in procs:
-            proc.wait(WAIT_LIMIT)
+        problems = [problem for sender in offer(load, contender.port)
+                    if (problem := sender.wait(WAIT_LIMIT)) is not None]
+        if problems:
+            result.failed = problems[0]
+            return result
         if not sink.wait_for(expected):
             result.failed = f"only {sink.count - (expected - load.delivered)} of {load.delivered} arrived"
             return result
@@ -467,7 +553,7 @@ def rule_sets(workdir: Path, extra_rules: int, list_entries: int) -> dict[str, P
     }
 
 
-def memory_for_one_message(sink: Sink, workdir: Path, size_mib: int) -> dict[str, float]:
+def memory_for_one_message(sink: Sink, workdir: Path, size_mib: int) -> dict[str, float | str]:
     """Peak RSS of the relay (queue mode) around one message of about `size_mib` MiB.
 
     The attachment is random bytes (base64 on the wire), so it is decoded, typed and spooled
@@ -480,9 +566,13 @@ def memory_for_one_message(sink: Sink, workdir: Path, size_mib: int) -> dict[str
         time.sleep(1.0)                                  # let start-up allocation settle
         idle = rss_mib(contender.rss_pid, "VmRSS") or 0.0
         before = sink.count
-        with smtplib.SMTP("127.0.0.1", contender.port, timeout=120) as client:
-            client.sendmail("bench@example.net", ["user@example.org"], message)
-        sink.wait_for(before + 1, limit=120)
+        try:
+            with smtplib.SMTP("127.0.0.1", contender.port, timeout=120) as client:
+                client.sendmail("bench@example.net", ["user@example.org"], message)
+        except (OSError, smtplib.SMTPException) as error:
+            return {"failed": f"{type(error).__name__}: {error}"}
+        if not sink.wait_for(before + 1, limit=120):
+            return {"failed": "the message did not reach the sink in 120 s"}
         peak = rss_mib(contender.rss_pid, "VmHWM") or 0.0
     size = len(message) / (1024 * 1024)
     return {"message_mib": size, "idle_mib": idle, "peak_mib": peak, "growth_per_size": (peak - idle) / size}
@@ -542,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                         latency[name] = added_latency(contender.port, sink.port, 30 if args.quick else 300,
                                                       peak / 2 if peak else None)
             scaling: list[Result] = []
-            memory: dict[str, float] = {}
+            memory: dict[str, float | str] = {}
             if not args.no_scaling:
                 five_kb = loads[0]
                 sets = rule_sets(workdir, extra_rules=50 if args.quick else 1000,
@@ -564,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": latency,
         "rules": [r.__dict__ | {"rate": r.rate, "cpu": r.cpu} for r in scaling],
         "memory": memory}, indent=2))
-    return 1 if any(r.failed for r in results + scaling) else 0
+    return 1 if any(r.failed for r in results + scaling) or "failed" in memory else 0
 
 
 def render(results: list[Result], latency: dict[str, dict[str, float]]) -> str:
@@ -589,7 +679,7 @@ def render(results: list[Result], latency: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def render_scaling(scaling: list[Result], memory: dict[str, float]) -> str:
+def render_scaling(scaling: list[Result], memory: dict[str, float | str]) -> str:
     if not scaling and not memory:
         return ""
     lines = ["", "", "| rule set (queue mode, 5 KB) | msgs/s | change | CPU s / 1000 msgs |", "|---|---:|---:|---:|"]
@@ -598,7 +688,9 @@ def render_scaling(scaling: list[Result], memory: dict[str, float]) -> str:
         change = f"{(r.rate / base - 1) * 100:+.0f} %" if base and not r.failed else "-"
         lines.append(f"| {r.contender} | {r.rate:.0f} | {change} | {r.cpu:.2f} |" if not r.failed
                      else f"| {r.contender} | failed: {r.failed} | | |")
-    if memory:
+    if "failed" in memory:
+        lines += ["", f"The large message (queue mode) failed: {memory['failed']}"]
+    elif memory:
         lines += ["", f"One {memory['message_mib']:.1f} MiB message (queue mode): idle RSS {memory['idle_mib']:.0f} MiB, "
                       f"peak {memory['peak_mib']:.0f} MiB, growth {memory['growth_per_size']:.1f}× the message size."]
     return "\n".join(lines)
