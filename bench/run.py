@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +182,7 @@ def frontfilter(sink: Sink, workdir: Path, mode: str, rules: Path = REPO / "rule
                 backend_extra: str = "") -> Iterator[Contender]:
     port = free_port()
     name = label or f"ff-{mode}"
-    directory = workdir / name
+    directory = workdir / re.sub(r"[^\w.-]+", "-", name)
     directory.mkdir(exist_ok=True)
     config = directory / "frontfilter.toml"
     config.write_text(f"""
@@ -276,17 +276,27 @@ def rss_mib(pid: int | None, field_name: str) -> float | None:
 @dataclass
 class Stream:
     """`count` messages over `sessions` connections: smtp-source's own 5 KB text (no files), or
-    the message files taken in turn."""
+    the message files taken in turn by each session (so each session alternates between them)."""
     sessions: int
     count: int
     files: tuple[Path, ...] = ()
 
-    def refused(self, index: int) -> bool:
-        return "reject" in self.files[index % len(self.files)].name if self.files else False
+    def plan(self) -> list[list[Path]]:
+        """The files each session sends, in order."""
+        share, extra = divmod(self.count, self.sessions)
+        return [[self.files[(session + i) % len(self.files)] for i in range(share + (session < extra))]
+                for session in range(self.sessions)]
 
     @property
     def delivered(self) -> int:
-        return sum(not self.refused(index) for index in range(self.count))
+        if not self.files:
+            return self.count
+        return sum(not refused(path) for session in self.plan() for path in session)
+
+
+def refused(path: Path) -> bool:
+    """Message files the shipped rules refuse are named so."""
+    return "reject" in path.name
 
 
 @dataclass
@@ -357,37 +367,27 @@ class Source:
 
 
 class Refusable:
-    """A stream with messages to be refused, sent from threads: smtp-source gives up at the
-    first refusal (to it a fatal error), so it cannot offer mail that a filter rejects. A 5xx
-    after DATA is an answer here; anything else is a failure of the run."""
+    """A stream with messages to be refused, sent from threads (one per session): smtp-source
+    gives up at the first refusal (to it a fatal error), so it cannot offer mail that a filter
+    rejects. A 5xx after DATA to a message meant to be refused is an answer; anything else is a
+    failure of the run."""
 
     def __init__(self, stream: Stream, port: int) -> None:
-        self.stream = stream
-        self.messages = [path.read_bytes().replace(b"\n", b"\r\n") for path in stream.files]
-        self.next = 0
-        self.lock = threading.Lock()
         self.problems: list[str] = []
-        self.threads = [threading.Thread(target=self._session, args=(port,), daemon=True)
-                        for _ in range(stream.sessions)]
+        self.threads = [threading.Thread(target=self._session, args=(port, files), daemon=True)
+                        for files in stream.plan()]
         for thread in self.threads:
             thread.start()
 
-    def _take(self) -> int | None:
-        with self.lock:
-            if self.next == self.stream.count:
-                return None
-            self.next += 1
-            return self.next - 1
-
-    def _session(self, port: int) -> None:
+    def _session(self, port: int, files: list[Path]) -> None:
+        data = {path: path.read_bytes().replace(b"\n", b"\r\n") for path in set(files)}
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
-                while (index := self._take()) is not None:
+                for path in files:
                     try:
-                        client.sendmail("bench@example.net", ["user@example.org"],
-                                        self.messages[index % len(self.messages)])
-                    except smtplib.SMTPDataError as refused:
-                        if refused.smtp_code < 500 or not self.stream.refused(index):
+                        client.sendmail("bench@example.net", ["user@example.org"], data[path])
+                    except smtplib.SMTPDataError as refusal:
+                        if refusal.smtp_code < 500 or not refused(path):
                             raise
         except (OSError, smtplib.SMTPException) as error:
             self.problems.append(f"{type(error).__name__}: {error}")
@@ -425,28 +425,45 @@ class Result:
         return statistics.median(self.cpu_per_1000) if self.cpu_per_1000 else 0.0
 
 
-def measure(contender: Contender, sink: Sink, load: Load, runs: int) -> Result:
-    result = Result(contender.name, load.name)
-    for _ in range(runs):
-        expected = sink.count + load.delivered
-        cpu_before = cpu_seconds(contender.pids())
-        started = time.monotonic()
-        problems = [problem for sender in offer(load, contender.port)
-                    if (problem := sender.wait(WAIT_LIMIT)) is not None]
-        if problems:
-            result.failed = problems[0]
-            return result
-        if not sink.wait_for(expected):
-            result.failed = f"only {sink.count - (expected - load.delivered)} of {load.delivered} arrived"
-            return result
-        elapsed = time.monotonic() - started
-        result.rates.append(load.total / elapsed)
-        if contender.name != "limit":
-            used = cpu_seconds(contender.pids()) - cpu_before
-            result.cpu_per_1000.append(used * 1000 / load.total)
-    if contender.rss_pid is not None:    # the relay: every process of it (the workers' peaks summed)
-        result.rss_mib = sum(rss_mib(pid, "VmHWM") or 0.0 for pid in contender.pids())
-    return result
+def measure_once(contender: Contender, sink: Sink, load: Load, result: Result) -> None:
+    """One run of `load` through `contender`, added to `result` (or its failure recorded)."""
+    expected = sink.count + load.delivered
+    cpu_before = cpu_seconds(contender.pids())
+    started = time.monotonic()
+    problems = [problem for sender in offer(load, contender.port)
+                if (problem := sender.wait(WAIT_LIMIT)) is not None]
+    if problems:
+        result.failed = problems[0]
+        return
+    if not sink.wait_for(expected):
+        result.failed = f"only {sink.count - (expected - load.delivered)} of {load.delivered} arrived"
+        return
+    elapsed = time.monotonic() - started
+    result.rates.append(load.total / elapsed)
+    if contender.name != "limit":
+        used = cpu_seconds(contender.pids()) - cpu_before
+        result.cpu_per_1000.append(used * 1000 / load.total)
+
+
+def interleaved(contenders: list[Contender], sink: Sink, loads: list[Load], runs: int) -> list[Result]:
+    """Every contender on every load once per run, the contenders' order rotating from run to
+    run: a machine that speeds up or slows down during the bench (shared, virtualised) weighs
+    on all of them alike, so the ratios stay honest. All contenders run throughout, idle but
+    for their turn. Results by contender, then load."""
+    results = {(c.name, load.name): Result(c.name, load.name) for c in contenders for load in loads}
+    for run in range(runs):
+        turn = run % len(contenders)
+        for load in loads:
+            for contender in contenders[turn:] + contenders[:turn]:
+                result = results[(contender.name, load.name)]
+                if result.failed is None:
+                    measure_once(contender, sink, load, result)
+    for contender in contenders:     # the relay: every process of it (the workers' peaks summed)
+        if contender.rss_pid is not None:
+            peak = sum(rss_mib(pid, "VmHWM") or 0.0 for pid in contender.pids())
+            for load in loads:
+                results[(contender.name, load.name)].rss_mib = peak
+    return list(results.values())
 
 
 LATENCY_BODY = b"Subject: latency\r\n\r\n" + (b"x" * 70 + b"\r\n") * 70   # 5 KB
@@ -617,33 +634,33 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quick and args.workers != 1:    # and as one process, for comparison
                 makers += [("ff-queue-1p", lambda: frontfilter(sink, workdir, "queue", label="ff-queue-1p")),
                            ("ff-sync-1p", lambda: frontfilter(sink, workdir, "sync", label="ff-sync-1p"))]
-            for name, make in makers:
-                if args.only and name not in args.only:
-                    continue
-                with make() as contender:   # type: ignore[attr-defined]
-                    for load in loads:
-                        result = measure(contender, sink, load, args.runs)
-                        results.append(result)
-                        print(f"bench: {name:9} {load.name:12} {result.rate:8.0f} msgs/s"
-                              + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
-                    if name != "limit":
-                        # Under half the peak this contender reached on 5 KB mail (issue 9's target).
-                        peak = next(r.rate for r in results if r.contender == name and r.load == loads[0].name)
-                        latency[name] = added_latency(contender.port, sink.port, 30 if args.quick else 300,
-                                                      peak / 2 if peak else None)
+            chosen = [make for name, make in makers if not args.only or name in args.only]
+            with ExitStack() as stack:
+                contenders: list[Contender] = [stack.enter_context(make()) for make in chosen]  # type: ignore[arg-type]
+                results = interleaved(contenders, sink, loads, args.runs)
+                for result in results:
+                    print(f"bench: {result.contender:9} {result.load:12} {result.rate:8.0f} msgs/s"
+                          + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                for contender in contenders:
+                    if contender.name == "limit":
+                        continue
+                    # Under half the peak this contender reached on 5 KB mail (issue 9's target).
+                    peak = next(r.rate for r in results if r.contender == contender.name and r.load == loads[0].name)
+                    latency[contender.name] = added_latency(contender.port, sink.port, 30 if args.quick else 300,
+                                                            peak / 2 if peak else None)
             scaling: list[Result] = []
             memory: dict[str, float | str] = {}
             if not args.no_scaling:
                 five_kb = loads[0]
                 sets = rule_sets(workdir, extra_rules=50 if args.quick else 1000,
                                  list_entries=1000 if args.quick else 100_000)
-                for label, rules in sets.items():
-                    with frontfilter(sink, workdir, "queue", rules=rules, label=f"rules-{len(scaling)}") as contender:
-                        result = measure(contender, sink, five_kb, args.runs)
-                        result.contender = label
-                        scaling.append(result)
-                        print(f"bench: {label:40} {result.rate:8.0f} msgs/s"
-                              + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                with ExitStack() as stack:
+                    relays = [stack.enter_context(frontfilter(sink, workdir, "queue", rules=rules, label=label))
+                              for label, rules in sets.items()]
+                    scaling = interleaved(relays, sink, [five_kb], args.runs)
+                for result in scaling:
+                    print(f"bench: {result.contender:40} {result.rate:8.0f} msgs/s"
+                          + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
                 memory = memory_for_one_message(sink, workdir, 2 if args.quick else 25)
         finally:
             sink.stop()
