@@ -154,6 +154,11 @@ class FrontSMTP(SMTP):
             self._holds_slot = False
             self.door.limits.release(self.client.ip)
         super().connection_lost(error)
+        # The handler keeps live sessions for graceful shutdown; a closed one must leave that
+        # set, or every connection's protocol, streams and frames stay in memory for good.
+        forget = getattr(self.event_handler, "forget", None)
+        if forget is not None:
+            forget(self)
         closed = getattr(self.event_handler, "session_closed", None)
         if closed is not None and self.session is not None:
             self.loop.create_task(closed(self.session))
