@@ -91,7 +91,8 @@ class RecordingSink:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            sock = socket.socket()
+            # IPPROTO_TCP, so asyncio turns Nagle off on accepted sockets (see smtp/server.py)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", self.port))
             sock.listen(64)
