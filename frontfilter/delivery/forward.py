@@ -145,6 +145,8 @@ class Forwarder:
 
     async def release(self, conn: _Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(conn.server, [])
+        if conn in idle:          # never twice in the pool: two transactions would share it
+            return
         if reusable and conn.smtp.is_connected and len(idle) < POOL_IDLE_PER_BACKEND:
             conn.idle_since = self._clock()
             idle.append(conn)
@@ -152,14 +154,20 @@ class Forwarder:
             await self._quit(conn)
 
     async def prune(self) -> None:
-        """Close connections idle too long (called from the worker's scan loop)."""
+        """Close connections idle too long (called from the worker's scan loop).
+
+        The pool is changed in place before the first await: while a QUIT is under way,
+        deliveries take connections from it and put them back, and a list rebuilt after the
+        awaits would hand back one that is in use (two transactions on one connection: the
+        backend answers "503 nested MAIL command")."""
         now = self._clock()
-        for server, idle in self._idle.items():
+        stale: list[_Connection] = []
+        for idle in self._idle.values():
             keep = [c for c in idle if c.smtp.is_connected and now - c.idle_since < POOL_IDLE_SECONDS]
-            for conn in idle:
-                if conn not in keep:
-                    await self._quit(conn)
-            self._idle[server] = keep
+            stale += [c for c in idle if c not in keep]
+            idle[:] = keep
+        for conn in stale:
+            await self._quit(conn)
 
     async def close(self) -> None:
         for idle in self._idle.values():

@@ -1,0 +1,43 @@
+"""The pool of idle backend connections: one transaction per connection at a time, always."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from frontfilter.delivery.forward import POOL_IDLE_SECONDS, Forwarder
+from tests.delivery.test_worker_inprocess import Backend, config_for
+
+MESSAGE = b"Subject: pooled\r\n\r\nhello\r\n"
+
+
+def test_connections_taken_while_the_pool_is_pruned_are_never_handed_out_twice(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[bool], int]:
+        backend = Backend()
+        port = await backend.start()
+        now = [1000.0]
+        config = config_for(tmp_path, port).backend
+        forwarder = Forwarder(config, "mx.test", clock=lambda: now[0])
+
+        async def deliver() -> bool:
+            attempt = await forwarder.deliver("alice@example.net", ["bob@example.org"], MESSAGE, ())
+            return all(reply.ok for reply in attempt.results)
+
+        try:
+            oks = list(await asyncio.gather(deliver(), deliver()))   # two connections, idle since t
+            now[0] += POOL_IDLE_SECONDS - 1
+            oks.append(await deliver())                              # one of them idle since t + 4
+            now[0] += 2                                              # the other is now stale
+            pruning = asyncio.create_task(forwarder.prune())         # ... and its QUIT under way
+            await asyncio.sleep(0)
+            oks.append(await deliver())           # takes the fresh one while prune() awaits
+            await pruning
+            oks += await asyncio.gather(deliver(), deliver())        # each on its own connection
+            return oks, len(backend.received)
+        finally:
+            await forwarder.close()
+            await backend.stop()
+
+    oks, received = asyncio.run(scenario())
+    assert oks == [True] * 6
+    assert received == 6
