@@ -451,7 +451,7 @@ def interleaved(contenders: list[Contender], sink: Sink, loads: list[Load], runs
     on all of them alike, so the ratios stay honest. All contenders run throughout, idle but
     for their turn. Results by contender, then load."""
     results = {(c.name, load.name): Result(c.name, load.name) for c in contenders for load in loads}
-    for run in range(runs):
+    for run in range(runs if contenders else 0):
         turn = run % len(contenders)
         for load in loads:
             for contender in contenders[turn:] + contenders[:turn]:
