@@ -7,7 +7,10 @@ dead-host cache); if every backend is down the attempt fails transiently without
 
 What the backend says is classified where it is understood (STYLE habit 7), per recipient:
 RCPT 5xx → that recipient PERMANENT; RCPT 4xx → that recipient TRANSIENT; DATA 5xx/4xx → every
-recipient it accepted; a lost connection or timeout → TRANSIENT. MAIL 5xx is the backend's policy
+recipient it accepted; a lost connection or timeout → TRANSIENT. A 503 (bad sequence of
+commands) is not about the message but about the session being out of step with ours: it is
+handled like a lost connection (TRANSIENT, the connection dropped), never as a refusal that
+would bounce the message. MAIL 5xx is the backend's policy
 about the sender, not its health: PERMANENT for all, no shopping around. Once DATA has been
 sent, nothing is retried elsewhere in this attempt: a lost final reply may mean the message
 was taken (the one at-least-once duplicate), and the retry schedule decides.
@@ -25,6 +28,7 @@ POOL_IDLE_PER_BACKEND idle connections per backend; the caller bounds concurrenc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +50,8 @@ QUIT_TIMEOUT = 5.0
 PASSED_ON = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
 
 NO_BACKEND = "no backend available"
+# "Bad sequence of commands": the backend's view of the session differs from ours.
+BAD_SEQUENCE = 503
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,9 @@ class Forwarder:
             await smtp.mail(sender, options=mail_options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
+            if error.code == BAD_SEQUENCE:
+                await self.release(conn, reusable=False)
+                return _Failover(_out_of_step(reply), connection_lost=True)
             if reply.outcome is Outcome.PERMANENT:
                 await self._reset(conn)
                 return Attempt(name, tuple(reply for _ in recipients), False)
@@ -252,7 +261,11 @@ class Forwarder:
                 await smtp.rcpt(recipient, encoding=encoding)
                 results.append(None)           # accepted: its fate is DATA's
             except aiosmtplib.SMTPResponseException as error:
-                results.append(_from_response(error.code, error.message, name))
+                reply = _from_response(error.code, error.message, name)
+                if error.code == BAD_SEQUENCE:
+                    await self.release(conn, reusable=False)
+                    return _Failover(_out_of_step(reply), connection_lost=True)
+                results.append(reply)
             except UnicodeEncodeError:
                 results.append(BackendReply(Outcome.PERMANENT, 553, "5.6.7",
                                             "non-ASCII recipient and the backend lacks SMTPUTF8", name))
@@ -269,7 +282,9 @@ class Forwarder:
             reusable = True
         except aiosmtplib.SMTPResponseException as error:
             outcome = _from_response(error.code, error.message, name)
-            reusable = error.code != 421
+            reusable = error.code not in (421, BAD_SEQUENCE)
+            if error.code == BAD_SEQUENCE:
+                outcome = _out_of_step(outcome)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             outcome = _connection_failure(name, error)
             reusable = False
@@ -296,6 +311,11 @@ class Forwarder:
         if smtp.supports_extension("size"):
             wanted.append(f"SIZE={size}")
         return wanted
+
+
+def _out_of_step(reply: BackendReply) -> BackendReply:
+    return dataclasses.replace(reply, outcome=Outcome.TRANSIENT,
+                               text=f"{reply.text} (session out of step: tried again)")
 
 
 def _worst(results: Sequence[BackendReply]) -> Outcome:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+from frontfilter.delivery.backend import Outcome
 from frontfilter.delivery.forward import POOL_IDLE_SECONDS, Forwarder
 from tests.delivery.test_worker_inprocess import Backend, config_for
 
@@ -41,3 +43,45 @@ def test_connections_taken_while_the_pool_is_pruned_are_never_handed_out_twice(t
     oks, received = asyncio.run(scenario())
     assert oks == [True] * 6
     assert received == 6
+
+
+class OutOfStepOnce(Backend):
+    """Answers one RCPT with 503, as a backend does whose session is out of step with ours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_of_step_left = 0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.out_of_step_left:
+            self.out_of_step_left -= 1
+            return "503 5.5.1 Error: need MAIL command"
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+def test_a_503_from_the_backend_is_tried_again_not_bounced(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[Outcome], int]:
+        backend = OutOfStepOnce()
+        port = await backend.start()
+        pooled = Forwarder(config_for(tmp_path, port).backend, "mx.test")
+        fresh = Forwarder(config_for(tmp_path, port).backend, "mx.test")
+
+        async def deliver(forwarder: Forwarder) -> Outcome:
+            attempt = await forwarder.deliver("alice@example.net", ["bob@example.org"], MESSAGE, ())
+            return attempt.results[0].outcome
+
+        try:
+            outcomes = [await deliver(pooled)]           # its connection stays in the pool
+            backend.out_of_step_left = 1
+            outcomes.append(await deliver(pooled))       # pooled connection: 503, then a fresh one
+            backend.out_of_step_left = 1
+            outcomes.append(await deliver(fresh))        # a first connection meets the 503
+            return outcomes, len(backend.received)
+        finally:
+            await pooled.close()
+            await fresh.close()
+            await backend.stop()
+
+    outcomes, received = asyncio.run(scenario())
+    assert outcomes == [Outcome.OK, Outcome.OK, Outcome.TRANSIENT]    # never PERMANENT: no bounce
+    assert received == 2
