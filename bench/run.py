@@ -638,9 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             with ExitStack() as stack:
                 contenders: list[Contender] = [stack.enter_context(make()) for make in chosen]  # type: ignore[arg-type]
                 results = interleaved(contenders, sink, loads, args.runs)
-                for result in results:
-                    print(f"bench: {result.contender:9} {result.load:12} {result.rate:8.0f} msgs/s"
-                          + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                progress(results, lambda r: f"{r.contender:9} {r.load:12}")
                 for contender in contenders:
                     if contender.name == "limit":
                         continue
@@ -658,9 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                     relays = [stack.enter_context(frontfilter(sink, workdir, "queue", rules=rules, label=label))
                               for label, rules in sets.items()]
                     scaling = interleaved(relays, sink, [five_kb], args.runs)
-                for result in scaling:
-                    print(f"bench: {result.contender:40} {result.rate:8.0f} msgs/s"
-                          + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
+                progress(scaling, lambda r: f"{r.contender:40}")
                 memory = memory_for_one_message(sink, workdir, 2 if args.quick else 25)
         finally:
             sink.stop()
@@ -672,6 +668,12 @@ def main(argv: list[str] | None = None) -> int:
         "rules": [r.__dict__ | {"rate": r.rate, "cpu": r.cpu} for r in scaling],
         "memory": memory}, indent=2))
     return 1 if any(r.failed for r in results + scaling) or "failed" in memory else 0
+
+
+def progress(results: list[Result], label: Callable[[Result], str]) -> None:
+    for result in results:
+        print(f"bench: {label(result)} {result.rate:8.0f} msgs/s"
+              + (f"  FAILED: {result.failed}" if result.failed else ""), file=sys.stderr)
 
 
 def render(results: list[Result], latency: dict[str, dict[str, float]]) -> str:

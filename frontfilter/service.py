@@ -177,9 +177,7 @@ class Service:
         observe.stopped(cut)
 
     def _live_sessions(self) -> list[Any]:
-        live = [p for p in self.handler.sessions if p.transport is not None and not p.transport.is_closing()]
-        self.handler.sessions = set(live)
-        return live
+        return [p for p in self.handler.sessions if p.transport is not None and not p.transport.is_closing()]
 
     async def run(self) -> None:
         """The process's life under a service manager: READY=1 once listening, RELOADING=1 …

@@ -288,6 +288,19 @@ def test_backend_refusing_data_is_passed_on_without_its_text(tmp_path: Path) -> 
             assert relay.wait_event("message", verdict="rejected")["delivery"].count("internal-host") == 1
 
 
+def test_backend_out_of_step_at_data_is_a_temporary_failure_for_the_client(tmp_path: Path) -> None:
+    # A 503 says the backend's session is not ours; passed on as 5xx, the client would bounce.
+    from tests.harness import SinkBehaviour
+
+    with RecordingSink(behaviour=SinkBehaviour(data_reply="503 5.5.1 Error: need RCPT command")) as sink:
+        with Relay(write_config(tmp_path, [sink.port])) as relay:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+                with pytest.raises(smtplib.SMTPDataError) as refused:
+                    client.sendmail("alice@example.net", ["bob@example.org"], simple("out of step"))
+            assert refused.value.smtp_code == 451, refused.value
+            assert relay.wait_event("message", verdict="tempfailed")
+
+
 def test_second_backend_is_used_when_the_first_is_down(tmp_path: Path) -> None:
     with RecordingSink() as sink:
         dead = RecordingSink().start()

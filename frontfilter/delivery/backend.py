@@ -51,10 +51,17 @@ class BackendReply:
         return f"{self.backend}: {self.code} {self.enhanced or ''} {self.text}".replace("  ", " ")
 
 
+# Replies after which the connection is good for nothing more: 421, the backend is closing it;
+# 503, "bad sequence of commands", its idea of the session is not ours. Neither says anything
+# about the message, so a 503 is TRANSIENT (tried again on a fresh connection), never a refusal
+# that would bounce it, refuse it at RCPT or pass a 5xx on to the client.
+SESSION_BROKEN = frozenset({421, 503})
+
+
 def _classify(code: int) -> Outcome:
     if code < 400:
         return Outcome.OK
-    return Outcome.TRANSIENT if code < 500 else Outcome.PERMANENT
+    return Outcome.TRANSIENT if code < 500 or code in SESSION_BROKEN else Outcome.PERMANENT
 
 
 def _split_enhanced(message: str) -> tuple[str | None, str]:
@@ -192,7 +199,7 @@ class BackendSession:
                 response = await getattr(self._smtp, verb)(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
-            if error.code == 421:
+            if error.code in SESSION_BROKEN:
                 await self.close()
             return reply
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:

@@ -7,10 +7,8 @@ dead-host cache); if every backend is down the attempt fails transiently without
 
 What the backend says is classified where it is understood (STYLE habit 7), per recipient:
 RCPT 5xx → that recipient PERMANENT; RCPT 4xx → that recipient TRANSIENT; DATA 5xx/4xx → every
-recipient it accepted; a lost connection or timeout → TRANSIENT. A 503 (bad sequence of
-commands) is not about the message but about the session being out of step with ours: it is
-handled like a lost connection (TRANSIENT, the connection dropped), never as a refusal that
-would bounce the message. MAIL 5xx is the backend's policy
+recipient it accepted; a lost connection or timeout → TRANSIENT; a 421 or 503 (backend.py's
+SESSION_BROKEN) is handled like a lost connection. MAIL 5xx is the backend's policy
 about the sender, not its health: PERMANENT for all, no shopping around. Once DATA has been
 sent, nothing is retried elsewhere in this attempt: a lost final reply may mean the message
 was taken (the one at-least-once duplicate), and the retry schedule decides.
@@ -28,7 +26,6 @@ POOL_IDLE_PER_BACKEND idle connections per backend; the caller bounds concurrenc
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +36,8 @@ import aiosmtplib
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
 from frontfilter.delivery import tls as backend_tls, wire
-from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, _from_response
+from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
+                                          _from_response)
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
 # here, as a backlog after an outage is exactly when reuse pays.
@@ -50,8 +48,6 @@ QUIT_TIMEOUT = 5.0
 PASSED_ON = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
 
 NO_BACKEND = "no backend available"
-# "Bad sequence of commands": the backend's view of the session differs from ours.
-BAD_SEQUENCE = 503
 
 
 @dataclass(frozen=True)
@@ -151,8 +147,6 @@ class Forwarder:
 
     async def release(self, conn: _Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(conn.server, [])
-        if conn in idle:          # never twice in the pool: two transactions would share it
-            return
         if reusable and conn.smtp.is_connected and len(idle) < POOL_IDLE_PER_BACKEND:
             conn.idle_since = self._clock()
             idle.append(conn)
@@ -238,14 +232,11 @@ class Forwarder:
             await smtp.mail(sender, options=mail_options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
-            if error.code == BAD_SEQUENCE:
-                await self.release(conn, reusable=False)
-                return _Failover(_out_of_step(reply), connection_lost=True)
             if reply.outcome is Outcome.PERMANENT:
                 await self._reset(conn)
                 return Attempt(name, tuple(reply for _ in recipients), False)
             await self.release(conn, reusable=False)
-            return _Failover(reply, connection_lost=False)
+            return _Failover(reply, connection_lost=error.code in SESSION_BROKEN)
         except UnicodeEncodeError:
             await self._reset(conn)
             reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7",
@@ -262,9 +253,9 @@ class Forwarder:
                 results.append(None)           # accepted: its fate is DATA's
             except aiosmtplib.SMTPResponseException as error:
                 reply = _from_response(error.code, error.message, name)
-                if error.code == BAD_SEQUENCE:
+                if error.code in SESSION_BROKEN:
                     await self.release(conn, reusable=False)
-                    return _Failover(_out_of_step(reply), connection_lost=True)
+                    return _Failover(reply, connection_lost=True)
                 results.append(reply)
             except UnicodeEncodeError:
                 results.append(BackendReply(Outcome.PERMANENT, 553, "5.6.7",
@@ -282,9 +273,7 @@ class Forwarder:
             reusable = True
         except aiosmtplib.SMTPResponseException as error:
             outcome = _from_response(error.code, error.message, name)
-            reusable = error.code not in (421, BAD_SEQUENCE)
-            if error.code == BAD_SEQUENCE:
-                outcome = _out_of_step(outcome)
+            reusable = error.code not in SESSION_BROKEN
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             outcome = _connection_failure(name, error)
             reusable = False
@@ -311,11 +300,6 @@ class Forwarder:
         if smtp.supports_extension("size"):
             wanted.append(f"SIZE={size}")
         return wanted
-
-
-def _out_of_step(reply: BackendReply) -> BackendReply:
-    return dataclasses.replace(reply, outcome=Outcome.TRANSIENT,
-                               text=f"{reply.text} (session out of step: tried again)")
 
 
 def _worst(results: Sequence[BackendReply]) -> Outcome:

@@ -427,7 +427,7 @@ class FrontSMTP(SMTP):
         self.envelope.original_content = message
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
-        if str(getattr(status, "wire", status)).startswith("2"):
+        if (status.wire if isinstance(status, Reply) else str(status)).startswith("2"):
             # A message taken forgives the session's earlier errors, as Postfix does: `max_errors`
             # and the tarpit are for clients that err without delivering, not for a relay whose
             # batch holds some refused messages among good ones.

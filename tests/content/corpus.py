@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import struct
@@ -11,6 +12,8 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email import encoders, policy
+
+import magic
 
 
 def pe() -> bytes:
@@ -24,12 +27,11 @@ def pe() -> bytes:
     return bytes(dos) + b"PE\0\0" + coff + bytes(optional)
 
 
+@functools.cache
 def com_lookalike(size: int = 4096) -> bytes:
     """High-entropy bytes (as in any encrypted or compressed file) that libmagic itself types as
     a DOS COM program: the first of a fixed series of pseudo-random blocks it guesses so for."""
-    import magic                                    # the real libmagic, not frontfilter's view of it
-
-    guess = magic.Magic(mime=True)
+    guess = magic.Magic(mime=True)                  # libmagic itself, not frontfilter's view of it
     for seed in range(20_000):                      # about 1 in 110 blocks qualifies
         block = random.Random(seed).randbytes(size)
         if guess.from_buffer(block) == "application/x-dosexec":

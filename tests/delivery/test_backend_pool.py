@@ -8,6 +8,7 @@ from typing import Any
 
 from frontfilter.delivery.backend import Outcome
 from frontfilter.delivery.forward import POOL_IDLE_SECONDS, Forwarder
+from frontfilter.delivery.verify import RecipientVerifier, Verdict
 from tests.delivery.test_worker_inprocess import Backend, config_for
 
 MESSAGE = b"Subject: pooled\r\n\r\nhello\r\n"
@@ -85,3 +86,19 @@ def test_a_503_from_the_backend_is_tried_again_not_bounced(tmp_path: Path) -> No
     outcomes, received = asyncio.run(scenario())
     assert outcomes == [Outcome.OK, Outcome.OK, Outcome.TRANSIENT]    # never PERMANENT: no bounce
     assert received == 2
+
+
+def test_a_503_to_a_verification_probe_does_not_call_the_recipient_unknown(tmp_path: Path) -> None:
+    async def scenario() -> Verdict:
+        backend = OutOfStepOnce()
+        port = await backend.start()
+        config = config_for(tmp_path, port).backend
+        forwarder = Forwarder(config, "mx.test")
+        backend.out_of_step_left = 1
+        try:
+            return (await RecipientVerifier(config, forwarder).verify("bob@example.org")).verdict
+        finally:
+            await forwarder.close()
+            await backend.stop()
+
+    assert asyncio.run(scenario()) is Verdict.UNAVAILABLE      # not INVALID: no 550 at RCPT
