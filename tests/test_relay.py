@@ -275,30 +275,27 @@ def test_backend_down_gives_4xx_and_the_same_message_succeeds_later(tmp_path: Pa
             assert len(back.wait_for(1)) == 1
 
 
-def test_backend_refusing_data_is_passed_on_without_its_text(tmp_path: Path) -> None:
+BACKEND_DATA_REPLIES = {
+    # a refusal is passed on as one, in our words: never the backend's text or host
+    "refused": ("554 5.6.0 internal-host.corp says no", 554, "rejected"),
+    # a 503 says the backend's session is not ours: passed on as 5xx, the client would bounce
+    "out-of-step": ("503 5.5.1 internal-host.corp: need RCPT command", 451, "tempfailed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BACKEND_DATA_REPLIES))
+def test_backend_reply_to_data_is_passed_on_by_class_without_its_text(tmp_path: Path, case: str) -> None:
     from tests.harness import SinkBehaviour
 
-    with RecordingSink(behaviour=SinkBehaviour(data_reply="554 5.6.0 internal-host.corp says no")) as sink:
+    backend_reply, code, verdict = BACKEND_DATA_REPLIES[case]
+    with RecordingSink(behaviour=SinkBehaviour(data_reply=backend_reply)) as sink:
         with Relay(write_config(tmp_path, [sink.port])) as relay:
             with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
                 with pytest.raises(smtplib.SMTPDataError) as refused:
-                    client.sendmail("alice@example.net", ["bob@example.org"], simple("nope"))
-            assert refused.value.smtp_code == 554
+                    client.sendmail("alice@example.net", ["bob@example.org"], simple(case))
+            assert refused.value.smtp_code == code, refused.value
             assert b"internal-host" not in refused.value.smtp_error
-            assert relay.wait_event("message", verdict="rejected")["delivery"].count("internal-host") == 1
-
-
-def test_backend_out_of_step_at_data_is_a_temporary_failure_for_the_client(tmp_path: Path) -> None:
-    # A 503 says the backend's session is not ours; passed on as 5xx, the client would bounce.
-    from tests.harness import SinkBehaviour
-
-    with RecordingSink(behaviour=SinkBehaviour(data_reply="503 5.5.1 Error: need RCPT command")) as sink:
-        with Relay(write_config(tmp_path, [sink.port])) as relay:
-            with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
-                with pytest.raises(smtplib.SMTPDataError) as refused:
-                    client.sendmail("alice@example.net", ["bob@example.org"], simple("out of step"))
-            assert refused.value.smtp_code == 451, refused.value
-            assert relay.wait_event("message", verdict="tempfailed")
+            assert relay.wait_event("message", verdict=verdict)["delivery"].count("internal-host") == 1
 
 
 def test_second_backend_is_used_when_the_first_is_down(tmp_path: Path) -> None:
