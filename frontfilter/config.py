@@ -326,6 +326,9 @@ class InspectionConfig:
     max_expanded_size: int = _conv(parse_size, default=200 * MiB)
     max_compression_ratio: int = 100
     text_bytes: int = _conv(parse_size, default=1 * MiB)
+    # Content types remembered by SHA-256 (content/sniff.py TypeCache): about 150 bytes each;
+    # 0 runs libmagic on every part of every message.
+    type_cache: int = 10_000
 
 
 class QuarantineOutcome(enum.Enum):

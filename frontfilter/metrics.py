@@ -165,6 +165,12 @@ inspection_limits = Counter(
 INSPECTION_LIMITS = closed(inspection_limits, limit=(   # content.view.Limit, checked by a test
     "depth", "parts", "header_bytes", "decoded_bytes", "archive_depth", "archive_members",
     "expanded_size", "compression_ratio", "time"))["limit"]
+type_cache_lookups = Counter(
+    "frontfilter_type_cache_lookups",
+    "Parts whose content type was looked up among the types libmagic gave for the same bytes "
+    "before (hit) or asked of libmagic (miss).",
+    ["result"], registry=REGISTRY)
+TYPE_CACHE_RESULTS = closed(type_cache_lookups, result=("hit", "miss"))["result"]
 
 message_size = Histogram(
     "frontfilter_message_size_bytes", "Size of messages received, in bytes.",

@@ -307,6 +307,14 @@ def inspection_limit(limit: str) -> None:
     metrics.inspection_limits.labels(limit=metrics.bounded(limit, metrics.INSPECTION_LIMITS)).inc()
 
 
+def type_cache_lookups(hits: int, misses: int) -> None:
+    """Parts typed from `sniff.TypeCache` (hits) and by libmagic (misses) since the last call."""
+    if hits:
+        metrics.type_cache_lookups.labels(result="hit").inc(hits)
+    if misses:
+        metrics.type_cache_lookups.labels(result="miss").inc(misses)
+
+
 def attachment_stripped(detected_type: str) -> None:
     metrics.attachments_stripped.labels(type=metrics.bounded(detected_type, _type_labels)).inc()
 

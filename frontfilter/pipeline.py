@@ -36,6 +36,7 @@ from frontfilter.antivirus.clamd import ClamdClient
 from frontfilter.antivirus.result import ScanResult
 from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content.limits import InspectionLimits
+from frontfilter.content.sniff import TypeCache
 from frontfilter.decision import Decision, decide
 from frontfilter.endofdata import Claim, Outcome, decide_then_spool
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
@@ -116,6 +117,7 @@ class Pipeline:
         self.limits = InspectionLimits(**{
             f.name: getattr(config.inspection, f.name)
             for f in dataclasses.fields(InspectionLimits)})
+        self.types = TypeCache(config.inspection.type_cache)
         self._executor = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="inspect")
         self.antivirus = ClamdClient.from_config(config.antivirus) if config.antivirus else None
         self.on_scan_error = config.antivirus.on_error if config.antivirus else OnError.TEMPFAIL
@@ -282,8 +284,10 @@ class Pipeline:
             log["antivirus"] = scan.log_fields() | (
                 {"on_error": self.on_scan_error.value} if scan.failed else {})
         judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
-                                  txn.carried, antivirus=scan, on_error=self.on_scan_error)
+                                  txn.carried, antivirus=scan, on_error=self.on_scan_error,
+                                  types=self.types)
         judged = await self._judge(state, txn, judge, len(raw))
+        observe.type_cache_lookups(*self.types.take_counts())
         if judged is None:
             await self._backend_reset(state)
             observe.inspection_limit("time")

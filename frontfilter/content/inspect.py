@@ -64,6 +64,7 @@ class _Walk:
     seen: set[tuple[int, int, int]] = field(default_factory=set)
     root_fields: list[tuple[str, str]] = field(default_factory=list)
     deadline: float | None = None   # time.monotonic() value; past it the walk stops
+    types: sniff.TypeCache | None = None   # libmagic's earlier answers; None: always ask it
 
     def __post_init__(self) -> None:
         self.budget = archives.Budget(self.limits)
@@ -236,14 +237,15 @@ class _Walk:
 
     def typed(self, part: Part, payload: bytes, declared_types: set[str], archive_depth: int) -> Part:
         """The facts that come from the payload itself."""
-        detected = sniff.detect(payload)
+        digest = hashlib.sha256(payload).digest()
+        detected = sniff.detect(payload) if self.types is None else self.types.detect(payload, digest)
         is_html = bool(declared_types & {"text/html", "application/xhtml+xml"}) or detected == "text/html" \
             or bool(set(part.extensions) & active.HTML_EXTENSIONS)
         return replace(
             part,
             detected_type=detected,
             size=len(payload),
-            sha256=hashlib.sha256(payload).hexdigest(),
+            sha256=digest.hex(),
             type_mismatch=bool(part.declared_type) and sniff.mismatch(part.declared_type, detected),
             has_macros=part.has_macros or active.ole_has_macros(payload),
             pdf_active_content=active.is_pdf(payload) and active.pdf_active_content(payload),
@@ -334,12 +336,14 @@ def _encoding(fields, ambiguities: set[Ambiguity]) -> str:
     return values[0] if values else ""
 
 
-def inspect(raw: bytes, limits: InspectionLimits, deadline: float | None = None) -> MessageView:
+def inspect(raw: bytes, limits: InspectionLimits, deadline: float | None = None,
+            types: sniff.TypeCache | None = None) -> MessageView:
     """Facts about `raw` (the message as received: CRLF, dot-unstuffed). Never raises.
 
     `deadline` is a `time.monotonic()` value: past it the walk stops between parts and
-    records `Limit.TIME` (a thread cannot be cancelled from outside, so the walk checks)."""
-    walk = _Walk(raw, limits, deadline=deadline)
+    records `Limit.TIME` (a thread cannot be cancelled from outside, so the walk checks).
+    `types` remembers libmagic's answers across messages (`sniff.TypeCache`)."""
+    walk = _Walk(raw, limits, deadline=deadline, types=types)
     try:
         walk.message(_Source(raw), 0, len(raw), "", 0)
     except MemoryError:

@@ -22,6 +22,7 @@ COVERAGE: dict[str, str] = {
     "frontfilter_rule_matches_total": E2E,
     "frontfilter_attachments_stripped_total": E2E,
     "frontfilter_inspection_limits_total": E2E,
+    "frontfilter_type_cache_lookups_total": E2E,
     "frontfilter_message_size_bytes": E2E,
     "frontfilter_forward_attempts_total": E2E,
     "frontfilter_forward_seconds": E2E,

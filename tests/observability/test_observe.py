@@ -72,6 +72,8 @@ MOVES = [
          "frontfilter_rule_matches_total", {"rule": "executables", "action": "reject", "mode": "monitor"}),
     Move("frontfilter_inspection_limits_total", lambda: observe.inspection_limit("archive_members"),
          "frontfilter_inspection_limits_total", {"limit": "archive_members"}),
+    Move("frontfilter_type_cache_lookups_total", lambda: observe.type_cache_lookups(hits=2, misses=0),
+         "frontfilter_type_cache_lookups_total", {"result": "hit"}),
     Move("frontfilter_attachments_stripped_total", lambda: observe.attachment_stripped("application/zip"),
          "frontfilter_attachments_stripped_total", {"type": "application/zip"}),
     Move("frontfilter_messages_total",
