@@ -20,9 +20,12 @@ import aiosmtpd.smtp
 
 class _CachingDir:
     """Stands in for `dir` inside `aiosmtpd.smtp`, which lists the handler and the protocol on
-    every connection to find their `handle_*` and `smtp_*` methods: the class's names are
-    listed once, the instance's own attributes added each time. The same names as `dir`, not
-    sorted: aiosmtpd only filters them into dicts."""
+    every connection only to keep their `handle_*` and `smtp_*` methods: those names of the
+    class are listed once, the instance's own added each time. Only those names, not sorted:
+    aiosmtpd filters them by the same prefixes into dicts, so its dicts are the same (the
+    protocol's ~200 other names cost a filter pass per connection)."""
+
+    PREFIXES = ("smtp_", "handle_")
 
     def __init__(self) -> None:
         self._names: dict[type, tuple[list[str], frozenset[str]]] = {}
@@ -31,10 +34,10 @@ class _CachingDir:
         cls = type(obj)
         known = self._names.get(cls)
         if known is None:
-            listed = dir(cls)
+            listed = [n for n in dir(cls) if n.startswith(self.PREFIXES)]
             known = self._names[cls] = (listed, frozenset(listed))
         names, members = known
-        own = [n for n in getattr(obj, "__dict__", ()) if n not in members]
+        own = [n for n in getattr(obj, "__dict__", ()) if n.startswith(self.PREFIXES) and n not in members]
         return names + own if own else names
 
 

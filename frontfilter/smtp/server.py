@@ -22,10 +22,14 @@ LISTEN_BACKLOG = 512   # pending connections the kernel queues for us (capped by
 
 def protocol_factory(config: Config, handler: Handler, listener: ListenerConfig, door: FrontDoor) -> Any:
     server = config.server
+    # Given, not looked up: aiosmtpd's own lookup runs asyncio.get_event_loop() under
+    # warnings.catch_warnings() for every connection.
+    loop = asyncio.get_running_loop()
 
     def make() -> FrontSMTP:
         return FrontSMTP(
             handler,
+            loop=loop,
             listener=listener,
             door=door,
             hostname=server.hostname,
