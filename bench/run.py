@@ -612,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='frontfilter\'s server.workers (default "auto": one per CPU)')
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, spools)")
     args = parser.parse_args(argv)
+    # `kill` (SIGTERM) as Ctrl-C: the contenders are stopped on the way out, Postfix included,
+    # which would otherwise go on running from the deleted temp dir.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.quick:
         args.runs, args.scale = 1, 0.01
     missing = [tool for tool in ("smtp-source", "smtp-sink", "postfix") if shutil.which(tool) is None]
@@ -724,4 +727,8 @@ def render_scaling(scaling: list[Result], memory: dict[str, float | str]) -> str
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:       # the contenders were stopped on the way out
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
