@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
-                               disable_created_metrics, multiprocess)
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
+                               ProcessCollector, disable_created_metrics, multiprocess)
 from prometheus_client.metrics import MetricWrapperBase
 
 # The 0.0.4 text format would carry one `<name>_created` gauge per counter and histogram
@@ -35,11 +35,15 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
 # process_start_time_seconds ... (read from /proc on each scrape: microseconds).
 ProcessCollector(registry=REGISTRY)
+# python_gc_collections_total, python_gc_objects_collected_total{generation}: the cycle
+# collector stops the event loop while it runs; a closed session should leave it nothing.
+GCCollector(registry=REGISTRY)
 
 # Several workers (server.workers > 1, supervisor.py): each writes its values to files in
 # $PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker sums them. A gauge says how: the spool
 # and backend gauges are the same fact seen by every worker ("max"); a rule or readiness gauge
-# is only as good as the worst worker ("min"). process_* then describe the worker that answered.
+# is only as good as the worst worker ("min"). process_* and python_gc_* then describe the
+# worker that answered.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
@@ -56,6 +60,7 @@ def exposition_registry() -> CollectorRegistry:
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged)
     ProcessCollector(registry=merged)
+    GCCollector(registry=merged)
     return merged
 
 OTHER = "other"
