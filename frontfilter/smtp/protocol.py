@@ -87,9 +87,9 @@ class FrontSMTP(SMTP):
         """aiosmtpd's own, with a fast path for the plain `<local@domain>` nearly every client
         sends: the stdlib header parser took 70-90 µs per MAIL and RCPT (11 % of the event loop
         in the bench profile), this regex 1 µs. The fast path answers exactly what the parser
-        would (checked against it on 600,000 generated arguments); anything else goes to the
-        parser, less the `typing.Protocol` class aiosmtpd defines on every call, and answered
-        as a syntax error where the parser itself fails."""
+        would (tests/smtp/test_getaddr.py compares them); anything else goes to the parser,
+        less the `typing.Protocol` class aiosmtpd defines on every call, and is an unreadable
+        address where the parser itself fails."""
         if not arg:
             return "", ""
         simple = _SIMPLE_PATH.match(arg)
@@ -103,8 +103,8 @@ class FrontSMTP(SMTP):
                     address, rest = get_addr_spec(arg)
                 addr = address.addr_spec
             except (HeaderParseError, IndexError, AttributeError):
-                # The stdlib parser trips over some broken input (`MAIL FROM:<"`): a syntax
-                # error for the client (501), not an internal error (451 and a traceback).
+                # The stdlib parser trips over some broken input (`MAIL FROM:<"`): an unreadable
+                # address for the client (553 5.1.3), not an internal error (451, a traceback).
                 return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
@@ -183,9 +183,9 @@ class FrontSMTP(SMTP):
 
         aiosmtpd's command tables and callbacks are bound methods of the session, its stream
         writer and reader point back at it (the reader through our line check), timers call
-        it back, and the cancelled task's traceback holds the session's frames. Left to the cycle collector, ~70 objects per
-        session made it run every few hundred sessions, 2-6 ms each and longer full passes,
-        with the event loop stopped (bench/README.md)."""
+        it back, and the cancelled task's traceback holds the session's frames. Left to the
+        cycle collector, ~70 objects per session made it run every few hundred sessions,
+        2-6 ms each and longer full passes, with the event loop stopped (bench/README.md)."""
         self._smtp_methods = {}
         self._auth_methods = {}
         self._handle_hooks = {}
