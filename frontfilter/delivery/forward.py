@@ -229,7 +229,7 @@ class Forwarder:
         encoding = "utf-8" if utf8 else "ascii"
         mail_options = self._mail_options(smtp, options, len(data))
         try:
-            await smtp.mail(sender, options=mail_options, encoding=encoding)
+            await wire.send_mail(smtp, sender, mail_options, encoding)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
             if reply.outcome is Outcome.PERMANENT:
@@ -249,7 +249,7 @@ class Forwarder:
         results: list[BackendReply | None] = []
         for recipient in recipients:
             try:
-                await smtp.rcpt(recipient, encoding=encoding)
+                await wire.send_rcpt(smtp, recipient, encoding)
                 results.append(None)           # accepted: its fate is DATA's
             except aiosmtplib.SMTPResponseException as error:
                 reply = _from_response(error.code, error.message, name)

@@ -1,0 +1,77 @@
+"""MAIL FROM and RCPT TO to the backend: our paths are the ones aiosmtplib would have sent.
+
+`wire.path` replaces aiosmtplib's `quote_address` (a stdlib header parse per address) for the
+addresses our SMTP side accepted; a difference would be an envelope forwarded other than it came
+in, or an address that smuggles a parameter onto the backend's command line.
+"""
+
+from __future__ import annotations
+
+import random
+import smtplib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from aiosmtplib.email import quote_address
+
+from frontfilter.delivery import wire
+from frontfilter.smtp.protocol import FrontSMTP
+from tests.harness import relay_with_sink
+from tests.smtp.test_getaddr import FIXED, generated
+
+
+def aiosmtplib_path(address: str, encoding: str) -> bytes | type[Exception]:
+    try:
+        return quote_address(address).encode(encoding)
+    except (ValueError, UnicodeEncodeError) as error:
+        return type(error)
+
+
+def our_path(address: str, encoding: str) -> bytes | type[Exception]:
+    try:
+        return wire.path(address, encoding)
+    except (ValueError, UnicodeEncodeError) as error:
+        return type(error)
+
+
+def atext_addresses(count: int) -> set[str]:
+    """Addresses of every character the fast path takes, in odd places (dots at the ends, @@)."""
+    chance = random.Random(5321)
+    atext = "aZ09!#$%&'*+/=?^_`{|}~.-@"
+    return {"".join(chance.choice(atext) for _ in range(chance.randint(1, 12))) + "@" +
+            "".join(chance.choice("aZ09.-@") for _ in range(chance.randint(1, 8))) for _ in range(count)}
+
+
+def test_every_address_our_smtp_side_reads_gets_the_path_aiosmtplib_would_send() -> None:
+    session = SimpleNamespace(local_part_limit=0)
+    addresses = {"", '"john doe"@example.org', '"a\\"b"@example.org', "ünï@exämple.org"}
+    addresses |= atext_addresses(20_000)
+    for argument in FIXED + generated(20_000):
+        address, _rest = FrontSMTP._getaddr(session, argument)  # type: ignore[arg-type]
+        if address is not None:
+            addresses.add(address)
+    assert len(addresses) > 1000
+    for address in sorted(addresses):
+        for encoding in ("ascii", "utf-8"):
+            assert our_path(address, encoding) == aiosmtplib_path(address, encoding), (address, encoding)
+
+
+@pytest.mark.parametrize("address", ["a b@example.org", "a@b> SIZE=1@example.org", "a\r\nRSET@example.org"])
+def test_an_address_never_ends_the_path_early_on_the_backends_command_line(address: str) -> None:
+    try:
+        sent = wire.path(address)
+    except ValueError:
+        return
+    assert sent.count(b">") == 1 and not set(sent) & set(b" \t\r\n"), sent
+
+
+def test_quoted_local_part_and_null_sender_reach_the_backend_as_sent(tmp_path: Path) -> None:
+    with relay_with_sink(tmp_path) as (relay, sink):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.sendmail('"john doe"@example.net', ["bob@example.org"],
+                            b"Subject: quoted\r\nMessage-ID: <q@test>\r\n\r\nhello\r\n")
+            client.sendmail("<>", ["carol@example.org"],
+                            b"Subject: bounce\r\nMessage-ID: <n@test>\r\n\r\nhello\r\n")
+    assert [(m.sender, m.recipients) for m in sink.messages] == [
+        ('"john doe"@example.net', ["bob@example.org"]), ("<>", ["carol@example.org"])]
