@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import os
 import re
@@ -151,17 +152,20 @@ class DeliveryState:
 
 @dataclass(frozen=True)
 class Layout:
+    """The spool's directories. Made once each (a `Path` join is a parse: a few µs, a dozen
+    times per message, 4 % of the relay's time in the bench profile before)."""
+
     root: Path
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    @property
+    @functools.cached_property
     def queue(self) -> Path:
         return self.root / "queue"
 
-    @property
+    @functools.cached_property
     def dead(self) -> Path:
         return self.root / "deadletter"
 
@@ -275,9 +279,10 @@ class Message:
 
     def unlink(self) -> None:
         """`remove` without the directory fsync, for `remove_delivered` (one fsync for many)."""
-        for path in (self.layout.msg(self.id, self.dead), self.layout.state(self.id, self.dead)):
+        directory = os.fspath(self.layout.dead if self.dead else self.layout.queue)
+        for name in (f"{self.id}.msg", f"{self.id}.state"):
             try:
-                path.unlink()
+                os.unlink(os.path.join(directory, name))
             except FileNotFoundError:
                 pass
 
