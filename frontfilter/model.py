@@ -7,6 +7,7 @@ imports nothing of frontfilter's.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import secrets
 import time
@@ -40,6 +41,11 @@ class Peer:
     port: int
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        """Made once: the log line, the rules and the Received header each ask for it."""
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
         return f"{self.ip}:{self.port}"

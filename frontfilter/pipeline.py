@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import format_datetime, localtime
+from email.utils import formatdate
 from pathlib import Path
 
 from frontfilter import observe, policy, reply
@@ -440,7 +440,7 @@ class Pipeline:
         recipient = f" for <{txn.recipients[0].normalised}>" if len(txn.recipients) == 1 else ""
         # One line; content.rewrite folds it.
         return (f"from {helo} ([{state.peer.ip}]) by {self.config.server.hostname} (frontfilter) "
-                f"with {protocol} id {txn.queue_id}{recipient}; {format_datetime(localtime())}")
+                f"with {protocol} id {txn.queue_id}{recipient}; {_date_line(int(time.time()))}")
 
     # ---- rules at the early stages ----------------------------------------------------------
 
@@ -617,3 +617,10 @@ def _write_file(directory: Path, name: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _date_line(second: int) -> str:
+    """RFC 5322 date of `second` in local time, as Received headers carry it; made once per
+    second (the stdlib's formatting took 20 µs a message)."""
+    return formatdate(second, localtime=True)

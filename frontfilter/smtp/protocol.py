@@ -48,7 +48,7 @@ from frontfilter.reply import Reply
 from frontfilter.smtp import introspect, proxy
 from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.data import CHUNK, DataCollector, DataProblem
-from frontfilter.smtp.door import FrontDoor, peer_from
+from frontfilter.smtp.door import NOWHERE, FrontDoor, peer_from
 from frontfilter.smtp.tls import HANDSHAKE_TIMEOUT, tls_version
 
 
@@ -67,7 +67,7 @@ class FrontSMTP(SMTP):
         super().__init__(handler, tls_context=None, auth_require_tls=True, **kwargs)
         self.listener = listener
         self.door = door
-        self.client: Peer = peer_from(None)   # the real client: set at connect, after PROXY
+        self.client: Peer = NOWHERE   # the real client: set at connect, after PROXY
         self._holds_slot = False     # a connection-limit slot to give back
         self._lost = False
         self._overrun = False
