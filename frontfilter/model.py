@@ -16,6 +16,18 @@ from dataclasses import dataclass, field
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class CrlfText(bytes):
+    """A message whose line ends are all CRLF, with no other CR or LF anywhere.
+
+    Made only where that is known: by `smtp.data.DataCollector`, which refuses anything else,
+    and by `content.rewrite.prepend_headers` on such a message (its folded fields are CRLF).
+    The forwarder then dot-stuffs it without counting its line ends again (`delivery.wire`:
+    three passes over the message on the event loop, 5 % of it on 100 KB mail). Anything
+    derived from it by slicing or joining is plain `bytes`, and is checked."""
+
+    __slots__ = ()
+
+
 class Stage(enum.Enum):
     """The points of the SMTP dialogue where a decision can be taken (milter style)."""
 

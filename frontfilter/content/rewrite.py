@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
 from frontfilter.content.view import MessageView, Part
+from frontfilter.model import CrlfText
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit
@@ -120,7 +121,9 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         if not value.isascii():
             value = " ".join(_encoded_words(value))
         out.append(fold(name, value))
-    return b"".join(out) + raw
+    added = b"".join(out) + raw
+    # fold() writes CRLF only: on a message known CRLF-clean, the result is too.
+    return CrlfText(added) if isinstance(raw, CrlfText) else added
 
 
 def _encoded_words(value: str) -> list[str]:

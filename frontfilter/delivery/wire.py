@@ -9,7 +9,8 @@ ones, nearly all, get their brackets directly, the rest still go through aiosmtp
 `aiosmtplib.SMTP.data()` runs two regex substitutions over the whole message (line ends, then
 leading dots) before writing it: a fifth of the relay's CPU on 100 KB mail in the bench profile
 (bench/README.md). What frontfilter forwards is already CRLF-only — DATA refuses bare CR and LF,
-the rewriter writes CRLF — so dot-stuffing is one `bytes.replace`. A message that is somehow not
+the rewriter writes CRLF — so dot-stuffing is one `bytes.replace`. A message that carries that
+as its type (`model.CrlfText`) is not counted again; any other is, and one that is somehow not
 CRLF-clean takes aiosmtplib's own path, which normalises it, rather than reach the backend with
 bare line ends.
 """
@@ -20,9 +21,11 @@ import re
 from collections.abc import Sequence
 
 import aiosmtplib
-from aiosmtplib.email import quote_address
 from aiosmtplib import (SMTPDataError, SMTPRecipientRefused, SMTPResponse, SMTPSenderRefused,
                         SMTPServerDisconnected, SMTPTimeoutError)
+from aiosmtplib.email import quote_address
+
+from frontfilter.model import CrlfText
 
 # An address of atoms and dots around one @ (nearly every address) is what aiosmtplib's
 # `quote_address` leaves unchanged; anything else (quoted local parts, address literals, the
@@ -66,7 +69,7 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
     """DATA, the stuffed message, the end mark; the server's final reply (raises like `smtp.data`).
 
     Each wait is bounded by the client's own timeout, as in `smtp.data`."""
-    if smtp.protocol is None or not crlf_clean(message):
+    if smtp.protocol is None or not (isinstance(message, CrlfText) or crlf_clean(message)):
         return await smtp.data(message)
     timeout = smtp.timeout
     stuffed = message.replace(b"\r\n.", b"\r\n..")

@@ -11,6 +11,9 @@ import random
 
 import pytest
 
+from frontfilter.content.rewrite import prepend_headers
+from frontfilter.delivery.wire import crlf_clean
+from frontfilter.model import CrlfText
 from frontfilter.smtp.data import DataCollector, DataProblem
 
 MAX_LINE = 40
@@ -66,3 +69,21 @@ def test_verdict_does_not_depend_on_where_the_client_splits_the_stream(name: str
         result, leftover = collect(wire, cuts)
         assert result == expected, (name, cuts)
         assert leftover == after, (name, cuts)
+
+
+def test_an_accepted_message_is_marked_crlf_clean_and_is() -> None:
+    """The forwarder trusts `CrlfText` without counting line ends: random streams of lines with
+    stray CRs, LFs and dots, wherever they are accepted, must really be CRLF-only."""
+    generator = random.Random(5321)
+    accepted = 0
+    for _ in range(3000):
+        lines = [bytes(generator.choice(b"ab.\r\n") for _ in range(generator.randint(0, 6)))
+                 for _ in range(generator.randint(0, 5))]
+        wire = b"\r\n".join(lines) + (b"\r\n" if lines else b"") + b".\r\n"
+        (message, problem), _rest = collect(wire, sorted(generator.sample(range(1, len(wire)), min(2, len(wire) - 1))))
+        if problem is None:
+            accepted += 1
+            assert isinstance(message, CrlfText) and crlf_clean(message), wire
+            headed = prepend_headers(message, [("X-Test", "a b")])
+            assert isinstance(headed, CrlfText) and crlf_clean(headed), wire
+    assert accepted > 300
