@@ -52,6 +52,12 @@ GONE_MEMORY_SECONDS = 60.0
 # Messages just written by this process wait for a free delivery slot in memory, still locked
 # (no reopening, no re-reading); past this many they are let go and taken from disk later.
 READY_MAX = 256
+# Delivered messages are removed in batches (one thread hop and one directory fsync each).
+# Under load the first removal waits this long for others to join, unless this many wait
+# already: a hop and a journal commit cost more than the wait, and the message stays locked
+# meanwhile, so nothing else can deliver it again.
+REMOVAL_GATHER = 0.005
+REMOVAL_BATCH = 8
 
 
 def retry_delay(attempts: int, config: SpoolConfig, rand: float) -> float:
@@ -395,8 +401,14 @@ class Worker:
             raise error
 
     async def _remove_batches(self) -> None:
+        interrupted = False
         try:
             while self._removals:
+                if len(self._removals) < REMOVAL_BATCH and not interrupted:
+                    try:
+                        await asyncio.sleep(REMOVAL_GATHER)
+                    except asyncio.CancelledError:
+                        interrupted = True    # these are delivered: remove them, then stop
                 batch, self._removals = self._removals, []
                 try:
                     errors = await asyncio.to_thread(remove_delivered, self.spool.layout, [m for m, _ in batch])
@@ -410,6 +422,8 @@ class Worker:
                         message.close()
                     errors = [OSError(f"removal failed: {error}")] * len(batch)
                 self._settle_removals(batch, errors)
+            if interrupted:
+                raise asyncio.CancelledError
         finally:
             self._removing = False
 
