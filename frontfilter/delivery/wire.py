@@ -60,6 +60,10 @@ async def send_rcpt(smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> SMT
     return response
 
 
+# Messages up to this size go out with their end mark in one write (one send system call).
+JOIN_BELOW = 256 * 1024
+
+
 def crlf_clean(message: bytes) -> bool:
     crlf = message.count(b"\r\n")
     return message.count(b"\n") == crlf and message.count(b"\r") == crlf
@@ -72,7 +76,7 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
     if smtp.protocol is None or not (isinstance(message, CrlfText) or crlf_clean(message)):
         return await smtp.data(message)
     timeout = smtp.timeout
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    stuffed = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     start = await smtp.execute_command(b"DATA", timeout=timeout)
@@ -81,9 +85,13 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
     protocol = smtp.protocol
     if protocol is None:
         raise SMTPServerDisconnected("Connection lost")
+    end = b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
     try:
-        protocol.write(stuffed)
-        protocol.write(b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n")
+        if len(stuffed) <= JOIN_BELOW:      # one send, not two: the copy costs less
+            protocol.write(stuffed + end)
+        else:
+            protocol.write(stuffed)
+            protocol.write(end)
         response = await protocol.read_response(timeout=timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()    # as smtp.data() does: a half-read reply must not pair with the next command
