@@ -80,6 +80,7 @@ class FrontSMTP(SMTP):
         self._commands = 0
         self._errors = 0
         self._close_after_push = False
+        self._held_lines: list[str] = []     # lines of a multi-line reply not yet written
         self._session_deadline: asyncio.TimerHandle | None = None
         self.stage = "connect"
 
@@ -385,6 +386,14 @@ class FrontSMTP(SMTP):
                 await asyncio.sleep(self.door.tarpit_delay)
         if text.startswith("421"):
             self._close_after_push = True
+        if len(text) > 3 and text[3] == "-" and not self._close_after_push:
+            # A line of a multi-line reply (EHLO's seven): held, and written with the last in
+            # one send, not one system call per line.
+            self._held_lines.append(text)
+            return
+        if self._held_lines:
+            status = "\r\n".join([*self._held_lines, text])
+            self._held_lines.clear()
         await super().push(status)
         if len(text) < 4 or text[3] != "-":   # a multi-line reply counts once
             observe.reply_sent(self.stage, code if code.isdigit() else "500")
