@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,22 @@ def test_a_failed_write_leaves_no_temp_and_no_final_file(layout: Layout) -> None
     with pytest.raises(OSError):
         safeio.write_atomically(layout.tmp, layout.msg(QUEUE_ID), chunks())
     assert list(layout.tmp.iterdir()) == [] and not layout.msg(QUEUE_ID).exists()
+
+
+def test_a_short_write_still_writes_every_chunk_in_order() -> None:
+    """The spool writes a message's pieces with one writev; where the kernel takes less (here a
+    pipe of one page), the rest follows, in order: a spool file missing its tail is lost mail."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)          # F_SETPIPE_SZ: one page
+    chunks = [b"a" * 3000, b"b" * 5000, b"", b"c" * 10000, b"\n"]
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(
+        b"".join(iter(lambda: os.read(read_end, 65536), b""))))
+    reader.start()
+    try:
+        safeio._write_all(write_end, chunks)
+    finally:
+        os.close(write_end)
+        reader.join(10)
+        os.close(read_end)
+    assert received == [b"".join(chunks)]
