@@ -23,9 +23,20 @@ class CrlfText(bytes):
     and by `content.rewrite.prepend_headers` on such a message (its folded fields are CRLF).
     The forwarder then dot-stuffs it without counting its line ends again (`delivery.wire`:
     three passes over the message on the event loop, 5 % of it on 100 KB mail). Anything
-    derived from it by slicing or joining is plain `bytes`, and is checked."""
+    derived from it by slicing or joining is plain `bytes`, and is checked.
+
+    Only messages up to `MAX_MARKED` bytes are made one: CPython builds a bytes subclass
+    through a temporary plain copy, and two extra copies of a 25 MB message at once are what
+    the peak-memory bound cannot afford (the forwarder counts a big one in a thread)."""
 
     __slots__ = ()
+
+    MAX_MARKED = 1024 * 1024
+
+    @classmethod
+    def marked(cls, data: bytes | bytearray | memoryview) -> bytes:
+        """`data` as CrlfText when small enough, else as plain bytes: the caller knows it clean."""
+        return cls(data) if len(data) <= cls.MAX_MARKED else bytes(data)
 
 
 class Stage(enum.Enum):

@@ -123,7 +123,7 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         out.append(fold(name, value))
     added = b"".join(out) + raw
     # fold() writes CRLF only: on a message known CRLF-clean, the result is too.
-    return CrlfText(added) if isinstance(raw, CrlfText) else added
+    return CrlfText.marked(added) if isinstance(raw, CrlfText) else added
 
 
 def _encoded_words(value: str) -> list[str]:

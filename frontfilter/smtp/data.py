@@ -98,7 +98,7 @@ class DataCollector:
         if self._problem is None and len(buffer) - self._checked > self.max_line + 3:
             self._problem = DataProblem.LINE_TOO_LONG   # dot + max_line + CRLF, and still no LF
 
-    def result(self) -> tuple[CrlfText | None, DataProblem | None]:
+    def result(self) -> tuple[bytes | None, DataProblem | None]:
         """The unstuffed message, or the problem that refuses it."""
         assert self.done
         if self.too_big:
@@ -110,7 +110,7 @@ class DataCollector:
         del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
         if b"\r\n." in data:
             data = data.replace(b"\r\n.", b"\r\n")
-        message = CrlfText(memoryview(data)[2:])   # every line was checked above
+        message = CrlfText.marked(memoryview(data)[2:])   # every line was checked above
         if len(message) > self.max_size:
             return None, DataProblem.TOO_BIG
         return message, None

@@ -16,6 +16,7 @@ import pytest
 from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
+from frontfilter.model import CrlfText
 from frontfilter.smtp.protocol import FrontSMTP
 from tests.harness import relay_with_sink
 from tests.smtp.test_getaddr import FIXED, generated
@@ -75,3 +76,18 @@ def test_quoted_local_part_and_null_sender_reach_the_backend_as_sent(tmp_path: P
                             b"Subject: bounce\r\nMessage-ID: <n@test>\r\n\r\nhello\r\n")
     assert [(m.sender, m.recipients) for m in sink.messages] == [
         ('"john doe"@example.net', ["bob@example.org"]), ("<>", ["carol@example.org"])]
+
+
+@pytest.mark.parametrize("mode", ["sync", "queue"])
+def test_a_big_message_with_dot_lines_arrives_whole(tmp_path: Path, mode: str) -> None:
+    """Past `CrlfText.MAX_MARKED` a message is not marked CRLF-clean (that would copy it twice)
+    and the forwarder counts its line ends in a thread: it must still arrive byte for byte."""
+    lines = b"".join(b"." * (n % 3) + b"line %d of a big message\r\n" % n for n in range(90_000))
+    body = b"Subject: big\r\nMessage-ID: <big@test>\r\n\r\n" + lines
+    assert len(body) > CrlfText.MAX_MARKED
+    with relay_with_sink(tmp_path, server={"max_message_size": "8MiB"}, backend={"mode": mode}) as (relay, sink):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+            client.sendmail("alice@example.net", ["bob@example.org"], body)
+        if mode == "queue":
+            relay.wait_event("delivery", status="delivered")
+    assert len(sink.messages) == 1 and sink.messages[0].data.endswith(body)
