@@ -122,7 +122,6 @@ class Handler:
         assert isinstance(envelope.content, bytes)
         answer = await self.pipeline.data(self._state(session), envelope.content)
         envelope.content = envelope.original_content = None
-        server.stage = "mail"
         return answer.wire
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:

@@ -475,7 +475,8 @@ class FrontSMTP(SMTP):
             # and the tarpit are for clients that err without delivering, not for a relay whose
             # batch holds some refused messages among good ones.
             self._errors = 0
-        await self.push(status)
+        await self.push(status)          # counted as DATA's reply
+        self.stage = "mail"              # the transaction is over: what follows is MAIL's
 
 
 def _tls_failure(error: BaseException) -> str:
