@@ -53,9 +53,10 @@ GONE_MEMORY_SECONDS = 60.0
 # (no reopening, no re-reading); past this many they are let go and taken from disk later.
 READY_MAX = 256
 # Delivered messages are removed in batches (one thread hop and one directory fsync each).
-# Under load the first removal waits this long for others to join, unless this many wait
-# already: a hop and a journal commit cost more than the wait, and the message stays locked
-# meanwhile, so nothing else can deliver it again.
+# A batch of fewer than REMOVAL_BATCH waits this long for others to join (under load nearly
+# every batch held one): a hop and a journal commit cost more than the wait. The messages stay
+# locked meanwhile, so nothing else can deliver them again; a crash in between means at most
+# a second delivery, never a loss.
 REMOVAL_GATHER = 0.005
 REMOVAL_BATCH = 8
 

@@ -65,7 +65,7 @@ def peer_from(address: object) -> Peer:
 
 @functools.lru_cache(maxsize=4096)
 def _client_ip(host: str) -> IPAddress:
-    """Parsing an address costs ~10 µs, twice per connection; a relay hears the same clients
+    """Parsing an address costs ~10 µs per connection; a relay hears the same clients
     again and again (and the same balancer, behind PROXY), so answers are kept."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])

@@ -439,6 +439,14 @@ class FrontSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         self.stage = "data"
+        try:
+            await self._data_phase()
+        finally:
+            self.stage = "mail"      # the transaction is over, however it ended: what follows is MAIL's
+
+    async def _data_phase(self) -> None:
+        """354, the message, and the reply to it: all counted under stage `data`."""
+        assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         collector = DataCollector(max_size=self.max_message_size, max_line=self._max_line)
         deadline = time.monotonic() + self._data_timeout
@@ -475,8 +483,7 @@ class FrontSMTP(SMTP):
             # and the tarpit are for clients that err without delivering, not for a relay whose
             # batch holds some refused messages among good ones.
             self._errors = 0
-        await self.push(status)          # counted as DATA's reply
-        self.stage = "mail"              # the transaction is over: what follows is MAIL's
+        await self.push(status)
 
 
 def _tls_failure(error: BaseException) -> str:

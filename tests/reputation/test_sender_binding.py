@@ -282,3 +282,16 @@ def test_without_a_sender_map_a_login_sends_only_as_itself(tmp_path: Path) -> No
             assert [m.sender for m in sink.wait_for(2)] == ["alice@example.org", "carol@example.org"]
             line = relay.wait_event("refused", stage="mail")
             assert "no relay.sender_map" in line["reason"]
+
+
+def test_a_huge_from_domain_is_read_but_not_kept_in_memory() -> None:
+    """Domains are normalised through a cache of the most recent; a From: field can carry a
+    250 KB "domain", and 4,096 of those kept would be a gigabyte a client could pin."""
+    from frontfilter.reputation import facts
+
+    facts._normalise_domain.cache_clear()
+    huge = "a" * 9000 + ".example"
+    assert facts.normalise_domain(huge.upper()) == huge
+    assert facts._normalise_domain.cache_info().currsize == 0
+    assert facts.normalise_domain("Example.ORG.") == "example.org"
+    assert facts._normalise_domain.cache_info().currsize == 1
