@@ -26,12 +26,11 @@ from aiosmtplib import (SMTPDataError, SMTPRecipientRefused, SMTPResponse, SMTPS
                         SMTPServerDisconnected, SMTPTimeoutError)
 from aiosmtplib.email import quote_address
 
-from frontfilter.model import CrlfText
+from frontfilter.model import PLAIN_ADDRESS, CrlfText
 
-# An address of atoms and dots around one @ (nearly every address) is what aiosmtplib's
-# `quote_address` leaves unchanged; anything else (quoted local parts, address literals, the
-# odd character) still goes through it.
-_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+# A plain address (nearly every one) is what aiosmtplib's `quote_address` leaves unchanged;
+# anything else (quoted local parts, address literals, the odd character) still goes through it.
+_PLAIN = re.compile(PLAIN_ADDRESS)
 
 
 def path(address: str, encoding: str = "ascii") -> bytes:

@@ -12,9 +12,10 @@ words of RFC 7208 §2.6, the values of `DnsCheck` the words of `dns.error = [...
 from __future__ import annotations
 
 import enum
-import functools
 import ipaddress
 from dataclasses import dataclass
+
+from frontfilter.memo import remembered
 
 
 class SpfResult(enum.Enum):
@@ -59,19 +60,13 @@ class CheckFacts:
 NO_CHECKS = CheckFacts()
 
 
+@remembered(maxsize=4096, longest=300)
 def normalise_domain(domain: str) -> str:
     """Lower case, no trailing dot, A-label form; "" when it cannot be a domain.
 
     Kept for the 4,096 most recent: the IP test and the IDNA codec cost 15-30 µs, several
     times per message (HELO, sender, From), for the same few domains again and again. Only
     names that can be domains (253 octets) are kept: a From: field may carry a 250 KB one."""
-    if len(domain) > 300:
-        return _normalise_domain.__wrapped__(domain)
-    return _normalise_domain(domain)
-
-
-@functools.lru_cache(maxsize=4096)
-def _normalise_domain(domain: str) -> str:
     domain = domain.strip().rstrip(".").lower()
     if not domain:
         return ""

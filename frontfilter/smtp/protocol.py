@@ -43,7 +43,7 @@ from email.errors import HeaderParseError
 
 from frontfilter import observe, reply
 from frontfilter.config import AuthMode, ListenerConfig, TlsMode
-from frontfilter.model import Peer
+from frontfilter.model import PLAIN_ADDRESS, Peer
 from frontfilter.reply import Reply
 from frontfilter.smtp import introspect, proxy
 from frontfilter.smtp.auth import MECHANISMS
@@ -499,8 +499,7 @@ def _tls_failure(error: BaseException) -> str:
 
 # `<dot-atom@host.name>`, then the end or blanks before a parameter (the parser drops blanks
 # and comments after the `>`; a comment is left to it).
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:$|[ \t]+(?=[^ \t(]|$))")
+_SIMPLE_PATH = re.compile(rf"<({PLAIN_ADDRESS})>(?:$|[ \t]+(?=[^ \t(]|$))")
 
 _DATA_REPLIES = {
     DataProblem.TOO_BIG: reply.MESSAGE_TOO_BIG,

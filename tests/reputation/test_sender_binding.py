@@ -289,9 +289,9 @@ def test_a_huge_from_domain_is_read_but_not_kept_in_memory() -> None:
     250 KB "domain", and 4,096 of those kept would be a gigabyte a client could pin."""
     from frontfilter.reputation import facts
 
-    facts._normalise_domain.cache_clear()
+    facts.normalise_domain.cache_clear()
     huge = "a" * 9000 + ".example"
     assert facts.normalise_domain(huge.upper()) == huge
-    assert facts._normalise_domain.cache_info().currsize == 0
+    assert facts.normalise_domain.cache_info().currsize == 0
     assert facts.normalise_domain("Example.ORG.") == "example.org"
-    assert facts._normalise_domain.cache_info().currsize == 1
+    assert facts.normalise_domain.cache_info().currsize == 1

@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import enum
-import functools
 import json
 import re
 from collections.abc import Callable
 from typing import Any
 
 from frontfilter.content.view import Ambiguity, Limit, Part
+from frontfilter.memo import remembered
 from frontfilter.model import Stage
 from frontfilter.rules.conditions.tree import AnyOf, Leaf, Node, NotOf, all_of
 from frontfilter.rules.conditions.values import (
@@ -388,13 +388,10 @@ def _sender_own_domain(facts: Facts, part: Part | None) -> tuple[bool, ...]:
 
 def _from_addresses(facts: Facts, part: Part | None = None) -> tuple[str, ...]:
     # Every address of every From: field: a second From: (or a mailbox-list) must not hide ours.
-    fields = tuple(_message(facts).header_values("From"))
-    if sum(map(len, fields)) > 512:       # not worth keeping (and a crafted one could be huge)
-        return _addresses_in.__wrapped__(fields)
-    return _addresses_in(fields)
+    return _addresses_in(tuple(_message(facts).header_values("From")))
 
 
-@functools.lru_cache(maxsize=1024)
+@remembered(maxsize=1024, longest=512)
 def _addresses_in(fields: tuple[str, ...]) -> tuple[str, ...]:
     """The stdlib's address-list parse takes 30-60 µs; a sender's From: repeats (a newsletter,
     a person writing all day), and more than one rule may read it."""
