@@ -66,3 +66,18 @@ def test_zero_entries_asks_libmagic_every_time() -> None:
         assert cache.detect(c.pe(), hashlib.sha256(c.pe()).digest()) == \
             "application/vnd.microsoft.portable-executable"
     assert len(cache) == 0 and cache.take_counts() == (0, 0)
+
+
+def test_a_negative_type_cache_is_a_config_error_naming_file_and_key(tmp_path) -> None:
+    """`inspection.type_cache`: 0 turns the cache off; below that is a typo, said in one line."""
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, write_config
+
+    config = write_config(tmp_path, [2526], inspection={"type_cache": -1})
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(config)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode != 0
+    assert f"{config}: inspection.type_cache: must not be negative" in done.stderr
+    assert "Traceback" not in done.stderr
