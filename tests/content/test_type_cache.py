@@ -7,12 +7,16 @@ test compares whole views with the cache against views without it.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 from frontfilter.content import sniff
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 
 from tests.content import corpus as c
+from tests.harness import REPO, write_config
 
 LIMITS = InspectionLimits()
 
@@ -68,13 +72,8 @@ def test_zero_entries_asks_libmagic_every_time() -> None:
     assert len(cache) == 0 and cache.take_counts() == (0, 0)
 
 
-def test_a_negative_type_cache_is_a_config_error_naming_file_and_key(tmp_path) -> None:
+def test_a_negative_type_cache_is_a_config_error_naming_file_and_key(tmp_path: Path) -> None:
     """`inspection.type_cache`: 0 turns the cache off; below that is a typo, said in one line."""
-    import subprocess
-    import sys
-
-    from tests.harness import REPO, write_config
-
     config = write_config(tmp_path, [2526], inspection={"type_cache": -1})
     done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(config)],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
