@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from frontfilter.model import CrlfText
 
 TERMINATOR = b"\r\n.\r\n"
+DOT_LINE = b"\r\n."   # a line starting with a dot: the terminator, or a dot-stuffed line
 CHUNK = 64 * 1024     # read size; the terminator search keeps the last 4 bytes across reads
 
 
@@ -49,20 +50,35 @@ class DataCollector:
         self._tail = b"\r\n"   # the last 4 bytes seen, kept even while draining an oversize body
         self._checked = 2       # buffer[:_checked] is complete lines, already found well formed
         self._problem: DataProblem | None = None
+        self._dotted = False    # some line started with a dot: `result` must unstuff
         # +1: a transparency dot may precede a line of max_line octets (RFC 5321 §4.5.2).
         self._longest = self.max_line + 1
 
     def feed(self, block: bytes) -> bytes | None:
         window = self._tail + block
-        at = window.find(TERMINATOR)
-        if at < 0:
+        end = self._find_end(window)
+        if end < 0:
             self._take(block)
             self._tail = window[-4:]
             return None
-        end = at + len(TERMINATOR) - len(self._tail)   # index in block just past the terminator
+        end -= len(self._tail)        # index in block just past the terminator
         self._take(block[:end])
         self.done = True
         return block[end:]
+
+    def _find_end(self, window: bytes) -> int:
+        """Index in `window` just past the first terminator, or -1.
+
+        Every line that starts with a dot shows as `<CRLF>.`: the terminator is the one followed
+        by CRLF, the others are dot-stuffed. One search finds both, so `result` knows without a
+        pass of its own whether there is anything to unstuff."""
+        at = window.find(DOT_LINE)
+        while at >= 0:
+            if window.startswith(b"\r\n", at + 3):
+                return at + len(TERMINATOR)
+            self._dotted = True      # a stuffed line, or a terminator cut short: harmless either way
+            at = window.find(DOT_LINE, at + 1)
+        return -1
 
     def _take(self, block: bytes) -> None:
         self.size += len(block)
@@ -80,17 +96,18 @@ class DataCollector:
         """Check the lines completed by the last block.
 
         A line is well formed when it ends in CRLF, holds no other CR or LF, and is not too long.
-        Each block costs time in proportion to its own size: the lines it completes are split
-        once, their lengths taken in C. (A regex for long lines over the whole message at the
-        end cost 17 ms per 100 KB, as it scanned each line again from every position; one
-        anchored on each line's LF still cost 0.65 ms per 64 KB block in starting a match per
-        line, the split 0.2 ms.)"""
+        Each block costs time in proportion to its own size, in one pass at C speed: the lines
+        it completes are split at CRLF once; a CR or LF left in the joined pieces is a bare one,
+        and the longest piece is the longest line. (Three `count`s of CR, LF and CRLF cost twice
+        the split on 64 KB blocks: `count` walks byte by byte, while `in` for one byte is a
+        memchr. A regex for long lines rescanned each line from every position: 17 ms per 100 KB.)
+        """
         buffer, start = self._buffer, self._checked
         end = buffer.rfind(b"\n", start) + 1          # just past the last complete line
         if end > start:
             lines = bytes(memoryview(buffer)[start:end]).split(b"\r\n")
-            crlf = len(lines) - 1
-            if buffer.count(b"\n", start, end) != crlf or buffer.count(b"\r", start, end) != crlf:
+            joined = b"".join(lines)
+            if b"\n" in joined or b"\r" in joined:
                 self._problem = DataProblem.BARE_NEWLINE
             elif max(map(len, lines)) > self._longest:
                 self._problem = DataProblem.LINE_TOO_LONG
@@ -108,8 +125,8 @@ class DataCollector:
         if self._problem is not None:
             return None, self._problem
         del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
-        if b"\r\n." in data:
-            data = data.replace(b"\r\n.", b"\r\n")
+        if self._dotted:
+            data = data.replace(DOT_LINE, b"\r\n")
         message = CrlfText.marked(memoryview(data)[2:])   # every line was checked above
         if len(message) > self.max_size:
             return None, DataProblem.TOO_BIG

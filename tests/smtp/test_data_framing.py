@@ -30,6 +30,18 @@ def reference(wire: bytes) -> tuple[bytes | None, DataProblem | None]:
     return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines), None
 
 
+def faults(wire: bytes) -> set[DataProblem]:
+    """Every reason the obvious reading has to refuse `wire`."""
+    body = wire[: wire.index(b"\r\n.\r\n") + 2] if not wire.startswith(b".\r\n") else b""
+    lines = body.split(b"\r\n")[:-1] if body else []
+    return ({DataProblem.BARE_NEWLINE} if any(b"\r" in line or b"\n" in line for line in lines) else set()) \
+        | ({DataProblem.LINE_TOO_LONG} if any(len(line) > MAX_LINE + 1 for line in lines) else set())
+
+
+def after_terminator(wire: bytes) -> bytes:
+    return wire[3:] if wire.startswith(b".\r\n") else wire[wire.index(b"\r\n.\r\n") + 5:]
+
+
 def collect(wire: bytes, cuts: list[int]) -> tuple[tuple[bytes | None, DataProblem | None], bytes]:
     collector = DataCollector(max_size=1 << 20, max_line=MAX_LINE)
     leftover = None
@@ -60,7 +72,7 @@ CASES = {
 def test_verdict_does_not_depend_on_where_the_client_splits_the_stream(name: str) -> None:
     wire = CASES[name]
     expected = reference(wire)
-    after = wire[wire.index(b".\r\n") + 3:] if wire.startswith(b".\r\n") else wire[wire.index(b"\r\n.\r\n") + 5:]
+    after = after_terminator(wire)
     splits = [[], list(range(1, len(wire)))]
     generator = random.Random(name)
     for _ in range(200):
@@ -87,3 +99,25 @@ def test_an_accepted_message_is_marked_crlf_clean_and_is() -> None:
             headed = prepend_headers(message, [("X-Test", "a b")])
             assert isinstance(headed, CrlfText) and crlf_clean(headed), wire
     assert accepted > 300
+
+
+def test_random_streams_get_the_verdict_of_the_line_by_line_reading() -> None:
+    """Dot-stuffed lines, stray CRs and LFs, lines around the length limit, split anywhere: the
+    block reader must refuse, unstuff and hand back exactly what the obvious reading does."""
+    generator = random.Random(3030)
+    pieces = [b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"x" * (MAX_LINE - 1), b"y" * MAX_LINE]
+    verdicts = set()
+    for _ in range(3000):
+        lines = [b"".join(generator.choice(pieces) for _ in range(generator.randint(0, 4)))
+                 for _ in range(generator.randint(0, 6))]
+        wire = b"\r\n".join(lines) + (b"\r\n" if lines else b"") + b".\r\nQUIT\r\n"
+        expected = reference(wire)
+        cuts = sorted(generator.sample(range(1, len(wire)), min(3, len(wire) - 1)))
+        result, leftover = collect(wire, cuts)
+        if expected[1] is None:
+            assert result == expected, (wire, cuts)
+        else:   # a message with both faults may be refused for either, whichever is read first
+            assert result[0] is None and result[1] in faults(wire), (wire, cuts)
+        assert leftover == after_terminator(wire), (wire, cuts)
+        verdicts.add(expected[1])
+    assert verdicts == {None, DataProblem.BARE_NEWLINE, DataProblem.LINE_TOO_LONG}
