@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64 as stdlib_base64
 import random
 
+import pytest
+
 from frontfilter.content import decode
 
 
@@ -36,12 +38,19 @@ def shapes(generator: random.Random) -> bytes:
     return text
 
 
-def test_fast_and_general_decoders_agree_on_every_shape() -> None:
+@pytest.mark.parametrize("strict", ["pybase64", "binascii"])
+def test_fast_and_general_decoders_agree_on_every_shape(strict: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if strict == "pybase64":
+        pytest.importorskip("pybase64")      # the `fast` extra; `make test` installs it
+    else:
+        monkeypatch.setattr(decode, "_simd_b64decode", None)
     generator = random.Random(20261128)
-    fast_taken = 0
+    strict_taken = canonical_taken = 0
     for _ in range(5000):
         text = shapes(generator)
         general = decode._base64_by_segments(memoryview(text))
         assert decode.base64(text) == general, text
-        fast_taken += decode._canonical_base64(memoryview(text)) is not None
-    assert fast_taken > 1000, "most shapes are well formed and should take the fast path"
+        strict_taken += decode._strict_base64(memoryview(text)) is not None
+        canonical_taken += decode._canonical_base64(memoryview(text)) is not None
+    assert strict_taken > 1000, "most shapes are well formed and should take the quickest path"
+    assert canonical_taken > strict_taken, "blanks and excess padding are canonical but not strict"
