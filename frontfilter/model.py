@@ -45,6 +45,17 @@ class CrlfText(bytes):
         return cls(data) if len(data) <= cls.MAX_MARKED else bytes(data)
 
 
+class DotFreeText(CrlfText):
+    """CrlfText in which no line starts with a dot: nothing to stuff, so the forwarder sends it
+    as it is, without searching it for `<CRLF>.` (120 us on the event loop per 100 KB here).
+
+    Made by `smtp.data.DataCollector` when the client stuffed no line (its terminator search
+    sees every dotted line anyway) and kept by `prepend_headers` when no added field starts
+    with a dot."""
+
+    __slots__ = ()
+
+
 class Stage(enum.Enum):
     """The points of the SMTP dialogue where a decision can be taken (milter style)."""
 

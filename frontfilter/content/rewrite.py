@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
 from frontfilter.content.view import MessageView, Part
-from frontfilter.model import CrlfText
+from frontfilter.model import CrlfText, DotFreeText
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit
@@ -121,9 +121,14 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         if not value.isascii():
             value = " ".join(_encoded_words(value))
         out.append(fold(name, value))
-    added = b"".join(out) + raw
-    # fold() writes CRLF only: on a message known CRLF-clean, the result is too.
-    return CrlfText.marked(added) if isinstance(raw, CrlfText) else added
+    fields = b"".join(out)
+    added = fields + raw
+    if not isinstance(raw, CrlfText):
+        return added
+    # fold() writes CRLF only: on a message known CRLF-clean, the result is too; dot-free as
+    # well unless a field name starts with a dot (RFC 5322 allows it).
+    dot_free = isinstance(raw, DotFreeText) and not fields.startswith(b".") and b"\r\n." not in fields
+    return (DotFreeText if dot_free else CrlfText).marked(added)
 
 
 def _encoded_words(value: str) -> list[str]:

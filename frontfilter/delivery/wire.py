@@ -10,7 +10,8 @@ ones, nearly all, get their brackets directly, the rest still go through aiosmtp
 leading dots) before writing it: a fifth of the relay's CPU on 100 KB mail in the bench profile
 (bench/README.md). What frontfilter forwards is already CRLF-only — DATA refuses bare CR and LF,
 the rewriter writes CRLF — so dot-stuffing is one `bytes.replace`. A message that carries that
-as its type (`model.CrlfText`) is not counted again; any other is, and one that is somehow not
+as its type (`model.CrlfText`) is not counted again, and one known to have no dotted line
+(`model.DotFreeText`) is not searched for them; any other is, and one that is somehow not
 CRLF-clean takes aiosmtplib's own path, which normalises it, rather than reach the backend with
 bare line ends.
 """
@@ -26,7 +27,7 @@ from aiosmtplib import (SMTPDataError, SMTPRecipientRefused, SMTPResponse, SMTPS
                         SMTPServerDisconnected, SMTPTimeoutError)
 from aiosmtplib.email import quote_address
 
-from frontfilter.model import PLAIN_ADDRESS, CrlfText
+from frontfilter.model import PLAIN_ADDRESS, CrlfText, DotFreeText
 
 # A plain address (nearly every one) is what aiosmtplib's `quote_address` leaves unchanged;
 # anything else (quoted local parts, address literals, the odd character) still goes through it.
@@ -84,9 +85,12 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
     if smtp.protocol is None:
         return await smtp.data(message)
     timeout = smtp.timeout
-    stuffed = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
+    if isinstance(message, DotFreeText):
+        stuffed = message
+    else:
+        stuffed = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
     start = await smtp.execute_command(b"DATA", timeout=timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from frontfilter.model import CrlfText
+from frontfilter.model import CrlfText, DotFreeText
 
 TERMINATOR = b"\r\n.\r\n"
 DOT_LINE = b"\r\n."   # a line starting with a dot: the terminator, or a dot-stuffed line
@@ -127,7 +127,8 @@ class DataCollector:
         del data[-3:]                 # ".\r\n"; data now ends with the last line's CRLF
         if self._dotted:
             data = data.replace(DOT_LINE, b"\r\n")
-        message = CrlfText.marked(memoryview(data)[2:])   # every line was checked above
+        # Every line was checked above; unstuffed, a dotted line still starts with a dot.
+        message = (CrlfText if self._dotted else DotFreeText).marked(memoryview(data)[2:])
         if len(message) > self.max_size:
             return None, DataProblem.TOO_BIG
         return message, None

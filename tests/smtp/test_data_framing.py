@@ -13,7 +13,7 @@ import pytest
 
 from frontfilter.content.rewrite import prepend_headers
 from frontfilter.delivery.wire import crlf_clean
-from frontfilter.model import CrlfText
+from frontfilter.model import CrlfText, DotFreeText
 from frontfilter.smtp.data import DataCollector, DataProblem
 
 MAX_LINE = 40
@@ -83,11 +83,16 @@ def test_verdict_does_not_depend_on_where_the_client_splits_the_stream(name: str
         assert leftover == after, (name, cuts)
 
 
+def dot_free_really(message: bytes) -> bool:
+    return not message.startswith(b".") and b"\r\n." not in message
+
+
 def test_an_accepted_message_is_marked_crlf_clean_and_is() -> None:
-    """The forwarder trusts `CrlfText` without counting line ends: random streams of lines with
-    stray CRs, LFs and dots, wherever they are accepted, must really be CRLF-only."""
+    """The forwarder trusts `CrlfText` without counting line ends, and `DotFreeText` without
+    looking for lines to stuff: random streams of lines with stray CRs, LFs and dots, wherever
+    they are accepted, must really be CRLF-only, and dot-free where so marked."""
     generator = random.Random(5321)
-    accepted = 0
+    accepted = dot_free = 0
     for _ in range(3000):
         lines = [bytes(generator.choice(b"ab.\r\n") for _ in range(generator.randint(0, 6)))
                  for _ in range(generator.randint(0, 5))]
@@ -96,9 +101,14 @@ def test_an_accepted_message_is_marked_crlf_clean_and_is() -> None:
         if problem is None:
             accepted += 1
             assert isinstance(message, CrlfText) and crlf_clean(message), wire
-            headed = prepend_headers(message, [("X-Test", "a b")])
-            assert isinstance(headed, CrlfText) and crlf_clean(headed), wire
+            dot_free += isinstance(message, DotFreeText)
+            assert not isinstance(message, DotFreeText) or dot_free_really(message), wire
+            for field in ("X-Test", ".X-Dotted"):      # RFC 5322 lets a field name start with a dot
+                headed = prepend_headers(message, [(field, "a b")])
+                assert isinstance(headed, CrlfText) and crlf_clean(headed), wire
+                assert not isinstance(headed, DotFreeText) or dot_free_really(headed), (field, wire)
     assert accepted > 300
+    assert 0 < dot_free < accepted
 
 
 def test_random_streams_get_the_verdict_of_the_line_by_line_reading() -> None:
