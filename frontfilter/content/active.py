@@ -39,8 +39,11 @@ def ole_has_macros(payload: bytes) -> bool:
 # PDF names (ISO 32000 §7.3.5) may spell any byte as #xx: /J#61vaScript is /JavaScript.
 _PDF_ACTIVE_NAMES = frozenset({b"javascript", b"js", b"launch", b"embeddedfile", b"embeddedfiles",
                                b"richmedia", b"xfa"})
-_PDF_PLAIN = re.compile(rb"/(JavaScript|JS|Launch|EmbeddedFiles?|RichMedia|XFA)(?![A-Za-z0-9#])")
-_PDF_ESCAPED = re.compile(rb"/[A-Za-z0-9]*#[0-9A-Fa-f]{2}[A-Za-z0-9#]*")
+# One pass over the PDF, not two: each name is either an active one written plainly (group 1),
+# or one with #xx escapes to decode and look up. Neither kind holds a "/", so no match of one
+# kind can hide a match of the other.
+_PDF_NAME = re.compile(rb"/(?:(JavaScript|JS|Launch|EmbeddedFiles?|RichMedia|XFA)(?![A-Za-z0-9#])"
+                       rb"|[A-Za-z0-9]*#[0-9A-Fa-f]{2}[A-Za-z0-9#]*)")
 _HEX_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 
 
@@ -52,9 +55,9 @@ def is_pdf(payload: bytes) -> bool:
 def pdf_active_content(payload: bytes) -> bool:
     """JavaScript, launch actions, embedded files, rich media or XFA forms, escaped or not.
     An /OpenAction pointing at JavaScript is caught by the /JavaScript or /JS it must name."""
-    if _PDF_PLAIN.search(payload):
-        return True
-    for match in _PDF_ESCAPED.finditer(payload):
+    for match in _PDF_NAME.finditer(payload):
+        if match.group(1) is not None:
+            return True
         name = _HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), match.group(0))
         if name[1:].lower() in _PDF_ACTIVE_NAMES:
             return True

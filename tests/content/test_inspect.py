@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import random
+import re
 import tarfile
 
-from frontfilter.content import sniff
+from frontfilter.content import active, sniff
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 
@@ -161,3 +163,26 @@ def test_base64_encoded_message_rfc822_is_walked_into():
     view = inspect(raw, LIMITS)
     exe = [p for p in view.parts if p.detected_type == PE]
     assert exe and exe[0].mime_path == "1"
+
+
+def test_pdf_names_found_in_one_pass_as_in_two() -> None:
+    """The one-pass scan answers what a search for plain names, then for escaped ones, does."""
+    plain = re.compile(rb"/(JavaScript|JS|Launch|EmbeddedFiles?|RichMedia|XFA)(?![A-Za-z0-9#])")
+    escaped = re.compile(rb"/[A-Za-z0-9]*#[0-9A-Fa-f]{2}[A-Za-z0-9#]*")
+
+    def two_passes(payload: bytes) -> bool:
+        if plain.search(payload):
+            return True
+        return any(re.sub(rb"#([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), found.group(0))[1:].lower()
+                   in {b"javascript", b"js", b"launch", b"embeddedfile", b"embeddedfiles", b"richmedia", b"xfa"}
+                   for found in escaped.finditer(payload))
+
+    tokens = [b"/", b"JavaScript", b"JS", b"J#61vaScript", b"#4A#53", b"#", b"#zz", b"S", b" ", b"<<",
+              b"Launch", b"EmbeddedFile", b"s", b"X", b"FA", b"a", b"#6a#73", b"\x00"]
+    generator = random.Random(3207)
+    answers = set()
+    for _ in range(4000):
+        payload = b"".join(generator.choice(tokens) for _ in range(generator.randint(0, 8)))
+        answers.add(two_passes(payload))
+        assert active.pdf_active_content(payload) == two_passes(payload), payload
+    assert answers == {True, False}
