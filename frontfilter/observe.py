@@ -435,6 +435,11 @@ def backends_configured(backends: Iterable[str]) -> None:
         metrics.forward_seconds.labels(backend=backend)
 
 
+def backend_tls_plaintext(backend: str, reason: str) -> None:
+    """Opportunistic TLS to a backend failed in the handshake; this delivery goes in plain text."""
+    _emit(logging.WARNING, "backend_tls_plaintext", backend=backend, reason=reason)
+
+
 def backend_probed(backend: str, up: bool) -> None:
     """The health monitor's idle-time probe (SMTP greeting, then QUIT) of one backend."""
     metrics.backend_up.labels(backend=backend).set(1 if up else 0)

@@ -97,19 +97,12 @@ class BackendSession:
         return self._smtp is not None and self._smtp.is_connected
 
     async def _connect(self, server: HostPort) -> BackendReply:
-        smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port,
-                               local_hostname=self._helo_name,
-                               timeout=self._config.timeout, start_tls=False)
         name = str(server)
         try:
-            await smtp.connect(timeout=self._config.connect_timeout)
-            tls_version = await backend_tls.secure(smtp, self._config, server)
-            response = await smtp.ehlo()
+            smtp, tls_version, response = await backend_tls.connect(self._config, server, self._helo_name)
         except aiosmtplib.SMTPResponseException as error:
-            smtp.close()
             return _from_response(error.code, error.message, name)
         except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
-            smtp.close()
             return _connection_failure(name, error)
         if tls_version is not None:
             observe.tls_session("outbound", tls_version)

@@ -117,18 +117,12 @@ class Forwarder:
     async def connect(self, server: HostPort) -> _Connection | BackendReply:
         """A fresh connection, TLS as `backend.tls` says, EHLO done; or why not."""
         name = str(server)
-        smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port, local_hostname=self.helo_name,
-                               timeout=self.config.timeout, start_tls=False)
         try:
-            await smtp.connect(timeout=self.config.connect_timeout)
-            tls_version = await backend_tls.secure(smtp, self.config, server)
-            await smtp.ehlo()
+            smtp, tls_version, _ehlo = await backend_tls.connect(self.config, server, self.helo_name)
         except aiosmtplib.SMTPResponseException as error:
-            smtp.close()
             return _from_response(error.code, error.message, name)
         except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError,
                 ssl.SSLError) as error:
-            smtp.close()
             return _connection_failure(name, error)
         if tls_version is not None:
             observe.tls_session("outbound", tls_version)

@@ -1,15 +1,19 @@
 """TLS to the backend: the client context and the STARTTLS step, for every backend connection.
 
-Used by `delivery.backend` (sync mode) and by anything else that opens an aiosmtplib connection
-to a backend (the queue worker): build the context once with `client_context(config)` (it reads
-the CA and client-certificate files: call it off the event loop, or at start-up), then after
-`connect()` call `await secure(smtp, config, server)`, then EHLO again (RFC 3207 §4.2: what
-was learnt before TLS is forgotten).
+Every connection to a backend (sync mode's `delivery.backend`, the queue's `delivery.forward`)
+is opened by `connect(config, server, helo_name)`: connect, `secure` (STARTTLS as configured),
+then EHLO again (RFC 3207 §4.2: what was learnt before TLS is forgotten). Build the context
+once with `client_context(config)` (it reads the CA and client-certificate files: call it off
+the event loop, or at start-up).
 
 `backend.tls` decides, as Postfix's `smtp_tls_security_level` does:
 - `none`: plain SMTP.
 - `opportunistic` ("may"): STARTTLS when the backend offers it, certificate not checked (an
   unverified channel still beats plaintext against a passive listener); not offered: plain.
+  A handshake that fails (no shared protocol or cipher: an old backend) or that the backend
+  breaks off is followed at once by a new connection to the same backend in plain text, as
+  Postfix's `may` does (RETRY_AS_PLAINTEXT in its smtp client): otherwise such a backend
+  would get no mail at all, and the queue would bounce it in the end. Logged each time.
 - `required` ("secure"): STARTTLS or no delivery; the certificate must chain to `tls_ca_file`
   (default: the system's CAs) and carry `tls_verify_name` (default: the host in
   `backend.servers`, a name or an IP address). Any failure is transient (4xx, retried): a
@@ -24,6 +28,7 @@ import ssl
 
 import aiosmtplib
 
+from frontfilter import observe
 from frontfilter.config import BackendConfig, BackendTls, HostPort
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
@@ -31,6 +36,10 @@ MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
 class BackendTlsError(Exception):
     """TLS to the backend could not be set up as configured (a transient failure)."""
+
+
+class TlsHandshakeFailed(BackendTlsError):
+    """STARTTLS was accepted but no TLS session came of it: the connection is unusable."""
 
 
 # One context per backend config, built once: the files are read at start-up (and on reload),
@@ -106,6 +115,37 @@ async def secure(smtp: aiosmtplib.SMTP, config: BackendConfig, server: HostPort)
     except ssl.SSLCertVerificationError as error:
         raise BackendTlsError(f"certificate not verified: {error.verify_message}") from None
     except ssl.SSLError as error:
-        raise BackendTlsError(f"TLS handshake failed: {error.reason or error}") from None
+        raise TlsHandshakeFailed(f"TLS handshake failed: {error.reason or error}") from None
+    except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as error:
+        raise TlsHandshakeFailed(f"TLS handshake broken off: {error}") from None
     ssl_object = smtp.get_transport_info("ssl_object")
     return str(ssl_object.version()) if ssl_object is not None else "unknown"
+
+
+async def connect(config: BackendConfig, server: HostPort, helo_name: str
+                  ) -> tuple[aiosmtplib.SMTP, str | None, aiosmtplib.SMTPResponse]:
+    """A client connected to `server`, secured as `config.tls` says and greeted with EHLO:
+    (client, TLS version or None, the EHLO reply). Raises what `secure` and aiosmtplib raise;
+    the client is closed then. An opportunistic handshake failure is not raised: the same
+    server is tried once more without STARTTLS."""
+    try:
+        return await _connect(config, server, helo_name, tls=True)
+    except TlsHandshakeFailed as error:
+        if config.tls is not BackendTls.OPPORTUNISTIC:
+            raise
+        observe.backend_tls_plaintext(str(server), str(error))
+    return await _connect(config, server, helo_name, tls=False)
+
+
+async def _connect(config: BackendConfig, server: HostPort, helo_name: str, tls: bool
+                   ) -> tuple[aiosmtplib.SMTP, str | None, aiosmtplib.SMTPResponse]:
+    smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port, local_hostname=helo_name,
+                           timeout=config.timeout, start_tls=False)
+    try:
+        await smtp.connect(timeout=config.connect_timeout)
+        tls_version = await secure(smtp, config, server) if tls else None
+        response = await smtp.ehlo()
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp, tls_version, response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +76,38 @@ def test_unverifiable_backend_gets_nothing(tmp_path: Path, backend_pki: Pki, cas
         assert sink.wait_for(1, timeout=0.5) == []
         line = relay.wait_event("forward_failed")
         assert expected in line["detail"]
+
+
+class NoSharedCipherSink(TlsRecordingSink):
+    """A backend that offers STARTTLS but cannot finish a handshake with us: TLS 1.2 with PSK
+    ciphers only, like an old or misconfigured backend. Plain SMTP is welcome."""
+
+    def smtp_options(self) -> dict[str, Any]:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.pki.cert_file, self.pki.key_file)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("PSK")
+        return {"tls_context": context}
+
+
+@pytest.mark.parametrize("mode", ["queue", "sync"])
+def test_opportunistic_tls_whose_handshake_fails_delivers_in_plain_text(tmp_path: Path, backend_pki: Pki,
+                                                                         mode: str) -> None:
+    """As Postfix's `may` level: a failed handshake is followed at once by the same backend in
+    plain text, not by TLS tried again until the message bounces. (The default is opportunistic.)"""
+    with NoSharedCipherSink(backend_pki) as sink, relay_to(tmp_path, sink, mode=mode) as (relay, _):
+        assert send(relay.port)[0] == 250
+        assert sink.wait_for(1) and sink.tls_flags == [False]
+        assert "handshake" in relay.wait_event("backend_tls_plaintext")["reason"]
+
+
+def test_required_tls_whose_handshake_fails_delivers_nothing(tmp_path: Path, backend_pki: Pki) -> None:
+    with NoSharedCipherSink(backend_pki) as sink, relay_to(
+            tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file), tls_verify_name="backend.test") as (relay, _):
+        assert send(relay.port)[0] == 451
+        assert sink.wait_for(1, timeout=0.5) == []
+        assert "handshake" in relay.wait_event("forward_failed")["detail"]
+        assert relay.events("backend_tls_plaintext") == []
 
 
 def test_required_tls_to_a_backend_without_starttls_delivers_nothing(tmp_path: Path) -> None:
