@@ -300,7 +300,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if refused is not None:    # relay access or sender binding: before any rule
         action = "reject" if refused[1].is_permanent else "tempfail"
     if args.output is not None:
-        args.output.write_bytes(decision.message)
+        args.output.write_bytes(decision.head + decision.message)
     if args.json:
         document = _scan_json(decision, action)
         document["checks"] = check_lines

@@ -66,6 +66,5 @@ def decide_then_spool(decide: Callable[[], Decision], claim: Claim, spool: Spool
         return Outcome(decision)
     if not claim.write():
         return Outcome(decision)
-    message = decision.message
-    envelope = dataclasses.replace(envelope, size=len(message), arrived=time.time())
-    return Outcome(decision, spool.write(reservation, envelope, message))
+    envelope = dataclasses.replace(envelope, size=len(decision.head) + len(decision.message), arrived=time.time())
+    return Outcome(decision, spool.write(reservation, envelope, decision.message, head=decision.head))

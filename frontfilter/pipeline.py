@@ -325,8 +325,8 @@ class Pipeline:
         if self.spool is not None:
             answer, delivery = self._spooled(txn, spooled)
         else:
-            answer, delivery = await self._forward(state, txn, decision.message)
-        log.update(delivery=delivery, forwarded_size=len(decision.message),
+            answer, delivery = await self._forward(state, txn, decision.head, decision.message)
+        log.update(delivery=delivery, forwarded_size=len(decision.head) + len(decision.message),
                    forward_ms=round((time.monotonic() - forward_started) * 1000, 2))
         if answer.is_success:
             verdict_name = "accepted"
@@ -383,12 +383,13 @@ class Pipeline:
             options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
             client=str(state.peer), helo=state.helo or "")
 
-    async def _forward(self, state: SessionState, txn: Transaction, message: bytes) -> tuple[Reply, str]:
+    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
+                       ) -> tuple[Reply, str]:
         """Sync mode: the backend's own answer to the mirrored transaction decides."""
         backend = state.backend
         if backend is None or not backend.connected:
             return reply.BACKEND_UNAVAILABLE, "backend connection lost"
-        result = await backend.send(message)
+        result = await backend.send(message, head)
         if result.ok:
             return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), result.describe()
         return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()

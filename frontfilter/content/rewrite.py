@@ -111,9 +111,10 @@ def fold(name: str, value: str) -> bytes:
     return "\r\n".join(lines).encode("ascii") + b"\r\n"
 
 
-def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
-    """Fields added at the top, in the order given (trace fields go first: RFC 5321 §4.4).
-    Non-ASCII values are written as RFC 2047 words (unstructured fields only)."""
+def header_fields(headers: Sequence[tuple[str, str]]) -> bytes:
+    """The fields to add at the top of a message, in the order given (trace fields go first:
+    RFC 5321 §4.4), folded, CRLF only. Non-ASCII values are written as RFC 2047 words
+    (unstructured fields only)."""
     out = []
     for name, value in headers:
         if any(c in value for c in "\r\n\0"):
@@ -121,7 +122,13 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         if not value.isascii():
             value = " ".join(_encoded_words(value))
         out.append(fold(name, value))
-    fields = b"".join(out)
+    return b"".join(out)
+
+
+def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """`header_fields(headers)` on top of `raw`, as one message (a copy of it: the relay keeps
+    the two apart instead, see `decision.Decision.head`)."""
+    fields = header_fields(headers)
     added = fields + raw
     if not isinstance(raw, CrlfText):
         return added

@@ -151,10 +151,10 @@ class BackendSession:
     async def add_recipient(self, recipient: str) -> BackendReply:
         return await self._command("rcpt", recipient)
 
-    async def send(self, message: bytes) -> BackendReply:
-        """Send the message of the open transaction. The transaction ends either way."""
+    async def send(self, message: bytes, head: bytes = b"") -> BackendReply:
+        """Send the message of the open transaction, `head` on top. The transaction ends either way."""
         started = time.monotonic()
-        reply = await self._command("data", message)
+        reply = await self._command("data", message, head)
         self._in_transaction = False
         observe.forward_attempt(reply.backend, reply.outcome.value, time.monotonic() - started,
                                 detail=None if reply.ok else reply.describe())

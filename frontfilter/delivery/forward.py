@@ -180,7 +180,8 @@ class Forwarder:
     # ---- one attempt --------------------------------------------------------------------
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes,
-                      options: Sequence[str], queue_id: str | None = None) -> Attempt:
+                      options: Sequence[str], queue_id: str | None = None, head: bytes = b"") -> Attempt:
+        """`head` + `data` to the first usable backend: header fields on top, then the message."""
         last: BackendReply | None = None
         for server in self.usable():
             for _fresh_try in range(2):     # a second go only when a pooled connection had died
@@ -193,7 +194,7 @@ class Forwarder:
                                             queue_id=queue_id, detail=conn.describe())
                     break
                 try:
-                    outcome = await self._transaction(conn, sender, recipients, data, options)
+                    outcome = await self._transaction(conn, sender, recipients, data, options, head)
                 except asyncio.CancelledError:
                     conn.smtp.close()       # mid-command: never back into the pool
                     raise
@@ -216,7 +217,7 @@ class Forwarder:
         return Attempt(reply.backend, tuple(reply for _ in recipients), data_sent=False)
 
     async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: bytes,
-                           options: Sequence[str]) -> Attempt | _Failover:
+                           options: Sequence[str], head: bytes = b"") -> Attempt | _Failover:
         """MAIL, RCPT each, DATA. Returns the attempt, or why the next backend should be tried."""
         smtp, name = conn.smtp, conn.name
         utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports_extension("smtputf8")
@@ -262,7 +263,7 @@ class Forwarder:
             return Attempt(name, tuple(r for r in results if r is not None), False)
 
         try:
-            response = await wire.send_data(smtp, data)
+            response = await wire.send_data(smtp, data, head)
             outcome = _from_response(response.code, response.message, name)
             reusable = True
         except aiosmtplib.SMTPResponseException as error:

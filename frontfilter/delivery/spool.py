@@ -187,13 +187,17 @@ def write_message(layout: Layout, envelope: Envelope, data: bytes) -> None:
     write_message_locked(layout, envelope, data).close()
 
 
-def write_message_locked(layout: Layout, envelope: Envelope, data: bytes) -> Message:
-    """Write a message durably; it comes back locked and in memory (close it to let go)."""
+def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"") -> Message:
+    """Write a message durably; it comes back locked and in memory (close it to let go).
+
+    `head`, header fields to go on top, is written before `data` (the file holds the whole
+    message) but kept apart in memory, so a big message is never copied to join them."""
     header = envelope.to_json()
     if len(header) > MAX_ENVELOPE_BYTES or b"\n" in header:
         raise SpoolFormatError("envelope too large")
-    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), (MAGIC, header, b"\n", data))
-    return Message.written(layout, envelope, data, lock, stat)
+    chunks = (MAGIC, header, b"\n", head, data) if head else (MAGIC, header, b"\n", data)
+    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), chunks)
+    return Message.written(layout, envelope, data, lock, stat, head)
 
 
 def parse_envelope(head: bytes) -> tuple[Envelope, int]:
@@ -240,6 +244,7 @@ class Message:
         self._lock = lock
         self.problem: str | None = None
         self.envelope: Envelope | None = None
+        self.head = b""         # fields on top of `body`, kept apart when just written (see written)
         self.body = b""
         self.state: DeliveryState | None = None
         stat = lock.stat()
@@ -256,12 +261,12 @@ class Message:
 
     @classmethod
     def written(cls, layout: Layout, envelope: Envelope, body: bytes, lock: safeio.LockedFile,
-                stat: os.stat_result) -> Message:
+                stat: os.stat_result, head: bytes = b"") -> Message:
         """The message this process just wrote, still locked: nothing to read back, and no
         state file yet (nobody else could have written one: the lock was ours from the start)."""
         message = cls.__new__(cls)
         message.layout, message.id, message.dead, message._lock = layout, envelope.id, False, lock
-        message.problem, message.envelope, message.body = None, envelope, body
+        message.problem, message.envelope, message.head, message.body = None, envelope, head, body
         message.state = DeliveryState.initial(envelope)
         message._owner, message.mtime, message.size = (stat.st_uid, stat.st_gid), stat.st_mtime, stat.st_size
         return message
@@ -549,16 +554,16 @@ class Spool:
         self._usage.reserved_bytes += size
         return Reservation(size, force)
 
-    def write(self, reservation: Reservation, envelope: Envelope, data: bytes) -> Spooled:
-        """Blocking, in any thread: the durable write. Only `Admission.OK` may be answered 250,
-        and only once `settle` has seen it."""
+    def write(self, reservation: Reservation, envelope: Envelope, data: bytes, head: bytes = b"") -> Spooled:
+        """Blocking, in any thread: the durable write of `head` + `data`. Only `Admission.OK` may
+        be answered 250, and only once `settle` has seen it."""
         started = time.monotonic()
         try:
             if not reservation.force:
                 free = self._free = safeio.free_bytes(self.layout.root)
-                if free - len(data) < self.config.min_free_space:
+                if free - len(head) - len(data) < self.config.min_free_space:
                     raise _Full()
-            message = write_message_locked(self.layout, envelope, data)
+            message = write_message_locked(self.layout, envelope, data, head)
         except _Full:
             return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
         except OSError as error:

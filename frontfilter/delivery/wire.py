@@ -67,13 +67,21 @@ JOIN_BELOW = 256 * 1024
 COUNT_INLINE_BELOW = 256 * 1024
 
 
+def _stuffed(text: bytes) -> bytes:
+    """RFC 5321 §4.5.2: a dot before every line that starts with one."""
+    stuffed = text.replace(b"\r\n.", b"\r\n..") if b"\r\n." in text else text
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
 def crlf_clean(message: bytes) -> bool:
     crlf = message.count(b"\r\n")
     return message.count(b"\n") == crlf and message.count(b"\r") == crlf
 
 
-async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
-    """DATA, the stuffed message, the end mark; the server's final reply (raises like `smtp.data`).
+async def send_data(smtp: aiosmtplib.SMTP, message: bytes, head: bytes = b"") -> SMTPResponse:
+    """DATA, `head` and the message (each stuffed), the end mark; the server's final reply
+    (raises like `smtp.data`). `head` is header fields to go on top (`decision.Decision.head`):
+    sent first, never joined to a big message in memory.
 
     Each wait is bounded by the client's own timeout, as in `smtp.data`."""
     if not isinstance(message, CrlfText):
@@ -81,27 +89,29 @@ async def send_data(smtp: aiosmtplib.SMTP, message: bytes) -> SMTPResponse:
         clean = (await asyncio.to_thread(crlf_clean, message) if len(message) > COUNT_INLINE_BELOW
                  else crlf_clean(message))
         if not clean:
-            return await smtp.data(message)
+            return await smtp.data(head + message)
+    if head and not (head.endswith(b"\r\n") and crlf_clean(head)):   # fold() writes whole CRLF lines
+        return await smtp.data(head + message)
     if smtp.protocol is None:
-        return await smtp.data(message)
+        return await smtp.data(head + message)
     timeout = smtp.timeout
-    if isinstance(message, DotFreeText):
-        stuffed = message
-    else:
-        stuffed = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
+    # Each piece starts a line (the head ends with CRLF), so each is stuffed on its own.
+    stuffed = message if isinstance(message, DotFreeText) else _stuffed(message)
+    stuffed_head = _stuffed(head) if head else b""
     start = await smtp.execute_command(b"DATA", timeout=timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
     protocol = smtp.protocol
     if protocol is None:
         raise SMTPServerDisconnected("Connection lost")
-    end = b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
+    last = stuffed or stuffed_head
+    end = b".\r\n" if last.endswith(b"\r\n") or not last else b"\r\n.\r\n"
     try:
-        if len(stuffed) <= JOIN_BELOW:      # one send, not two: the copy costs less
-            protocol.write(stuffed + end)
+        if len(stuffed) <= JOIN_BELOW:      # one send, not two or three: the copy costs less
+            protocol.write(stuffed_head + stuffed + end)
         else:
+            if stuffed_head:
+                protocol.write(stuffed_head)
             protocol.write(stuffed)
             protocol.write(end)
         response = await protocol.read_response(timeout=timeout)

@@ -345,14 +345,16 @@ class Worker:
             applied = Applied()
             attempt: Attempt | None = None
             if pending:
-                attempt = await self._send(envelope, message.body, pending)
+                attempt = await self._send(envelope, message.head, message.body, pending)
                 if attempt is None:          # cut by shutdown: the message stays as it was
                     return
                 applied = apply_attempt(envelope, state, pending, attempt.results, self._clock(),
                                         self.config.spool, self._rand())
             settled = applied.failed + applied.expired
             if settled and envelope.sender and not envelope.dsn_for:
-                if not await self._bounce(envelope, message.body, state, applied):
+                # The DSN returns the header section only: the head and the start of the body.
+                returned = message.head + message.body[:dsn.MAX_RETURNED_HEADER_BYTES + 4] if message.head else message.body
+                if not await self._bounce(envelope, returned, state, applied):
                     for index in settled:    # the DSN could not be kept: try them again later
                         state.recipients[index].status = Status.PENDING
                     applied.deferred += settled
@@ -374,10 +376,10 @@ class Worker:
             if not closed:
                 message.close()
 
-    async def _send(self, envelope: Envelope, body: bytes, pending: list[int]) -> Attempt | None:
+    async def _send(self, envelope: Envelope, head: bytes, body: bytes, pending: list[int]) -> Attempt | None:
         recipients = [envelope.recipients[i] for i in pending]
         sending = asyncio.ensure_future(self.forwarder.deliver(
-            envelope.sender, recipients, body, envelope.options, queue_id=envelope.id))
+            envelope.sender, recipients, body, envelope.options, queue_id=envelope.id, head=head))
         self._sending[envelope.id] = sending
         try:
             return await sending

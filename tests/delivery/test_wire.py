@@ -7,18 +7,20 @@ in, or an address that smuggles a parameter onto the backend's command line.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import smtplib
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
-from frontfilter.model import CrlfText
+from frontfilter.model import CrlfText, DotFreeText
 from frontfilter.smtp.protocol import FrontSMTP
-from tests.harness import relay_with_sink
+from tests.harness import RecordingSink, relay_with_sink
 from tests.smtp.test_getaddr import FIXED, generated
 
 
@@ -91,3 +93,31 @@ def test_a_big_message_with_dot_lines_arrives_whole(tmp_path: Path, mode: str) -
         if mode == "queue":
             relay.wait_event("delivery", status="delivered")
     assert len(sink.messages) == 1 and sink.messages[0].data.endswith(body)
+
+
+@pytest.mark.parametrize("head", [b"", b"Received: from a by b; now\r\n", b".Dotted: field\r\nX: y\r\n"])
+@pytest.mark.parametrize("body", ["dot-free", "dotted", "plain", "big"])
+def test_head_and_message_reach_the_backend_as_one_message(head: bytes, body: str) -> None:
+    """The fields frontfilter adds are sent ahead of the message, never joined to it in memory;
+    the backend must get exactly head + message, each piece's dotted lines stuffed."""
+    text = {
+        "dot-free": DotFreeText(b"Subject: a\r\n\r\nhello\r\n"),
+        "dotted": CrlfText(b".starts with a dot\r\n\r\n.\r\n..two\r\n"),
+        "plain": b"Subject: plain bytes\r\n\r\n.x\r\n",
+        "big": DotFreeText(b"Subject: big\r\n\r\n" + b"y" * 76 + b"\r\n") * (wire.JOIN_BELOW // 90 + 10),
+    }[body]
+
+    async def send(port: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        await smtp.mail(wire.path("a@example.net").decode())
+        await smtp.rcpt(wire.path("b@example.org").decode())
+        response = await wire.send_data(smtp, text, head)
+        assert response.code == 250
+        await smtp.quit()
+
+    with RecordingSink() as sink:
+        asyncio.run(send(sink.port))
+        [received] = sink.wait_for(1)
+    assert received.data == head + text
