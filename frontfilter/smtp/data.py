@@ -74,15 +74,15 @@ class DataCollector:
         """Index in `window` just past the first terminator, or -1.
 
         Every line that starts with a dot shows as `<CRLF>.`: the terminator is the one followed
-        by CRLF, the others are dot-stuffed. One search finds both, so `result` knows without a
-        pass of its own whether there is anything to unstuff."""
+        by CRLF, the others are dot-stuffed. The first search finds either, so `result` knows
+        without a pass of its own whether there is anything to unstuff; once one stuffed line
+        is seen, only the terminator is searched for (two searches a block at most, however
+        many dotted lines a client sends)."""
         at = window.find(DOT_LINE)
-        while at >= 0:
-            if window.startswith(b"\r\n", at + 3):
-                return at + len(TERMINATOR)
+        if at >= 0 and not window.startswith(b"\r\n", at + 3):
             self._dotted = True      # a stuffed line, or a terminator cut short: harmless either way
-            at = window.find(DOT_LINE, at + 1)
-        return -1
+            at = window.find(TERMINATOR, at + 1)
+        return at + len(TERMINATOR) if at >= 0 else -1
 
     def _take(self, block: bytes) -> None:
         self.size += len(block)
