@@ -1,4 +1,4 @@
-"""Rewriting a message after the verdict: strip parts (with a notice), prepend header fields.
+"""Rewriting a message after the verdict: strip parts (with a notice), header fields to add.
 
 Guarantees:
 - `strip_parts` replaces exactly the byte ranges of the named MIME leaves (`Part.raw_start`
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
 from frontfilter.content.view import MessageView, Part
-from frontfilter.model import CrlfText, DotFreeText
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit
@@ -113,8 +112,9 @@ def fold(name: str, value: str) -> bytes:
 
 def header_fields(headers: Sequence[tuple[str, str]]) -> bytes:
     """The fields to add at the top of a message, in the order given (trace fields go first:
-    RFC 5321 §4.4), folded, CRLF only. Non-ASCII values are written as RFC 2047 words
-    (unstructured fields only)."""
+    RFC 5321 §4.4), folded, whole CRLF lines only. Non-ASCII values are written as RFC 2047
+    words (unstructured fields only). Kept apart from the message they go on
+    (`decision.Decision.head`): joining them would copy the message."""
     out = []
     for name, value in headers:
         if any(c in value for c in "\r\n\0"):
@@ -123,19 +123,6 @@ def header_fields(headers: Sequence[tuple[str, str]]) -> bytes:
             value = " ".join(_encoded_words(value))
         out.append(fold(name, value))
     return b"".join(out)
-
-
-def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
-    """`header_fields(headers)` on top of `raw`, as one message (a copy of it: the relay keeps
-    the two apart instead, see `decision.Decision.head`)."""
-    fields = header_fields(headers)
-    added = fields + raw
-    if not isinstance(raw, CrlfText):
-        return added
-    # fold() writes CRLF only: on a message known CRLF-clean, the result is too; dot-free as
-    # well unless a field name starts with a dot (RFC 5322 allows it).
-    dot_free = isinstance(raw, DotFreeText) and not fields.startswith(b".") and b"\r\n." not in fields
-    return (DotFreeText if dot_free else CrlfText).marked(added)
 
 
 def _encoded_words(value: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""`strip_parts`, `render_notice`, `prepend_headers`: exact bytes elsewhere, valid output."""
+"""`strip_parts`, `render_notice`, `header_fields`: exact bytes elsewhere, valid output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.rewrite import (
-    DEFAULT_NOTICE, NOTICE_FIELDS, StripOrder, prepend_headers, render_notice, strip_parts, validate_notice,
+    DEFAULT_NOTICE, NOTICE_FIELDS, StripOrder, header_fields, render_notice, strip_parts, validate_notice,
 )
 from tests.content import corpus as c
 
@@ -108,15 +108,15 @@ def test_render_notice_fields_and_validation():
             validate_notice(bad)
 
 
-def test_prepend_headers_validates_and_folds():
+def test_header_fields_validate_and_fold():
     raw = c.plain()
-    out = prepend_headers(raw, [("Received", "from a (b [192.0.2.1]) by c with ESMTP id X; " + "x " * 100),
-                                ("X-Tag", "grüß")])
-    assert out.endswith(raw)
-    head = out[: len(out) - len(raw)]
+    head = header_fields([("Received", "from a (b [192.0.2.1]) by c with ESMTP id X; " + "x " * 100),
+                          ("X-Tag", "grüß")])
+    out = head + raw
+    assert head.endswith(b"\r\n") and b"\r\n\r\n" not in head
     assert all(len(line) <= 78 for line in head.split(b"\r\n")) and head.isascii()
     parsed = email.message_from_bytes(out, policy=policy.default)
     assert parsed["X-Tag"] == "grüß"
     for name, value in (("Bad Name", "v"), ("X-A", "a\r\nBcc: x"), ("X:A", "v"), ("X-A", "b\nc")):
         with pytest.raises(ValueError):
-            prepend_headers(raw, [(name, value)])
+            header_fields([(name, value)])
