@@ -66,5 +66,6 @@ def decide_then_spool(decide: Callable[[], Decision], claim: Claim, spool: Spool
         return Outcome(decision)
     if not claim.write():
         return Outcome(decision)
-    envelope = dataclasses.replace(envelope, size=len(decision.head) + len(decision.message), arrived=time.time())
+    size = len(decision.head) + len(decision.message)
+    envelope = dataclasses.replace(envelope, size=size, arrived=time.time())
     return Outcome(decision, spool.write(reservation, envelope, decision.message, head=decision.head))

@@ -26,10 +26,11 @@ class CrlfText(bytes):
     """A message whose line ends are all CRLF, with no other CR or LF anywhere.
 
     Made only where that is known: by `smtp.data.DataCollector`, which refuses anything else.
-    (The header fields frontfilter adds are written by `content.rewrite.header_fields` and
-    sent ahead of the message, never joined to it.) The forwarder then dot-stuffs it without counting its line ends again (`delivery.wire`:
-    three passes over the message on the event loop, 5 % of it on 100 KB mail). Anything
-    derived from it by slicing or joining is plain `bytes`, and is checked.
+    (The header fields frontfilter adds, `content.rewrite.header_fields`, travel apart from the
+    message, never joined to it.) The forwarder then dot-stuffs it without counting its line
+    ends again (`delivery.wire`: three passes over the message on the event loop, 5 % of it on
+    100 KB mail). Anything derived from it by slicing or joining is plain `bytes`, and is
+    checked.
 
     Only messages up to `MAX_MARKED` bytes are made one: CPython builds a bytes subclass
     through a temporary plain copy, and two extra copies of a 25 MB message at once are what

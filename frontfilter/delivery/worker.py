@@ -353,7 +353,8 @@ class Worker:
             settled = applied.failed + applied.expired
             if settled and envelope.sender and not envelope.dsn_for:
                 # The DSN returns the header section only: the head and the start of the body.
-                returned = message.head + message.body[:dsn.MAX_RETURNED_HEADER_BYTES + 4] if message.head else message.body
+                returned = (message.head + message.body[:dsn.MAX_RETURNED_HEADER_BYTES + 4]
+                            if message.head else message.body)
                 if not await self._bounce(envelope, returned, state, applied):
                     for index in settled:    # the DSN could not be kept: try them again later
                         state.recipients[index].status = Status.PENDING
