@@ -222,7 +222,7 @@ class Forwarder:
         smtp, name = conn.smtp, conn.name
         utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports_extension("smtputf8")
         encoding = "utf-8" if utf8 else "ascii"
-        mail_options = self._mail_options(smtp, options, len(data))
+        mail_options = self._mail_options(smtp, options, len(head) + len(data))
         try:
             await wire.send_mail(smtp, sender, mail_options, encoding)
         except aiosmtplib.SMTPResponseException as error:

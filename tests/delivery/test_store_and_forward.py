@@ -13,6 +13,7 @@ import email.policy
 import smtplib
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.delivery.support import (
     dead_port, message, message_ids, queue_config, send_one, spooled, wait_until)
@@ -238,3 +239,33 @@ def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(
         assert message_ids(sink.messages) == {i: 1 for i, code in answers.items() if code == 250}
         timeouts = [e for e in relay.events("message") if e["verdict"] == "tempfailed"]
         assert len(timeouts) == list(answers.values()).count(451)
+
+
+class SizeRecordingSink(RecordingSink):
+    """A backend that offers SIZE (RFC 1870) and notes what each MAIL FROM declared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: list[int] = []
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-SIZE 52428800", responses[-1]]
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        self.declared += [int(o.split("=", 1)[1]) for o in options if o.upper().startswith("SIZE=")]
+        envelope.mail_from, envelope.mail_options = address, list(options)
+        return "250 2.1.0 OK"
+
+
+def test_the_size_declared_to_the_backend_is_the_size_of_what_it_receives(tmp_path: Path) -> None:
+    """SIZE counts the fields frontfilter adds on top (Received), which travel apart from the
+    client's message until they are sent."""
+    with SizeRecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            send_one(client, "alice@example.net", ["bob@example.org"], message("sized"))
+        [received] = sink.wait_for(1)
+    assert received.data.startswith(b"Received:")
+    assert sink.declared == [len(received.data)]
