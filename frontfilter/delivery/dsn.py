@@ -59,8 +59,12 @@ def _diagnostic(recipient: RecipientState, expired: bool) -> str:
     return f"smtp; {code} {enhanced} {EXPIRED_TEXT if expired else REFUSED_TEXT}"
 
 
-def original_headers(message: bytes) -> bytes:
-    """The header section of `message`, bounded, ending with CRLF."""
+def original_headers(message: bytes, added: bytes = b"") -> bytes:
+    """The header section of `added` + `message` (the fields frontfilter put on top, kept
+    apart: see `decision.Decision.head`), bounded, ending with CRLF. Only the start of the
+    message is joined to them: the header section cannot reach further."""
+    if added:
+        message = added + message[:MAX_RETURNED_HEADER_BYTES + 4]
     end = message.find(b"\r\n\r\n")
     header = message if end < 0 else message[:end + 2]
     if len(header) > MAX_RETURNED_HEADER_BYTES:
@@ -71,7 +75,7 @@ def original_headers(message: bytes) -> bytes:
 
 def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: bytes,
               failed: Sequence[RecipientState], expired: Collection[str],
-              now: float) -> tuple[bytes, bool]:
+              now: float, added: bytes = b"") -> tuple[bytes, bool]:
     """The DSN message (CRLF line ends) and whether it needs SMTPUTF8 to be sent.
 
     `expired` names the failed recipients that were given up on for time (not refused)."""
@@ -139,6 +143,6 @@ def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: bytes,
     ]
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     tail = f"\r\n--{boundary}--\r\n".encode()
-    headers = original_headers(message)
+    headers = original_headers(message, added)
     body = head + headers + tail
     return b"\r\n".join(line[:MAX_LINE] for line in body.split(b"\r\n")), utf8

@@ -50,6 +50,7 @@ from frontfilter.config import SpoolConfig
 from frontfilter.delivery import safeio
 
 MAGIC = b"FRONTFILTER-SPOOL 1\n"
+MSG_SUFFIX, STATE_SUFFIX = ".msg", ".state"     # a message's two files: ID.msg, ID.state
 STATE_VERSION = 1
 # Envelope line: up to a few hundred recipients of 256 octets (RFC 5321 §4.5.3.1.3) plus facts.
 MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -170,10 +171,10 @@ class Layout:
         return self.root / "deadletter"
 
     def msg(self, queue_id: str, dead: bool = False) -> Path:
-        return (self.dead if dead else self.queue) / f"{queue_id}.msg"
+        return (self.dead if dead else self.queue) / f"{queue_id}{MSG_SUFFIX}"
 
     def state(self, queue_id: str, dead: bool = False) -> Path:
-        return (self.dead if dead else self.queue) / f"{queue_id}.state"
+        return (self.dead if dead else self.queue) / f"{queue_id}{STATE_SUFFIX}"
 
     def create(self) -> None:
         for directory in (self.root, self.tmp, self.queue, self.dead):
@@ -285,7 +286,7 @@ class Message:
     def unlink(self) -> None:
         """`remove` without the directory fsync, for `remove_delivered` (one fsync for many)."""
         directory = os.fspath(self.layout.dead if self.dead else self.layout.queue)
-        for name in (f"{self.id}.msg", f"{self.id}.state"):
+        for name in (self.id + MSG_SUFFIX, self.id + STATE_SUFFIX):
             try:
                 os.unlink(os.path.join(directory, name))
             except FileNotFoundError:

@@ -352,10 +352,7 @@ class Worker:
                                         self.config.spool, self._rand())
             settled = applied.failed + applied.expired
             if settled and envelope.sender and not envelope.dsn_for:
-                # The DSN returns the header section only: the head and the start of the body.
-                returned = (message.head + message.body[:dsn.MAX_RETURNED_HEADER_BYTES + 4]
-                            if message.head else message.body)
-                if not await self._bounce(envelope, returned, state, applied):
+                if not await self._bounce(envelope, message.head, message.body, state, applied):
                     for index in settled:    # the DSN could not be kept: try them again later
                         state.recipients[index].status = Status.PENDING
                     applied.deferred += settled
@@ -456,14 +453,14 @@ class Worker:
         finally:
             message.close()
 
-    async def _bounce(self, envelope: Envelope, body: bytes, state: DeliveryState,
+    async def _bounce(self, envelope: Envelope, head: bytes, body: bytes, state: DeliveryState,
                       applied: Applied) -> bool:
         failed = [state.recipients[i] for i in applied.failed + applied.expired]
         expired = {state.recipients[i].address for i in applied.expired}
         dsn_id = new_queue_id()
         now = self._clock()
         message, utf8 = dsn.build_dsn(dsn_id=dsn_id, hostname=self.config.server.hostname,
-                                      envelope=envelope, message=body, failed=failed,
+                                      envelope=envelope, message=body, added=head, failed=failed,
                                       expired=expired, now=now)
         options = (("SMTPUTF8",) if utf8 else ()) + (("BODY=8BITMIME",) if not message.isascii() else ())
         report = Envelope(id=dsn_id, sender="", recipients=(envelope.sender,), arrived=now,

@@ -14,7 +14,7 @@ import pytest
 import frontfilter.delivery
 from frontfilter.config import BackendMode, ConfigError, SpoolConfig, load_config
 from frontfilter.delivery.backend import BackendReply, Outcome
-from frontfilter.delivery.dsn import MAX_RETURNED_HEADER_BYTES, build_dsn
+from frontfilter.delivery.dsn import MAX_RETURNED_HEADER_BYTES, build_dsn, original_headers
 from frontfilter.delivery.spool import DeliveryState, Envelope, RecipientState, Status
 from tests.imports import imported_names, module_tree
 from frontfilter.delivery.worker import apply_attempt, retry_delay
@@ -137,3 +137,10 @@ def test_delivery_knows_nothing_of_rules_content_or_the_smtp_server() -> None:
             assert name.split(".")[0] not in ("aiosmtpd", "prometheus_client"), f"{module.name}: {name}"
             assert not name.startswith(("frontfilter.rules", "frontfilter.content", "frontfilter.pipeline",
                                         "frontfilter.smtp", "frontfilter.metrics")), f"{module.name}: {name}"
+
+
+def test_the_dsn_returns_the_added_fields_with_the_header_section_and_no_body() -> None:
+    added = b"Received: from a by b; now\r\n"
+    message = b"Subject: kept\r\nMessage-ID: <m@test>\r\n\r\n" + b"body line\r\n" * 10_000
+    assert original_headers(message, added) == added + b"Subject: kept\r\nMessage-ID: <m@test>\r\n"
+    assert original_headers(added + message) == original_headers(message, added)
