@@ -246,6 +246,19 @@ def test_scan_shows_the_expected_verdict_for_each_corpus_file(tmp_path: Path) ->
     assert report["stripped"] and b"X-Frontfilter-Stripped" in (tmp_path / "out.eml").read_bytes()
 
 
+def test_scan_output_carries_the_fields_the_rules_add_on_top(tmp_path: Path) -> None:
+    """`scan --output` writes the message as the relay would forward it: the added fields (here
+    the shipped mime-sloppy tag, for a missing closing boundary) on top of the message."""
+    sloppy = (b"From: a@example.net\nTo: b@example.org\nSubject: sloppy\nMIME-Version: 1.0\n"
+              b"Content-Type: multipart/mixed; boundary=\"x\"\n\n--x\nContent-Type: text/plain\n\nhi\n")
+    (tmp_path / "sloppy.eml").write_bytes(sloppy)
+    code, report = scan(tmp_path / "sloppy.eml", "--output", str(tmp_path / "out.eml"))
+    written = (tmp_path / "out.eml").read_bytes()
+    assert (code, report["verdict"]) == (0, "accept")
+    assert written.startswith(b"X-Frontfilter-Tags: mime-sloppy\r\n")
+    assert written.endswith(sloppy.replace(b"\n", b"\r\n"))
+
+
 def test_scan_explains_why(tmp_path: Path) -> None:
     path = tmp_path / "pe.eml"
     path.write_bytes(EXECUTABLE_CASES["pe-as-jpeg"]())
