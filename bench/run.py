@@ -12,6 +12,9 @@ Contenders, each measured "until the backend has them all":
   ff-queue-nocache  ff-queue with inspection.type_cache = 0 (full runs only): each load repeats
                one message, so the cache types all but the first; this row asks libmagic for
                every part, as mail never seen before
+  floor-queue, floor-sync  bench/floor.py: aiosmtpd and aiosmtplib as they come, relaying
+               and doing nothing else (queue mode's fsynced file included), as many processes
+               as frontfilter: what the stack costs before any filtering
   ff-*-1p      the same as one process (full runs only), to show what the workers bring
 Loads: 5 KB plain, 100 KB with a PDF attachment, and a mix where some messages carry an
 attachment that is stripped (.docm) or rejected (.exe) — rejected ones never reach the sink,
@@ -224,6 +227,26 @@ format = "json"
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@contextmanager
+def floor(sink: Sink, workdir: Path, mode: str, workers: int) -> Iterator[Contender]:
+    """bench/floor.py: the stack frontfilter is built on, relaying and doing nothing else."""
+    port = free_port()
+    directory = workdir / f"floor-{mode}"
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor.py"), "--port", str(port),
+                             "--backend", str(sink.port), "--mode", mode, "--spool", str(directory),
+                             "--workers", str(workers)], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield Contender(f"floor-{mode}", port, pids=lambda: tree(proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 # ---- process accounting -------------------------------------------------------------------
@@ -605,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny load, to check the harness works")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
-    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync, ff-queue-nocache, ff-queue-1p, ff-sync-1p)")
+    parser.add_argument("--only", action="append", help="contenders to run (limit, postfix, ff-queue, ff-sync, ff-queue-nocache, "
+                        "floor-queue, floor-sync, ff-queue-1p, ff-sync-1p)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--no-scaling", action="store_true", help="skip the rules and memory checks")
     parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
@@ -642,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
                 # first: this row types every part with libmagic, as for mail never seen before.
                 makers += [("ff-queue-nocache", lambda: frontfilter(
                     sink, workdir, "queue", label="ff-queue-nocache", workers=args.workers, type_cache=0))]
+            # The libraries alone (no parse, no rules, no log), as many processes as frontfilter.
+            processes = len(os.sched_getaffinity(0)) if args.workers == "auto" else args.workers
+            makers += [("floor-queue", lambda: floor(sink, workdir, "queue", processes)),
+                       ("floor-sync", lambda: floor(sink, workdir, "sync", processes))]
             if not args.quick and args.workers != 1:    # and as one process, for comparison
                 makers += [("ff-queue-1p", lambda: frontfilter(sink, workdir, "queue", label="ff-queue-1p")),
                            ("ff-sync-1p", lambda: frontfilter(sink, workdir, "sync", label="ff-sync-1p"))]

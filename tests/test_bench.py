@@ -29,11 +29,11 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(results.read_text())
     measured = {(row["contender"], row["load"]) for row in report["results"] if row["rate"] > 0}
-    assert measured == {(contender, load) for contender in ("limit", "postfix", "ff-queue", "ff-sync")
-                        for load in ("5KB plain", "100KB + PDF", "mix")}
+    contenders = ("limit", "postfix", "ff-queue", "ff-sync", "floor-queue", "floor-sync")
+    assert measured == {(contender, load) for contender in contenders for load in ("5KB plain", "100KB + PDF", "mix")}
     assert not [row for row in report["results"] + report["rules"] if row["failed"]]
     assert len(report["rules"]) == 3 and all(row["rate"] > 0 for row in report["rules"])
-    assert set(report["latency_ms"]) == {"postfix", "ff-queue", "ff-sync"}
+    assert set(report["latency_ms"]) == set(contenders) - {"limit"}
     assert all("loaded_p99" in got for got in report["latency_ms"].values())
     assert report["memory"]["peak_mib"] >= report["memory"]["idle_mib"] > 0
     for contender in ("postfix", "ff-queue", "ff-sync"):
