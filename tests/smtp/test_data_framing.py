@@ -13,7 +13,7 @@ import pytest
 
 from frontfilter.delivery.wire import crlf_clean
 from frontfilter.model import CrlfText, DotFreeText
-from frontfilter.smtp.data import DataCollector, DataProblem
+from frontfilter.smtp.data import DataCollector, DataProblem, _even_span
 
 MAX_LINE = 40
 
@@ -127,3 +127,82 @@ def test_random_streams_get_the_verdict_of_the_line_by_line_reading() -> None:
         assert leftover == after_terminator(wire), (wire, cuts)
         verdicts.add(expected[1])
     assert verdicts == {None, DataProblem.BARE_NEWLINE, DataProblem.LINE_TOO_LONG}
+
+
+def even_stream(generator: random.Random) -> bytes:
+    """Runs of lines of one length (as base64 bodies are), between odd lines, with a fault now
+    and then: a stray CR or LF, a line a byte longer or shorter, one over the limit, a CRLF
+    inside a line, a dot."""
+    lines: list[bytes] = []
+    for _ in range(generator.randint(1, 4)):
+        lines += [b"x" * generator.randint(0, MAX_LINE) for _ in range(generator.randint(0, 3))]
+        length = generator.choice([0, 1, 5, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, MAX_LINE + 2])
+        lines += [bytes(generator.choices(b"ABC", k=length)) for _ in range(generator.randint(14, 60))]
+    wire = bytearray(b"\r\n".join(lines) + b"\r\n")
+    for _ in range(generator.choice([0, 0, 1, 2])):
+        at = generator.randrange(len(wire) + 1)
+        wire[at:at] = generator.choice([b"\r", b"\n", b"Z", b"\r\n", b".", b"\n\r"])
+    for _ in range(generator.choice([0, 0, 1])):
+        if wire:
+            del wire[generator.randrange(len(wire))]
+    if not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return bytes(wire) + b".\r\nQUIT\r\n"
+
+
+def test_runs_of_even_lines_get_the_verdict_of_the_line_by_line_reading() -> None:
+    """Runs of equal lines are checked by their CR and LF columns, not split: a fault inside a
+    run, at its edges, or straddling a block border must be found as the split finds it."""
+    generator = random.Random(2045)
+    verdicts = set()
+    for _ in range(1500):
+        wire = even_stream(generator)
+        expected = reference(wire)
+        cuts = sorted(generator.sample(range(1, len(wire)), min(generator.randint(0, 3), len(wire) - 1)))
+        result, leftover = collect(wire, cuts)
+        if expected[1] is None:
+            assert result == expected, (wire, cuts)
+        else:
+            assert result[0] is None and result[1] in faults(wire), (wire, cuts)
+        assert leftover == after_terminator(wire), (wire, cuts)
+        verdicts.add(expected[1])
+    assert verdicts == {None, DataProblem.BARE_NEWLINE, DataProblem.LINE_TOO_LONG}
+
+
+@pytest.mark.parametrize("first", [b"\n", b"\r", b"x" * (MAX_LINE + 2)])
+def test_a_bad_line_before_a_run_is_found_wherever_the_columns_reach(first: bytes) -> None:
+    """Read backwards from the block's end, the run's CR column reaches the CR that ends a
+    short first line (at offset 1 for a 1-byte line before lines of 3): the first line is not
+    part of the run and must still be judged, as must a long one before it."""
+    block = first + b"\r\n" + b"abc\r\n" * 20 + b"ab"
+    wire = block + b"c\r\n.\r\n"
+    (message, problem), _ = collect(wire, [len(block)])
+    assert message is None and problem == reference(wire)[1] is not None
+
+
+@pytest.mark.parametrize("head", [b"", b"Subject: a\r\n\r\n"])
+def test_a_run_of_lines_over_the_limit_is_refused_read_from_either_end(head: bytes) -> None:
+    """Without a head the run is read from the block's start, with one from its end."""
+    block = head + (b"y" * (MAX_LINE + 2) + b"\r\n") * 20 + b"ab"
+    wire = block + b"c\r\n.\r\n"
+    (message, problem), _ = collect(wire, [len(block)])
+    assert message is None and problem is DataProblem.LINE_TOO_LONG
+
+
+def test_the_even_span_is_only_ever_whole_clean_lines() -> None:
+    """What `_even_span` vouches for is never looked at again: it must start and end at line
+    starts and hold only well-formed lines, whatever the bytes."""
+    generator = random.Random(76)
+    found = 0
+    for _ in range(3000):
+        wire = even_stream(generator)
+        start, end = _even_span(wire, MAX_LINE + 1)
+        if end == 0:
+            continue
+        found += 1
+        assert 0 <= start < end and (start == 0 or wire[start - 2:start] == b"\r\n"), (wire, start)
+        assert wire[end - 2:end] == b"\r\n", (wire, end)
+        lines = wire[start:end].split(b"\r\n")[:-1]
+        assert len(lines) >= 16
+        assert not any(b"\r" in line or b"\n" in line or len(line) > MAX_LINE + 1 for line in lines), (wire, start, end)
+    assert found > 300
