@@ -220,12 +220,7 @@ format = "json"
         wait_port(port)
         yield Contender(name, port, pids=lambda: tree(proc.pid), rss_pid=proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
         log.close()
 
 
@@ -241,12 +236,17 @@ def floor(sink: Sink, workdir: Path, mode: str, workers: int) -> Iterator[Conten
         wait_port(port)
         yield Contender(f"floor-{mode}", port, pids=lambda: tree(proc.pid))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a relay's graceful stop), and SIGKILL if it has not ended after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 # ---- process accounting -------------------------------------------------------------------
