@@ -170,7 +170,8 @@ EVEN_RUN_MIN = 16
 
 def _even_span(data: bytes, longest: int) -> tuple[int, int]:
     """(start, end): a span of `data` made of at least EVEN_RUN_MIN well-formed lines of one
-    length, both ends at line starts; (0, 0) when there is none. `data` starts at a line start.
+    length (or of two such runs that meet), both ends at line starts; (0, 0) when there is
+    none. `data` starts at a line start.
 
     The run is looked for from the first line onwards and, when that does not reach the last
     complete line, from the last complete line backwards (the headers, then a base64 body to
@@ -188,9 +189,9 @@ def _even_span(data: bytes, longest: int) -> tuple[int, int]:
         count = _line_ends_in_a_row(data, first, first + 2)
         if count >= EVEN_RUN_MIN and _clean(data, 0, first, count):
             span = (0, count * (first + 2))
-    if span[1] == last + 2:
+    if span[1] == last + 2 or first == last:    # the run reached the end, or one line only
         return span
-    begin = data.rfind(CRLF, 0, last) + 2       # the last complete line's start (0: none before)
+    begin = data.rfind(CRLF, 0, last) + 2       # where the last complete line starts
     length = last - begin
     if length > longest:
         return span
@@ -214,6 +215,8 @@ def _line_ends_in_a_row(data: bytes, at: int, step: int) -> int:
 
 
 def _column_run(data: bytes, at: int, step: int, most: int | None) -> int:
+    """`_line_ends_in_a_row` over at most `most` places, or to the end of `data` (None, or
+    when `most` places back would pass its start)."""
     stop = None if most is None or at + most * step < 0 else at + most * step
     crs = data[at:stop:step]
     lfs = data[at + 1:None if stop is None else stop + 1:step]
