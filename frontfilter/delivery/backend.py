@@ -82,6 +82,23 @@ def _connection_failure(backend: str, error: BaseException) -> BackendReply:
     return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", detail, backend)
 
 
+async def open_connection(config: BackendConfig, server: HostPort, helo_name: str
+                          ) -> tuple[aiosmtplib.SMTP, BackendReply] | BackendReply:
+    """A connection to `server`, TLS as `backend.tls` says, EHLO done: (client, EHLO's reply);
+    or, when none could be had, why not, as a reply. For sync mode's session and the queue's
+    pool alike."""
+    name = str(server)
+    try:
+        smtp, tls_version, response = await backend_tls.connect(config, server, helo_name)
+    except aiosmtplib.SMTPResponseException as error:
+        return _from_response(error.code, error.message, name)
+    except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
+        return _connection_failure(name, error)      # OSError: ssl.SSLError included
+    if tls_version is not None:
+        observe.tls_session("outbound", tls_version)
+    return smtp, _from_response(response.code, response.message, name)
+
+
 class BackendSession:
     """A connection to the first backend that answers, for one client session."""
 
@@ -97,18 +114,12 @@ class BackendSession:
         return self._smtp is not None and self._smtp.is_connected
 
     async def _connect(self, server: HostPort) -> BackendReply:
-        name = str(server)
-        try:
-            smtp, tls_version, response = await backend_tls.connect(self._config, server, self._helo_name)
-        except aiosmtplib.SMTPResponseException as error:
-            return _from_response(error.code, error.message, name)
-        except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
-            return _connection_failure(name, error)
-        if tls_version is not None:
-            observe.tls_session("outbound", tls_version)
-        self._smtp = smtp
-        self.backend = name
-        return _from_response(response.code, response.message, name)
+        opened = await open_connection(self._config, server, self._helo_name)
+        if isinstance(opened, BackendReply):
+            return opened
+        self._smtp, greeting = opened
+        self.backend = greeting.backend
+        return greeting
 
     async def begin(self, sender: str, options: Sequence[str]) -> BackendReply:
         """Open a transaction (MAIL FROM) on the first backend that takes it."""

@@ -26,7 +26,6 @@ POOL_IDLE_PER_BACKEND idle connections per backend; the caller bounds concurrenc
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,9 +34,9 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
-from frontfilter.delivery import tls as backend_tls, wire
+from frontfilter.delivery import wire
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
-                                          _from_response)
+                                          _from_response, open_connection)
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
 # here, as a backlog after an outage is exactly when reuse pays.
@@ -116,17 +115,10 @@ class Forwarder:
 
     async def connect(self, server: HostPort) -> _Connection | BackendReply:
         """A fresh connection, TLS as `backend.tls` says, EHLO done; or why not."""
-        name = str(server)
-        try:
-            smtp, tls_version, _ehlo = await backend_tls.connect(self.config, server, self.helo_name)
-        except aiosmtplib.SMTPResponseException as error:
-            return _from_response(error.code, error.message, name)
-        except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError,
-                ssl.SSLError) as error:
-            return _connection_failure(name, error)
-        if tls_version is not None:
-            observe.tls_session("outbound", tls_version)
-        return _Connection(smtp, server, name)
+        opened = await open_connection(self.config, server, self.helo_name)
+        if isinstance(opened, BackendReply):
+            return opened
+        return _Connection(opened[0], server, str(server))
 
     async def acquire(self, server: HostPort) -> _Connection | BackendReply:
         idle = self._idle.get(server, [])
