@@ -2,11 +2,11 @@
 
     python bench/floor.py --port P --backend B --mode queue|sync --spool DIR [--workers N]
 
-No parse, no rules, no log, no metrics, no locks, no envelope on disk: what is left is the cost
-of the libraries frontfilter is built on. In queue mode each message is made durable the way
-frontfilter's spool does it (written, fsynced, renamed, directory fsynced) before the 250, and
-forwarded by a background task over reused connections; in sync mode it is forwarded before
-the 250. uvloop when installed, `--workers` processes sharing one listening socket.
+No parse, no rules, no log, no metrics, no envelope on disk: what is left is the cost of the
+libraries frontfilter is built on. In queue mode each message is made durable by frontfilter's
+own commit (`safeio.write_atomically`: written under a lock, fsynced, renamed, directory
+fsynced) before the 250, and forwarded by a background task over reused connections; in sync
+mode it is forwarded before the 250. uvloop when installed, `--workers` processes sharing one listening socket.
 
 It relays everything, the messages frontfilter refuses included, and is not a product: a crash
 loses what it queued. It is a bench contender (`floor-queue`, `floor-sync`) so that a target can
@@ -28,6 +28,9 @@ from pathlib import Path
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from frontfilter.delivery.safeio import write_atomically  # noqa: E402  (the spool's own commit)
 
 CONNECTIONS = 10                  # to the backend, per process: frontfilter's backend.concurrency
 
@@ -53,23 +56,6 @@ class Backend:
             self.idle.put_nowait(client)
 
 
-def durable(spool: Path, name: str, data: bytes) -> None:
-    """frontfilter's commit, without its envelope or its lock: write, fsync, rename, fsync dir."""
-    temporary = spool / "tmp" / name
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, spool / "queue" / name)
-    directory = os.open(spool / "queue", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class Relay:
     def __init__(self, mode: str, backend: Backend, spool: Path) -> None:
         self.mode, self.backend, self.spool = mode, backend, spool
@@ -81,7 +67,8 @@ class Relay:
             await self.backend.send(envelope.mail_from or "", envelope.rcpt_tos, data)
         else:
             name = uuid.uuid4().hex
-            await asyncio.get_running_loop().run_in_executor(None, durable, self.spool, name, data)
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_atomically, self.spool / "tmp", self.spool / "queue" / name, (data,))
             self.queue.put_nowait((name, envelope.mail_from or "", envelope.rcpt_tos, data))
         return "250 2.0.0 Ok"
 
@@ -89,6 +76,8 @@ class Relay:
         while True:
             name, sender, recipients, data = await self.queue.get()
             await self.backend.send(sender, recipients, data)
+            # On the event loop and without a directory fsync, unlike frontfilter (a thread,
+            # batched fsyncs): the floor takes the cheaper way wherever there is one.
             (self.spool / "queue" / name).unlink()
 
 

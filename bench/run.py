@@ -50,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from frontfilter.config import parse_workers  # noqa: E402  (what "auto" means to frontfilter)
 from tests.content import corpus  # noqa: E402  (payload builders shared with the tests)
 
 SESSIONS = 20
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                 makers += [("ff-queue-nocache", lambda: frontfilter(
                     sink, workdir, "queue", label="ff-queue-nocache", workers=args.workers, type_cache=0))]
             # The libraries alone (no parse, no rules, no log), as many processes as frontfilter.
-            processes = len(os.sched_getaffinity(0)) if args.workers == "auto" else args.workers
+            processes = parse_workers(args.workers)
             makers += [("floor-queue", lambda: floor(sink, workdir, "queue", processes)),
                        ("floor-sync", lambda: floor(sink, workdir, "sync", processes))]
             if not args.quick and args.workers != 1:    # and as one process, for comparison
