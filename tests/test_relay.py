@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import smtplib
 import subprocess
@@ -182,6 +183,34 @@ def test_bare_newline_in_data_is_refused_and_nothing_is_smuggled(
         assert answer.startswith("550 5.6.0"), answer
         assert client.command("NOOP").startswith("250")
     assert sink.wait_for(1, timeout=0.5) == []
+
+
+@pytest.mark.parametrize("fault", [b"", b"\n", b"\r", b"\n.\r\nMAIL FROM:<c@example.org>"])
+def test_a_long_base64_body_is_checked_to_the_last_line(relay: Relay, sink: RecordingSink, fault: bytes) -> None:
+    """Runs of equal lines (a base64 body) are checked by their line ends, not line by line
+    (smtp.data): a stray CR or LF in the middle of 200 KB of them is still refused, and the
+    clean body arrives as sent. The fault overwrites bytes of a line, so every line end stays
+    where the run puts it: only the check between them can see it."""
+    encoded = base64.encodebytes(bytes(range(256)) * 600).replace(b"\n", b"\r\n")
+    middle = len(encoded) // 2 + 5
+    body = encoded[:middle] + fault + encoded[middle + len(fault):]
+    assert len(body) == len(encoded)
+    data = (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
+    with RawClient(relay.port) as client:
+        client.read_reply()
+        client.command("EHLO client.test")
+        client.command("MAIL FROM:<alice@example.net>")
+        client.command("RCPT TO:<bob@example.org>")
+        assert client.command("DATA").startswith("354")
+        client.send(data + b".\r\n")
+        answer = client.read_reply()
+    if fault:
+        assert answer.startswith("550 5.6.0"), answer
+        assert sink.wait_for(1, timeout=0.5) == []
+    else:
+        assert answer.startswith("250"), answer
+        assert sink.wait_for(1)[0].data.endswith(body)
 
 
 def test_bare_lf_in_a_command_line_is_refused(relay: Relay, sink: RecordingSink) -> None:

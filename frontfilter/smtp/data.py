@@ -119,7 +119,7 @@ class DataCollector:
         17 ms per 100 KB.)"""
         data = self._pending + block if self._pending else block
         start, end = _even_span(data, self._longest)
-        if start > 0 and self._complete_lines(data[:start]):
+        if start > 0 and self._complete_lines(data[:start].split(CRLF)[:-1]):   # [-1]: b""
             return
         lines = (data[end:] if end else data).split(CRLF)
         begun = lines.pop()
@@ -131,11 +131,8 @@ class DataCollector:
             self._problem = DataProblem.LINE_TOO_LONG   # dot + max_line + CRLF, and still no LF
         self._pending = begun
 
-    def _complete_lines(self, lines: bytes | list[bytes]) -> bool:
-        """Judge whole lines (bytes ending in CRLF, or the pieces of a split): True if refused."""
-        if isinstance(lines, bytes):
-            lines = lines.split(CRLF)
-            lines.pop()              # empty: the bytes end with a CRLF
+    def _complete_lines(self, lines: list[bytes]) -> bool:
+        """Judge whole lines, split at CRLF: True if refused."""
         joined = b"".join(lines)
         if b"\n" in joined or b"\r" in joined:
             self._problem = DataProblem.BARE_NEWLINE

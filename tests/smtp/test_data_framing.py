@@ -177,7 +177,8 @@ def test_a_bad_line_before_a_run_is_found_wherever_the_columns_reach(first: byte
     block = first + b"\r\n" + b"abc\r\n" * 20 + b"ab"
     wire = block + b"c\r\n.\r\n"
     (message, problem), _ = collect(wire, [len(block)])
-    assert message is None and problem == reference(wire)[1] is not None
+    expected = reference(wire)[1]
+    assert expected is not None and (message, problem) == (None, expected)
 
 
 @pytest.mark.parametrize("head", [b"", b"Subject: a\r\n\r\n"])
