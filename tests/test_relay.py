@@ -168,18 +168,23 @@ SMUGGLED = (b"From: alice@example.net\r\nSubject: outer\r\n\r\nouter body\r\n"
             b"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\n")
 
 
+def answer_to_data(client: RawClient, wire: bytes) -> str:
+    """Greeting, EHLO, MAIL, RCPT and DATA, then `wire` sent as it is: the relay's reply to it."""
+    client.read_reply()
+    client.command("EHLO client.test")
+    client.command("MAIL FROM:<alice@example.net>")
+    client.command("RCPT TO:<bob@example.org>")
+    assert client.command("DATA").startswith("354")
+    client.send(wire)
+    return client.read_reply()
+
+
 @pytest.mark.parametrize("ending", [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\r\n.\r"])
 def test_bare_newline_in_data_is_refused_and_nothing_is_smuggled(
         relay: Relay, sink: RecordingSink, ending: bytes) -> None:
     data = SMUGGLED.replace(b"\n.\r\n", ending, 1)
     with RawClient(relay.port) as client:
-        client.read_reply()
-        client.command("EHLO client.test")
-        client.command("MAIL FROM:<alice@example.net>")
-        client.command("RCPT TO:<bob@example.org>")
-        assert client.command("DATA").startswith("354")
-        client.send(data)
-        answer = client.read_reply()
+        answer = answer_to_data(client, data)
         assert answer.startswith("550 5.6.0"), answer
         assert client.command("NOOP").startswith("250")
     assert sink.wait_for(1, timeout=0.5) == []
@@ -198,13 +203,7 @@ def test_a_long_base64_body_is_checked_to_the_last_line(relay: Relay, sink: Reco
     data = (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
             b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
     with RawClient(relay.port) as client:
-        client.read_reply()
-        client.command("EHLO client.test")
-        client.command("MAIL FROM:<alice@example.net>")
-        client.command("RCPT TO:<bob@example.org>")
-        assert client.command("DATA").startswith("354")
-        client.send(data + b".\r\n")
-        answer = client.read_reply()
+        answer = answer_to_data(client, data + b".\r\n")
     if fault:
         assert answer.startswith("550 5.6.0"), answer
         assert sink.wait_for(1, timeout=0.5) == []
