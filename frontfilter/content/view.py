@@ -40,7 +40,32 @@ class Ambiguity(enum.Enum):
     BAD_ENCODING = "bad_encoding"
     MULTIPART_WITHOUT_BOUNDARY = "multipart_without_boundary"
     DUPLICATE_FILENAME = "duplicate_filename"  # filename= and name= disagree
-    UNPARSEABLE = "unparseable"  # a part, archive or member the inspector could not read
+    UNPARSEABLE = "unparseable"  # the walk itself failed (a bug): nothing after it was read
+    # Where a lenient client reads the message differently from our first reading. Each reading
+    # is inspected; the disagreement itself is recorded so the shipped rules can refuse it.
+    HEADER_END = "header_end"            # a header block read to different ends (junk lines,
+                                         # a first line that is a continuation, ":x", "From ")
+    BOUNDARY_QUOTING = "boundary_quoting"  # a boundary read two ways (blanks, backslashes)
+    ENCODED_MULTIPART = "encoded_multipart"  # a transfer encoding on a multipart (RFC 2045 §6.4)
+    ENCODING_TOKEN = "encoding_token"    # a Content-Transfer-Encoding with trailing junk
+    FILENAME_CONTROL = "filename_control"  # NUL or a control character inside a file name
+    ARCHIVE_READERS_DISAGREE = "archive_readers_disagree"  # e.g. zip central directory vs local
+                                         # headers, two zips concatenated
+
+
+class Uninspectable(enum.Enum):
+    """Why a part (a MIME leaf, an archive or one of its members) was not fully inspected.
+
+    Fail closed: whatever was not read to the end is a fact on that part, and the walk goes on
+    with the next part, so one poison part never hides the next. The shipped rules refuse it."""
+
+    CORRUPT = "corrupt"            # a broken or truncated container, member or encoding
+    ENCRYPTED = "encrypted"        # an encrypted container or member
+    UNSUPPORTED = "unsupported"    # a container or compression the inspector cannot open
+    DECODER_ERROR = "decoder_error"  # a reader failed on this part (an input nobody foresaw)
+    TYPE_UNKNOWN = "type_unknown"  # libmagic failed on the payload
+    LIMIT = "limit"                # an inspection bound stopped the reading of this part
+    TIME = "time"                  # the deadline came before this part was read to the end
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,7 @@ class Part:
     html_script: bool = False      # HTML with <script>, on* handlers or javascript: URLs
     uuencoded: bool = False        # found as a uuencoded block inside a text part
     alt_filename: str | None = None  # the other name when the part names itself two ways
+    uninspectable: frozenset[Uninspectable] = frozenset()  # why it was not read to the end
     # Byte offsets in the raw message of the MIME leaf's entity: header block start, body
     # start, end (exclusive; the CRLF before the next boundary is not part of the entity).
     # Archive members and uuencoded blocks carry the offsets of the leaf that holds them.
@@ -91,3 +117,8 @@ class MessageView:
     @property
     def attachments(self) -> tuple[Part, ...]:
         return self.parts
+
+    @property
+    def uninspectable(self) -> frozenset[Uninspectable]:
+        """Every reason any part of the message was not read to the end."""
+        return frozenset().union(*(p.uninspectable for p in self.parts))
