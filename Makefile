@@ -8,11 +8,11 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
 
-# Debian packages: libmagic for content typing; swaks is the real-world client the tests and
+# Debian packages: libmagic for content typing; libarchive for archives (libarchive-c loads it); swaks is the real-world client the tests and
 # README use (with its TLS and AUTH helpers); python3-venv for a Debian Python without ensurepip;
 # prometheus (and its promtool) checks the metrics, the dashboard and the alert rules for real.
-RUN_DEBS  := libmagic1
-TEST_DEBS := libmagic1 swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+RUN_DEBS  := libmagic1 libarchive13
+TEST_DEBS := libmagic1 libarchive13 swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
 TEST_DEBS += prometheus
 # clamd for the antivirus tests, and Debian's test files (clean files holding a test signature).
 # The tests run their own clamd; apt must not start the system's clamd or freshclam (no
