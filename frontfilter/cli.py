@@ -383,7 +383,8 @@ def _scan_json(decision: Any, action: str) -> dict[str, Any]:
         "reply": verdict.reply.wire if verdict.reply else None,
         "decided_by": verdict.rule,
         "antivirus": decision.antivirus.log_fields() if decision.antivirus is not None else None,
-        "parts": [{k: v for k, v in dataclasses.asdict(p).items()} for p in decision.view.parts],
+        "parts": [{k: (sorted(r.value for r in v) if k == "uninspectable" else v)
+                   for k, v in dataclasses.asdict(p).items()} for p in decision.view.parts],
         "limits_exceeded": sorted(limit.value for limit in decision.view.limits_exceeded),
         "ambiguities": sorted(a.value for a in decision.view.ambiguities),
         "matches": [{"rule": m.rule, "action": m.action.value, "mode": m.mode.value,
@@ -404,6 +405,7 @@ def _print_scan(decision: Any, action: str) -> None:
         flags = [flag for flag in ("type_mismatch", "encrypted", "has_macros", "bidi_control",
                                    "pdf_active_content", "html_script", "uuencoded")
                  if getattr(part, flag, False)]
+        flags += [f"uninspectable: {reason}" for reason in sorted(r.value for r in part.uninspectable)]
         print(f"{indent}{part.path}{name} declared={part.declared_type} detected={part.detected_type} "
               f"size={part.size}" + (f" [{', '.join(flags)}]" if flags else ""))
     for limit in sorted(limit.value for limit in view.limits_exceeded):

@@ -49,15 +49,17 @@ ON_ERROR = "[antivirus] on_error"
 def decide(raw: bytes, facts: Facts, rules: RuleSet, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
-           on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None) -> Decision:
+           on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,
+           deadline: float | None = None) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
     `carried` holds the headers and tags that rules at earlier stages added.
 
     `antivirus` is the scan of `raw` (None: none made). When it failed and `on_error` is
     tempfail, a message the rules would pass is tempfailed instead; a refusal by the rules
     stands (a 5xx is final: the client need not come back for it). `types`: libmagic's
-    answers remembered across messages (`sniff.TypeCache`)."""
-    view = inspect(raw, limits, types=types)
+    answers remembered across messages (`sniff.TypeCache`). `deadline` (a `time.monotonic()`
+    value) stops the inspection itself: past it the view records `Limit.TIME`."""
+    view = inspect(raw, limits, deadline=deadline, types=types)
     facts = Facts(stage=facts.stage, session=facts.session, envelope=facts.envelope,
                   recipient=facts.recipient, message=view, antivirus=antivirus,
                   checks=facts.checks)

@@ -8,7 +8,9 @@ with its reason; every accepted or refused message at end of DATA gets exactly o
 log line, keyed by the queue id the client saw.
 
 Fail closed, in time (STYLE habit 5): inspection and rules run in a worker thread under
-`inspection.timeout`; a timeout answers `451 4.4.5`, an exception `451 4.3.0` — never a 250.
+`inspection.timeout`; a timeout answers `451 4.3.0`, an exception `451 4.3.0` — never a 250.
+The walk gets its own deadline a little earlier, checked between parts, archive members and
+blocks, so a slow message stops its own thread rather than hold it past the timeout.
 Before them, with `[antivirus]`, the raw message is scanned by clamd on the event loop (async,
 bounded by `antivirus.timeout` and `antivirus.concurrency`); a failed scan is `on_error`'s.
 In sync mode 250 is sent only after the backend accepted the message (see delivery.backend); in
@@ -57,6 +59,9 @@ from frontfilter.rules.model import Action, Mode, Verdict
 # 6 interleaved runs each: 347 msgs/s delivered with 2 threads, 318 with 4); one process per
 # core (server.workers) is how more cores are used.
 INSPECTION_THREADS = 2
+# The share of `inspection.timeout` the walk itself may use (its deadline): the rest is for the
+# rules, the rewrite and the spool write that follow in the same thread.
+WALK_SHARE_OF_TIMEOUT = 0.8
 
 BACKEND_REFUSED_RECIPIENT = "Recipient address rejected by the next hop"
 BACKEND_REFUSED_MESSAGE = "Message refused by the next hop"
@@ -283,9 +288,13 @@ class Pipeline:
         if scan is not None:
             log["antivirus"] = scan.log_fields() | (
                 {"on_error": self.on_scan_error.value} if scan.failed else {})
+        # The walk stops itself a little before the pipeline stops waiting for it, so the
+        # thread is free again and the rules answer the timeout (inspection-time), not a
+        # thread nobody waits for.
+        deadline = time.monotonic() + self.config.inspection.timeout * WALK_SHARE_OF_TIMEOUT
         judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
                                   txn.carried, antivirus=scan, on_error=self.on_scan_error,
-                                  types=self.types)
+                                  types=self.types, deadline=deadline)
         judged = await self._judge(state, txn, judge, len(raw))
         observe.type_cache_lookups(*self.types.take_counts())
         if judged is None:

@@ -85,7 +85,7 @@ TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands, closing connection",
 SESSION_TIMEOUT = Reply(421, "4.4.2", "Session time limit exceeded, closing connection", close=True)
 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
-INSPECTION_TIMEOUT = Reply(451, "4.4.5", "Message could not be checked in time, try again later")
+INSPECTION_TIMEOUT = Reply(451, "4.3.0", "Message could not be checked in time, try again later")
 # The antivirus could not answer and [antivirus] on_error = "tempfail" (a timeout answers the
 # line above). The text does not say which check: the log does.
 SCAN_UNAVAILABLE = Reply(451, "4.3.0", "Message could not be checked, try again later")

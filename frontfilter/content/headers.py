@@ -93,9 +93,16 @@ class MimeValue:
 
     value: str
     params: tuple[tuple[str, str], ...]   # (lower-cased name, decoded value); duplicates kept
+    # Other readings of a parameter that some mail program makes (`_variants`): a value may
+    # name a boundary or a file one way for us and another way for the recipient's client.
+    variants: tuple[tuple[str, str], ...] = ()
 
     def get_all(self, name: str) -> list[str]:
         return [v for k, v in self.params if k == name]
+
+    def readings(self, name: str) -> list[str]:
+        """Every value of `name`, ours first, then the other readings; distinct, in order."""
+        return list(dict.fromkeys(self.get_all(name) + [v for k, v in self.variants if k == name]))
 
     def get(self, name: str) -> str | None:
         values = self.get_all(name)
@@ -106,6 +113,7 @@ def parse_mime_value(text: str) -> MimeValue:
     """Parse `type/subtype; a=b; c*=utf-8''x` with RFC 2231 continuations and charsets."""
     head, sep, rest = text.partition(";")
     raw_params: list[tuple[str, str]] = []
+    variants: list[tuple[str, str]] = []
     if sep:
         for match in _PARAM.finditer(";" + rest):
             name = match.group(1).lower()
@@ -114,7 +122,28 @@ def parse_mime_value(text: str) -> MimeValue:
             else:
                 value = (match.group(3) or "").strip()
             raw_params.append((name, value))
-    return MimeValue(value=head.strip().lower(), params=_combine_rfc2231(raw_params))
+            variants += ((name, other) for other in _variants(match.group(2), value) if other != value)
+    return MimeValue(value=head.strip().lower(), params=_combine_rfc2231(raw_params),
+                     variants=tuple(dict.fromkeys(variants)))
+
+
+def _variants(quoted: str | None, value: str) -> list[str]:
+    """How other mail programs read the same parameter, where that can differ from `value`.
+
+    - Python's `email` (compat32) keeps a backslash inside quotes that is not before a quote
+      or a backslash: `"a\\b"` is `a\\b` to it, `ab` to RFC 2045 readers.
+    - Python's `email` strips the blanks a boundary ends with (`get_boundary`).
+    - Clients end an unquoted value at the first blank: `filename=run.js x` is `run.js`.
+    """
+    found = []
+    if quoted is not None:
+        if "\\" in quoted:
+            found.append(quoted)
+        if quoted != quoted.strip():
+            found.append(value.strip())
+    elif value.split(maxsplit=1) and value.split(maxsplit=1)[0] != value:
+        found.append(value.split(maxsplit=1)[0])
+    return found
 
 
 def _combine_rfc2231(raw: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -6,8 +6,9 @@ every other byte identical. Linear time: each search is a `bytes.find` or an anc
 match moving forward only.
 
 Reading rules (RFC 2046 §5.1.1, lenient as clients are):
-- A header block ends at the first empty line, or — as the stdlib parser and most clients
-  do — at the first line that is neither a field nor a continuation; that line starts the body.
+- A header block ends at the first empty line, or at the first line that is neither a field
+  nor a continuation; that line starts the body. Where a lenient reader goes on to the empty
+  line instead (`lenient_header_block`), the caller reads the entity both ways.
 - A delimiter is "--" + boundary at the start of a line, optionally "--" (close), then
   spaces/tabs, then the end of line. The CRLF before it belongs to the delimiter, so it is not
   part of the preceding entity.
@@ -55,6 +56,27 @@ def header_block(buf: bytes, start: int, end: int, max_bytes: int, mbox_from: bo
             return HeaderBlock(start, position, position, position - start > max_bytes)
         position = line_end
     return HeaderBlock(start, end, end, end - start > max_bytes)
+
+
+def lenient_header_block(buf: bytes, block: HeaderBlock, end: int, max_bytes: int) -> HeaderBlock | None:
+    """The header block as the most lenient reader reads it, where that differs from `block`.
+
+    `header_block` ends a block at the first line that is neither a field nor a continuation,
+    as RFC 5322 says. Python's `email` and some clients go on: past a first line that is a
+    continuation (after our Received field it is one), a `:x` line, a `From ` line or a junk
+    line, up to the first empty line. None when both end at the same empty line, or when no
+    empty line follows within `max_bytes` of the start."""
+    if block.body != block.end:      # `block` ended at an empty line: every reader agrees
+        return None
+    limit = min(end, block.start + max_bytes)
+    if buf.startswith(b"\r\n", block.end, limit) or buf.startswith(b"\n", block.end, limit):
+        return None                  # the next line is the empty one: nothing in between
+    found = [i for i in (buf.find(b"\n\r\n", block.end, limit), buf.find(b"\n\n", block.end, limit))
+             if i != -1]
+    if not found:
+        return None
+    index = min(found)
+    return HeaderBlock(block.start, index + 1, index + (3 if buf[index + 1] == 0x0D else 2), False)
 
 
 @dataclass(frozen=True)

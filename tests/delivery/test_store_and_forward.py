@@ -232,7 +232,7 @@ def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(
                 client.rcpt("bob@example.org")
                 code, text = client.data(data[: data.index(b"\r\n\r\n") + 4] + body.encode())
                 answers[f"slow-{n}@test"] = code
-                assert code == 250 or text.startswith(b"4.4.5"), (code, text)
+                assert code == 250 or text.startswith(b"4.3.0"), (code, text)
         assert 451 in answers.values()
         time.sleep(1.0)                                 # time enough for anything spooled to arrive
         assert wait_until(lambda: not spooled(tmp_path))

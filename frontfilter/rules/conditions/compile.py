@@ -13,7 +13,8 @@ Keys and their scopes (see rules/README.md for the administrator's view):
   client.listed_on, client.dnswl, client.trusted, dns.error, sender.own_domain, spf.result,
   greylist.new, from.address, from.domain, from.own_domain;
 - attachment scope (inside `attachment`): declared_type, detected_type, disposition, filename,
-  extension, size, the part flags (`PART_FLAGS`), any, not.
+  extension, size, the part flags (`PART_FLAGS`), uninspectable (true, false or reasons), any,
+  not.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from frontfilter.content.view import Ambiguity, Limit, Part
+from frontfilter.content.view import Ambiguity, Limit, Part, Uninspectable
 from frontfilter.memo import remembered
 from frontfilter.model import Stage
 from frontfilter.rules.conditions.tree import AnyOf, Leaf, Node, NotOf, all_of
@@ -423,6 +424,10 @@ def _part_condition(key: str, value: Any, path: str, env: Env) -> list[Node]:
                             normalise=lambda text: text.lstrip("."))
     if key in PART_FLAGS:
         return _bool_leaf(path, value, env, True, lambda f, p, key=key: (getattr(p, key),))
+    if key == "uninspectable":
+        # true (any reason), false (read to the end), or the reasons: ["corrupt", "time"]
+        test = names(value, path, env, Uninspectable)
+        return [] if test is None else [_leaf(path, value, True, lambda f, p: (p.uninspectable,), test)]
     if key == "size":
         test = value_range(value, path, env, size_value)
         return [] if test is None else [_leaf(path, value, True, lambda f, p: (p.size,), test)]
