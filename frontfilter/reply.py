@@ -104,6 +104,7 @@ BAD_RECIPIENT = Reply(553, "5.1.3", "Recipient address rejected: malformed addre
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 BARE_NEWLINE_DATA = Reply(550, "5.6.0", "Bare CR or LF in message data is not allowed")
+NUL_DATA = Reply(550, "5.6.0", "NUL in message data is not allowed")   # RFC 6152 §3
 REJECTED = Reply(554, "5.7.1", "Message rejected by policy")
 
 # The front door: STARTTLS (RFC 3207), AUTH (RFC 4954), listener roles.

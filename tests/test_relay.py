@@ -212,6 +212,54 @@ def test_a_long_base64_body_is_checked_to_the_last_line(relay: Relay, sink: Reco
         assert sink.wait_for(1)[0].data.endswith(body)
 
 
+@pytest.fixture(params=["queue", "sync"])
+def big_either_mode(request: pytest.FixtureRequest, sink: RecordingSink,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """The relay in each backend mode, taking messages of a few MB."""
+    config = write_config(tmp_path_factory.mktemp(f"big-{request.param}"), [sink.port],
+                          server={"max_message_size": "4MiB"},
+                          backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": request.param})
+    with Relay(config) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", [b"", b"\0"], ids=["clean", "nul"])
+def test_nul_in_data_is_refused_even_deep_in_a_base64_run(
+        big_either_mode: Relay, sink: RecordingSink, fault: bytes) -> None:
+    """RFC 6152: 8BITMIME data holds no NUL (BINARYMIME is not offered), and a reader that
+    stops at NUL sees another message than the one inspected. A NUL written over a base64 byte
+    1.5 MB into the body keeps every line end where the run of equal lines puts them, so only
+    DATA's per-block check can see it: refused like a bare newline, and the session goes on."""
+    relay = big_either_mode
+    encoded = base64.encodebytes(bytes(range(256)) * 8000).replace(b"\n", b"\r\n")
+    at = 1_500_000
+    body = encoded[:at] + fault + encoded[at + len(fault):]
+    assert len(body) == len(encoded) and encoded[at:at + 1] not in (b"\r", b"\n")
+    data = (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
+    with RawClient(relay.port) as client:
+        answer = answer_to_data(client, data + b".\r\n")
+        if fault:
+            assert answer.startswith("550 5.6.0"), answer
+            assert client.command("NOOP").startswith("250")
+        else:
+            assert answer.startswith("250"), answer
+    if fault:
+        relay.wait_event("protocol_violation", what="NUL in DATA")
+        assert sink.wait_for(1, timeout=0.5) == []
+    else:
+        assert sink.wait_for(1)[0].data.endswith(body)
+
+
+def test_nul_in_a_text_line_is_refused(relay: Relay, sink: RecordingSink) -> None:
+    """`run.js\\0.txt`: a C-string reader of the message sees a line (a name) cut short."""
+    with RawClient(relay.port) as client:
+        answer = answer_to_data(client, simple("nul", "see run.js\0.txt\r\n") + b".\r\n")
+        assert answer.startswith("550 5.6.0"), answer
+        assert client.command("NOOP").startswith("250")
+    assert sink.wait_for(1, timeout=0.5) == []
+
+
 def test_bare_lf_in_a_command_line_is_refused(relay: Relay, sink: RecordingSink) -> None:
     with RawClient(relay.port) as client:
         client.read_reply()

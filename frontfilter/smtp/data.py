@@ -8,6 +8,9 @@ checked as it arrives, a complete line range per block, in linear passes at C sp
 no single check holds the event loop for long, whatever the message size):
 
 - bare CR or bare LF anywhere           -> refused (`550 5.6.0`), never forwarded;
+- a NUL byte anywhere                   -> refused (`550 5.6.0`): 8BITMIME data holds no NUL
+                                           (RFC 6152 §3), BINARYMIME is not offered, and a
+                                           reader that stops at NUL sees another message;
 - a line longer than the limit          -> refused (`500 5.5.6`, RFC 5321 §4.5.3.1.6);
 - more bytes than `max_size`            -> the rest is drained without being kept, then `552`.
 
@@ -32,6 +35,7 @@ CHUNK = 64 * 1024     # read size; the terminator search keeps the last 4 bytes 
 class DataProblem(enum.Enum):
     TOO_BIG = "too_big"
     BARE_NEWLINE = "bare_newline"
+    NUL = "nul"
     LINE_TOO_LONG = "line_too_long"
 
 
@@ -107,7 +111,9 @@ class DataCollector:
     def _check(self, block: bytes) -> None:
         """Check the lines the block completes, and the one it leaves begun.
 
-        A line is well formed when it ends in CRLF, holds no other CR or LF, and is not too long.
+        A line is well formed when it ends in CRLF, holds no other CR or LF, no NUL, and is not
+        too long. The NUL check is one memchr over the block, before anything else, so the fast
+        paths below need not know about it.
         Each block costs time in proportion to its own size, in passes at C speed. A run of
         lines of one length (`_even_span`: base64 and quoted-printable bodies, most of the bytes
         of big mail) is checked by its CR and LF columns. The rest is split at CRLF once: a CR or
@@ -117,6 +123,9 @@ class DataCollector:
         CRLF cost twice the split on 64 KB blocks: `count` walks byte by byte, while `in` for
         one byte is a memchr. A regex for long lines rescanned each line from every position:
         17 ms per 100 KB.)"""
+        if b"\0" in block:          # a memchr: 2 µs per 64 KB block
+            self._problem = DataProblem.NUL
+            return
         data = self._pending + block if self._pending else block
         start, end = _even_span(data, self._longest)
         if start > 0 and self._complete_lines(data[:start].split(CRLF)[:-1]):   # [-1]: b""

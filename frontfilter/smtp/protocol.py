@@ -12,7 +12,7 @@ What this class adds, and why:
 - AUTH PLAIN and LOGIN only inside TLS and only where the listener offers it (`smtp.auth`
   checks the credentials off the event loop); the listener's role refuses MAIL without TLS or
   AUTH (`530 5.7.0`).
-- DATA is read in blocks (`smtp.data`), refusing bare CR/LF and over-long lines, draining an
+- DATA is read in blocks (`smtp.data`), refusing bare CR/LF, NUL and over-long lines, draining an
   oversize body without keeping it — aiosmtpd accepts bare CR/LF verbatim (SMTP smuggling).
 - A command line ending in a bare LF, or holding a bare CR, is refused and the connection is
   closed (as Postfix's `smtpd_forbid_bare_newline`): `EHLO a\\nNOOP` is not two commands here.
@@ -471,8 +471,8 @@ class FrontSMTP(SMTP):
         if problem is not None:
             self._set_post_data_state()
             await self.push(_DATA_REPLIES[problem])
-            if problem is DataProblem.BARE_NEWLINE:
-                observe.protocol_violation(str(self.client), "bare CR or LF in DATA")
+            if problem in _DATA_VIOLATIONS:
+                observe.protocol_violation(str(self.client), _DATA_VIOLATIONS[problem])
             return
         self.envelope.content = message
         self.envelope.original_content = message
@@ -505,6 +505,12 @@ _DATA_REPLIES = {
     DataProblem.TOO_BIG: reply.MESSAGE_TOO_BIG,
     DataProblem.BARE_NEWLINE: reply.BARE_NEWLINE_DATA,
     DataProblem.LINE_TOO_LONG: reply.LINE_TOO_LONG,
+    DataProblem.NUL: reply.NUL_DATA,
+}
+# The problems that say the client is broken or smuggling, not just over a bound: logged.
+_DATA_VIOLATIONS = {
+    DataProblem.BARE_NEWLINE: "bare CR or LF in DATA",
+    DataProblem.NUL: "NUL in DATA",
 }
 
 

@@ -7,6 +7,7 @@ by byte, and in random splits, and compared with a line-by-line reading of the s
 
 from __future__ import annotations
 
+import base64
 import random
 
 import pytest
@@ -207,3 +208,51 @@ def test_the_even_span_is_only_ever_whole_clean_lines() -> None:
         assert len(lines) >= 16
         assert not any(b"\r" in line or b"\n" in line or len(line) > MAX_LINE + 1 for line in lines), (wire, start, end)
     assert found > 300
+
+
+# ---- NUL ----------------------------------------------------------------------------------------
+
+BASE64_RUN = base64.encodebytes(bytes(range(256)) * 8000).replace(b"\n", b"\r\n")   # 2.8 MB
+
+
+@pytest.mark.parametrize("where", ["header", "body", "line start", "before the terminator", "base64 run"])
+def test_nul_in_data_is_refused_wherever_the_client_splits(where: str) -> None:
+    """RFC 6152 §3: 8BITMIME data holds no NUL, and BINARYMIME is not offered. A NUL is refused
+    like a bare newline, also when it replaces a byte of a run of equal lines 1.5 MB in, where
+    the line ends stay where the run puts them and only the per-block check can see it."""
+    if where == "base64 run":
+        at = 1_500_000
+        body = BASE64_RUN[:at] + b"\0" + BASE64_RUN[at + 1:]
+        assert body[at - 2:at] != b"\r\n" and len(body) == len(BASE64_RUN)
+        wire = b"Subject: a\r\n\r\n" + body + b".\r\n"
+    else:
+        wire = {"header": b"Subject: a\0b\r\n\r\nhello\r\n.\r\n",
+                "body": b"Subject: a\r\n\r\nrun.js\0.txt\r\n.\r\n",
+                "line start": b"Subject: a\r\n\r\n\0\r\n.\r\n",
+                "before the terminator": b"Subject: a\r\n\r\nhello\0\r\n.\r\n"}[where]
+    generator = random.Random(where)
+    cuts_tried = [[], [wire.index(b"\0")], [wire.index(b"\0") + 1]]
+    cuts_tried += [sorted(generator.sample(range(1, len(wire)), 3)) for _ in range(20)]
+    for cuts in cuts_tried:
+        collector = DataCollector(max_size=4 << 20, max_line=998)
+        leftover = None
+        for start, end in zip([0] + cuts, cuts + [len(wire)]):
+            leftover = collector.feed(wire[start:end])
+        assert leftover == b"", (where, cuts)
+        assert collector.result() == (None, DataProblem.NUL), (where, cuts)
+
+
+def test_the_same_message_without_the_nul_is_taken() -> None:
+    """The control for the case above: the run itself is clean."""
+    wire = b"Subject: a\r\n\r\n" + BASE64_RUN + b".\r\n"
+    collector = DataCollector(max_size=4 << 20, max_line=998)
+    for at in range(0, len(wire), 65536):
+        collector.feed(wire[at:at + 65536])
+    message, problem = collector.result()
+    assert problem is None and message == wire[:-3]
+
+
+def test_a_nul_after_the_terminator_is_not_data() -> None:
+    """What follows `<CRLF>.<CRLF>` is handed back to the command reader, not judged as data."""
+    result, leftover = collect(b"Subject: a\r\n\r\nhi\r\n.\r\nNOOP\0\r\n", [])
+    assert result == (b"Subject: a\r\n\r\nhi\r\n", None) and leftover == b"NOOP\0\r\n"
