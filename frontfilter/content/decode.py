@@ -18,6 +18,10 @@ never give more bytes than they read; BinHex's run-length coding may (up to 64 t
 so every text-block function takes `max_bytes`, the most it decodes in one call. Bounds:
 `max_blocks` (blocks per call, default MAX_TEXT_BLOCKS), `max_bytes` (decoded bytes per call,
 default MAX_TEXT_BLOCK_BYTES).
+
+Past the 400-line guide: the text-block finders share the base64 alphabet and the leniency of
+the transfer decoders, and were kept beside them; `content/textblocks.py` is
+the cut to make when the module next grows.
 """
 
 from __future__ import annotations
