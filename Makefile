@@ -26,7 +26,7 @@ TEST_DEBS += systemd-container python3-venv nftables haproxy
 # backend; `make test` runs the bench on a tiny load so the harness cannot rot.
 TEST_DEBS += postfix
 
-.PHONY: run test check bench clean system-run system-test
+.PHONY: run test fuzz check bench clean system-run system-test
 
 run: system-run $(STAMP)
 	@mkdir -p dev/var
@@ -38,6 +38,12 @@ run: system-run $(STAMP)
 
 test: system-test $(STAMP)
 	$(PY) -m pytest -q
+
+# The differential content fuzz at length (tests/content/test_differential_fuzz.py): a fresh
+# seed each run; `make test` runs the same property on a fixed seed and few examples.
+FUZZ_EXAMPLES ?= 5000
+fuzz: system-test $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(PY) -m pytest -q tests/content/test_differential_fuzz.py
 
 # The full benchmark: several minutes, the table to stdout and bench/results.json (bench/README.md).
 bench: system-test $(STAMP)

@@ -107,7 +107,9 @@ def test_gzip_and_tar_members():
     tgz = gzip.compress(tar_buffer.getvalue())
     parts = by_path(inspect(c.message(c.attachment(tgz, "application/gzip", "t.tar.gz")), LIMITS))
     elf = [p for p in parts.values() if p.detected_type == "application/x-executable"]
-    assert len(elf) == 1 and elf[0].archive_depth == 2 and elf[0].filename == "tool"
+    # libarchive reads a compressed tar as one archive (the compressor is a filter on it), as
+    # tar itself does: its members sit one level down, not two.
+    assert len(elf) == 1 and elf[0].archive_depth == 1 and elf[0].filename == "tool"
 
 
 def test_office_macros_ooxml_and_ole():
