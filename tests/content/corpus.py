@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import pathlib
 import random
 import struct
 import zipfile
@@ -14,6 +15,8 @@ from email.mime.text import MIMEText
 from email import encoders, policy
 
 import magic
+
+DOCUMENTS = pathlib.Path(__file__).resolve().parents[1] / "data" / "documents"
 
 
 def pe() -> bytes:
@@ -112,16 +115,10 @@ def docx(macros: bool = False) -> bytes:
 
 
 def ole_with_vba() -> bytes:
-    """Enough of an OLE compound file for the VBA byte search: the magic, and a directory
-    sector (at 512) holding the entries "Root Entry", "VBA" and "_VBA_PROJECT"."""
-    header = bytearray(512)
-    header[0:8] = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-    directory = bytearray(512)
-    for slot, name in enumerate(["Root Entry", "VBA", "_VBA_PROJECT"]):
-        encoded = (name + "\0").encode("utf-16-le")
-        directory[slot * 128:slot * 128 + len(encoded)] = encoded
-        struct.pack_into("<H", directory, slot * 128 + 64, len(encoded))
-    return bytes(header + directory)
+    """A real (tiny) OLE compound file holding a VBA project, as Office writes vbaProject.bin:
+    made by tests/data/documents/make_documents.py. A mock of the directory bytes alone is no
+    longer enough: a compound file olefile cannot open is reported corrupt, and refused."""
+    return (DOCUMENTS / "vbaProject.bin").read_bytes()
 
 
 def attachment(data: bytes, content_type: str, filename: str | None, rfc2231: bool = False) -> MIMEBase:
