@@ -30,6 +30,7 @@ under "~h", a decoded multipart under "~e"; archive members and text blocks are
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -50,6 +51,8 @@ IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
 # Prefer the reading that decodes most: a client decoding base64 where we read 7bit would
 # see bytes we never typed.
 _ENCODING_PREFERENCE = ("base64", "quoted-printable", "x-uuencode", "x-uue", "uuencode")
+# What Python's `email` (feedparser's headerRE) still takes for a header line.
+_PYTHON_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _FIELD_LINE = (b"From:", b"To:", b"Subject:", b"Date:", b"Message-ID:", b"Received:",
                b"Return-Path:", b"MIME-Version:", b"Content-Type:")
 
@@ -117,15 +120,19 @@ class _Walk:
         if depth == 0 and src.carrier is None:
             self.root_fields = fields  # kept even if the walk below fails
         self.body(src, block, end, fields, path, depth, default_type, message_root)
-        # A reader that ends this header block later (at the empty line) sees more fields. If
-        # any of them is a Content-* field, its reading of the entity can differ: walk it too.
+        # A reader that ends this header block later (at the empty line) sees more fields and
+        # a body that starts elsewhere, which decodes to other bytes: walk that reading too.
+        # It is a disagreement to refuse where Python's `email` itself reads on (the line we
+        # stopped at is a field to it: `:x`, `From `, a continuation) or a Content-* field
+        # hides in between; a part that merely starts its text without an empty line is not.
         lenient = lenient_header_block(src.buf, block, end, self.limits.max_header_bytes)
         if lenient is not None:
             more = split_fields(src.buf[block.end:lenient.end])
-            if any(name.lower().startswith("content-") for name, _value in more):
+            if _PYTHON_HEADER_LINE.match(src.buf, block.end) or any(
+                    name.lower().startswith("content-") for name, _value in more):
                 self.ambiguities.add(Ambiguity.HEADER_END)
-                self.body(src, lenient, end, fields + more, f"{path}~h", depth, default_type,
-                          message_root)
+            self.body(src, lenient, end, fields + more, f"{path}~h", depth, default_type,
+                      message_root)
         return fields
 
     def body(self, src: _Source, block, end: int, fields, path: str, depth: int,

@@ -148,3 +148,24 @@ def test_clean_multipart_reads_one_way():
     assert not view.ambiguities - {Ambiguity.MISSING_CLOSING_BOUNDARY}
     assert not view.uninspectable
     assert [p.detected_type for p in view.parts if p.filename == "a.png"] == ["image/png"]
+
+
+def test_junk_line_last_among_the_part_fields_moves_the_body_start():
+    # ":x" after the encoding field: no Content-* field hides past our end of the block, but
+    # Python's `email` takes ":x" for a field, so its body (and its base64) starts one line
+    # later than ours, and decodes to the executable where ours decodes to noise. Found by
+    # the differential fuzz.
+    raw = _multipart(EXE_PART + ":x\n")
+    assert _python_extracts_exe(raw)
+    view, found = _found_exe(raw)
+    assert found
+    assert Ambiguity.HEADER_END in view.ambiguities
+
+
+def test_text_that_starts_without_an_empty_line_is_no_disagreement():
+    # Sloppy but honest: a part with no header fields whose text starts at once. Python's
+    # `email` reads it as we do; the second reading is walked, and nothing is refused.
+    raw = _wire("From: a@example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n"
+                "--b1\nHello Bob,\n\nlunch at noon?\n--b1--\n")
+    view = inspect(raw, InspectionLimits())
+    assert Ambiguity.HEADER_END not in view.ambiguities
