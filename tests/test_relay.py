@@ -200,8 +200,7 @@ def test_a_long_base64_body_is_checked_to_the_last_line(relay: Relay, sink: Reco
     middle = len(encoded) // 2 + 5
     body = encoded[:middle] + fault + encoded[middle + len(fault):]
     assert len(body) == len(encoded)
-    data = (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
+    data = _base64_message(body)
     with RawClient(relay.port) as client:
         answer = answer_to_data(client, data + b".\r\n")
     if fault:
@@ -210,6 +209,12 @@ def test_a_long_base64_body_is_checked_to_the_last_line(relay: Relay, sink: Reco
     else:
         assert answer.startswith("250"), answer
         assert sink.wait_for(1)[0].data.endswith(body)
+
+
+def _base64_message(body: bytes) -> bytes:
+    """A message whose whole body is one base64 attachment."""
+    return (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
 
 
 @pytest.fixture(params=["queue", "sync"])
@@ -235,8 +240,7 @@ def test_nul_in_data_is_refused_even_deep_in_a_base64_run(
     at = 1_500_000
     body = encoded[:at] + fault + encoded[at + len(fault):]
     assert len(body) == len(encoded) and encoded[at:at + 1] not in (b"\r", b"\n")
-    data = (b"From: alice@example.net\r\nSubject: attachment\r\nMIME-Version: 1.0\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
+    data = _base64_message(body)
     with RawClient(relay.port) as client:
         answer = answer_to_data(client, data + b".\r\n")
         if fault:

@@ -12,26 +12,18 @@ is tiny and harmless: the "executable" is a 300-byte PE header that does nothing
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))   # the repository, when run as a script
+from tests.content.corpus import pe  # noqa: E402  (the one test PE of the suite)
 SECTOR = 512
 MINI_SECTOR = 64
 MINI_CUTOFF = 4096            # [MS-CFB] §2.2: streams below this live in the mini stream
 FREE, END, FAT_SECTOR = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD
 NO_STREAM = 0xFFFFFFFF
-
-
-def pe() -> bytes:
-    """A minimal PE32+ header (as tests/content/corpus.pe): libmagic types it as a PE."""
-    dos = bytearray(64)
-    dos[0:2] = b"MZ"
-    struct.pack_into("<I", dos, 0x3C, 64)
-    coff = struct.pack("<HHIIIHH", 0x8664, 0, 0, 0, 0, 0xF0, 0x22)
-    optional = bytearray(0xF0)
-    struct.pack_into("<H", optional, 0, 0x20B)
-    return bytes(dos) + b"PE\0\0" + coff + bytes(optional)
 
 
 def compound_file(streams: dict[str, bytes]) -> bytes:
