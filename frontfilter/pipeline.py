@@ -310,6 +310,8 @@ class Pipeline:
         log.update(rules=fired, monitor=[m.rule for m in verdict.matches if m.mode is Mode.MONITOR],
                    stripped=_stripped_for_log(decision),
                    limits=sorted(limit.value for limit in decision.view.limits_exceeded),
+                   ambiguities=sorted(a.value for a in decision.view.ambiguities),
+                   uninspectable=sorted(r.value for r in decision.view.uninspectable),
                    inspect_ms=round((time.monotonic() - started) * 1000, 2))
 
         action = verdict.action

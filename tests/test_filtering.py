@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.content import corpus as c
+from tests.content import fail_closed_corpus
 from tests.harness import REPO, RecordingSink, Relay, write_config
 from tests.test_relay import strip_received
 
@@ -144,6 +145,17 @@ def test_nesting_past_the_limit_is_refused_without_a_crash(relay: Relay, sink: R
     assert send(relay.port, nested(3)) == (250, b"")             # and the relay goes on
     assert len(sink.wait_for(1)) == 1
     assert "depth" in relay.wait_event("message", verdict="rejected", limits=["depth"])["limits"]
+
+
+def test_the_log_line_says_why_content_was_not_read(relay: Relay, sink: RecordingSink) -> None:
+    """An administrator reading the log sees the reason a message failed closed, not only the
+    rule: the parts that were not read to the end, and the readings that disagreed."""
+    unsupported = fail_closed_corpus.arj("notes.txt", b"hello\n")   # nothing here opens ARJ
+    code, text = send(relay.port, c.message(c.attachment(unsupported, "application/octet-stream", "a.arj")))
+    queue_id = text.decode().rsplit("[", 1)[-1].rstrip("]")   # a refusal names its queue id
+    line = relay.wait_event("message", queue_id=queue_id)
+    assert code == 554 and "unsupported" in line["uninspectable"], line
+    assert line["ambiguities"] == [] and sink.wait_for(1, timeout=0.5) == []
 
 
 def test_part_count_past_the_limit_is_refused(relay: Relay, sink: RecordingSink) -> None:
