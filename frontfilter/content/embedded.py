@@ -51,8 +51,9 @@ Guarantees:
   (Limit.COMPRESSION_RATIO). A member or object stream so cut has LIMIT. The deadline
   (`time.monotonic()`) is checked between objects and inside the RTF tokenizer; past it the
   listing has TIME and Limit.TIME is recorded. Compound files whose streams claim more than
-  MAX_STREAM_BYTES_FACTOR x their size stop with CORRUPT (`active`); olefile's quadratic
-  stream-overlap check is made linear (`active.CompoundFile`).
+  MAX_STREAM_BYTES_FACTOR x their size stop with CORRUPT (`active`); one whose directory
+  declares more than `active.MAX_OLEVBA_DIRECTORY_ENTRIES` entries is not opened (olefile's
+  reading is quadratic in them) and the listing has LIMIT.
 
 PDF streams: every `stream` keyword is a candidate (a reader finds objects through offsets we
 do not trust). Its dictionary is read from the text before it, back to the previous stream's
@@ -279,6 +280,8 @@ def _ole(payload: bytes, reader: _Reader) -> None:
             _ole_streams(ole, len(payload), reader)
     except _OutOfTime:
         pass
+    except active.CompoundFileTooLarge:
+        reader.problems.add(Uninspectable.LIMIT)
     except MemoryError:
         raise
     except Exception as error:
@@ -301,10 +304,10 @@ def _ole_streams(ole, size: int, reader: _Reader) -> None:
             return
         name = entry.name
         lowered = name.lower()
-        top = "/" not in path
+        top = len(path) == 1
         if top and lowered in ("encryptedpackage", "encryptedsummary"):
             reader.problems.add(Uninspectable.ENCRYPTED)
-        data = active.read_stream(ole, entry)
+        data = active.read_stream(ole, path)
         if top and lowered == "worddocument" and len(data) >= 12 and data[11] & 0x01:
             reader.problems.add(Uninspectable.ENCRYPTED)   # [MS-DOC] §2.5.1 FibBase.fEncrypted
         elif top and lowered in ("workbook", "book") and active.biff_globals(data)[1]:
@@ -356,16 +359,27 @@ def _powerpoint_objects(document: bytes, reader: _Reader) -> None:
 _NOT_HEX = re.compile(rb"[^0-9A-Fa-f]+")
 
 
+class _Dropped:
+    """A destination's `data` that drops what is appended to it: oletools' RtfParser appends
+    every text run to its destination's `data` (bytes concatenation: quadratic)."""
+
+    def __iadd__(self, _other: bytes) -> _Dropped:
+        return self
+
+
 class _RtfObjects(rtfobj.RtfObjParser):
     """rtfobj's tokenizer and destinations, keeping only \\objdata hex, in linear time.
 
     oletools keeps every destination's text in one bytes object grown by concatenation (and
-    re-filters the whole objdata at each \\'hh): quadratic, 20 s for a 4 MB RTF. Here text
-    outside \\objdata is dropped and hex digits are kept as filtered chunks, with Word's quirk
-    (an odd hex digit before \\'hh is dropped) applied to the last chunk."""
+    re-filters the whole objdata at each \\'hh): quadratic, 20 s for a 4 MB RTF. Here each
+    destination's `data` is a `_Dropped` (set through the public `open_destination` hook and
+    `current_destination` attribute) and the public `text` hook keeps \\objdata's hex digits
+    as filtered chunks, with Word's quirk (an odd hex digit before \\'hh is dropped) applied
+    to the last chunk."""
 
     def __init__(self, data: bytes, reader: _Reader) -> None:
         super().__init__(data)
+        self.current_destination.data = _Dropped()   # the document's own destination
         self.reader = reader
         self.found: list[bytes] = []
         self.ticks = 0
@@ -382,10 +396,13 @@ class _RtfObjects(rtfobj.RtfObjParser):
             destination.chunks.append(digits)
             destination.digits += len(digits)
 
-    def _text(self, matchobject) -> None:
+    def open_destination(self, destination) -> None:
+        destination.data = _Dropped()
+
+    def text(self, matchobject, text: bytes) -> None:
         self._tick()
         if self.current_destination.cword == b"objdata":
-            self._keep(self.current_destination, _NOT_HEX.sub(b"", matchobject.group()))
+            self._keep(self.current_destination, _NOT_HEX.sub(b"", text))
 
     def bin(self, bindata: bytes) -> None:
         if self.current_destination.cword == b"objdata":

@@ -159,6 +159,20 @@ def test_streams_sharing_sectors_stop_the_reading():
     assert active.ole_has_macros(bytes(data))   # not ruled out
 
 
+
+def test_compound_file_with_too_many_directory_entries_is_not_opened():
+    # Counted from the header and FAT before olefile, whose reading is quadratic in entries.
+    entries = active.MAX_OLEVBA_DIRECTORY_ENTRIES + 8
+    data = make.compound_file({f"S{i:05}": b"x" for i in range(entries)})
+    assert active.directory_entries(data) > active.MAX_OLEVBA_DIRECTORY_ENTRIES
+    document, _ = read(data)
+    assert Uninspectable.LIMIT in document.listing.problems
+    assert not document.listing.members
+    assert active.ole_has_macros(data)   # not ruled out
+    small = make.compound_file({"Package": b"MZ" + bytes(10)})
+    assert active.directory_entries(small) <= 8
+    assert Uninspectable.LIMIT not in read(small)[0].listing.problems
+
 # --- RTF --------------------------------------------------------------------------------------
 
 def ole1(class_name: bytes, native: bytes) -> bytes:
