@@ -1048,7 +1048,10 @@ def _tnef(payload: bytes, budget: Budget, deadline: float | None) -> Listing:
         name = _tnef_name(attachment)
         data = attachment.data
         if not isinstance(data, (bytes, bytearray)):
-            found.append(Member(name, None, problem=Uninspectable.CORRUPT))
+            found.append(Member(name or "", None, problem=Uninspectable.CORRUPT))
+            continue
+        if name is None:
+            found.append(Member("", bytes(data), problem=Uninspectable.DECODER_ERROR))
             continue
         data, cut = _charge(budget, bytes(data))
         found.append(Member(name, data, truncated=cut,
@@ -1056,13 +1059,16 @@ def _tnef(payload: bytes, budget: Budget, deadline: float | None) -> Listing:
     return Listing(tuple(found), frozenset(problems))
 
 
-def _tnef_name(attachment) -> str:
-    """The long file name, else the title. tnefparse decodes a title as strict UTF-8; Outlook
-    writes it in the file's code page, so the raw title is decoded here when that fails."""
+def _tnef_name(attachment) -> str | None:
+    """The long file name, else the title; None when tnefparse cannot decode either.
+
+    tnefparse decodes a title as strict UTF-8, and Outlook may write it in the file's code page.
+    The raw title is only in tnefparse's private state, which we do not read: a name we cannot
+    read is a member not fully inspected (the extension rules would not see it)."""
     try:
         name = attachment.long_filename()
     except (UnicodeDecodeError, struct.error, ValueError):
-        name = getattr(attachment, "_name", b"")
+        return None
     if isinstance(name, (bytes, bytearray)):
         name = _decode_name(bytes(name))
     return name.strip("\x00") if isinstance(name, str) else ""
