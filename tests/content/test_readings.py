@@ -90,16 +90,11 @@ def test_encoding_with_a_trailing_token_is_decoded(cte):
     assert Ambiguity.ENCODING_TOKEN in view.ambiguities
 
 
-def test_boundary_with_a_trailing_blank_in_its_quotes():
-    raw = _multipart(EXE_PART, boundary="abc", ctype_boundary='"abc "')
-    assert _python_extracts_exe(raw)
-    view, found = _found_exe(raw)
-    assert found
-    assert Ambiguity.BOUNDARY_QUOTING in view.ambiguities
-
-
-def test_boundary_with_a_backslash_in_its_quotes():
-    raw = _multipart(EXE_PART, boundary="a\\b", ctype_boundary='"a\\b"')
+@pytest.mark.parametrize(("written", "used"), [('"abc "', "abc"), ('"a\\b"', "a\\b")],
+                         ids=["trailing-blank", "backslash"])
+def test_boundary_quoted_so_readers_differ(written, used):
+    # Python's `email` strips a boundary's trailing blanks and keeps a lone backslash.
+    raw = _multipart(EXE_PART, boundary=used, ctype_boundary=written)
     assert _python_extracts_exe(raw)
     view, found = _found_exe(raw)
     assert found
