@@ -34,7 +34,6 @@ import asyncio.sslproto as sslproto
 import re
 import ssl
 import time
-from asyncio.protocols import _feed_data_to_buffered_proto  # type: ignore[attr-defined]
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, syntax
@@ -298,7 +297,7 @@ class FrontSMTP(SMTP):
         self.transport = self._tls_protocol._get_app_transport()
         self._tls_protocol.connection_made(self._original_transport)
         if early:
-            _feed_data_to_buffered_proto(self._tls_protocol, early)
+            _feed(self._tls_protocol, early)
         try:
             await waiter
         except (OSError, EOFError) as error:   # ssl.SSLError is an OSError
@@ -499,6 +498,20 @@ def _tls_failure(error: BaseException) -> str:
 
 # `<dot-atom@host.name>`, then the end or blanks before a parameter (the parser drops blanks
 # and comments after the `>`; a comment is left to it).
+def _feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Hand `data` to a buffered protocol as its transport would: through the protocol's own
+    public `get_buffer` / `buffer_updated`, as much as each buffer it offers takes."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        if not size:
+            raise RuntimeError("the TLS layer offered an empty buffer")
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
 _SIMPLE_PATH = re.compile(rf"<({PLAIN_ADDRESS})>(?:$|[ \t]+(?=[^ \t(]|$))")
 
 _DATA_REPLIES = {
