@@ -258,6 +258,18 @@ def test_scan_shows_the_expected_verdict_for_each_corpus_file(tmp_path: Path) ->
     assert report["stripped"] and b"X-Frontfilter-Stripped" in (tmp_path / "out.eml").read_bytes()
 
 
+def test_scan_json_names_the_parts_not_read_and_why(tmp_path: Path) -> None:
+    """A message refused because a part could not be read: `scan --json` says which part and
+    why, as plain JSON (the reasons are a set inside the relay)."""
+    path = tmp_path / "arj.eml"
+    unsupported = fail_closed_corpus.arj("notes.txt", b"hello\n")
+    path.write_bytes(c.message(c.attachment(unsupported, "application/octet-stream", "a.arj")))
+    code, report = scan(path)
+    assert (report["verdict"], code) == ("reject", 1)
+    assert report["decided_by"] == "uninspectable"
+    assert [p["uninspectable"] for p in report["parts"] if p["filename"] == "a.arj"] == [["unsupported"]]
+
+
 def test_scan_output_carries_the_fields_the_rules_add_on_top(tmp_path: Path) -> None:
     """`scan --output` writes the message as the relay would forward it: the added fields (here
     the shipped mime-sloppy tag, for a missing closing boundary) on top of the message."""
