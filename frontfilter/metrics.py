@@ -77,17 +77,19 @@ def closed(metric: MetricWrapperBase, zero: bool = True,
            **labels: tuple[str, ...]) -> dict[str, frozenset[str]]:
     """Declare the values each named label of `metric` may take (`other` is always allowed).
 
-    With `zero`, when every label of a counter or gauge is declared, each combination of the
-    listed values is created at zero now. Returns the sets, for `observe.bounded()`.
+    With `zero`, each combination of the listed values is created at zero now (counters and
+    gauges; a histogram's buckets would be a dozen series each): every label of the metric must
+    then be listed, else prometheus-client refuses the combination at import. A metric with an
+    open label (a rule name, a backend) passes `zero=False`. Returns the sets, for
+    `observe.bounded()`.
     """
     sets = {name: frozenset(values) | {OTHER} for name, values in labels.items()}
     family = metric.describe()[0].name + ("_total" if isinstance(metric, Counter) else "")
     LABEL_VALUES.setdefault(family, {}).update(sets)
-    names = tuple(metric._labelnames)  # noqa: SLF001 - prometheus_client has no public getter
-    if zero and set(names) == set(labels) and not isinstance(metric, Histogram):
+    if zero and not isinstance(metric, Histogram):
         combos: list[dict[str, str]] = [{}]
-        for name in names:
-            combos = [dict(c, **{name: v}) for c in combos for v in labels[name]]
+        for name, values in labels.items():
+            combos = [dict(c, **{name: v}) for c in combos for v in values]
         for combo in combos:
             metric.labels(**combo)
     return sets
@@ -117,7 +119,7 @@ SMTP_STAGES = ("connect", "helo", "mail", "rcpt", "data", "starttls", "auth")
 smtp_replies = Counter(
     "frontfilter_smtp_replies", "SMTP replies sent, by stage and 3-digit code.",
     ["stage", "code"], registry=REGISTRY)
-REPLY_STAGES = closed(smtp_replies, stage=SMTP_STAGES)["stage"]   # code: any 3-digit SMTP code
+REPLY_STAGES = closed(smtp_replies, zero=False, stage=SMTP_STAGES)["stage"]   # code: any 3-digit SMTP code
 
 processing_seconds = Histogram(
     "frontfilter_processing_seconds",
@@ -153,7 +155,7 @@ VERDICTS = closed(messages, verdict=(
 rule_matches = Counter(
     "frontfilter_rule_matches", "Rule matches, by rule, action and mode (enforce, monitor).",
     ["rule", "action", "mode"], registry=REGISTRY)
-_rules = closed(rule_matches,
+_rules = closed(rule_matches, zero=False,
                 action=("accept", "reject", "tempfail", "discard", "quarantine", "strip",
                         "add_header", "tag"),
                 mode=("enforce", "monitor"))      # rule: the names in the administrator's rules
@@ -210,7 +212,7 @@ dnsbl_lookups = Counter(
     "Client lookups on each DNS block/allow list, by result (refused: the list answered with an "
     "error code such as 127.255.255.254, or outside its codes; error: no answer in time).",
     ["list", "result"], registry=REGISTRY)     # list: the names in [dnsbl] lists
-DNSBL_RESULTS = closed(dnsbl_lookups, result=("listed", "not_listed", "refused", "error"))["result"]
+DNSBL_RESULTS = closed(dnsbl_lookups, zero=False, result=("listed", "not_listed", "refused", "error"))["result"]
 
 spf_results = Counter(
     "frontfilter_spf_results", "SPF evaluations of the envelope sender, by result (RFC 7208 §2.6).",
@@ -245,7 +247,7 @@ SENDER_REFUSAL_REASONS = closed(sender_refusals, reason=(
 forward_attempts = Counter(
     "frontfilter_forward_attempts", "Hand-overs to a backend, by backend (host:port) and result.",
     ["backend", "result"], registry=REGISTRY)
-FORWARD_RESULTS = closed(forward_attempts, result=("ok", "transient", "permanent"))["result"]
+FORWARD_RESULTS = closed(forward_attempts, zero=False, result=("ok", "transient", "permanent"))["result"]
 
 forward_seconds = Histogram(
     "frontfilter_forward_seconds", "Time to hand a message to a backend.",

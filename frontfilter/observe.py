@@ -132,9 +132,9 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: Any = None) ->
     root.setLevel(getattr(logging, level.upper()))
     # aiosmtpd logs every command at INFO (with addresses); keep that for debug sessions only.
     logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
-    # Neither formatter shows the caller, thread or process of a record: the logging HOWTO's
-    # "Optimization" switches spare gathering them for every line (a stack walk among them).
-    logging._srcfile = None                 # type: ignore[attr-defined]
+    # Neither formatter shows the thread or process of a record: the logging HOWTO's
+    # "Optimization" switches spare gathering them for every line. The caller (file, line) is
+    # still looked up: its switch is private (logging._srcfile) and it costs 0.4 µs of a 9 µs line.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 from frontfilter.config import TlsConfig, TlsVersion
 from frontfilter.units import SECONDS
 
@@ -62,13 +64,18 @@ def _os_reason(error: OSError) -> str:
 
 
 def certificate_summary(path: Path) -> dict[str, str]:
-    """Subject and expiry of the first certificate in a PEM file, for the log line; {} if unknown."""
+    """Subject and expiry of the first certificate in a PEM file, for the log line; {} if unknown.
+
+    The subject reads as RFC 4514 writes it (`CN=mx1.example.org,O=Example`), the expiry as
+    OpenSSL prints it (`Jun  1 12:00:00 2030 GMT`).
+    """
     try:
-        decoded = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
-    except Exception:  # a private CPython helper: informative only, never fatal
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+        subject = certificate.subject.rfc4514_string()
+        expiry = certificate.not_valid_after_utc
+    except Exception:  # informative only: server_context() says what is wrong with the file
         return {}
-    subject = ", ".join("=".join(pair) for rdn in decoded.get("subject", ()) for pair in rdn)
-    return {"subject": subject, "not_after": str(decoded.get("notAfter", ""))}
+    return {"subject": subject, "not_after": f"{expiry:%b} {expiry.day:2d} {expiry:%H:%M:%S %Y} GMT"}
 
 
 class ServerCertificate:

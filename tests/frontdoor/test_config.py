@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from frontfilter.config import AuthMode, ConfigError, TlsMode, load_config
+from frontfilter.smtp.tls import certificate_summary
+from tests.frontdoor.helpers import make_pki
 from tests.harness import REPO
 
 BASE = '[backend]\nservers = ["127.0.0.1:2526"]\n'
@@ -94,3 +98,15 @@ def test_check_and_serve_name_an_unloadable_certificate(tmp_path: Path) -> None:
         assert done.returncode == code, done.stderr
         assert "Traceback" not in done.stderr
         assert f"{path}: tls.cert_file: {tmp_path / 'cert.pem'}: file not found" in done.stderr
+
+
+def test_certificate_summary_names_the_leaf_of_a_chain_and_is_never_fatal(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path, "mx1.example.org")      # leaf first, then the CA: fullchain.pem
+    leaf = x509.load_pem_x509_certificate(pki.cert_file.read_bytes())
+    summary = certificate_summary(pki.cert_file)
+    assert summary["subject"] == leaf.subject.rfc4514_string()
+    assert re.fullmatch(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} GMT", summary["not_after"])
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    assert certificate_summary(tmp_path / "junk.pem") == {}
+    assert certificate_summary(tmp_path / "missing.pem") == {}
+
