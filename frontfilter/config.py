@@ -170,7 +170,10 @@ class ServerConfig:
     # RFC 5321 §4.5.3.1.6: 998 octets of text per line; longer lines are refused, not folded,
     # because folding would change the message the recipient signed (DKIM).
     max_line_length: int = 998
-    max_commands: int = 1000                 # per session: a client looping is not mail
+    # Junk commands per session, as Postfix counts them (smtpd_junk_command_limit): NOOP, RSET,
+    # VRFY, EXPN, HELP, ETRN, and recipients past max_recipients; then 421. RCPT within the
+    # limit is not junk, so max_recipients can always be reached. A client looping is not mail.
+    max_commands: int = 1000
     max_errors: int = 10                     # 4xx/5xx since the last message taken, then 421 and close
     command_timeout: float = _conv(parse_duration, default=5 * MINUTES)   # RFC 5321 §4.5.3.2
     data_timeout: float = _conv(parse_duration, default=10 * MINUTES)     # whole DATA phase
@@ -690,6 +693,7 @@ def _cross_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: server.max_message_size: must be at least 1KiB")
     if server.max_line_length < 78:
         problems.append(f"{label}: server.max_line_length: must be at least 78")
+    problems.extend(_hidden_limit_checks(sections, label))
     problems.extend(_spool_checks(sections["backend"], sections["spool"], label))
     problems.extend(_antivirus_checks(sections["antivirus"], label))
     problems.extend(_reputation_checks(sections, label))
@@ -698,6 +702,46 @@ def _cross_checks(sections: dict[str, Any], label: str) -> list[str]:
     if sections["log"].level not in _LOG_LEVELS:
         problems.append(f"{label}: log.level: must be one of {', '.join(_LOG_LEVELS)}")
     return problems
+
+
+def _hidden_limit_checks(sections: dict[str, Any], label: str) -> list[str]:
+    """Limits that could never act because another one always comes first: the administrator
+    who set them expects them to, so they are refused rather than silently outranked."""
+    problems = []
+    server: ServerConfig = sections["server"]
+    if server.max_errors < 1:
+        problems.append(f"{label}: server.max_errors: must be at least 1")
+    if server.max_commands < 1:
+        problems.append(f"{label}: server.max_commands: must be at least 1")
+    # The session clock starts at connect, before any command, DATA phase or decision, so a
+    # timeout of one of those as long as the session's would always be beaten by it.
+    session = server.session_timeout
+    within = [("server.command_timeout", server.command_timeout),
+              ("server.data_timeout", server.data_timeout),
+              ("inspection.timeout", sections["inspection"].timeout)]
+    if sections["antivirus"] is not None:
+        within.append(("antivirus.timeout", sections["antivirus"].timeout))
+    for key, timeout in within:
+        if timeout >= session:
+            problems.append(f"{label}: {key}: must be less than server.session_timeout "
+                            f"({_seconds(timeout)} >= {_seconds(session)}): it could never fire")
+    # The tarpit slows error replies after the first tarpit_after; the session is closed at
+    # max_errors, so with tarpit_after >= max_errors no error is ever slowed.
+    limits: LimitsConfig = sections["limits"]
+    if limits.tarpit_delay > 0 and server.max_errors >= 1 and limits.tarpit_after >= server.max_errors:
+        problems.append(f"{label}: limits.tarpit_after: must be less than server.max_errors "
+                        f"({limits.tarpit_after} >= {server.max_errors}): the session is closed "
+                        f"before the tarpit starts")
+    # The total is checked first and one address's sessions are among the total.
+    if limits.max_connections and limits.max_connections_per_ip >= limits.max_connections:
+        problems.append(f"{label}: limits.max_connections_per_ip: must be less than limits.max_connections "
+                        f"({limits.max_connections_per_ip} >= {limits.max_connections}): "
+                        f"the total limit is always reached first")
+    return problems
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 def _reputation_checks(sections: dict[str, Any], label: str) -> list[str]:
@@ -820,6 +864,12 @@ def _front_door_checks(sections: dict[str, Any], listeners: tuple[ListenerConfig
                 problems.append(f"{where}.auth: needs auth.users_file")
         if listener.proxy_protocol and not sections["proxy"].networks:
             problems.append(f"{where}.proxy_protocol: needs proxy.networks (the load balancers)")
+    proxy: ProxyConfig = sections["proxy"]
+    command_timeout = sections["server"].command_timeout
+    if any(listener.proxy_protocol for listener in listeners) and proxy.timeout >= command_timeout:
+        # The idle clock runs from connect too: a silent balancer meets command_timeout first.
+        problems.append(f"{label}: proxy.timeout: must be less than server.command_timeout "
+                        f"({_seconds(proxy.timeout)} >= {_seconds(command_timeout)}): it could never fire")
     relay: RelayConfig = sections["relay"]
     if relay.open and relay.open_confirmation != OPEN_RELAY_CONFIRMATION:
         problems.append(f"{label}: relay.open_confirmation: an open relay needs "

@@ -110,3 +110,49 @@ def test_certificate_summary_names_the_leaf_of_a_chain_and_is_never_fatal(tmp_pa
     assert certificate_summary(tmp_path / "junk.pem") == {}
     assert certificate_summary(tmp_path / "missing.pem") == {}
 
+
+# ---- limits that another limit would always beat ----------------------------------------------
+
+PROXY_LISTENER = '[proxy]\nnetworks = ["10.0.0.5/32"]\n[[listener]]\naddress = "127.0.0.1:2525"\nproxy_protocol = true\n'
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[server]\ndata_timeout = "30m"\nsession_timeout = "20m"\n',
+     "server.data_timeout: must be less than server.session_timeout (1800s >= 1200s): it could never fire"),
+    ('[server]\ncommand_timeout = "10m"\nsession_timeout = "10m"\ndata_timeout = "5m"\n',
+     "server.command_timeout: must be less than server.session_timeout (600s >= 600s): it could never fire"),
+    ('[server]\nsession_timeout = "1m"\ncommand_timeout = "30s"\ndata_timeout = "50s"\n'
+     '[inspection]\ntimeout = "1m"\n',
+     "inspection.timeout: must be less than server.session_timeout (60s >= 60s): it could never fire"),
+    ('[server]\nsession_timeout = "1m"\ncommand_timeout = "30s"\ndata_timeout = "50s"\n'
+     '[inspection]\ntimeout = "20s"\n[antivirus]\naddress = "/run/clamd.sock"\ntimeout = "2m"\n',
+     "antivirus.timeout: must be less than server.session_timeout (120s >= 60s): it could never fire"),
+    ('[server]\nmax_errors = 3\n[limits]\ntarpit_after = 3\n',
+     "limits.tarpit_after: must be less than server.max_errors (3 >= 3): "
+     "the session is closed before the tarpit starts"),
+    ('[limits]\nmax_connections = 10\nmax_connections_per_ip = 10\n',
+     "limits.max_connections_per_ip: must be less than limits.max_connections (10 >= 10): "
+     "the total limit is always reached first"),
+    (PROXY_LISTENER + '[server]\ncommand_timeout = "10s"\n',
+     "proxy.timeout: must be less than server.command_timeout (10s >= 10s): it could never fire"),
+    ('[server]\nmax_errors = 0\n', "server.max_errors: must be at least 1"),
+    ('[server]\nmax_commands = 0\n', "server.max_commands: must be at least 1"),
+])
+def test_check_refuses_a_limit_that_another_always_beats(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + text)
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path),
+                           "--rules", str(REPO / "rules")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [f"{path}: {problem}"]
+
+
+@pytest.mark.parametrize("text", [
+    '[limits]\ntarpit_after = 10\ntarpit_delay = "0s"\n',       # no tarpit: nothing hidden
+    '[limits]\nmax_connections = 0\nmax_connections_per_ip = 20\n',   # 0: no total limit
+    '[limits]\nmax_connections = 20\nmax_connections_per_ip = 0\n',
+    '[proxy]\ntimeout = "10m"\n',                               # no PROXY listener: unused
+])
+def test_limits_that_do_not_hide_each_other_are_accepted(tmp_path: Path, text: str) -> None:
+    load(tmp_path, text)

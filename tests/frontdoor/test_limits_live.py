@@ -86,7 +86,7 @@ def test_errors_past_the_threshold_are_slowed_then_the_session_is_closed(tmp_pat
 def test_a_message_taken_forgives_the_errors_before_it(tmp_path: Path) -> None:
     message = b"Subject: fine\r\n\r\nhello\r\n.\r\n"
     out_of_order = "RCPT TO:<bob@example.org>"                  # before MAIL: 503, an error
-    with relay(tmp_path, limits={"tarpit_after": 5}, server={"max_errors": 3}) as running:
+    with relay(tmp_path, limits={"tarpit_delay": "0s"}, server={"max_errors": 3}) as running:
         with RawClient(running.port) as client:
             client.read_reply()
             client.command("EHLO client.test")
