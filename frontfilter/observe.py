@@ -130,7 +130,7 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: Any = None) ->
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
-    # aiosmtpd logs every command at INFO (with addresses); keep that for debug sessions only.
+    # aiosmtpd (`frontfilter sink`) logs every command at INFO, with addresses: debug only.
     logging.getLogger("mail.log").setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
     # Neither formatter shows the thread or process of a record: the logging HOWTO's
     # "Optimization" switches spare gathering them for every line. The caller (file, line) is
@@ -540,3 +540,11 @@ def process_gone(pid: int) -> None:
 def supervisor_event(event: str, level: str = "info", **fields: Any) -> None:
     """The supervisor's own lines: workers started, ready, reloading, stopping, died, restarted."""
     _emit(logging.ERROR if level == "error" else logging.INFO, event, supervisor=os.getpid(), **fields)
+
+
+def session_closed(client: str, stage: str, reply: Reply, reason: str, queue_id: str | None = None,
+                   **fields: Any) -> None:
+    """The relay closed a session: a limit, a timeout, shutdown, a refusal that closes. One
+    line per such session, with the transaction it cut short (its queue id), if any."""
+    _emit(logging.INFO, "session_closed", queue_id=queue_id, client=client, stage=stage,
+          reply=reply.wire, reason=reason, **fields)

@@ -1,8 +1,9 @@
 """SMTP replies as values.
 
 A `Reply` is a code, an enhanced status code (RFC 3463), a text and whether the connection is
-closed after it. Hooks return `Reply` values; they become wire text only at the aiosmtpd edge
-(`Reply.wire`). Client-facing texts are generic: they never name a rule file, a backend host or
+closed after it; a multi-line reply (EHLO's) has more lines. Hooks return `Reply` values; they
+become wire text only in the SMTP session core (`smtp.core`, through `Reply.wire`). The greeting
+and the replies to HELO and EHLO carry no enhanced code (RFC 2034 §3): `enhanced` is "" there. Client-facing texts are generic: they never name a rule file, a backend host or
 an exception — the log line, joined by the queue id, carries the detail.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-_CODE = re.compile(r"^([245])\d\d$")
+_CODE = re.compile(r"^([245])\d\d$")        # what a rule may answer
+_WIRE_CODE = re.compile(r"^[2-5]\d\d$")      # what the server may send (354, 334 too)
 _ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
 
 
@@ -21,13 +23,14 @@ class Reply:
     enhanced: str
     text: str
     close: bool = False
+    more: tuple[str, ...] = ()     # the lines after the first of a multi-line reply
 
     def __post_init__(self) -> None:
-        if not _CODE.match(str(self.code)):
+        if not _WIRE_CODE.match(str(self.code)):
             raise ValueError(f"bad SMTP reply code {self.code!r}")
-        if not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
+        if self.enhanced and (not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]):
             raise ValueError(f"bad enhanced status {self.enhanced!r} for code {self.code}")
-        if "\r" in self.text or "\n" in self.text:
+        if any("\r" in line or "\n" in line for line in (self.text, *self.more)):
             raise ValueError("reply text must be one line")
 
     @property
@@ -44,7 +47,13 @@ class Reply:
 
     @property
     def wire(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
+        """The reply as the client reads it, without the last CRLF."""
+        prefix = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        if not self.more:
+            return prefix + self.text
+        lines = (self.text, *self.more)
+        dash = prefix.replace(" ", "-", 1)
+        return "\r\n".join([*(dash + line for line in lines[:-1]), prefix + lines[-1]])
 
     def softened(self) -> Reply:
         """The 4xx twin of a 5xx reply (soft_reject: a rule set on trial never bounces mail)."""
@@ -96,7 +105,23 @@ SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error")
-BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command is not allowed")
+SYNTAX_ARGUMENT = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+HELP = Reply(214, "2.0.0", "See RFC 5321")
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
+EMPTY_LINE = Reply(500, "5.5.2", "Error: bad syntax")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+EXPN_NOT_IMPLEMENTED = Reply(502, "5.5.1", "EXPN not implemented")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO first")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+BAD_ADDRESS = Reply(553, "5.1.3", "Error: malformed address")
+UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameters not recognized or not implemented")
+COMMAND_TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for a command, closing connection", close=True)
+DATA_TIMEOUT = Reply(421, "4.4.2", "DATA phase too long, closing connection", close=True)
+AUTH_ABORTED = Reply(501, "5.7.0", "Auth aborted")
+BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command is not allowed", close=True)
 LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 BAD_SENDER = Reply(553, "5.1.7", "Sender address rejected: malformed address")

@@ -32,7 +32,6 @@ from frontfilter.delivery.queue import StoreAndForward
 from frontfilter.health import Health, watch_loop_lag
 from frontfilter.httpd import HttpEndpoint
 from frontfilter.pipeline import Pipeline, RuleBook
-from frontfilter.reply import SHUTTING_DOWN
 from frontfilter.rules.loader import load_ruleset
 from frontfilter.rules.model import RuleSetError
 from frontfilter.smtp.door import FrontDoor, open_front_door, reload_front_door
@@ -160,14 +159,15 @@ class Service:
         deadline = time.monotonic() + self.config.server.shutdown_grace
         # Deliveries in flight get the same grace as sessions; the rest stays spooled.
         delivery = asyncio.create_task(self.queue.stop(deadline)) if self.queue is not None else None
+        # Sessions between transactions are told 421 4.3.2 now; the others finish theirs.
+        for session in list(self._live_sessions()):
+            session.shut_down()
         while self._live_sessions() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         cut = 0
-        for protocol in list(self._live_sessions()):
+        for session in list(self._live_sessions()):
             cut += 1
-            if protocol.transport is not None:
-                protocol.transport.write((SHUTTING_DOWN.wire + "\r\n").encode())
-                protocol.transport.close()
+            session.cut()
         for server in self._servers:
             await server.wait_closed()
         if delivery is not None:
@@ -182,7 +182,7 @@ class Service:
         observe.stopped(cut)
 
     def _live_sessions(self) -> list[Any]:
-        return [p for p in self.handler.sessions if p.transport is not None and not p.transport.is_closing()]
+        return [session for session in self.handler.sessions if session.live]
 
     async def run(self) -> None:
         """The process's life under a service manager: READY=1 once listening, RELOADING=1 …

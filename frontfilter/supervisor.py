@@ -1,7 +1,7 @@
 """`server.workers > 1`: one relay process per core on the same sockets, spool and metrics.
 
 One interpreter does its Python work on one core at a time; the relay's CPU per message is
-mostly Python (aiosmtpd, the pipeline, the MIME walk), so more cores need more processes.
+mostly Python (the SMTP session, the pipeline, the MIME walk), so more cores need more processes.
 
 The supervisor — the process systemd started — takes the listening sockets (binds them, or
 receives them by socket activation) and the metrics socket, then forks the workers. Each

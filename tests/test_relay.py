@@ -391,17 +391,29 @@ def test_second_backend_is_used_when_the_first_is_down(tmp_path: Path) -> None:
 # ---- the process ------------------------------------------------------------------------------
 
 def test_sigterm_stops_gracefully(sink: RecordingSink, tmp_path: Path) -> None:
+    """Issue 21: listeners close at once; a session between transactions is told 421 4.3.2 and
+    closed; one inside a transaction finishes it first. The old process went on serving open
+    sessions for as long as their clients kept sending."""
     relay = Relay(write_config(tmp_path, [sink.port])).start()
-    with RawClient(relay.port) as client:
-        client.read_reply()
-        client.command("EHLO client.test")
+    with RawClient(relay.port) as idle, RawClient(relay.port) as busy:
+        idle.read_reply()
+        busy.read_reply()
+        idle.command("EHLO client.test")
+        busy.command("EHLO client.test")
+        assert busy.command("MAIL FROM:<alice@example.net>").startswith("250")
+        assert busy.command("RCPT TO:<bob@example.org>").startswith("250")
         relay.signal(15)
         relay.wait_event("stopping")
-        assert client.command("NOOP").startswith("250")      # a session in flight is served
-        client.command("QUIT")
+        assert idle.read_reply().startswith("421 4.3.2")
+        assert idle.read_reply() == ""                          # and closed
+        assert busy.command("DATA").startswith("354")           # the transaction goes on
+        assert busy.command("Subject: last one\r\n\r\nbody\r\n.").startswith("250")
+        assert busy.read_reply().startswith("421 4.3.2")       # then it is told, and closed
+        assert busy.read_reply() == ""
     assert relay.proc is not None and relay.proc.wait(15) == 0
     assert relay.stop() == 0
     assert relay.events("stopped")
+    assert [m for m in sink.messages if b"last one" in m.data]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -26,9 +26,7 @@ import enum
 import secrets
 from base64 import b64decode
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from aiosmtpd.smtp import MISSING
+from collections.abc import Awaitable, Callable
 
 from frontfilter import observe, reply
 from frontfilter.config import AuthConfig
@@ -41,6 +39,11 @@ AUTH_THREADS = 2            # scrypt checks at once: 2 cores here, 32 MiB each
 MECHANISMS = ("PLAIN", "LOGIN")
 LOGIN_USER_CHALLENGE = "Username:"     # RFC-less but universal (draft-murchison-sasl-login)
 LOGIN_PASSWORD_CHALLENGE = "Password:"
+
+# Sends a 334 challenge (the text before base64) and returns the client's answer line, the
+# session's refusal of that line (too long), or None when the client went away: the SMTP
+# session's side of an exchange.
+Challenge = Callable[[str], Awaitable[str | Reply | None]]
 
 
 class Result(enum.Enum):
@@ -72,15 +75,15 @@ class Authenticator:
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def authenticate(self, protocol: Any, client: Peer, mechanism: str,
+    async def authenticate(self, challenge: Challenge, client: Peer, mechanism: str,
                            initial: str | None) -> tuple[str | None, Reply | None]:
-        """Run one AUTH exchange. Returns (user if authenticated, the reply to send or None
-        when the exchange already answered, e.g. an aborted challenge)."""
+        """Run one AUTH exchange. Returns (user if authenticated, the reply to send, or None
+        when the client went away during the exchange)."""
         where = str(client)
         if self.lockout.locked(client.ip):
             observe.auth_attempt(Result.LOCKED_OUT.value, where, mechanism)
             return None, reply.AUTH_LOCKED_OUT
-        credentials = await _exchange(protocol, mechanism, initial)
+        credentials = await _exchange(challenge, mechanism, initial)
         if credentials is None:
             observe.auth_attempt(Result.MALFORMED.value, where, mechanism)
             return None, None
@@ -111,12 +114,12 @@ class Authenticator:
         return None, reply.AUTH_INVALID
 
 
-async def _exchange(protocol: Any, mechanism: str,
+async def _exchange(challenge: Challenge, mechanism: str,
                     initial: str | None) -> tuple[str | None, bytes] | Reply | None:
-    """(user, password) from the client; a Reply for a malformed exchange; None when
-    aiosmtpd's `challenge_auth` already answered (client sent "*" or bad base64)."""
+    """(user, password) from the client; a Reply for a malformed or aborted exchange; None
+    when the client went away."""
     if mechanism == "PLAIN":
-        blob = _decode(initial) if initial is not None else await _challenge(protocol, "")
+        blob = _decode(initial) if initial is not None else await _challenge(challenge, "")
         if blob is None or isinstance(blob, Reply):
             return blob
         parts = blob.split(b"\0")
@@ -127,24 +130,26 @@ async def _exchange(protocol: Any, mechanism: str,
             return None, b""                # it counts as a failure, never as a success
         return _name(user), password
     if mechanism == "LOGIN":
-        user_blob = _decode(initial) if initial is not None else await _challenge(protocol, LOGIN_USER_CHALLENGE)
+        user_blob = _decode(initial) if initial is not None else await _challenge(challenge, LOGIN_USER_CHALLENGE)
         if user_blob is None or isinstance(user_blob, Reply):
             return user_blob
-        password = await _challenge(protocol, LOGIN_PASSWORD_CHALLENGE)
+        password = await _challenge(challenge, LOGIN_PASSWORD_CHALLENGE)
         if password is None or isinstance(password, Reply):
             return password
         return _name(user_blob), password
     return reply.AUTH_UNKNOWN_MECHANISM
 
 
-async def _challenge(protocol: Any, text: str) -> bytes | Reply | None:
+async def _challenge(challenge: Challenge, text: str) -> bytes | Reply | None:
+    answer = await challenge(text)
+    if answer is None or isinstance(answer, Reply):
+        return answer
+    if answer == "*":        # RFC 4954 §4: the client cancels the exchange
+        return reply.AUTH_ABORTED
     try:
-        answer = await protocol.challenge_auth(text)
-    except (ValueError, asyncio.LimitOverrunError):   # a line past the reader's limit
-        return reply.LINE_TOO_LONG
-    if answer is MISSING:
-        return None
-    return bytes(answer)
+        return b64decode(answer.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return reply.AUTH_MALFORMED
 
 
 def _decode(text: str) -> bytes | Reply:

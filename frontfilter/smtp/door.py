@@ -3,7 +3,7 @@
 One `FrontDoor` is built by the service from the config: the connection counters (one table for
 all listeners, so a client cannot double its share by using two ports), the AUTH checker with
 its lockout table, the current server certificate (replaced on SIGHUP), and whom to believe
-about PROXY headers. Each `FrontSMTP` protocol gets it plus its own `ListenerConfig`.
+about PROXY headers. Each `SmtpSession` gets it plus its own `ListenerConfig`.
 
 `open_front_door` reads the certificate, the users file and the backend TLS files at start (a
 file that does not load stops the start, naming file and key); `reload_front_door` reads them

@@ -7,8 +7,8 @@ limits and rules), and only on such listeners; a connection there without a vali
 closed. A direct client on a normal listener that sends "PROXY …" gets the usual unknown-command
 reply: a header is never honoured from where it is not expected.
 
-The parsers are pure; `read_header` reads exactly the header's bytes from a stream, never more,
-so whatever follows (SMTP, or a TLS ClientHello on an implicit-TLS listener) stays unread.
+The parsers are pure; `parse_header` says how many octets the header took, so whatever follows
+(SMTP, or a TLS ClientHello on an implicit-TLS listener) is left to the session.
 
 Bounds (from the specification, haproxy/doc/proxy-protocol.txt): a v1 line is at most 107
 octets; a v2 header is 16 octets plus a length we cap at `V2_MAX_LENGTH` (addresses are at most
@@ -17,7 +17,6 @@ octets; a v2 header is 16 octets plus a length we cap at `V2_MAX_LENGTH` (addres
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -94,24 +93,28 @@ def parse_v2(head: bytes, body: bytes) -> ProxyHeader:
     return ProxyHeader(version=2, source=_unmapped(ip), source_port=source_port)
 
 
-async def read_header(reader: asyncio.StreamReader) -> ProxyHeader:
-    """Read one v1 or v2 header, and not one octet more. Raises ProxyError or EOF errors."""
-    first = await reader.readexactly(5)
-    if first == b"PROXY":
-        line = bytearray(first)
-        while not line.endswith(b"\r\n"):
-            if len(line) >= V1_MAX_LINE:
-                raise ProxyError("v1 line too long")
-            line += await reader.readexactly(1)
-        return parse_v1(bytes(line))
-    if first == V2_SIGNATURE[:5]:
-        head = first + await reader.readexactly(11)
-        if head[:12] != V2_SIGNATURE:
-            raise ProxyError("v2 signature wrong")
-        (length,) = struct.unpack("!H", head[14:16])
+HEADER_MAX = 16 + V2_MAX_LENGTH    # the most octets a header may take
+
+
+def parse_header(data: bytes) -> tuple[ProxyHeader, int] | None:
+    """The header at the start of `data` and its length in octets, or None while `data` is a
+    proper beginning of one. Raises ProxyError when it cannot be one."""
+    if data[:5] == b"PROXY"[:len(data)] and not data.startswith(V2_SIGNATURE[:1]):
+        end = data.find(b"\r\n", 0, V1_MAX_LINE)
+        if end < 0:
+            if len(data) >= V1_MAX_LINE or b"\n" in data:
+                raise ProxyError("v1 line too long or not ended by CRLF")
+            return None
+        return parse_v1(data[:end + 2]), end + 2
+    if data[:12] == V2_SIGNATURE[:min(len(data), 12)]:
+        if len(data) < 16:
+            return None
+        (length,) = struct.unpack("!H", data[14:16])
         if length > V2_MAX_LENGTH:
             raise ProxyError("v2 header longer than allowed")
-        return parse_v2(head, await reader.readexactly(length))
+        if len(data) < 16 + length:
+            return None
+        return parse_v2(data[:16], data[16:16 + length]), 16 + length
     raise ProxyError("no PROXY header")
 
 

@@ -1,4 +1,4 @@
-"""Listening sockets -> `FrontSMTP` protocols sharing one handler and one front door.
+"""Listening sockets -> `SmtpSession` protocols sharing one handler and one front door.
 
 Binds every listener's address (IPv4 and IPv6; an IPv6 socket is v6-only so `[::]` and
 `0.0.0.0` can both be listed). Sockets may also come from systemd socket activation, in the
@@ -10,43 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from collections.abc import Callable
 
 from frontfilter.config import Config, HostPort, ListenerConfig
 from frontfilter.smtp.door import FrontDoor
 from frontfilter.smtp.handler import Handler
-from frontfilter.smtp.protocol import FrontSMTP
+from frontfilter.smtp.session import SmtpSession
 
 LISTEN_BACKLOG = 512   # pending connections the kernel queues for us (capped by somaxconn)
 
 
-def protocol_factory(config: Config, handler: Handler, listener: ListenerConfig, door: FrontDoor) -> Any:
-    server = config.server
-    # Given, not looked up: aiosmtpd's own lookup runs asyncio.get_event_loop() under
-    # warnings.catch_warnings() for every connection.
-    loop = asyncio.get_running_loop()
-
-    def make() -> FrontSMTP:
-        return FrontSMTP(
-            handler,
-            loop=loop,
-            listener=listener,
-            door=door,
-            hostname=server.hostname,
-            ident="frontfilter",
-            # aiosmtpd's own SIZE handling answers without enhanced codes: ours is in the
-            # handler (EHLO keyword, MAIL SIZE=) and in the DATA reader.
-            data_size_limit=None,
-            max_message_size=server.max_message_size,
-            enable_SMTPUTF8=server.smtputf8,
-            decode_data=False,
-            timeout=server.command_timeout,
-            max_line_length=server.max_line_length,
-            max_commands=server.max_commands,
-            max_errors=server.max_errors,
-            data_timeout=server.data_timeout,
-            session_timeout=server.session_timeout,
-        )
+def protocol_factory(config: Config, handler: Handler, listener: ListenerConfig,
+                     door: FrontDoor) -> Callable[[], SmtpSession]:
+    def make() -> SmtpSession:
+        return SmtpSession(handler, listener, door, config.server)
 
     return make
 

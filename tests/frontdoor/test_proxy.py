@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import struct
 
 import pytest
 
-from frontfilter.smtp.proxy import ProxyError, ProxyHeader, parse_v1, parse_v2, read_header
+from frontfilter.smtp.proxy import ProxyError, ProxyHeader, parse_header, parse_v1, parse_v2
 from tests.frontdoor.helpers import proxy_v2
 
 
@@ -63,27 +62,28 @@ def test_v2_malformed_is_refused(mutate) -> None:  # type: ignore[no-untyped-def
         parse_v2(raw[:16], raw[16:])
 
 
-async def _read(data: bytes) -> tuple[ProxyHeader | Exception, bytes]:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    try:
-        header: ProxyHeader | Exception = await read_header(reader)
-    except (ProxyError, asyncio.IncompleteReadError) as error:
-        header = error
-    return header, await reader.read()
-
-
-def test_read_header_leaves_what_follows_unread() -> None:
+def test_parse_header_says_how_long_the_header_is() -> None:
     hello = b"\x16\x03\x01\x02\x00\x01"       # a TLS ClientHello right behind the header
-    header, rest = asyncio.run(_read(proxy_v2("203.0.113.7", 40000) + hello))
-    assert isinstance(header, ProxyHeader) and rest == hello
-    header, rest = asyncio.run(_read(b"PROXY TCP4 203.0.113.7 192.0.2.1 5 25\r\nEHLO x\r\n"))
-    assert isinstance(header, ProxyHeader) and rest == b"EHLO x\r\n"
+    raw = proxy_v2("203.0.113.7", 40000)
+    header, length = parse_header(raw + hello)  # type: ignore[misc]
+    assert header.source == ipaddress.ip_address("203.0.113.7") and (raw + hello)[length:] == hello
+    line = b"PROXY TCP4 203.0.113.7 192.0.2.1 5 25\r\n"
+    header, length = parse_header(line + b"EHLO x\r\n")  # type: ignore[misc]
+    assert header.source_port == 5 and length == len(line)
 
 
-def test_read_header_refuses_smtp_and_truncation() -> None:
-    assert isinstance(asyncio.run(_read(b"EHLO client.example\r\n"))[0], ProxyError)
-    assert isinstance(asyncio.run(_read(proxy_v2("203.0.113.7", 1)[:20]))[0], asyncio.IncompleteReadError)
+def test_parse_header_waits_for_a_header_cut_anywhere() -> None:
+    for raw in (proxy_v2("203.0.113.7", 40000), b"PROXY TCP4 203.0.113.7 192.0.2.1 5 25\r\n"):
+        for cut in range(len(raw)):
+            assert parse_header(raw[:cut]) is None, cut
+        assert parse_header(raw) is not None
+
+
+def test_parse_header_refuses_smtp_and_oversize() -> None:
+    with pytest.raises(ProxyError):
+        parse_header(b"EHLO client.example\r\n")
+    with pytest.raises(ProxyError):
+        parse_header(b"PROXY " + b"1" * 200)
     big = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 65000)
-    assert isinstance(asyncio.run(_read(big))[0], ProxyError)
+    with pytest.raises(ProxyError):
+        parse_header(big)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from frontfilter.config import HostPort, ListenerConfig, TlsMode
+from frontfilter.config import HostPort, ListenerConfig, ServerConfig, TlsMode
 from frontfilter.smtp.door import FrontDoor
 from frontfilter.smtp.limits import ConnectionLimits
-from frontfilter.smtp.protocol import FrontSMTP
+from frontfilter.smtp.session import SmtpSession
 
 READ_TIMEOUT = 10.0
 
@@ -19,11 +19,18 @@ class BrokenHandler:
     def __init__(self) -> None:
         self.closed = asyncio.Event()
 
-    async def admit(self, server: Any, session: Any, peer: Any) -> None:
+    async def admit(self, session: Any) -> None:
+        session.state = object()
         raise RuntimeError("rule engine exploded")
 
     async def session_closed(self, session: Any) -> None:
         self.closed.set()
+
+    def forget(self, session: Any) -> None:
+        pass
+
+    def queue_id_of(self, session: Any) -> None:
+        return None
 
 
 async def _scenario() -> tuple[bytes, bytes, int]:
@@ -32,9 +39,7 @@ async def _scenario() -> tuple[bytes, bytes, int]:
     listener = ListenerConfig(address=HostPort("127.0.0.1", 0), name="test", tls=TlsMode.NONE)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: FrontSMTP(handler, listener=listener, door=door, hostname="mx.test", max_line_length=998,
-                          max_commands=100, max_errors=10, data_timeout=60, session_timeout=60,
-                          max_message_size=1024 * 1024),
+        lambda: SmtpSession(handler, listener, door, ServerConfig(hostname="mx.test")),
         "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -205,9 +205,6 @@ def test_mail_parameters(params: str, answer: str) -> None:
     assert talk("EHLO client.example", f"MAIL FROM:<sender@example.org> {params}")[1:] == [answer]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a repeated ESMTP keyword is taken; the core checks the last "
-                                       "SIZE/BODY (a dict), the options handed on keep both and the pipeline's "
-                                       "MAIL stage reads the first SIZE, so SIZE=1000 SIZE=<too big> passes both")
 @pytest.mark.parametrize("params", ["SIZE=1000 SIZE=99999999999", "BODY=BINARYMIME BODY=8BITMIME", "SMTPUTF8 SMTPUTF8"])
 def test_a_repeated_mail_parameter_is_refused(params: str) -> None:
     # Found by the differential: aiosmtpd reads the last SIZE (552 for the first case), the
@@ -508,8 +505,6 @@ def test_an_8bit_verb_is_no_command() -> None:
     assert talk(b"N\xc3\x96OP\r\n") == ["500 5.5.2 Command not recognized"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug (defensive): tls_started() on a closed core sets Mode.GREETING, so a "
-                                       "handshake that completes after the session was closed reopens it")
 def test_closed_is_final() -> None:
     core = SmtpCore(LIMITS)
     core.send(GREETING)
@@ -578,9 +573,6 @@ def test_the_six_junk_commands_count_together() -> None:
     assert 421 not in codes(*junk[:4], limits=CoreLimits(max_commands=5, max_errors=100))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug (off by one): the 421 comes after max_commands + 1 junk commands "
-                                       "(send() tests junk > max_commands), where max_errors closes after "
-                                       "max_errors errors (errors >= max_errors)")
 def test_max_commands_junk_commands_then_421() -> None:
     # The docstring: "`max_commands` junk commands ..., then `421 4.7.0`", as max_errors.
     assert codes(*["NOOP"] * 4, limits=CoreLimits(max_commands=3)) == [250, 250, 250, 421]

@@ -196,18 +196,12 @@ OVERLONG = AUTH_LINE_MAX + 600
 EARLY_CUT = AUTH_LINE_MAX + 100       # the first segment alone is past the bound: dropped unread
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a line past AUTH_LINE_MAX whose end comes in a later segment is "
-                                       "answered 500 5.5.6 unread, while the same line in one segment is judged "
-                                       "by its verb or NUL first (500 5.5.2 'Command not recognized'/'Syntax error')")
 @pytest.mark.parametrize("line", [b"1" * OVERLONG + b"\r\n", b"NOOP " + b"x" * OVERLONG + b"\0\r\n"])
 def test_an_overlong_line_gets_one_answer_however_it_is_cut(line: bytes) -> None:
     case = Case(line + lines("NOOP"))
     assert outcome(case, cut(case.wire, [EARLY_CUT])) == outcome(case, [case.wire])
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: after an over-long line cut before its end, a bare LF ends the "
-                                       "dropped line and what follows is read as a command; in one segment the "
-                                       "bare LF is refused and the session closed")
 def test_a_bare_lf_ending_an_overlong_line_is_refused_however_it_is_cut() -> None:
     case = Case(b"x" * OVERLONG + b"\nMAIL FROM:<smuggled@example.org>\r\n" + lines("NOOP"))
     whole = outcome(case, [case.wire])
@@ -215,9 +209,6 @@ def test_a_bare_lf_ending_an_overlong_line_is_refused_however_it_is_cut() -> Non
     assert outcome(case, cut(case.wire, [EARLY_CUT])) == whole
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an AUTH answer past AUTH_LINE_MAX cut before its end is dropped "
-                                       "by the skip path, which leaves Mode.AUTH: the next command is taken as "
-                                       "an AuthAnswer (in one segment the exchange ends and it is a command)")
 def test_an_overlong_auth_answer_ends_the_exchange_however_it_is_cut() -> None:
     case = Case(lines("EHLO client.example", "AUTH LOGIN", b"A" * OVERLONG + b"\r\n", "NOOP"),
                 decider=lambda: Decider(auth_challenges=1))
