@@ -119,7 +119,9 @@ SMTP_STAGES = ("connect", "helo", "mail", "rcpt", "data", "starttls", "auth")
 smtp_replies = Counter(
     "frontfilter_smtp_replies", "SMTP replies sent, by stage and 3-digit code.",
     ["stage", "code"], registry=REGISTRY)
-REPLY_STAGES = closed(smtp_replies, zero=False, stage=SMTP_STAGES)["stage"]   # code: any 3-digit SMTP code
+# The command a reply answers: the stages, and QUIT (221). NOOP, VRFY, HELP, unknown commands and
+# bare newlines count as `other`; RSET as `mail` (it ends or replaces a transaction).
+REPLY_STAGES = closed(smtp_replies, zero=False, stage=(*SMTP_STAGES, "quit"))["stage"]   # code: any 3-digit SMTP code
 
 processing_seconds = Histogram(
     "frontfilter_processing_seconds",

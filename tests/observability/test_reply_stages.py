@@ -41,3 +41,17 @@ def test_each_reply_is_counted_under_the_command_it_answers(tmp_path: Path, mode
         # three MAILs, and the RSET smtplib sends after a refused message
         assert counts[("mail", "250")] == 4 and ("mail", "554") not in counts
         assert counts[("rcpt", "250")] == 2
+
+
+def test_quit_and_a_refused_starttls_are_counted_under_their_own_commands(tmp_path: Path) -> None:
+    """221 was counted under whatever command came before QUIT, and a refused STARTTLS under
+    the command before it."""
+    with relay_with_endpoint(tmp_path) as (relay, port):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo("client.test")
+            assert client.docmd("STARTTLS")[0] == 502        # no certificate on this listener
+            client.mail("alice@example.net")
+        counts = eventually(lambda: (c := replies(port)).get(("quit", "221"), 0) >= 1 and c)
+        assert counts[("starttls", "502")] == 1
+        assert counts[("quit", "221")] == 1
+        assert ("mail", "221") not in counts and ("mail", "502") not in counts
