@@ -24,6 +24,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,6 +50,59 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _SharedDirectorySync:
+    """One directory's fsync, shared by the writers that wait for it at once (a group commit).
+
+    A writer needs an fsync that *begins* after its rename; one already running may have begun
+    before, so it waits for that one to end and then runs the next itself, or finds that
+    another writer already began one after its call (then that one covers its rename too).
+    Under load the spool's writers renamed in the same millisecond share one journal commit
+    instead of queueing one each. A failed fsync covers nobody: its writer raises, the others
+    try again with their own."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._begun = 0          # fsyncs begun, numbered from 1
+        self._done = 0           # the number of the last one that succeeded
+        self._running = False
+
+    def sync(self, directory: Path) -> None:
+        with self._changed:
+            needed = self._begun + 1          # the first fsync to begin after this call
+            while self._done < needed:
+                if not self._running:
+                    self._running = True
+                    self._begun += 1
+                    mine = self._begun
+                    break
+                self._changed.wait()
+            else:
+                return
+        succeeded = False
+        try:
+            fsync_dir(directory)
+            succeeded = True
+        finally:
+            with self._changed:
+                self._running = False
+                if succeeded:
+                    self._done = mine
+                self._changed.notify_all()
+
+
+_shared_syncs: dict[Path, _SharedDirectorySync] = {}
+_shared_syncs_lock = threading.Lock()
+
+
+def fsync_dir_shared(directory: Path) -> None:
+    """`fsync_dir`, sharing one fsync among the threads of this process that ask at once."""
+    with _shared_syncs_lock:
+        sync = _shared_syncs.get(directory)
+        if sync is None:
+            sync = _shared_syncs[directory] = _SharedDirectorySync()
+    sync.sync(directory)
 
 
 def ensure_dir(directory: Path) -> None:
@@ -95,7 +149,7 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
         raise
     locked = LockedFile(final, fd)
     try:
-        fsync_dir(final.parent)
+        fsync_dir_shared(final.parent)
     except BaseException:
         locked.close()
         raise
