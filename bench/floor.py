@@ -7,6 +7,8 @@ libraries frontfilter is built on. In queue mode each message is made durable by
 own commit (`safeio.write_atomically`: written under a lock, fsynced, renamed, directory
 fsynced) before the 250, and forwarded by a background task over reused connections; in sync
 mode it is forwarded before the 250. uvloop when installed, `--workers` processes sharing one listening socket.
+EHLO offers PIPELINING, which aiosmtpd handles (it reads one command line at a time) but does not
+announce, so that the bench's pipelined load (`bench/pipeliner.py`) can run against the floor too.
 
 It relays everything, the messages frontfilter refuses included, and is not a product: a crash
 loses what it queued. It is a bench contender (`floor-queue`, `floor-sync`) so that a target can
@@ -60,6 +62,12 @@ class Relay:
     def __init__(self, mode: str, backend: Backend, spool: Path) -> None:
         self.mode, self.backend, self.spool = mode, backend, spool
         self.queue: asyncio.Queue[tuple[str, str, list[str], bytes]] = asyncio.Queue()
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        """aiosmtpd's reply with PIPELINING added (RFC 2920) before its last line."""
+        session.host_name = hostname             # this hook's duty in aiosmtpd's new-style EHLO
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""

@@ -3,22 +3,26 @@
     make bench                 # the full run (several minutes), table to stdout and bench/results.json
     python bench/run.py --quick   # a tiny load, as `make test` runs it so the harness cannot rot
 
-Load: Postfix's `smtp-source` (20 sessions) into `smtp-sink` (the backend for everyone).
+Load: Postfix's `smtp-source` (20 sessions) into `smtp-sink` (the backend for everyone), and
+bench/pipeliner.py (20 sessions, EHLO, MAIL/RCPT/DATA pipelined as one group) for "5KB pipelined".
 Contenders, each measured "until the backend has them all":
-  limit        smtp-source straight into smtp-sink
+  limit        the load's client (smtp-source, or the pipeliner) straight into smtp-sink
   postfix      a throw-away Postfix (temp dir, loopback ports, queue with fsync, no filter)
   ff-queue     frontfilter with the shipped rules, queue mode, server.workers = --workers ("auto")
   ff-sync      frontfilter with the shipped rules, sync mode (before-queue proxy), the same workers
   ff-queue-nocache  ff-queue with inspection.type_cache = 0 (full runs only): each load repeats
                one message, so the cache types all but the first; this row asks libmagic for
                every part, as mail never seen before
-  floor-queue, floor-sync  bench/floor.py: aiosmtpd and aiosmtplib as they come, relaying
-               and doing nothing else (queue mode's fsynced file included), as many processes
-               as frontfilter: what the stack costs before any filtering
+  floor-queue, floor-sync  bench/floor.py: aiosmtpd and aiosmtplib as they come (EHLO offers
+               PIPELINING, which aiosmtpd handles but does not announce), relaying and doing
+               nothing else (queue mode's fsynced file included), as many processes as
+               frontfilter: what the stack costs before any filtering
   ff-*-1p      the same as one process (full runs only), to show what the workers bring
-Loads: 5 KB plain, 100 KB with a PDF attachment, and a mix where some messages carry an
-attachment that is stripped (.docm) or rejected (.exe) — rejected ones never reach the sink,
-so the mix counts messages *decided* per second.
+Loads: 5 KB plain, 5 KB pipelined (a 5 KB message, five per connection, each transaction's
+MAIL, RCPT and DATA in one write after EHLO, as Postfix's smtp client sends), 100 KB
+with a PDF attachment, and a mix where some messages carry an attachment that is stripped
+(.docm) or rejected (.exe) — rejected ones never reach the sink, so the mix counts messages
+*decided* per second.
 
 Reported: msgs/s (median of --runs), ratios to Postfix and to the limit, CPU seconds per 1,000
 messages (the relay's whole process tree), peak RSS of frontfilter, and added latency
@@ -45,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +59,14 @@ from frontfilter.config import parse_workers  # noqa: E402  (what "auto" means t
 from tests.content import corpus  # noqa: E402  (payload builders shared with the tests)
 
 SESSIONS = 20
+PIPELINED_PER_CONNECTION = 5  # messages per connection of the pipelined load: an MTA reuses a session
+# One RCPT per group, as smtp-source's loads have: the 5 KB columns then differ only in how the
+# client talks. A second recipient costs Postfix more than frontfilter (its queue file and queue
+# manager work per recipient), so it would tilt the ratio; `pipeliner.py --to A --to B` measures it.
+PIPELINED_RECIPIENTS = ("user@example.org",)
 WAIT_LIMIT = 300.0           # seconds: a contender slower than this is reported as failed
+SURPLUS_WAIT = 0.2           # seconds, untimed, after a load's last message arrived: time for a
+                             # message delivered twice (or split per recipient) to show as surplus
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -126,11 +138,12 @@ class Contender:
     pids: Callable[[], list[int]] = lambda: []
     stop: Callable[[], None] = lambda: None
     rss_pid: int | None = None
+    filters: bool = True        # False: relays what frontfilter refuses too, so the sink gets it all
 
 
 @contextmanager
 def direct(sink: Sink) -> Iterator[Contender]:
-    yield Contender("limit", sink.port)
+    yield Contender("limit", sink.port, filters=False)
 
 
 @contextmanager
@@ -173,7 +186,7 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield Contender("postfix", port, pids=lambda: tree(proc.pid))
+        yield Contender("postfix", port, pids=lambda: tree(proc.pid), filters=False)
     finally:
         subprocess.run(["postfix", "-c", str(base / "etc"), "stop"], capture_output=True)
         try:
@@ -235,7 +248,7 @@ def floor(sink: Sink, workdir: Path, mode: str, workers: int) -> Iterator[Conten
                              "--workers", str(workers)], stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield Contender(f"floor-{mode}", port, pids=lambda: tree(proc.pid))
+        yield Contender(f"floor-{mode}", port, pids=lambda: tree(proc.pid), filters=False)
     finally:
         terminate(proc)
 
@@ -300,13 +313,22 @@ def rss_mib(pid: int | None, field_name: str) -> float | None:
 
 # ---- loads --------------------------------------------------------------------------------
 
+class Sender(Enum):
+    """The client that offers a stream's mail."""
+    SMTP_SOURCE = "smtp-source"   # Postfix's load tool: HELO, one reply awaited per command
+    SMTPLIB = "smtplib"           # Python threads that take a 5xx as an answer: mail to be refused
+    PIPELINER = "pipeliner"       # bench/pipeliner.py: EHLO, MAIL/RCPT/DATA in one write (RFC 2920)
+
+
 @dataclass
 class Stream:
-    """`count` messages over `sessions` connections: smtp-source's own 5 KB text (no files), or
-    the message files taken in turn by each session (so each session alternates between them)."""
+    """`count` messages over `sessions` concurrent sessions: smtp-source's own 5 KB text (no
+    files), or the message files taken in turn by each session (so each session alternates
+    between them). `sender` says which client sends them."""
     sessions: int
     count: int
     files: tuple[Path, ...] = ()
+    sender: Sender = Sender.SMTP_SOURCE
 
     def plan(self) -> list[list[Path]]:
         """The files each session sends, in order."""
@@ -360,10 +382,11 @@ def make_loads(workdir: Path, scale: float) -> list[Load]:
                                               ("lorem ipsum dolor sit amet " * 3 + "\n") * 60))
     return [
         Load("5KB plain", [Stream(SESSIONS, n(5000))]),
+        Load("5KB pipelined", [Stream(SESSIONS, n(5000), (plain,), Sender.PIPELINER)]),
         Load("100KB + PDF", [Stream(SESSIONS, n(2000), (with_pdf,))]),
         # The refused messages travel between accepted ones, as in a real relay's sessions: a
         # session of nothing but refusals is a spam run and gets the tarpit (Postfix's too).
-        Load("mix", [Stream(14, n(2100), (plain,)), Stream(6, 2 * n(450), (docm, exe))]),
+        Load("mix", [Stream(14, n(2100), (plain,)), Stream(6, 2 * n(450), (docm, exe), Sender.SMTPLIB)]),
     ]
 
 
@@ -375,9 +398,11 @@ class Source:
         command = ["smtp-source", "-s", str(stream.sessions), "-m", str(stream.count),
                    "-f", "bench@example.net", "-t", "user@example.org"]
         command += ["-F", str(stream.files[0])] if stream.files else ["-l", str(size)]
+        self.command = command + [f"127.0.0.1:{port}"]
+
+    def start(self) -> None:
         self.errors = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(command + [f"127.0.0.1:{port}"],
-                                     stdout=subprocess.DEVNULL, stderr=self.errors)
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self.errors)
 
     def wait(self, timeout: float) -> str | None:
         """None, or what went wrong."""
@@ -403,6 +428,8 @@ class Refusable:
         self.problems: list[str] = []
         self.threads = [threading.Thread(target=self._session, args=(port, files), daemon=True)
                         for files in stream.plan()]
+
+    def start(self) -> None:
         for thread in self.threads:
             thread.start()
 
@@ -429,9 +456,74 @@ class Refusable:
         return self.problems[0] if self.problems else None
 
 
-def offer(load: Load, port: int) -> list[Source | Refusable]:
-    return [Refusable(stream, port) if stream.delivered < stream.count else Source(stream, load.size, port)
-            for stream in load.streams]
+class Pipelined:
+    """bench/pipeliner.py sending one stream, in a process of its own like smtp-source (not a
+    thread of this interpreter, whose GIL the sink's reader holds). It is started when made and
+    waits, prepared, for `start`: the interpreter's start-up is not timed. It exits at the first
+    reply it did not expect, and says which; it must also report every message taken (250
+    after the terminator), or the run fails."""
+
+    def __init__(self, stream: Stream, port: int) -> None:
+        (message,) = stream.files
+        if stream.delivered != stream.count:
+            raise ValueError("the pipelined load sends only mail to be taken: a refusal stops it")
+        self.expected = stream.count
+        command = [sys.executable, str(REPO / "bench" / "pipeliner.py"), "--wait-for-go",
+                   "--port", str(port), "--sessions", str(stream.sessions),
+                   "--messages", str(stream.count), "--per-connection", str(PIPELINED_PER_CONNECTION),
+                   "--from", "bench@example.net"]
+        command += [arg for rcpt in PIPELINED_RECIPIENTS for arg in ("--to", rcpt)]
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(command + [str(message)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.errors)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.ready = self.proc.stdout.readline().strip() == b"ready"
+
+    def start(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            if self.ready:
+                self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()      # not ready: it has exited, and says why on stderr
+        except BrokenPipeError:
+            pass                         # it has exited since: `wait` reports why
+
+    def wait(self, timeout: float) -> str | None:
+        """None, or what went wrong."""
+        assert self.proc.stdout is not None
+        try:
+            self.proc.wait(timeout)          # it writes one short line: the pipe cannot fill
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return f"pipeliner still sending after {timeout:.0f} s"
+        finally:
+            out = self.proc.stdout.read()
+            self.proc.stdout.close()
+        self.errors.seek(0)
+        said = self.errors.read().decode(errors="replace").strip().splitlines()
+        self.errors.close()
+        if self.proc.returncode:
+            return f"pipeliner exit {self.proc.returncode}: {said[-1] if said else ''}"
+        accepted = re.search(rb"accepted=(\d+)", out)
+        if not accepted or int(accepted[1]) != self.expected:
+            return f"pipeliner: {accepted[1].decode() if accepted else 'no count'} of {self.expected} messages taken"
+        return None
+
+
+def offer(load: Load, port: int) -> list[Source | Refusable | Pipelined]:
+    """The load's senders, prepared but not yet sending: `start` each when the clock runs."""
+    senders: list[Source | Refusable | Pipelined] = []
+    for stream in load.streams:
+        if stream.sender is Sender.SMTP_SOURCE:
+            if stream.delivered != stream.count:
+                raise ValueError("smtp-source stops at the first refusal: send mail to be refused with Sender.SMTPLIB")
+            senders.append(Source(stream, load.size, port))
+        elif stream.sender is Sender.SMTPLIB:
+            senders.append(Refusable(stream, port))
+        else:
+            senders.append(Pipelined(stream, port))
+    return senders
 
 
 @dataclass
@@ -454,21 +546,31 @@ class Result:
 
 def measure_once(contender: Contender, sink: Sink, load: Load, result: Result) -> None:
     """One run of `load` through `contender`, added to `result` (or its failure recorded)."""
-    expected = sink.count + load.delivered
+    senders = offer(load, contender.port)
+    # A contender that does not filter relays the mix's refused messages too: waiting for them
+    # keeps them from arriving during the next measurement.
+    arriving = load.delivered if contender.filters else load.total
+    expected = sink.count + arriving
     cpu_before = cpu_seconds(contender.pids())
     started = time.monotonic()
-    problems = [problem for sender in offer(load, contender.port)
-                if (problem := sender.wait(WAIT_LIMIT)) is not None]
+    for sender in senders:
+        sender.start()
+    problems = [problem for sender in senders if (problem := sender.wait(WAIT_LIMIT)) is not None]
     if problems:
         result.failed = problems[0]
         return
     if not sink.wait_for(expected):
-        result.failed = f"only {sink.count - (expected - load.delivered)} of {load.delivered} arrived"
+        result.failed = f"only {sink.count - (expected - arriving)} of {arriving} arrived"
         return
     elapsed = time.monotonic() - started
+    used = cpu_seconds(contender.pids()) - cpu_before
+    time.sleep(SURPLUS_WAIT)
+    if sink.count > expected:              # the rate would count half-done work: not a result
+        result.failed = (f"the sink got {sink.count - expected} more than the {arriving} expected "
+                         "(a message delivered twice, or split per recipient)")
+        return
     result.rates.append(load.total / elapsed)
     if contender.name != "limit":
-        used = cpu_seconds(contender.pids()) - cpu_before
         result.cpu_per_1000.append(used * 1000 / load.total)
 
 
@@ -700,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                 memory = memory_for_one_message(sink, workdir, 2 if args.quick else 25)
         finally:
             sink.stop()
-    table = render(results, latency) + render_scaling(scaling, memory)
+    table = render(results, latency) + render_by_load(results) + render_scaling(scaling, memory)
     print(table)
     args.json.write_text(json.dumps({
         "results": [r.__dict__ | {"rate": r.rate, "cpu": r.cpu} for r in results],
@@ -735,6 +837,28 @@ def render(results: list[Result], latency: dict[str, dict[str, float]]) -> str:
         loaded = (f"{got['load_rate']:.0f} | {got['loaded_p50']:.2f} / {got['loaded_p99']:.2f}"
                   if "load_rate" in got else "- | -")
         lines.append(f"| {name} | {got['idle_p50']:.2f} / {got['idle_p99']:.2f} | {loaded} |")
+    return "\n".join(lines)
+
+
+def render_by_load(results: list[Result]) -> str:
+    """The same rates with a column per load (msgs/s, and ÷ Postfix in brackets), so that a
+    contender's loads, smtp-source's and the pipelined one's, are read side by side."""
+    loads = list(dict.fromkeys(r.load for r in results))
+    contenders = list(dict.fromkeys(r.contender for r in results))
+    if not loads:
+        return ""
+    by = {(r.contender, r.load): r for r in results}
+    lines = ["", "", "| contender | " + " | ".join(loads) + " |", "|---|" + "---:|" * len(loads)]
+    for name in contenders:
+        cells = []
+        for load in loads:
+            r, base = by.get((name, load)), by.get(("postfix", load))
+            if r is None or r.failed:
+                cells.append("failed" if r else "-")
+                continue
+            ratio = f" ({r.rate / base.rate:.2f}×)" if base and base.rate and not base.failed else ""
+            cells.append(f"{r.rate:.0f}{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

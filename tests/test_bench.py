@@ -1,27 +1,42 @@
-"""The benchmark harness runs end to end on a tiny load, so `make bench` cannot rot.
+"""The benchmark harness runs end to end on a tiny load, so `make bench` cannot rot; and its
+pipelining load generator (bench/pipeliner.py) really pipelines.
 
 No speed is asserted here (speed belongs to bench/README.md): only that every contender and
-every rule set got all its mail to the sink, and that the table a reader compares has a row
-for each.
+every rule set got all its mail to the sink, that the table a reader compares has a row for
+each, and, against a scripted server on loopback, what the generator puts on the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
+_spec = importlib.util.spec_from_file_location("pipeliner", REPO / "bench" / "pipeliner.py")
+assert _spec is not None and _spec.loader is not None
+pipeliner = importlib.util.module_from_spec(_spec)
+sys.modules["pipeliner"] = pipeliner          # dataclasses look their module up there
+_spec.loader.exec_module(pipeliner)
+
+GUARD = 10.0     # seconds: only so that a client that does not pipeline fails instead of hanging
+
+needs_postfix = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("postfix", "smtp-source", "smtp-sink")),
     reason="Postfix's tools are installed by `make test` (Debian package postfix)")
 
 
+@needs_postfix
 def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", str(results)],
@@ -30,7 +45,8 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     report = json.loads(results.read_text())
     measured = {(row["contender"], row["load"]) for row in report["results"] if row["rate"] > 0}
     contenders = ("limit", "postfix", "ff-queue", "ff-sync", "floor-queue", "floor-sync")
-    assert measured == {(contender, load) for contender in contenders for load in ("5KB plain", "100KB + PDF", "mix")}
+    loads = ("5KB plain", "5KB pipelined", "100KB + PDF", "mix")
+    assert measured == {(contender, load) for contender in contenders for load in loads}
     assert not [row for row in report["results"] + report["rules"] if row["failed"]]
     assert len(report["rules"]) == 3 and all(row["rate"] > 0 for row in report["rules"])
     assert set(report["latency_ms"]) == set(contenders) - {"limit"}
@@ -38,3 +54,127 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     assert report["memory"]["peak_mib"] >= report["memory"]["idle_mib"] > 0
     for contender in ("postfix", "ff-queue", "ff-sync"):
         assert f"| {contender} | 5KB plain |" in done.stdout
+        assert f"| {contender} | 5KB pipelined |" in done.stdout
+    assert "| contender | " + " | ".join(loads) + " |" in done.stdout    # a column per load
+
+
+# ---- bench/pipeliner.py against a scripted server ------------------------------------------
+
+class ScriptedServer:
+    """An SMTP server on 127.0.0.1 that records each read as it came. After EHLO it answers
+    nothing until it holds a whole MAIL/RCPT/DATA group: a client waiting for MAIL's reply
+    before sending RCPT would wait for ever (and the test's guard would end it)."""
+
+    def __init__(self, ehlo: bytes = b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                 rcpt_reply: bytes = b"250 2.1.5 ok\r\n") -> None:
+        self.ehlo, self.rcpt_reply = ehlo, rcpt_reply
+        self.first_reads: list[bytes] = []        # the first read after each reply to EHLO or end of data
+        self.groups: list[bytes] = []             # each whole command group, up to DATA
+        self.messages: list[bytes] = []           # what came after each 354, terminator included
+        self.connections = 0
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            writer.write(b"220 scripted ESMTP\r\n")
+            if not (await reader.readline()).startswith(b"EHLO "):
+                return
+            writer.write(self.ehlo)
+            while True:
+                first = await reader.read(65536)
+                if not first:
+                    return
+                self.first_reads.append(first)
+                if first == b"QUIT\r\n":
+                    writer.write(b"221 2.0.0 bye\r\n")
+                    return
+                group = first
+                while not group.endswith(b"DATA\r\n"):
+                    more = await reader.read(65536)
+                    if not more:
+                        return
+                    group += more
+                self.groups.append(group)
+                recipients = group.count(b"RCPT TO:")
+                writer.write(b"250 2.1.0 ok\r\n" + self.rcpt_reply * recipients + b"354 go on\r\n")
+                if not self.rcpt_reply.startswith(b"25"):
+                    continue                          # the client must give up here
+                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+                writer.write(b"250 2.0.0 queued\r\n")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def drive(server: ScriptedServer, plan_of: Callable[[int], Any]) -> Any:
+    """Run the generator against `server` (the plan gets the server's port): its tally, or the
+    Unexpected it stopped with."""
+    listener = await asyncio.start_server(server.session, "127.0.0.1", 0)
+    async with listener:
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            async with asyncio.timeout(GUARD):
+                return await pipeliner.run(plan_of(port))
+        except pipeliner.Unexpected as failure:
+            return failure
+        except TimeoutError:
+            pytest.fail("the generator waited for a reply before sending MAIL, RCPT and DATA: it does not pipeline")
+
+
+def plan(port: int, *, sessions: int = 1, messages: int = 2, per_connection: int = 2,
+         recipients: tuple[str, ...] = ("a@example.org", "b@example.org"),
+         message: bytes = b"Subject: t\n\nbody\n") -> Any:
+    return pipeliner.Plan(port, sessions, messages, per_connection, "s@example.net", recipients,
+                          pipeliner.wire_data(message))
+
+
+def test_pipeliner_sends_mail_rcpt_and_data_in_one_write_before_any_reply() -> None:
+    server = ScriptedServer()
+    tally = asyncio.run(drive(server, lambda port: plan(port, messages=3, per_connection=2)))
+    group = b"MAIL FROM:<s@example.net>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+    assert server.groups == [group] * 3
+    # each group came in the first read after the previous reply: one write, one segment
+    assert [read for read in server.first_reads if read != b"QUIT\r\n"] == [group] * 3
+    assert server.connections == 2                       # 2 messages on the first, 1 on the next
+    assert (tally.accepted, tally.connections) == (3, 2)
+
+
+def test_pipeliner_sends_crlf_and_dot_stuffed_data() -> None:
+    server = ScriptedServer()
+    message = b"Subject: dots\n\n.leading dot\r\n..two\nlast line without end"
+    asyncio.run(drive(server, lambda port: plan(port, messages=1, per_connection=1, message=message)))
+    assert server.messages == [b"Subject: dots\r\n\r\n..leading dot\r\n...two\r\nlast line without end\r\n.\r\n"]
+
+
+def test_pipeliner_wire_data_refuses_a_bare_cr() -> None:
+    with pytest.raises(ValueError, match="bare CR"):
+        pipeliner.wire_data(b"Subject: x\r\n\r\nbad\rline\r\n")
+    assert pipeliner.wire_data(b"") == b".\r\n"
+
+
+def test_pipeliner_stops_at_the_first_unexpected_reply_and_names_it() -> None:
+    server = ScriptedServer(rcpt_reply=b"550 5.1.1 no such user\r\n")
+    failure = asyncio.run(drive(server, lambda port: plan(port, sessions=3, messages=30)))
+    assert isinstance(failure, pipeliner.Unexpected)
+    assert "message 1: RCPT TO:<a@example.org> answered 550 5.1.1 no such user (expected 250 or 251)" in str(failure)
+    assert server.messages == []
+
+
+def test_pipeliner_does_not_pipeline_to_a_server_that_does_not_offer_it() -> None:
+    server = ScriptedServer(ehlo=b"250-scripted\r\n250 8BITMIME\r\n")
+    failure = asyncio.run(drive(server, plan))
+    assert isinstance(failure, pipeliner.Unexpected)
+    assert "does not offer PIPELINING (offered: 8BITMIME)" in str(failure)
+    assert server.groups == []
+
+
+def test_pipeliner_command_line_says_what_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"Subject: x\n\nbody\n")
+    with socket.socket() as bound:                  # bound, not listening: connecting is refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        assert pipeliner.main(["--port", str(port), "--messages", "1", str(message)]) == 1
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.startswith(f"pipeliner: session 1, connection 1: cannot connect to 127.0.0.1:{port}")
