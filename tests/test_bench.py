@@ -1,9 +1,11 @@
-"""The benchmark harness runs end to end on a tiny load, so `make bench` cannot rot; and its
-pipelining load generator (bench/pipeliner.py) really pipelines.
+"""The benchmark harness runs end to end on a tiny load, so `make bench` cannot rot; its
+pipelining load generator (bench/pipeliner.py) really pipelines; and its floor (bench/floor.py)
+is frontfilter's own SMTP session relaying.
 
 No speed is asserted here (speed belongs to bench/README.md): only that every contender and
 every rule set got all its mail to the sink, that the table a reader compares has a row for
-each, and, against a scripted server on loopback, what the generator puts on the wire.
+each, against a scripted server on loopback what the generator puts on the wire, and that the
+floor serves SMTP with frontfilter's session and relays what it is given unchanged.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import asyncio
 import importlib.util
 import json
 import shutil
+import signal
+import smtplib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness import RecordingSink, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,3 +185,47 @@ def test_pipeliner_command_line_says_what_failed(tmp_path: Path, capsys: pytest.
     said = capsys.readouterr()
     assert said.out == ""
     assert said.err.startswith(f"pipeliner: session 1, connection 1: cannot connect to 127.0.0.1:{port}")
+
+
+# ---- bench/floor.py: frontfilter's own session, relaying and nothing else ----------------------
+
+@pytest.mark.parametrize("mode", ["queue", "sync"])
+def test_floor_serves_smtp_with_frontfilters_session_and_relays_unchanged(tmp_path: Path, mode: str) -> None:
+    port = free_port()
+    with RecordingSink() as sink:
+        floor = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor.py"), "--port", str(port),
+                                  "--backend", str(sink.port), "--mode", mode, "--spool", str(tmp_path / "spool"),
+                                  "--workers", "2"], stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + GUARD
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the floor does not listen"
+                    time.sleep(0.05)
+            message = b"Subject: floor\r\n\r\n.a line with a leading dot\r\n..and two\r\nend\r\n"
+            client = smtplib.SMTP(timeout=GUARD)
+            try:
+                code, greeting = client.connect("127.0.0.1", port)
+                assert (code, greeting) == (220, b"floor.localdomain ESMTP frontfilter")   # the session's own
+                client.ehlo("client.test")
+                assert client.has_extn("pipelining") and client.has_extn("enhancedstatuscodes")
+                assert client.sendmail("s@example.net", ["a@example.org", "b@example.org"], message) == {}
+                client.rset()                           # the envelope is cleared, the session goes on
+                assert client.sendmail("", ["c@example.org"], message) == {}
+                client.quit()
+            finally:
+                client.close()
+            got = sink.wait_for(2)            # aiosmtpd records the null sender as "<>"
+            assert sorted((m.sender, m.recipients, m.data) for m in got) == [
+                ("<>", ["c@example.org"], message), ("s@example.net", ["a@example.org", "b@example.org"], message)]
+            deadline = time.monotonic() + GUARD
+            while mode == "queue" and any((tmp_path / "spool").glob("*/queue/*")):   # unlinked once delivered
+                assert time.monotonic() < deadline, "delivered messages left in the floor's queue"
+                time.sleep(0.05)
+        finally:
+            floor.send_signal(signal.SIGTERM)
+            _, errors = floor.communicate(timeout=GUARD)
+    assert floor.returncode == 0 and errors == b"", errors.decode(errors="replace")
