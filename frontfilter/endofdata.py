@@ -1,24 +1,27 @@
-"""Queue mode's end of DATA in one worker-thread hop: decide, then spool what is to be forwarded.
+"""Queue mode's end of DATA: decide in an inspection thread, then spool what is to be forwarded.
 
-Why one hop: inspection and the spool write each ran in their own thread pool, and the
-delivery worker reopened the file in a third; every hop between the event loop and a thread
-is a wake-up and a GIL handover, and under load each waits (issue 9's profile: 193 futex calls
-per message in queue mode against 22 in sync mode). Here the inspection thread writes the
-message as soon as the verdict says "forward", and the spool hands it, still locked and in
-memory, to the delivery worker (spool.Spool.settle).
+The verdict is reached in one of the pipeline's two inspection threads (CPU: they share the
+GIL with the event loop); the durable write (two fsyncs, no CPU) goes to the spool's I/O
+threads, so that the inspection threads are not held by the disk. The spool hands the written
+message, still locked and in memory, to the delivery worker (spool.Spool.settle).
+(It once ran in one hop, both in the inspection thread, to spare a thread hand-over; then at
+most two fsyncs per process were ever in flight and the 5 KB bench waited on the disk with
+the event loop a third busy.)
 
 The deadline (`inspection.timeout`) still holds: a `Claim` decides, under a lock, whether the
-thread may start the write or the event loop has given up on it first. Once the write has
-begun, the client waits for it — it is the fsync that stands between the message and its 250,
-and answering 451 for a message that ends up spooled would deliver it twice.
+write may start or the event loop has given up on it first. Once the write has begun, the
+client waits for it — it is the fsync that stands between the message and its 250, and
+answering 451 for a message that ends up spooled would deliver it twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from frontfilter.decision import Decision
@@ -58,14 +61,25 @@ class Outcome:
     spooled: Spooled | None = None     # None: not written (not forwarded, no room, or too late)
 
 
-def decide_then_spool(decide: Callable[[], Decision], claim: Claim, spool: Spool,
-                      reservation: Reservation | Admission, envelope: Envelope) -> Outcome:
-    """Blocking, in an inspection thread. `envelope` is completed here (size, arrival time)."""
-    decision = decide()
-    if decision.verdict.action in NOT_FORWARDED or not isinstance(reservation, Reservation):
-        return Outcome(decision)
-    if not claim.write():
-        return Outcome(decision)
-    size = len(decision.head) + len(decision.message)
-    envelope = dataclasses.replace(envelope, size=size, arrived=time.time())
-    return Outcome(decision, spool.write(reservation, envelope, decision.message, head=decision.head))
+async def decide_then_spool(decide: Callable[[], Decision], inspect: Executor, claim: Claim, spool: Spool,
+                            reservation: Reservation | Admission, envelope: Envelope) -> Outcome:
+    """The decision (in `inspect`), then the spool write of a message to be forwarded (in the
+    spool's threads). `envelope` is completed here (size, arrival time).
+
+    Whatever becomes of the task running this, the reservation is settled: by the write's own
+    completion once it has started (the thread goes on if this task is cancelled), at once
+    when there is nothing to write."""
+    writing = False
+    try:
+        decision = await asyncio.get_running_loop().run_in_executor(inspect, decide)
+        if (decision.verdict.action in NOT_FORWARDED or not isinstance(reservation, Reservation)
+                or not claim.write()):
+            return Outcome(decision)
+        size = len(decision.head) + len(decision.message)
+        envelope = dataclasses.replace(envelope, size=size, arrived=time.time())
+        write = spool.write_soon(reservation, envelope, decision.message, head=decision.head)
+        writing = True
+        return Outcome(decision, await asyncio.shield(write))
+    finally:
+        if not writing and isinstance(reservation, Reservation):
+            spool.settle(reservation, None)

@@ -368,13 +368,11 @@ class Pipeline:
                 return None
         reservation = self.spool.reserve(size)
         claim = Claim()
-        job = loop.run_in_executor(self._executor, decide_then_spool, judge, claim, self.spool,
-                                   reservation, self._envelope(state, txn))
-        if isinstance(reservation, Reservation):
-            # Settled whatever becomes of this task: a written message reaches the worker.
-            self.spool.settle_when_done(reservation, job, lambda outcome: outcome.spooled)
-        else:
-            job.add_done_callback(_retrieve)
+        # A task of its own: it settles the reservation (a written message reaches the worker)
+        # whatever becomes of this session's task.
+        job = asyncio.ensure_future(decide_then_spool(judge, self._executor, claim, self.spool,
+                                                      reservation, self._envelope(state, txn)))
+        job.add_done_callback(_retrieve)
         try:
             done, _ = await asyncio.wait({job}, timeout=timeout)
         except asyncio.CancelledError:

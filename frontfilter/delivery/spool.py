@@ -604,13 +604,19 @@ class Spool:
             self.settle(reservation, value)
         future.add_done_callback(done)
 
+    def write_soon(self, reservation: Reservation, envelope: Envelope, data: bytes,
+                   head: bytes = b"") -> asyncio.Future[Spooled]:
+        """`write` in a spool thread, settled when it ends (whatever becomes of the caller)."""
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self.write, reservation, envelope,
+                                                         data, head)
+        self.settle_when_done(reservation, job)
+        return job
+
     async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:
         """Reserve, write in a spool thread, settle: for messages that are not inspected
-        first (DSNs). Client mail is written in its inspection thread (pipeline.py)."""
+        first (DSNs). Client mail is written once its verdict is in (endofdata.py)."""
         reservation = self.reserve(len(data), force)
         if not isinstance(reservation, Reservation):
             return Spooled(reservation, reason="spool limits")
-        job = asyncio.get_running_loop().run_in_executor(self._executor, self.write, reservation, envelope, data)
-        self.settle_when_done(reservation, job)
-        spooled: Spooled = await asyncio.shield(job)
+        spooled: Spooled = await asyncio.shield(self.write_soon(reservation, envelope, data))
         return spooled
