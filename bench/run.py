@@ -13,10 +13,10 @@ Contenders, each measured "until the backend has them all":
   ff-queue-nocache  ff-queue with inspection.type_cache = 0 (full runs only): each load repeats
                one message, so the cache types all but the first; this row asks libmagic for
                every part, as mail never seen before
-  floor-queue, floor-sync  bench/floor.py: aiosmtpd and aiosmtplib as they come (EHLO offers
-               PIPELINING, which aiosmtpd handles but does not announce), relaying and doing
-               nothing else (queue mode's fsynced file included), as many processes as
-               frontfilter: what the stack costs before any filtering
+  floor-queue, floor-sync  bench/floor.py: frontfilter's own SMTP session (SmtpSession, a
+               handler that decides nothing) and aiosmtplib, relaying and doing nothing else
+               (queue mode's fsynced file included), as many processes as frontfilter: the
+               stack's own limit before any filtering
   ff-*-1p      the same as one process (full runs only), to show what the workers bring
 Loads: 5 KB plain, 5 KB pipelined (a 5 KB message, five per connection, each transaction's
 MAIL, RCPT and DATA in one write after EHLO, as Postfix's smtp client sends), 100 KB
@@ -240,7 +240,7 @@ format = "json"
 
 @contextmanager
 def floor(sink: Sink, workdir: Path, mode: str, workers: int) -> Iterator[Contender]:
-    """bench/floor.py: the stack frontfilter is built on, relaying and doing nothing else."""
+    """bench/floor.py: frontfilter's SMTP session and aiosmtplib, relaying and doing nothing else."""
     port = free_port()
     directory = workdir / f"floor-{mode}"
     proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor.py"), "--port", str(port),
