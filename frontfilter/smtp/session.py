@@ -437,7 +437,8 @@ class SmtpSession(asyncio.Protocol):
         self._write(self.core.send(answer))
         self._last_activity = self._loop.time()
         observe.reply_sent(stage, str(answer.code))
-        if answer.code == 421 or (answer.close and answer.code != 221):
+        if reason and (answer.code == 421 or (answer.close and answer.code != 221)):
+            # (A client refused before its greeting has its own connection_refused line.)
             observe.session_closed(str(self.client), stage, answer, reason or "closed",
                                    queue_id=self.handler.queue_id_of(self), listener=self.listener.name)
         elif reason and answer.code >= 400:
