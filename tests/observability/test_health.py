@@ -225,8 +225,10 @@ def test_not_ready_when_no_backend_answers(tmp_path: Path) -> None:
 def test_not_ready_while_shutting_down(tmp_path: Path) -> None:
     with relay_with_endpoint(tmp_path, server={"shutdown_grace": "10s"}) as (relay, port):
         eventually(lambda: readyz(port)[0] == 200)
-        with RawClient(relay.port) as client:            # a session in flight holds the shutdown
+        with RawClient(relay.port) as client:            # a transaction in flight holds the shutdown
             assert client.read_reply().startswith("220 ")
+            client.command("EHLO client.test")
+            assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
             relay.signal(signal.SIGTERM)
             status, lines = eventually(lambda: (r := readyz(port))[0] == 503 and r)
             assert "accepting: FAILING: shutting down" in lines
