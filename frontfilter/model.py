@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The plain addr-spec nearly every client sends: dot-atom local part, dotted host name. Both the
-# SMTP side's fast path (`smtp.protocol._getaddr`) and the forwarder's (`delivery.wire.path`)
-# take it as it is and leave anything else to their library's full parser.
+# SMTP side's fast path (`smtp.paths`) and the forwarder's (`delivery.wire.path`) take it as it
+# is and leave anything else to a full reading (RFC 5321's grammar in `smtp.paths`, aiosmtplib's
+# `quote_address` in `delivery.wire`).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 PLAIN_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 

@@ -1,8 +1,9 @@
 """MAIL FROM and RCPT TO to the backend: our paths are the ones aiosmtplib would have sent.
 
 `wire.path` replaces aiosmtplib's `quote_address` (a stdlib header parse per address) for the
-addresses our SMTP side accepted; a difference would be an envelope forwarded other than it came
-in, or an address that smuggles a parameter onto the backend's command line.
+addresses our SMTP side accepted (`smtp.paths`); a difference would be an envelope forwarded other
+than it came in, or an address that smuggles a parameter onto the backend's command line. And
+what we send reads back, by our SMTP side's reading, as the address that came in.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import random
 import smtplib
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiosmtplib
 import pytest
@@ -19,7 +19,7 @@ from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
 from frontfilter.model import CrlfText, DotFreeText
-from frontfilter.smtp.protocol import FrontSMTP
+from frontfilter.smtp.paths import parse_path
 from tests.harness import RecordingSink, relay_with_sink
 from tests.smtp.test_getaddr import FIXED, generated
 
@@ -46,18 +46,28 @@ def atext_addresses(count: int) -> set[str]:
             "".join(chance.choice("aZ09.-@") for _ in range(chance.randint(1, 8))) for _ in range(count)}
 
 
+def addresses_read() -> set[str]:
+    """Every address our SMTP side reads in the path corpus, and the kinds it may lack."""
+    read = {"", '"john doe"@example.org', '"a\\"b"@example.org', "ünï@exämple.org", "Postmaster"}
+    read |= {reading[0] for argument in FIXED + generated(20_000) if (reading := parse_path(argument)) is not None}
+    assert len(read) > 1000
+    return read
+
+
 def test_every_address_our_smtp_side_reads_gets_the_path_aiosmtplib_would_send() -> None:
-    session = SimpleNamespace(local_part_limit=0)
-    addresses = {"", '"john doe"@example.org', '"a\\"b"@example.org', "ünï@exämple.org"}
-    addresses |= atext_addresses(20_000)
-    for argument in FIXED + generated(20_000):
-        address, _rest = FrontSMTP._getaddr(session, argument)  # type: ignore[arg-type]
-        if address is not None:
-            addresses.add(address)
-    assert len(addresses) > 1000
-    for address in sorted(addresses):
+    for address in sorted(addresses_read() | atext_addresses(20_000)):
         for encoding in ("ascii", "utf-8"):
             assert our_path(address, encoding) == aiosmtplib_path(address, encoding), (address, encoding)
+
+
+def test_the_path_we_send_reads_back_as_the_address_our_smtp_side_read() -> None:
+    """The next hop, reading MAIL FROM and RCPT TO as our SMTP side does, gets the address that
+    came in: the envelope is forwarded as it came."""
+    for address in sorted(addresses_read()):
+        for encoding in ("ascii", "utf-8"):
+            sent = our_path(address, encoding)
+            if isinstance(sent, bytes):
+                assert parse_path(sent.decode(encoding)) == (address, ""), (address, sent)
 
 
 @pytest.mark.parametrize("address", ["a b@example.org", "a@b> SIZE=1@example.org", "a\r\nRSET@example.org"])
