@@ -151,6 +151,12 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     try:
         fsync_dir_shared(final.parent)
     except BaseException:
+        # Not durable, so the caller refuses the message (4xx) and the client sends it
+        # again: a copy left under its final name would be delivered a second time.
+        try:
+            final.unlink()
+        except OSError:
+            pass
         locked.close()
         raise
     return stat, locked

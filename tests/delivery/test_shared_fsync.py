@@ -85,3 +85,16 @@ def test_a_failed_fsync_covers_nobody(tmp_path: Path, monkeypatch: pytest.Monkey
     failures = [r for r in results if isinstance(r, BaseException)]
     assert len(failures) == 1                         # its own writer hears of it ...
     assert all(covered(*r, recorder.syncs) for r in results if isinstance(r, tuple))   # ... the rest waited for a good one
+
+
+def test_a_write_whose_directory_fsync_fails_leaves_no_file_to_deliver(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller refuses the message (451) and the client sends it again: a copy left under its
+    # final name would be found by recovery and delivered twice.
+    monkeypatch.setattr(safeio, "fsync_dir", Recorder(fail_first=True))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "queue").mkdir()
+    with pytest.raises(OSError):
+        safeio.write_locked(tmp_path / "tmp", tmp_path / "queue" / "m1", [b"Subject: x\r\n\r\nbody\r\n"])
+    assert list((tmp_path / "queue").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
