@@ -168,9 +168,18 @@ class SmtpCore:
 
     @property
     def ended(self) -> bool:
-        """No event will come any more: closed, or the client's input ended with nothing left."""
-        return self.mode is Mode.CLOSED or (self._eof and self._pending is None and self._queued is None
-                                            and self.mode is not Mode.DATA and b"\n" not in self._buffer)
+        """No event will come any more: closed, or the client's input ended with nothing left
+        to answer (whole commands it pipelined before ending are still answered; a message
+        without its terminator never will be)."""
+        if self.mode is Mode.CLOSED:
+            return True
+        if not self._eof or self._pending is not None or self._queued is not None:
+            return False
+        if self.mode is Mode.DATA:
+            return self._collector is None or not self._collector.done
+        if self.mode in (Mode.COMMAND, Mode.AUTH):
+            return b"\n" not in self._buffer
+        return True
 
     def receive(self, data: bytes) -> None:
         if self.mode is Mode.CLOSED:
@@ -256,6 +265,7 @@ class SmtpCore:
         del self._buffer[:end + 1]
         if self._skipping:
             bare = (self._skip_bare or b"\r" in raw[:-2]
+                    or (self._skip_cr and not raw.startswith(b"\n"))
                     or not (raw.endswith(b"\r\n") or (raw == b"\n" and self._skip_cr)))
             self._skipping = self._skip_bare = self._skip_cr = False
             too_long = True
@@ -454,9 +464,11 @@ class SmtpCore:
                 self.mode = Mode.COMMAND
             return
         if isinstance(event, Hello):
+            # HELO/EHLO ends a transaction (RFC 5321 §4.1.4), refused or not: the shell has
+            # already told the handler to reset before it asked about the name.
+            self.in_transaction, self.recipients = False, 0
             if success:
                 self.helo, self.extended = event.name, event.extended
-                self.in_transaction, self.recipients = False, 0     # EHLO resets (RFC 5321 §4.1.4)
         elif isinstance(event, Mail):
             self.in_transaction = success
         elif isinstance(event, Rcpt):

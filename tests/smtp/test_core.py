@@ -18,7 +18,7 @@ from frontfilter.smtp import proxy
 from frontfilter.smtp.core import (AUTH_LINE_MAX, COMMAND_LINE_MAX, PATH_LINE_MAX, Answer, Auth, AuthAnswer,
                                    BadProxyHeader, CoreLimits, Hello, Mail, Message, Mode, ProxyHeader, Rcpt, Reset,
                                    SmtpCore, StartTls)
-from tests.smtp.core_driver import EHLO_KEYWORDS, GREETING, Decider, Driver, drive, replies
+from tests.smtp.core_driver import EHLO_KEYWORDS, GREETING, Decider, Driver, drive, replies, reply_codes
 
 LIMITS = CoreLimits()
 EHLO_REPLY = Reply(250, "", "mx.test", more=EHLO_KEYWORDS).wire
@@ -95,6 +95,21 @@ def test_the_input_ending_ends_the_session_once_every_line_is_answered() -> None
     assert core.next_event() is None and core.ended   # the cut-off "NOO" is never a command
 
 
+def test_a_message_cut_off_by_the_end_of_input_is_never_taken() -> None:
+    core = SmtpCore(LIMITS)
+    driver = drive(core, [f"{HELO}\r\n{MAIL}\r\n{RCPT}\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n".encode()])
+    core.end_of_input()
+    assert core.ended and core.next_event() is None
+    assert reply_codes(bytes(driver.output)) == [220, 250, 250, 250, 354]
+
+
+def test_a_whole_message_before_the_end_of_input_is_still_taken() -> None:
+    decider = Decider()
+    core = SmtpCore(LIMITS)
+    drive(core, [f"{HELO}\r\n{MAIL}\r\n{RCPT}\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n".encode()], decider, eof=True)
+    assert any(isinstance(event, Message) for event in decider.events) and core.mode is Mode.CLOSED
+
+
 # ---- HELO and EHLO ------------------------------------------------------------------------------
 
 def test_helo_and_ehlo_name_the_client() -> None:
@@ -128,6 +143,12 @@ def test_a_new_hello_ends_the_transaction(hello: str) -> None:
 def test_a_refused_hello_leaves_the_client_unnamed() -> None:
     decider = Decider(hello=[Reply(550, "5.7.1", "Go away")])
     assert codes(HELO, MAIL, decide=decider) == [550, 503]
+
+
+def test_a_refused_hello_ends_the_transaction_too() -> None:
+    # The shell resets the transaction before it asks about the name: the core agrees.
+    decider = Decider(hello=[Reply(250, "", "mx.test"), Reply(550, "5.7.1", "Go away")])
+    assert codes(HELO, MAIL, RCPT, "HELO other.example", "DATA", decide=decider) == [250, 250, 250, 550, 503]
 
 
 def test_a_closing_reply_from_the_shell_closes() -> None:
@@ -484,6 +505,24 @@ def test_a_line_longer_than_any_is_dropped_as_it_comes(piece: int) -> None:
         driver.feed(b"x" * piece)
         assert core.buffered <= AUTH_LINE_MAX + piece
     driver.feed(b"\r\nNOOP\r\n")
+    assert replies(bytes(driver.output))[1:] == ["500 5.5.6 Line too long", "250 2.0.0 OK"]
+
+
+def test_a_bare_cr_at_the_end_of_a_dropped_piece_is_a_bare_cr() -> None:
+    # The dropped piece ends in CR and the line goes on: that CR had no LF after it.
+    core = SmtpCore(LIMITS)
+    driver = drive(core, [])
+    driver.feed(b"x" * (AUTH_LINE_MAX + 10) + b"\r")
+    driver.feed(b"yyy\r\nNOOP\r\n")
+    assert replies(bytes(driver.output))[1:] == ["500 5.5.2 Bare CR or LF in command is not allowed"]
+    assert core.mode is Mode.CLOSED
+
+
+def test_a_dropped_piece_ending_in_the_cr_of_its_crlf_is_no_bare_cr() -> None:
+    core = SmtpCore(LIMITS)
+    driver = drive(core, [])
+    driver.feed(b"x" * (AUTH_LINE_MAX + 10) + b"\r")
+    driver.feed(b"\nNOOP\r\n")
     assert replies(bytes(driver.output))[1:] == ["500 5.5.6 Line too long", "250 2.0.0 OK"]
 
 
