@@ -12,6 +12,9 @@ from __future__ import annotations
 import ssl
 
 READ_SIZE = 64 * 1024
+# Ciphertext that may wait for the rest of its record: one record is at most 16 KiB of
+# plaintext plus its overhead (RFC 8446 §5.2), so more than this waiting is not TLS.
+MAX_PENDING = 64 * 1024
 
 
 class TlsClosed(Exception):
@@ -28,8 +31,9 @@ class TlsLayer:
     def receive(self, data: bytes) -> bytes:
         """Take ciphertext; return the plaintext it completes (b"" during the handshake).
 
-        Raises ssl.SSLError when the handshake or a record fails, TlsClosed on close_notify.
-        What the TLS layer must send in return is in `outgoing()`."""
+        Raises ssl.SSLError when the handshake or a record fails or ciphertext piles up past
+        MAX_PENDING, TlsClosed on close_notify. What the TLS layer must send in return is in
+        `outgoing()`."""
         self._incoming.write(data)
         if not self.handshaken:
             try:
@@ -45,9 +49,11 @@ class TlsLayer:
                 break
             except ssl.SSLZeroReturnError:
                 raise TlsClosed() from None
-            if not chunk:
-                break
+            if not chunk:      # read() says close_notify this way once the handshake is done
+                raise TlsClosed()
             chunks.append(chunk)
+        if self._incoming.pending > MAX_PENDING:
+            raise ssl.SSLError("more ciphertext waiting than a TLS record holds")
         return b"".join(chunks)
 
     def encrypt(self, data: bytes) -> bytes:

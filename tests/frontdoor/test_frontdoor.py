@@ -225,6 +225,16 @@ def test_implicit_tls_verifies_with_the_configured_certificate(door: Door) -> No
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
+
+def test_a_client_ending_tls_ends_the_session(door: Door) -> None:
+    # close_notify is the client's last word: the relay answers with its own and closes,
+    # rather than waiting on a dead session until command_timeout.
+    with socket.create_connection(("127.0.0.1", door.smtps), timeout=10) as raw:
+        with door.pki.client_context().wrap_socket(raw, server_hostname="mx.test") as tls:
+            assert read_reply(tls).startswith("220 mx.test")
+            plain = tls.unwrap()        # sends close_notify, waits for the relay's
+            assert plain.recv(1024) == b""
+
 # ---- PROXY protocol -------------------------------------------------------------------------
 
 def test_proxy_v2_from_the_load_balancer_gives_policy_and_log_the_real_client(door: Door) -> None:
