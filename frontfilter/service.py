@@ -47,6 +47,10 @@ def rules_snapshot(directory: Path) -> tuple[tuple[str, float, int], ...]:
     except OSError:
         return ()
 
+# After the shutdown grace, how long a message already being decided may take to get its
+# verdict (the unit's TimeoutStopSec leaves room for shutdown_grace plus this).
+DECISION_WAIT = 10.0
+
 
 class Service:
     def __init__(self, config: Config, sockets: list[socket.socket] | None = None,
@@ -168,6 +172,13 @@ class Service:
         for session in list(self._live_sessions()):
             cut += 1
             session.cut()
+        # A message being decided at the cut is answered first (answering 421 to a message
+        # that is then spooled would have it sent twice), within DECISION_WAIT.
+        late = time.monotonic() + DECISION_WAIT
+        while any(session.deciding for session in self.handler.sessions) and time.monotonic() < late:
+            await asyncio.sleep(0.05)
+        for session in [session for session in self.handler.sessions if session.deciding]:
+            session.cut(force=True)
         for server in self._servers:
             await server.wait_closed()
         if delivery is not None:

@@ -49,6 +49,7 @@ class SinkBehaviour:
     reject_prefix: str = "reject"      # recipients starting with this get 550 5.1.1
     defer_prefix: str = "defer"        # ... get 451 4.2.0
     data_reply: str | None = None      # e.g. "451 4.3.0 busy" to refuse DATA
+    data_delay: float = 0.0            # seconds before the answer to the message: a slow backend
 
 
 class RecordingSink:
@@ -74,6 +75,8 @@ class RecordingSink:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.behaviour.data_delay:
+            await asyncio.sleep(self.behaviour.data_delay)
         if self.behaviour.data_reply:
             return self.behaviour.data_reply
         with self._lock:

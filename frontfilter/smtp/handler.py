@@ -47,7 +47,8 @@ class Handler:
             return Reply(refusal.code if refusal.code != 250 else 554, refusal.enhanced,
                          refusal.text, close=True)
         observe.connection("accepted")
-        self.sessions.add(session)
+        if session.live:       # a client gone while the connect rules ran is not waited for
+            self.sessions.add(session)
         return None
 
     async def session_closed(self, session: SmtpSession) -> None:

@@ -20,6 +20,13 @@ buffer is full or `PAUSE_READING_AT` octets of its input wait unread.
 Shutdown (`shut_down`): a session between transactions is told `421 4.3.2` and closed at once
 (RFC 5321 §3.8; a client reads it as the answer to its next command); one inside a transaction
 finishes it first, within `server.shutdown_grace`.
+
+Ending: a timeout or the shutdown's cut that comes while a message is being decided waits for
+the verdict (a `421` for a message then relayed would have it sent twice). A client that
+half-closes still gets the replies to what it pipelined before. A closed session whose last
+replies the client does not read is cut after `CLOSE_LINGER` (at once on a timeout), so it does
+not keep its slot in the connection limits. The handler hears `forget` and `session_closed`
+only once no hook of the session is running any more.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from frontfilter.smtp.core import (PAUSE_READING_AT, Answer, Auth, AuthAnswer, B
 from frontfilter.smtp.door import NOWHERE, FrontDoor, peer_from
 from frontfilter.smtp.tls import HANDSHAKE_TIMEOUT
 from frontfilter.smtp.tls_layer import TlsClosed, TlsLayer
+
+# After the session is closed, how long its last replies may take to reach a client that is
+# slow to read them before the connection is cut (its slot in the limits is held till then).
+CLOSE_LINGER = 5.0
 
 
 class SmtpSession(asyncio.Protocol):
@@ -64,6 +75,8 @@ class SmtpSession(asyncio.Protocol):
         self._stopping = False
         self._lost = False
         self._last_activity = 0.0     # the last input, or the last reply: what idleness counts from
+        self._deciding = False        # the handler is deciding a message the client has sent
+        self._close_after: tuple[Reply, str] | None = None    # a close held until that decision
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -90,9 +103,13 @@ class SmtpSession(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool:
+        """The client stopped sending: the commands it pipelined before that are still
+        answered (keep the transport open for our replies); the session then closes."""
         self.core.end_of_input()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionResetError("client closed the connection during the handshake"))
         self._wake()
-        return False
+        return True
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -116,9 +133,6 @@ class SmtpSession(asyncio.Protocol):
             self._handshake.set_exception(ConnectionResetError("client closed the connection during the handshake"))
         self._wake()
         self.transport = None
-        self.handler.forget(self)
-        if self.state is not None:
-            self._loop.create_task(self.handler.session_closed(self))
 
     # ---- the session ------------------------------------------------------------------------
 
@@ -133,7 +147,14 @@ class SmtpSession(asyncio.Protocol):
             self._send(reply.NOT_READY, "internal error")
         finally:
             self._close()
-            self._task = None        # the task and this protocol would keep each other alive
+            # Only now, with no hook of this session running any more: a session still
+            # deciding a message stays in the handler's set, so shutdown waits for it.
+            self.handler.forget(self)
+            try:
+                if self.state is not None:
+                    await self.handler.session_closed(self)
+            finally:
+                self._task = None        # the task and this protocol would keep each other alive
 
     async def _open(self) -> bool:
         """PROXY header, limits, implicit TLS, admission. True once the client is greeted."""
@@ -166,7 +187,9 @@ class SmtpSession(asyncio.Protocol):
         else:
             self._timers["proxy"] = self._loop.call_later(self.door.proxy_timeout, self._proxy_expired)
             event = await self._next_event()
-            self._timers.pop("proxy").cancel()
+            timer = self._timers.pop("proxy", None)
+            if timer is not None:
+                timer.cancel()
             if isinstance(event, ProxyHeader):
                 header = event.header
                 if header.source is not None:     # None: LOCAL / UNKNOWN, the proxy itself
@@ -197,6 +220,9 @@ class SmtpSession(asyncio.Protocol):
                 answer, reason = reply.INTERNAL_ERROR, "internal error"
             if answer is not None:
                 await self._reply(answer, reason)
+            if self._close_after is not None:      # a timeout or the shutdown came during the decision
+                self._send(*self._close_after)
+                self._close()
             if core.mode is Mode.CLOSED or self.transport is None:
                 return
 
@@ -253,7 +279,14 @@ class SmtpSession(asyncio.Protocol):
             return await self.handler.rcpt(self, event.address), ""
         if isinstance(event, Message):
             self._data_ended()
-            return await self.handler.data(self, event.content), ""
+            # The client is owed the verdict on its message: a timeout or the shutdown's cut
+            # that comes meanwhile waits for it (`_end`), so a message taken is never answered
+            # 421 (the client would send it again).
+            self._deciding = True
+            try:
+                return await self.handler.data(self, event.content), ""
+            finally:
+                self._deciding = False
         if isinstance(event, Reset):
             await self.handler.reset(self)
             return reply.OK, ""
@@ -326,6 +359,9 @@ class SmtpSession(asyncio.Protocol):
 
     def _begin_tls(self) -> None:
         assert self.door.certificate is not None
+        if self._reading_paused and self.transport is not None:    # the plaintext was discarded
+            self._reading_paused = False
+            self.transport.resume_reading()
         self._tls = TlsLayer(self.door.certificate.context)
         self._handshake = self._loop.create_future()
         self._timers["handshake"] = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
@@ -348,8 +384,8 @@ class SmtpSession(asyncio.Protocol):
                 self.transport.write(out)
         if tls.handshaken and not was_handshaken:
             self.core.tls_started()        # before the plaintext that came with the Finished
-            assert self._handshake is not None
-            self._handshake.set_result(None)
+            if self._handshake is not None and not self._handshake.done():
+                self._handshake.set_result(None)
         return plain
 
     async def _handshaken(self, *, implicit: bool) -> bool:
@@ -453,13 +489,28 @@ class SmtpSession(asyncio.Protocol):
 
     def _close(self) -> None:
         self.core.close()
-        if self.transport is not None and not self.transport.is_closing():
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
             if self._tls is not None:
                 goodbye = self._tls.close()
                 if goodbye:
-                    self.transport.write(goodbye)
-            self.transport.close()
+                    transport.write(goodbye)
+            transport.close()
+            if transport.get_write_buffer_size():    # asyncio waits for a reader that may never read
+                self._timers["linger"] = self._loop.call_later(CLOSE_LINGER, transport.abort)
         self._wake()
+
+    def _end(self, answer: Reply, reason: str, *, force: bool = False) -> None:
+        """Close the session for a timeout or the shutdown: now, or once the message being
+        decided has its verdict. A client that has stopped reading is cut at once."""
+        if self._deciding and not force:
+            if self._close_after is None:
+                self._close_after = (answer, reason)
+            return
+        self._send(answer, reason)
+        self._close()
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     # ---- timers and shutdown ----------------------------------------------------------------
 
@@ -467,14 +518,13 @@ class SmtpSession(asyncio.Protocol):
         idle = self._loop.time() - self._last_activity
         waiting = self._wakeup is not None      # for input, not for a decision of ours
         if idle >= self.server.command_timeout and waiting:
-            self._send(reply.COMMAND_TIMEOUT, "command_timeout")
+            self._end(reply.COMMAND_TIMEOUT, "command_timeout")
             return
         delay = self.server.command_timeout - idle if idle < self.server.command_timeout else self.server.command_timeout
         self._timers["idle"] = self._loop.call_later(delay, self._idle_check)
 
     def _session_expired(self) -> None:
-        self._send(reply.SESSION_TIMEOUT, "session_timeout")
-        self._close()
+        self._end(reply.SESSION_TIMEOUT, "session_timeout")
 
     def _data_expired(self) -> None:
         self._send(reply.DATA_TIMEOUT, "data_timeout")
@@ -484,14 +534,19 @@ class SmtpSession(asyncio.Protocol):
         self._stopping = True
         self._wake()
 
-    def cut(self) -> None:
-        """The shutdown grace is over: close whatever is in flight."""
-        self._send(reply.SHUTTING_DOWN, "shutdown grace over")
-        self._close()
+    def cut(self, *, force: bool = False) -> None:
+        """The shutdown grace is over: close whatever is in flight (a message being decided
+        gets its verdict first, unless `force`: its time is up too)."""
+        self._end(reply.SHUTTING_DOWN, "shutdown grace over", force=force)
 
     @property
     def live(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def deciding(self) -> bool:
+        """A message of this session is being decided (and may be spooled) right now."""
+        return self._deciding
 
 
 def _tls_failure(error: BaseException) -> str:
