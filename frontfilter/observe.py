@@ -94,7 +94,21 @@ class _JsonFormatter(logging.Formatter):
             entry["msg"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _escape_unprintable(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def _escape_unprintable(text: str) -> str:
+    """`text` with every character that is not printable written as its JSON escape.
+
+    Fields carry what clients sent (HELO names, addresses, header values). json.dumps escapes
+    only C0 controls; U+0085, U+2028 and U+2029 end a line for many readers (Python's
+    splitlines, JavaScript, some log shippers), DEL and the other C1 controls drive terminals,
+    bidi controls reorder what an administrator reads, and a lone surrogate (an undecodable
+    byte) cannot be written as UTF-8 at all. Escaped, one record stays one line that reads as
+    what was sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,14 +124,15 @@ class _TextFormatter(logging.Formatter):
             body = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         else:
             body = f"{record.name}: {record.getMessage()}"
-        line = f"{stamp} {record.levelname.lower()} {body}"
+        line = f"{stamp} {record.levelname.lower()} {_escape_unprintable(body)}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 def _text_value(value: Any) -> str:
-    if isinstance(value, str) and value and " " not in value:
+    """A bare word when it is one (printable, no blank, not starting with a quote), else JSON."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value and value[0] != '"':
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.harness import REPO, RecordingSink, Relay, write_config
+from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
 from tests.observability import mail
 from tests.observability.support import eventually
 
@@ -85,3 +85,54 @@ def test_text_format_is_one_readable_line_per_event(tmp_path: Path) -> None:
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d info event=message queue_id=\w+ verdict=accepted ",
                     message[0])
     assert "sender=alice@example.net" in message[0] and "{" not in message[0].split(" event=")[0]
+
+
+# A HELO name with what ends a line for many readers (U+2028, U+0085), a bidi override, a C1
+# control and DEL, and a forged JSON record after the separator.
+TRICKY_HELO = "evil\u2028{\"event\":\"message\",\"verdict\":\"accepted\"}\x85\u202e\x9b\x7f.example"
+
+
+def send_with_helo(port: int, helo: str) -> None:
+    with RawClient(port) as client:
+        client.read_reply()
+        assert client.command(f"EHLO {helo}".encode()).startswith("250")
+        assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
+        assert client.command("RCPT TO:<bob@example.org>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        assert client.command(b"Subject: x\r\n\r\nhi\r\n.").startswith("250")
+
+
+def test_json_lines_escape_what_would_split_or_disguise_them(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        with Relay(write_config(tmp_path, [sink.port], backend={"mode": "sync"})) as relay:
+            send_with_helo(relay.port, TRICKY_HELO)
+            line = relay.wait_event("message")
+            raw = [text for text in relay.raw_stderr if '"event": "message"' in text]
+    assert line["helo"] == TRICKY_HELO                 # read back exactly as sent
+    assert len(raw) == 1 and raw[0].isprintable()
+    assert len(raw[0].splitlines()) == 1               # one record, one line, for every reader
+    assert all(json.loads(text) for text in relay.raw_stderr if text.startswith("{"))
+
+
+def test_text_lines_escape_control_characters(tmp_path: Path) -> None:
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], backend={"mode": "sync"},
+                              log={"format": "text", "level": "info"})
+        proc = subprocess.Popen([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
+        reader.start()
+        try:
+            listening = eventually(lambda: [l for l in list(lines) if b"event=listening" in l])
+            port = int(listening[0].rstrip().rsplit(b":", 1)[1])
+            send_with_helo(port, TRICKY_HELO)
+            message = eventually(lambda: [l for l in list(lines) if b"event=message" in l])
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            reader.join(5)
+            proc.stderr.close()
+    text = message[0].decode("utf-8").rstrip("\n")
+    assert text.isprintable() and len(text.splitlines()) == 1
+    assert 'helo="evil\\u2028{\\"event\\":\\"message\\"' in text
