@@ -41,6 +41,7 @@ from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
 from frontfilter.decision import Decision, decide
 from frontfilter.endofdata import Claim, Outcome, decide_then_spool
+from frontfilter.delivery import safeio
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
@@ -328,7 +329,11 @@ class Pipeline:
             return answer
         if action is Action.QUARANTINE:
             await self._backend_reset(state)
-            answer = await self._quarantine(state, txn, raw, verdict)
+            answer, failure = await self._quarantine(state, txn, raw, verdict)
+            if failure is not None:     # no copy kept: the client keeps the message and retries
+                self._decided(txn, "tempfailed", len(raw), answer, started, log, decided_by=verdict.rule,
+                              delivery=f"quarantine write failed: {failure}")
+                return answer
             self._decided(txn, "quarantined", len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
 
@@ -416,16 +421,24 @@ class Pipeline:
             return reply.SPOOL_FULL, f"spool full: {spooled.reason}"
         return reply.INTERNAL_ERROR, f"spool write failed: {spooled.reason}"
 
-    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict) -> Reply:
+    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
+                          verdict: Verdict) -> tuple[Reply, str | None]:
+        """Keep a copy (durably, readable by the daemon's user only) and answer as configured;
+        the reply and, when no copy could be kept, why (the client is then told to retry)."""
         directory = self.config.quarantine.dir
         envelope = (f"X-Frontfilter-Quarantine: rule={verdict.rule} client={state.peer}\r\n"
                     f"X-Frontfilter-Envelope-From: <{txn.sender.text}>\r\n"
                     + "".join(f"X-Frontfilter-Envelope-To: <{r.normalised}>\r\n" for r in txn.recipients))
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, _write_file, directory, f"{txn.queue_id}.eml", envelope.encode() + raw)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, _write_private, directory, f"{txn.queue_id}.eml", [envelope.encode(), raw])
+        except OSError as error:
+            if safeio.is_disk_full(error):
+                return reply.SPOOL_FULL, "disk full"
+            return reply.INTERNAL_ERROR, f"{type(error).__name__}: {error.strerror or error}"
         if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
-        return verdict.reply or reply.REJECTED
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), None
+        return verdict.reply or reply.REJECTED, None
 
     def _count_verdict(self, decision: Decision) -> None:
         for match in decision.verdict.matches:
@@ -611,22 +624,11 @@ def _printable(text: str) -> str:
     return "".join(c if 32 < ord(c) < 127 and c not in "()[]" else "?" for c in text)[:255]
 
 
-def _write_file(directory: Path, name: str, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: the file exists whole or not at all."""
-    import os
-
-    directory.mkdir(parents=True, exist_ok=True)
-    temp = directory / f".{name}.tmp"
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, directory / name)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_private(directory: Path, name: str, chunks: list[bytes]) -> None:
+    """The spool's durable write (fsynced, renamed, directory fsynced; mode 0600 in a 0700
+    directory it creates): a quarantined message is whole or absent, and private."""
+    safeio.ensure_dir(directory)
+    safeio.write_atomically(directory, directory / name, chunks)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,69 @@
+"""The quarantine, end to end: a message a rule quarantines is kept whole and private, and a copy
+that could not be kept is never answered as if it had been (issue 22)."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
+
+QUARANTINE_RULE = '''
+[[rule]]
+name = "hold-invoices"
+subject = ["*invoice*"]
+action = "quarantine"
+reply = "550 5.7.1 Held for review"
+'''
+
+
+def rules_with_quarantine(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "90-quarantine-test.toml").write_text(QUARANTINE_RULE)
+    return rules
+
+
+def send(port: int, subject: str) -> str:
+    with RawClient(port) as client:
+        client.read_reply()
+        client.command("EHLO client.test")
+        assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
+        assert client.command("RCPT TO:<bob@example.org>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        return client.command(f"Subject: {subject}\r\n\r\nplease pay\r\n.".encode())
+
+
+def test_a_quarantined_message_is_kept_whole_and_private(tmp_path: Path) -> None:
+    quarantine = tmp_path / "held"          # not there yet: the relay creates it, private
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], rules_dir=rules_with_quarantine(tmp_path),
+                              quarantine={"dir": str(quarantine)})
+        with Relay(config) as relay:
+            answer = send(relay.port, "your invoice")
+            line = relay.wait_event("message", verdict="quarantined")
+    assert answer.startswith("550 5.7.1 Held for review")
+    [kept] = list(quarantine.iterdir())
+    assert kept.name == f"{line['queue_id']}.eml"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(quarantine.stat().st_mode) == 0o700
+    content = kept.read_bytes()
+    assert content.startswith(b"X-Frontfilter-Quarantine: rule=hold-invoices ")
+    assert b"X-Frontfilter-Envelope-To: <bob@example.org>\r\n" in content
+    assert content.endswith(b"please pay\r\n")
+    assert sink.messages == []
+
+
+def test_a_copy_that_cannot_be_kept_is_a_temporary_failure_even_where_quarantine_accepts(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], rules_dir=rules_with_quarantine(tmp_path),
+                              quarantine={"dir": str(blocker / "held"), "then": "accept"})
+        with Relay(config) as relay:
+            answer = send(relay.port, "your invoice")
+            line = relay.wait_event("message", verdict="tempfailed")
+    assert answer.startswith("451 4.3.0 ")      # never a 250 for a copy that was not kept
+    assert line["decided_by"] == "hold-invoices" and "quarantine write failed" in line["delivery"]
+    assert sink.messages == []
