@@ -202,6 +202,7 @@ def retry(layout: Layout, ids: Iterable[str], now: float | None = None) -> tuple
                     lines.append(f"{queue_id}: nothing pending (being finished by the relay)")
                     continue
                 state.next_attempt = now
+                state.retry_requested = True
                 message.save(state)
                 lines.append(f"{queue_id}: will be retried now ({len(state.pending())} recipient"
                              f"{'s' if len(state.pending()) != 1 else ''} pending)")

@@ -172,10 +172,12 @@ class Forwarder:
     # ---- one attempt --------------------------------------------------------------------
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes,
-                      options: Sequence[str], queue_id: str | None = None, head: bytes = b"") -> Attempt:
-        """`head` + `data` to the first usable backend: header fields on top, then the message."""
+                      options: Sequence[str], queue_id: str | None = None, head: bytes = b"",
+                      every_backend: bool = False) -> Attempt:
+        """`head` + `data` to the first usable backend: header fields on top, then the message.
+        `every_backend`: those marked down a moment ago too (a retry the administrator asked for)."""
         last: BackendReply | None = None
-        for server in self.usable():
+        for server in self.config.servers if every_backend else self.usable():
             for _fresh_try in range(2):     # a second go only when a pooled connection had died
                 started = self._clock()
                 conn = await self.acquire(server)

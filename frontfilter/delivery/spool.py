@@ -120,6 +120,9 @@ class DeliveryState:
     next_attempt: float = 0.0
     last_attempt: float = 0.0
     dead_reason: str = ""
+    # `frontfilter queue retry` asked for the next attempt: it tries every backend, even one
+    # that failed a moment ago (backend.skip_failed_for is for the relay's own retries).
+    retry_requested: bool = False
     version: int = STATE_VERSION
 
     @classmethod
@@ -148,7 +151,8 @@ class DeliveryState:
         return cls(recipients=recipients, attempts=int(data.get("attempts", 0)),
                    next_attempt=float(data.get("next_attempt", 0)),
                    last_attempt=float(data.get("last_attempt", 0)),
-                   dead_reason=str(data.get("dead_reason", "")))
+                   dead_reason=str(data.get("dead_reason", "")),
+                   retry_requested=bool(data.get("retry_requested", False)))
 
 
 @dataclass(frozen=True)

@@ -345,7 +345,9 @@ class Worker:
             applied = Applied()
             attempt: Attempt | None = None
             if pending:
-                attempt = await self._send(envelope, message.head, message.body, pending)
+                attempt = await self._send(envelope, message.head, message.body, pending,
+                                           every_backend=state.retry_requested)
+                state.retry_requested = False
                 if attempt is None:          # cut by shutdown: the message stays as it was
                     return
                 applied = apply_attempt(envelope, state, pending, attempt.results, self._clock(),
@@ -374,10 +376,12 @@ class Worker:
             if not closed:
                 message.close()
 
-    async def _send(self, envelope: Envelope, head: bytes, body: bytes, pending: list[int]) -> Attempt | None:
+    async def _send(self, envelope: Envelope, head: bytes, body: bytes, pending: list[int],
+                    every_backend: bool = False) -> Attempt | None:
         recipients = [envelope.recipients[i] for i in pending]
         sending = asyncio.ensure_future(self.forwarder.deliver(
-            envelope.sender, recipients, body, envelope.options, queue_id=envelope.id, head=head))
+            envelope.sender, recipients, body, envelope.options, queue_id=envelope.id, head=head,
+            every_backend=every_backend))
         self._sending[envelope.id] = sending
         try:
             return await sending

@@ -57,6 +57,24 @@ def test_queue_list_show_retry_delete_on_a_running_daemon(tmp_path: Path) -> Non
         assert run_cli("queue", "list", "--config", str(config)).stdout.strip() == "Queue is empty."
 
 
+def test_a_retry_the_administrator_asks_for_happens_now_even_right_after_a_failure(tmp_path: Path) -> None:
+    # The shipped skip_failed_for (30 s): the relay's own retries skip a backend that failed a
+    # moment ago, but `queue retry` says "now" and must mean it.
+    port = dead_port()
+    config = queue_config(tmp_path, [port], backend={"skip_failed_for": "30s"},
+                          spool={"retry_min": "1h", "retry_max": "1h"})
+    with Relay(config) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            queue_id = send_one(client, "alice@example.net", ["bob@example.org"], message("asked"))
+        relay.wait_event("delivery", queue_id=queue_id, status="deferred")
+        with RecordingSink(port=port) as sink:
+            retried = run_cli("queue", "retry", "--config", str(config), queue_id)
+            assert retried.returncode == 0 and "will be retried now" in retried.stdout, retried.stdout
+            assert wait_until(lambda: not spooled(tmp_path), timeout=20)
+            assert message_ids(sink.messages) == {"asked@test": 1}
+        assert relay.wait_event("delivery", queue_id=queue_id, status="delivered")["attempts"] == 2
+
+
 def test_queue_tool_answers_bad_ids_with_one_line_each(tmp_path: Path) -> None:
     with RecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
         relay.wait_event("spool_recovered")
