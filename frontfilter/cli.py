@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     passwd = sub.add_parser("passwd", help="add or change an SMTP AUTH user in a users file",
                             description="Set USER's password in FILE (created with mode 0600 if "
                             "missing). The password is asked twice on a terminal, else read as one "
-                            "line from stdin. Send the relay SIGHUP to use the new file.")
+                            "line from stdin. Send the relay SIGHUP to use the new file (a restart where "
+                            "systemd's LoadCredential hands it over: the copy is made at start).")
     passwd.add_argument("file", type=Path, help="the users file (auth.users_file)")
     passwd.add_argument("user")
     passwd.add_argument("--delete", action="store_true", help="remove USER instead")
@@ -446,7 +447,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         raise _Fatal(*error.problems) from None
     except OSError as error:
         raise _Fatal(f"{error.filename or args.file}: {error.strerror or error}") from None
-    print(f"{args.file}: {'changed' if existed else 'added'} {args.user} (send the relay SIGHUP to use it)")
+    print(f"{args.file}: {'changed' if existed else 'added'} {args.user} (the relay reads it on SIGHUP: "
+          "systemctl reload frontfilter; where the unit hands the file over with LoadCredential, "
+          "systemd copies it only at start: systemctl restart frontfilter)")
     return EXIT_OK
 
 

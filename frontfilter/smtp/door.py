@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ async def open_front_door(config: Config) -> FrontDoor:
             observe.credentials_loaded("tls_certificate", False, file=str(config.tls.cert_file),
                                        **certificate_summary(config.tls.cert_file))
         except CertificateProblem as error:
-            problems.append(f"{config.path}: tls.cert_file: {error}")
+            problems.append(f"{config.path}: {error.key}: {error}")
     authenticator = None
     if config.auth.users_file is not None:
         try:
@@ -117,6 +118,7 @@ async def open_front_door(config: Config) -> FrontDoor:
 async def reload_front_door(door: FrontDoor, config: Config) -> None:
     """SIGHUP: read the certificate, users and backend TLS files again. Sessions in flight keep
     what they have; what fails to load is logged and the previous one stays in use."""
+    _warn_about_credential_copies(config)
     if door.certificate is not None:
         try:
             door.certificate.replace(await asyncio.to_thread(server_context, config.tls))
@@ -133,6 +135,21 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
         await asyncio.to_thread(reload_client_context, config.backend)
     except ValueError as error:
         observe.credentials_refused("backend_tls", [str(error)], reload=True)
+
+
+def _warn_about_credential_copies(config: Config) -> None:
+    """Files under systemd's credentials directory are copies made when the service started: a
+    reload reads the same copy, so a changed password or renewed key needs a restart. Said at
+    each reload, where the administrator looks after one."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return
+    for key, path in (("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),
+                      ("auth.users_file", config.auth.users_file)):
+        if path is not None and Path(path).is_relative_to(directory):
+            observe.warning("credential_not_reloaded", key=key, file=str(path),
+                            detail="a systemd credential is copied at start only: "
+                                   "systemctl restart frontfilter to use a changed file")
 
 
 def _load_users(path: Path, reload: bool = False) -> dict[str, ScryptHash]:
@@ -154,7 +171,7 @@ def front_door_problems(config: Config) -> list[str]:
         try:
             server_context(config.tls)
         except CertificateProblem as error:
-            problems.append(f"{config.path}: tls.cert_file: {error}")
+            problems.append(f"{config.path}: {error.key}: {error}")
     if config.auth.users_file is not None:
         try:
             load_users(config.auth.users_file)

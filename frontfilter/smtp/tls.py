@@ -27,7 +27,12 @@ _VERSIONS = {TlsVersion.V1_2: ssl.TLSVersion.TLSv1_2, TlsVersion.V1_3: ssl.TLSVe
 
 
 class CertificateProblem(Exception):
-    """The certificate or key could not be loaded; the text says why (for the administrator)."""
+    """The certificate or key could not be loaded; the text says why (for the administrator),
+    `key` names the config key of the file at fault (tls.cert_file when it is not known)."""
+
+    def __init__(self, text: str, key: str = "tls.cert_file"):
+        super().__init__(text)
+        self.key = key
 
 
 def server_context(config: TlsConfig) -> ssl.SSLContext:
@@ -37,17 +42,19 @@ def server_context(config: TlsConfig) -> ssl.SSLContext:
     context.minimum_version = _VERSIONS[config.min_version]
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.verify_mode = ssl.CERT_NONE
-    for path in (config.cert_file, config.key_file):    # OpenSSL's errors do not name the file
-        try:
+    for key, path in (("tls.cert_file", config.cert_file), ("tls.key_file", config.key_file)):
+        try:                                            # OpenSSL's errors do not name the file
             with open(path, "rb"):
                 pass
         except OSError as error:
-            raise CertificateProblem(f"{path}: {_os_reason(error)}") from None
+            raise CertificateProblem(f"{path}: {_os_reason(error)}", key) from None
     try:
         context.load_cert_chain(config.cert_file, config.key_file)
     except ssl.SSLError as error:
+        # KEY_VALUES_MISMATCH: both read, the key is not the certificate's.
+        key = "tls.key_file" if error.reason == "KEY_VALUES_MISMATCH" else "tls.cert_file"
         raise CertificateProblem(f"cannot load certificate {config.cert_file} with key "
-                                 f"{config.key_file}: {error.reason or error}") from None
+                                 f"{config.key_file}: {error.reason or error}", key) from None
     except OSError as error:
         raise CertificateProblem(f"cannot read certificate or key: {error.strerror or error}") from None
     return context

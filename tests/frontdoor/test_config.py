@@ -100,6 +100,19 @@ def test_check_and_serve_name_an_unloadable_certificate(tmp_path: Path) -> None:
         assert f"{path}: tls.cert_file: {tmp_path / 'cert.pem'}: file not found" in done.stderr
 
 
+def test_a_key_that_cannot_be_used_is_named_as_the_key(tmp_path: Path) -> None:
+    pki, other = make_pki(tmp_path / "a", "mx.test"), make_pki(tmp_path / "b", "mx.test")
+    cases = [(tmp_path / "missing-key.pem", f"tls.key_file: {tmp_path / 'missing-key.pem'}: file not found"),
+             (other.key_file, "tls.key_file: cannot load certificate")]     # another certificate's key
+    for key_file, expected in cases:
+        path = tmp_path / "frontfilter.toml"
+        path.write_text(BASE + f'[tls]\ncert_file = "{pki.cert_file}"\nkey_file = "{key_file}"\n'
+                        + f'[rules]\ndir = "{REPO / "rules"}"\n')
+        done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+        assert done.returncode == 1 and f"{path}: {expected}" in done.stderr, done.stderr
+
+
 def test_certificate_summary_names_the_leaf_of_a_chain_and_is_never_fatal(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, "mx1.example.org")      # leaf first, then the CA: fullchain.pem
     leaf = x509.load_pem_x509_certificate(pki.cert_file.read_bytes())

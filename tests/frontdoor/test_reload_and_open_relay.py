@@ -84,6 +84,28 @@ def test_sighup_reloads_certificate_and_users_without_dropping_sessions(tmp_path
                 assert still.noop()[0] == 250
 
 
+def test_a_reload_says_when_a_file_is_a_systemd_credential_copied_at_start(tmp_path: Path) -> None:
+    # As the deploy guide's LoadCredential drop-in sets it up: the relay reads copies made at
+    # start, so a reload cannot see a changed password; it says so instead of seeming to work.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    pki = make_pki(tmp_path / "tls")
+    users = write_users(credentials / "users", {"alice": "alice password"})
+    port = free_port()
+    with RecordingSink() as sink:
+        config = frontdoor_config(tmp_path, [sink.port],
+                                  listeners=[{"address": f"127.0.0.1:{port}", "auth": "optional"}],
+                                  tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+                                  auth={"users_file": str(users)})
+        with Relay(config, env={"CREDENTIALS_DIRECTORY": str(credentials)}) as relay:
+            relay.signal(signal.SIGHUP)
+            warned = relay.wait_event("credential_not_reloaded")
+            relay.wait_event("users_loaded", reload=True)
+    assert warned["key"] == "auth.users_file" and warned["file"] == str(users)
+    assert "systemctl restart" in warned["detail"]
+    assert len(relay.events("credential_not_reloaded")) == 1     # the certificate is not a credential here
+
+
 def test_open_relay_needs_its_confirmation_and_warns_at_start(tmp_path: Path) -> None:
     with RecordingSink() as sink:
         refused = write_config(tmp_path, [sink.port], relay={"domains": ["example.org"], "open": True})
