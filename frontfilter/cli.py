@@ -234,6 +234,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     if problems:
         return EXIT_PROBLEMS
+    from frontfilter.config import config_warnings
+
+    for key, why in config_warnings(config):
+        print(f"{config.path}: {key}: warning: {why}", file=sys.stderr)
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
     return EXIT_OK
 

@@ -621,6 +621,18 @@ _OPTIONAL_SECTIONS = frozenset({"antivirus"})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def config_warnings(config: Config) -> list[tuple[str, str]]:
+    """(key, why) for settings that work but hurt: `frontfilter check` prints them, the relay
+    logs them at start. Not errors: an administrator may have reasons."""
+    warnings = []
+    if config.backend.mode is BackendMode.QUEUE and not config.backend.verify_recipients:
+        warnings.append(("backend.verify_recipients",
+                         "false in queue mode: mail to an unknown user at relay.domains is taken, "
+                         "then bounced to its sender, who may be forged (backscatter); set it to "
+                         "true, as Postfix's relay_recipient_maps"))
+    return warnings
+
+
 def load_config(path: str | Path) -> Config:
     """Read, check and freeze a config file. Raises ConfigError listing every problem."""
     path = Path(path)

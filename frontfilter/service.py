@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from frontfilter import __version__, observe, sdnotify
-from frontfilter.config import BackendMode, Config, HostPort
+from frontfilter.config import BackendMode, Config, HostPort, config_warnings
 from frontfilter.delivery.queue import StoreAndForward
 from frontfilter.health import Health, watch_loop_lag
 from frontfilter.httpd import HttpEndpoint
@@ -81,6 +81,8 @@ class Service:
     async def start(self) -> None:
         config = self.config
         observe.started(__version__, [str(listener.address) for listener in config.listeners], config)
+        for key, why in config_warnings(config):
+            observe.warning("config_warning", key=key, detail=why)
         self.door = await open_front_door(config)    # certificate, users: ConfigError if unreadable
         await self.pipeline.load_sender_map()       # relay.sender_map: ConfigError if unreadable
         observe.set_type_labels(config.metrics.type_labels)

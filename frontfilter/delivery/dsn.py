@@ -15,7 +15,11 @@ It is sent from the null sender (`MAIL FROM:<>`, RFC 5321 §4.5.5) so it can nev
 and never for a message that itself had the null sender. `Auto-Submitted: auto-replied`
 (RFC 3834) keeps autoresponders quiet.
 
-Bounds: at most MAX_RETURNED_HEADER_BYTES of the original header section are returned.
+Bounds: at most MAX_RETURNED_HEADER_BYTES of the original header section are returned to a
+sender in our own domains. A sender outside them may be forged — the bounce then goes to an
+innocent third party (backscatter), with whatever the attacker wrote in the headers — so it
+gets only the fields that identify the message (IDENTIFYING_FIELDS), each on one line of at
+most MAX_FIELD_TO_OUTSIDE octets.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from frontfilter.delivery.spool import Envelope, RecipientState
 # message with megabytes of headers does not get them mirrored back.
 MAX_RETURNED_HEADER_BYTES = 64 * 1024
 MAX_LINE = 998          # RFC 5322 §2.1.1
+# What a bounce to an outside sender returns: enough to recognise the message, no more.
+IDENTIFYING_FIELDS = (b"date", b"from", b"to", b"subject", b"message-id")
+MAX_FIELD_TO_OUTSIDE = 256
 
 REFUSED_TEXT = "refused by the next hop"
 EXPIRED_TEXT = "could not be delivered in time"
@@ -73,12 +80,34 @@ def original_headers(message: bytes, added: bytes = b"") -> bytes:
     return header
 
 
+def identifying_headers(message: bytes, added: bytes = b"") -> bytes:
+    """The IDENTIFYING_FIELDS of the original header section, in their order, each unfolded
+    onto one line and cut to MAX_FIELD_TO_OUTSIDE octets; at most one of each."""
+    kept: dict[bytes, bytes] = {}
+    for field in _unfolded_fields(original_headers(message, added)):
+        name = field.split(b":", 1)[0].strip().lower()
+        if name in IDENTIFYING_FIELDS and name not in kept:
+            kept[name] = field[:MAX_FIELD_TO_OUTSIDE]
+    return b"".join(field + b"\r\n" for field in kept.values())
+
+
+def _unfolded_fields(section: bytes) -> list[bytes]:
+    fields: list[bytes] = []
+    for line in section.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b" " + line.strip()
+        elif line:
+            fields.append(line)
+    return fields
+
+
 def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: bytes,
               failed: Sequence[RecipientState], expired: Collection[str],
-              now: float, added: bytes = b"") -> tuple[bytes, bool]:
+              now: float, added: bytes = b"", outside: bool = False) -> tuple[bytes, bool]:
     """The DSN message (CRLF line ends) and whether it needs SMTPUTF8 to be sent.
 
-    `expired` names the failed recipients that were given up on for time (not refused)."""
+    `expired` names the failed recipients that were given up on for time (not refused);
+    `outside`: the sender is not in our own domains, so only identifying fields go back."""
     if not failed:
         raise ValueError("a DSN needs at least one failed recipient")
     utf8 = not envelope.sender.isascii() or any(not r.address.isascii() for r in failed)
@@ -143,6 +172,6 @@ def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: bytes,
     ]
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     tail = f"\r\n--{boundary}--\r\n".encode()
-    headers = original_headers(message, added)
+    headers = identifying_headers(message, added) if outside else original_headers(message, added)
     body = head + headers + tail
     return b"\r\n".join(line[:MAX_LINE] for line in body.split(b"\r\n")), utf8

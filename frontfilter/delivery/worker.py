@@ -463,9 +463,11 @@ class Worker:
         expired = {state.recipients[i].address for i in applied.expired}
         dsn_id = new_queue_id()
         now = self._clock()
+        sender_domain = envelope.sender.rpartition("@")[2].rstrip(".").lower()
+        outside = sender_domain not in set(self.config.relay.domains) | set(self.config.relay.sender_domains)
         message, utf8 = dsn.build_dsn(dsn_id=dsn_id, hostname=self.config.server.hostname,
                                       envelope=envelope, message=body, added=head, failed=failed,
-                                      expired=expired, now=now)
+                                      expired=expired, now=now, outside=outside)
         options = (("SMTPUTF8",) if utf8 else ()) + (("BODY=8BITMIME",) if not message.isascii() else ())
         report = Envelope(id=dsn_id, sender="", recipients=(envelope.sender,), arrived=now,
                           size=len(message), options=options, dsn_for=envelope.id)

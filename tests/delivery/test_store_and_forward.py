@@ -80,6 +80,22 @@ def test_5xx_for_one_of_two_recipients_delivers_the_other_and_sends_a_dsn(tmp_pa
         assert wait_until(lambda: not spooled(tmp_path))
 
 
+def test_a_bounce_to_an_outside_sender_returns_only_what_identifies_the_message(tmp_path: Path) -> None:
+    # The sender may be forged (backscatter): the attacker's headers do not ride on our bounce.
+    with RecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
+        crafted = (b"From: x@test\r\nX-Payload: buy now" + b"\r\n buy now" * 200 + b"\r\nSubject: the subject\r\n"
+                   b"Message-ID: <crafted@test>\r\n\r\nHello.\r\n")
+        for sender in ("someone@elsewhere.example", "postmaster@example.org"):
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+                send_one(client, sender, ["rejectme@example.org"], crafted)
+        bounces = {m.recipients[0]: m.data for m in sink.wait_for(2)}
+    outside, inside = bounces["someone@elsewhere.example"], bounces["postmaster@example.org"]
+    assert b"Subject: the subject\r\n" in outside and b"Message-ID: <crafted@test>\r\n" in outside
+    assert b"buy now" not in outside and b"Received:" not in outside
+    assert b"X-Payload: buy now" in inside and b"Received:" in inside     # our own users get it all
+    assert len(outside) < len(inside) - 1000
+
+
 def test_null_sender_gets_no_dsn(tmp_path: Path) -> None:
     with RecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:

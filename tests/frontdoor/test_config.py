@@ -169,3 +169,23 @@ def test_check_refuses_a_limit_that_another_always_beats(tmp_path: Path, text: s
 ])
 def test_limits_that_do_not_hide_each_other_are_accepted(tmp_path: Path, text: str) -> None:
     load(tmp_path, text)
+
+
+# ---- settings that work but hurt ----------------------------------------------------------------
+
+def test_check_warns_about_queue_mode_without_recipient_verification_and_still_passes(tmp_path: Path) -> None:
+    rules = f'[rules]\ndir = "{REPO / "rules"}"\n'
+    for verify, warned in (("false", True), ("true", False)):
+        path = tmp_path / "frontfilter.toml"
+        path.write_text(f'[backend]\nservers = ["127.0.0.1:2526"]\nmode = "queue"\nverify_recipients = {verify}\n'
+                        + rules)
+        done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+        assert done.returncode == 0 and done.stdout.startswith(f"{path}: OK"), done.stderr
+        assert (f"{path}: backend.verify_recipients: warning: " in done.stderr) is warned, done.stderr
+        assert ("backscatter" in done.stderr) is warned
+
+
+def test_the_shipped_configs_verify_recipients() -> None:
+    for shipped in (REPO / "deploy" / "frontfilter.example.toml", REPO / "dev" / "frontfilter.toml"):
+        assert load_config(shipped).backend.verify_recipients, shipped
