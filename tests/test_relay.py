@@ -121,6 +121,26 @@ def test_null_sender_is_accepted_for_bounces(relay: Relay, sink: RecordingSink) 
     assert message.sender == "<>"          # as the backend's aiosmtpd records "MAIL FROM:<>"
 
 
+def test_a_sender_from_outside_without_a_fully_qualified_domain_is_refused(relay: Relay, sink: RecordingSink) -> None:
+    # Shipped rule non-fqdn-sender (Postfix's reject_non_fqdn_sender): nothing could bounce to it.
+    for sender, code in (("root@vm", "504"), ("a@example.net", "250"), ("u@[192.0.2.1]", "250"),
+                         ("u@[IPv6:2001:db8::1]", "250")):
+        with RawClient(relay.port) as client:
+            client.read_reply()
+            client.command("EHLO client.test")
+            answer = client.command(f"MAIL FROM:<{sender}>")
+        assert answer[:3] == code, (sender, answer)
+    refused = relay.wait_event("refused", stage="mail", reason="rule non-fqdn-sender")
+    assert refused["rules"] == ["non-fqdn-sender"]
+
+
+def test_a_trusted_host_may_send_as_root_at_its_short_name(sink: RecordingSink, tmp_path: Path) -> None:
+    config = write_config(tmp_path, [sink.port], relay={"trusted_networks": ["127.0.0.0/8"]})
+    with Relay(config) as trusted:
+        assert send(trusted.port, "root@vm", ["bob@example.org"], simple("cron")) == {}
+    assert sink.wait_for(1)[0].sender == "root@vm"
+
+
 # ---- limits ------------------------------------------------------------------------------------
 
 def test_oversize_message_gets_552_and_nothing_is_delivered(relay: Relay, sink: RecordingSink) -> None:
