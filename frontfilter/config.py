@@ -236,7 +236,10 @@ class LimitsConfig:
 
     max_connections: int = 500
     max_connections_per_ip: int = 20
-    connection_rate_per_ip: int = 60    # new connections per connection_rate_window
+    # New connections per connection_rate_window. Off by default, as Postfix's
+    # smtpd_client_connection_rate_limit: a large sender (a provider's outbound pool, a mailing
+    # list) reconnects for every few messages and must never be deferred by a default.
+    connection_rate_per_ip: int = 0
     connection_rate_window: float = _conv(parse_duration, default=1 * MINUTES)
     tarpit_after: int = 3               # errors in a session answered at full speed
     tarpit_delay: float = _conv(parse_duration, default=1 * SECONDS)    # before each later one

@@ -10,7 +10,8 @@ Bounds and why:
   is an attack or a broken client; a real MTA opens a handful (Postfix defaults to 50 for a
   process limit of 100; ours is the config's).
 - `connection_rate_per_ip` per `rate_window`: new sessions from one client. Reconnect loops and
-  dictionary attacks reconnect fast; mail does not.
+  dictionary attacks reconnect fast; so do a large provider's outbound pool and a mailing list
+  host, one message or a few per connection, which is why it is off unless configured.
 - `TRACKED_ADDRESSES_MAX`: how many client addresses the rate and lockout tables remember.
   Past it the oldest entries are dropped: memory stays bounded under a spoofed-source flood,
   at the cost of forgetting the oldest offenders first.

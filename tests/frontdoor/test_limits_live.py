@@ -69,6 +69,16 @@ def test_connection_rate_per_address(tmp_path: Path) -> None:
         assert running.wait_event("connection_refused", result="refused_limit")["limit"] == "rate"
 
 
+def test_by_default_a_busy_sender_reconnecting_is_never_refused(tmp_path: Path) -> None:
+    # One connection per message, faster than the 60 a minute the old default allowed.
+    with relay(tmp_path) as running:
+        for _ in range(80):
+            with RawClient(running.port) as client:
+                assert client.read_reply().startswith("220 ")
+                assert client.command("QUIT").startswith("221")
+        assert not running.events("connection_refused")
+
+
 def test_errors_past_the_threshold_are_slowed_then_the_session_is_closed(tmp_path: Path) -> None:
     with relay(tmp_path, limits={"tarpit_after": 1, "tarpit_delay": "300ms"},
                server={"max_errors": 4}) as running:
