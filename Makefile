@@ -51,7 +51,7 @@ bench: system-test $(STAMP)
 
 check: $(STAMP)
 	$(PY) -m frontfilter check --config dev/frontfilter.toml
-	$(PY) -m frontfilter check --config deploy/frontfilter.example.toml
+	$(PY) -m frontfilter check --config deploy/frontfilter.example.toml --rules rules   # its rules.dir is the deployed one
 
 system-run:
 	@sh tools/ensure-debs.sh $(RUN_DEBS)

@@ -36,14 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
     except _Fatal as error:
-        for line in error.lines:
-            print(f"frontfilter: {line}", file=sys.stderr)
+        error.report()
         return EXIT_ERROR
 
 
 class _Fatal(Exception):
     def __init__(self, *lines: str):
         self.lines = lines
+
+    def report(self) -> None:
+        """One line each on stderr; at error priority where stderr is the journal."""
+        from frontfilter.observe import writes_to_the_journal
+
+        prefix = "<3>" if writes_to_the_journal(sys.stderr) else ""
+        for line in self.lines:
+            print(f"{prefix}frontfilter: {line}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,8 +174,7 @@ def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
         try:
             _serve_one(config, sockets, http_socket)
         except _Fatal as error:
-            for line in error.lines:
-                print(f"frontfilter: {line}", file=sys.stderr)
+            error.report()
             return EXIT_ERROR
         return EXIT_OK
 
@@ -226,6 +232,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     rules_dir = args.rules or config.rules.dir
+    if not rules_dir.is_dir():     # named by where it was given: the config's key, or --rules
+        where = "--rules" if args.rules else f"{config.path}: rules.dir"
+        print(f"{where}: {rules_dir}: not a directory", file=sys.stderr)
+        return EXIT_PROBLEMS
     try:
         rules = load_ruleset(rules_dir)
     except RuleSetError as error:

@@ -137,9 +137,45 @@ def _text_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+# The syslog priority (RFC 5424) of each logging level. systemd-journald reads a "<N>" at the
+# start of a line a service writes to stderr as that entry's priority (SyslogLevelPrefix=, on
+# by default) and stores the line without it: `journalctl -p err` then finds the errors, and
+# `journalctl -o cat` still shows the JSON alone.
+_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+                    logging.DEBUG: 7}
+
+
+class _JournalPriority(logging.Formatter):
+    """Another formatter's lines, each with the record's "<N>" priority prefix."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def writes_to_the_journal(stream: Any) -> bool:
+    """Whether `stream` is the journal's: systemd names the stream it connected stdout/stderr
+    to in JOURNAL_STREAM as "device:inode" (systemd.exec(5)); anywhere else — a terminal, a
+    pipe, a file, the same variable inherited by a child with other stderr — no prefix."""
+    expected = os.environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        stat = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return expected == f"{stat.st_dev}:{stat.st_ino}"
+
+
 def setup_logging(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    formatter: logging.Formatter = _JsonFormatter() if fmt == "json" else _TextFormatter()
+    handler.setFormatter(_JournalPriority(formatter) if writes_to_the_journal(stream) else formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

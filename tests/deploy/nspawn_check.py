@@ -318,6 +318,20 @@ def plain_unit(bundle: Path) -> bool:
     record("the journal has the reload and the clean stop, once per relay process",
            bool(processes) and reloaded == sorted(str(p) for p in processes) and len(stopped) == len(processes),
            f"{len(processes)} processes, reloaded by {reloaded}, {len(stopped)} stopped")
+    # Each line's priority reaches the journal ("<N>" prefix on stderr, stripped by journald) and
+    # the deploy guide's command reads the message lines past systemd's own.
+    entries = [json.loads(line) for line in run(["journalctl", "--no-pager", "-o", "json", "-u",
+                                                 "frontfilter.service"]).stdout.splitlines() if line]
+    priorities = {str(e.get("MESSAGE", "")).split('"event": "', 1)[-1].split('"', 1)[0]: e.get("PRIORITY")
+                  for e in entries if str(e.get("MESSAGE", "")).startswith("{")}
+    record("journal entries carry their priority, the JSON without its prefix",
+           priorities.get("listening") == "6" and priorities.get("stopping") == "6"
+           and not any(str(e.get("MESSAGE", "")).startswith("<") for e in entries), priorities)
+    documented = run(["bash", "-o", "pipefail", "-c", "journalctl -u frontfilter -o cat | "
+                      "jq -c -R 'fromjson? | select(.event == \"message\")'"])
+    record("the deploy guide's journalctl | jq command reads the message lines",
+           documented.returncode == 0 and '"event":"message"' in documented.stdout,
+           documented.stdout[-500:] + documented.stderr[-500:])
     return True
 
 

@@ -189,3 +189,19 @@ def test_check_warns_about_queue_mode_without_recipient_verification_and_still_p
 def test_the_shipped_configs_verify_recipients() -> None:
     for shipped in (REPO / "deploy" / "frontfilter.example.toml", REPO / "dev" / "frontfilter.toml"):
         assert load_config(shipped).backend.verify_recipients, shipped
+
+
+def test_check_names_file_and_key_of_a_rules_dir_that_is_not_there(tmp_path: Path) -> None:
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + f'[rules]\ndir = "{tmp_path / "nowhere"}"\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == f"{path}: rules.dir: {tmp_path / 'nowhere'}: not a directory"
+
+
+def test_make_check_passes_on_the_shipped_configs() -> None:
+    done = subprocess.run(["make", "-s", "check"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(": OK (") == 2

@@ -4,6 +4,7 @@ configuration at start-up, and the text format for humans."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import smtplib
 import subprocess
@@ -136,3 +137,40 @@ def test_text_lines_escape_control_characters(tmp_path: Path) -> None:
     text = message[0].decode("utf-8").rstrip("\n")
     assert text.isprintable() and len(text.splitlines()) == 1
     assert 'helo="evil\\u2028{\\"event\\":\\"message\\"' in text
+
+
+def test_lines_carry_their_syslog_priority_where_stderr_is_the_journal(tmp_path: Path) -> None:
+    """systemd names the journal's stream in JOURNAL_STREAM ("device:inode"); there every line
+    starts with its priority, which journald strips and stores (`journalctl -p err` finds the
+    errors). Here a pipe plays the journal's stream: the same check, the same bytes."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "00-broken.toml").write_text('[[rule]]\nname = "broken"\naction = "explode"\n')
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], rules_dir=rules, backend={"mode": "queue"},
+                              spool={"dir": str(tmp_path / "spool")})
+        read_end, write_end = os.pipe()
+        stat = os.fstat(write_end)
+        env = dict(os.environ, JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
+        proc = subprocess.Popen([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=write_end, env=env, cwd=REPO)
+        os.close(write_end)
+        lines: list[str] = []
+
+        def read() -> None:
+            with open(read_end, encoding="utf-8", errors="replace") as stream:
+                lines.extend(stream)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            eventually(lambda: [l for l in list(lines) if '"event": "listening"' in l])
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            reader.join(5)
+    by_event = {json.loads(line[3:])["event"]: line[:3] for line in lines if line.startswith("<")}
+    assert all(re.match(r"<[2-7]>\{", line) for line in lines), lines
+    assert by_event["rules_refused"] == "<3>"          # error: the rules could not be loaded
+    assert by_event["config_warning"] == "<4>"         # warning: queue mode without verification
+    assert by_event["listening"] == "<6>"              # info
