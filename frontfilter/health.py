@@ -1,7 +1,7 @@
-"""Readiness: may a load balancer (or an administrator) send this relay mail right now?
-
-Four checks, each a fact read in O(1) when `/readyz` is asked — a scraper hammering the endpoint
-never makes the relay touch the disk or the network:
+"""Readiness: may a load balancer (or an administrator) send this relay mail right now — would
+a message get its 250? Only what decides that is a check; each is a fact read in O(1) when
+`/readyz` is asked — a scraper hammering the endpoint never makes the relay touch the disk or
+the network:
 
 - `rules`: a valid rule set is loaded. Invalid rules at start leave none (the relay answers 421
   to everyone); a refused *reload* keeps the previous set, so the relay stays ready (the
@@ -11,11 +11,18 @@ never makes the relay touch the disk or the network:
   uses an unnamed `O_TMPFILE` inode, so the spool never holds a file it did not write itself
   (named fallback `.probe-*` on file systems without O_TMPFILE). It runs in a worker thread: a
   stuck fsync blocks the probe, not the event loop, and turns the check stale, hence failing.
-- `backend`: some backend answered within `BACKEND_STALE_AFTER`. Delivered mail is the signal
+- `backend` (sync mode only): some backend answered within `BACKEND_STALE_AFTER`; without one
+  every message gets 451. In queue mode a backend outage is not unreadiness — mail is still
+  taken and spooled, and the spool check says when that must stop — so the backends are
+  probed and reported (`frontfilter_backend_up`, the FrontfilterBackendDown alert) but do not
+  make the relay unready. Delivered mail is the signal
   (observe.backend_answered_at); a backend with no delivery in the last `PROBE_INTERVAL` gets a
   probe: TCP connect, read the 220 greeting, QUIT — what HAProxy's smtpchk does. So a busy
   backend is never probed, an idle or standby one about twice a minute, and a quiet night does
   not make the relay "not ready" (no mail, hence no signal, hence no mail, would never recover).
+- `antivirus` (with `[antivirus]` and an `on_error` that refuses, the default): clamd answered
+  a PING within `ANTIVIRUS_STALE_AFTER`. Without clamd such a relay answers 451 (or 5xx) to
+  every message. With `on_error = "accept"` mail passes unscanned: not a check.
 - `accepting`: false from the moment shutdown begins, so a load balancer drains us first.
 
 Every probe sets `frontfilter_ready{check}` and `frontfilter_backend_up{backend}`; a check or a
@@ -37,13 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontfilter import observe
-from frontfilter.config import Config, HostPort
+from frontfilter.antivirus.clamd import ClamdClient
+from frontfilter.config import BackendMode, Config, HostPort, OnError
 from frontfilter.units import SECONDS
 
 PROBE_INTERVAL = 10 * SECONDS        # spool probe, and idle-backend probes
 SPOOL_STALE_AFTER = 30 * SECONDS     # a spool probe older than this (stuck disk) fails the check
 BACKEND_STALE_AFTER = 45 * SECONDS   # no backend answer this long: not ready (> 3 probe rounds
                                      # even with a 10 s connect_timeout in each)
+ANTIVIRUS_STALE_AFTER = 30 * SECONDS  # no PONG from clamd this long: not ready (3 probe rounds)
 PROBE_LINE_BYTES = 1024              # a greeting line longer than this is not an SMTP server
 LAG_INTERVAL = 0.5 * SECONDS         # event loop lag sampling
 
@@ -72,6 +81,11 @@ class Health:
         self._spool_detail = "not probed yet"
         self._reported: dict[str, bool] = {}
         self.accepting = True
+        antivirus = config.antivirus
+        self._clamd = (ClamdClient.from_config(antivirus)
+                       if antivirus is not None and antivirus.on_error is not OnError.ACCEPT else None)
+        self._clamd_ok_at: float | None = None
+        self._clamd_detail = "not probed yet"
         observe.backends_configured(self._backends)
 
     # ---- reading ------------------------------------------------------------------------
@@ -97,7 +111,16 @@ class Health:
                             f"({self._backend_detail})")
         accepting = Check("accepting", self.accepting,
                           "accepting connections" if self.accepting else "shutting down")
-        return [rules, spool, backend, accepting]
+        checks = [rules, spool]
+        if self._config.backend.mode is BackendMode.SYNC:
+            checks.append(backend)
+        if self._clamd is not None:
+            if self._clamd_ok_at is not None and now - self._clamd_ok_at <= ANTIVIRUS_STALE_AFTER:
+                checks.append(Check("antivirus", True, "clamd answered"))
+            else:
+                checks.append(Check("antivirus", False, f"{self._clamd_detail} (on_error "
+                                    f"{self._config.antivirus.on_error.value}: mail is refused)"))  # type: ignore[union-attr]
+        return [*checks, accepting]
 
     @property
     def ready(self) -> bool:
@@ -145,6 +168,12 @@ class Health:
         else:   # failing now: the last success no longer counts (staleness is for a stuck probe)
             self._spool_ok_at = None
             self._spool_detail = problem
+        if self._clamd is not None:
+            problem = await self._clamd.ping()
+            if problem is None:
+                self._clamd_ok_at, self._clamd_detail = self._clock(), "clamd answered"
+            else:
+                self._clamd_ok_at, self._clamd_detail = None, problem
         now = self._clock()
         idle = [b for b in self._backends
                 if (observe.backend_answered_at(b) or float("-inf")) < now - PROBE_INTERVAL]

@@ -302,10 +302,14 @@ ready = Gauge(
     "frontfilter_ready",
     "1 when the readiness check passes (as /readyz reports it), by check.",
     ["check"], registry=REGISTRY, multiprocess_mode="livemin")
-READY_CHECKS = closed(ready, check=(
+# Not created at zero: a check exists only where it decides readiness (backend in sync mode,
+# antivirus where a clamd failure refuses mail), and a series stuck at 0 would fire
+# FrontfilterNotReady for a check this relay does not make.
+READY_CHECKS = closed(ready, zero=False, check=(
     "rules",       # a valid rule set is loaded
     "spool",       # a file can be written and fsynced in the spool, with room for a message
-    "backend",     # a backend answered recently
+    "backend",     # sync mode: a backend answered recently
+    "antivirus",   # [antivirus] that refuses on error: clamd answered a PING recently
     "accepting",   # not shutting down
 ))["check"]
 

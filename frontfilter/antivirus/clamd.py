@@ -51,6 +51,8 @@ MAX_REPLY_BYTES = 16 * KiB
 # Names kept from one answer (AllMatchScan may list many), and the length of one name: real
 # signature names are under 100 characters.
 MAX_SIGNATURES = 16
+# A PING (readiness) waits at most this long: clamd answers it at once unless it is gone or stuck.
+PING_TIMEOUT = 5.0
 MAX_SIGNATURE_CHARS = 200
 
 _COMMAND = b"zINSTREAM\0"
@@ -98,6 +100,27 @@ class ClamdClient:
         except OSError as error:
             return result(ScanStatus.ERROR, detail=f"clamd at {self.address}: {_why(error)}")
         return result(*parse_reply(reply))
+
+    async def ping(self) -> str | None:
+        """None when clamd answers PING with PONG within PING_TIMEOUT (or `timeout`, if less);
+        else why not. For readiness: a fail-closed relay whose clamd is gone refuses all mail."""
+        limit = min(self.timeout, PING_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                sock = await self._connect(loop)
+                try:
+                    await loop.sock_sendall(sock, b"zPING\0")
+                    reply = await _read_reply(loop, sock)
+                finally:
+                    sock.close()
+        except TimeoutError:
+            return f"no answer from clamd at {self.address} within {limit:g}s"
+        except OSError as error:
+            return f"clamd at {self.address}: {_why(error)}"
+        if reply.rstrip(b"\0\n") != b"PONG":
+            return f"clamd at {self.address} answered {_printable(reply[:80].decode('utf-8', 'replace'))!r} to PING"
+        return None
 
     async def _instream(self, data: bytes) -> bytes:
         loop = asyncio.get_running_loop()

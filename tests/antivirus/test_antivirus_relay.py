@@ -29,6 +29,7 @@ from tests.antivirus.clamd_harness import (CLAM_EXE_SIGNATURE, EICAR_SIGNATURE, 
                                            TESTFILES, ClamdProcess, eicar, require_clamd)
 from tests.content import corpus
 from tests.harness import REPO, WAIT_TIMEOUT, RecordingSink, Relay, free_port, write_config
+from tests.observability.support import eventually, http_get, relay_with_endpoint
 
 SHIPPED_RULES = REPO / "rules"
 GENERIC_REJECT = "554 5.7.1 Message content rejected"
@@ -198,6 +199,18 @@ def test_clamd_stopped_gives_4xx_by_default_and_is_counted(sink: RecordingSink, 
         assert wait_metric(relay, "frontfilter_antivirus_scans_total", {"result": "error"}, 1) == 1
         assert wait_metric(relay, "frontfilter_messages_total", {"verdict": "tempfailed"}, 1) == 1
     assert len(sink.wait_for(1)) == 1          # only the message sent while clamd ran
+
+
+def test_readiness_follows_clamd_where_its_failure_refuses_mail(tmp_path: Path) -> None:
+    require_clamd()
+    with ClamdProcess() as own_clamd:
+        with relay_with_endpoint(tmp_path, antivirus={"address": str(own_clamd.socket)}) as (relay, port):
+            status, body = eventually(lambda: (r := http_get(port, "/readyz"))[0] == 200 and r)
+            assert "antivirus: ok: clamd answered" in body
+            own_clamd.stop()
+            status, body = eventually(lambda: (r := http_get(port, "/readyz"))[0] == 503 and r, timeout=60)
+            assert "antivirus: FAILING: clamd at " in body
+            relay.wait_event("readiness_changed", check="antivirus", ok=False)
 
 
 def test_clamd_stopped_with_on_error_accept_passes_and_is_counted(sink: RecordingSink, tmp_path: Path) -> None:

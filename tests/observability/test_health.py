@@ -109,7 +109,7 @@ def test_spool_and_backend_checks_go_stale_without_fresh_probes(tmp_path: Path) 
 
 def test_a_delivery_the_backend_answered_counts_as_reachable(tmp_path: Path) -> None:
     backend = "192.0.2.77:25"          # never connected to: the delivery alone is the signal
-    config = build_config({"backend": {"servers": [backend]}}, tmp_path / "f.toml")
+    config = build_config({"backend": {"servers": [backend], "mode": "sync"}}, tmp_path / "f.toml")
     health = Health(config, lambda: 3)
     assert not [c for c in health.checks() if c.name == "backend"][0].ok
     observe.forward_attempt(backend, "permanent", 0.01)      # a 5xx is still an answer
@@ -220,6 +220,43 @@ def test_not_ready_when_no_backend_answers(tmp_path: Path) -> None:
         assert f'frontfilter_backend_up{{backend="127.0.0.1:{dead}"}} 0.0' in exposition
         down = relay.wait_event("backend_down", backend=f"127.0.0.1:{dead}")
         assert down["level"] == "warning"
+
+
+def test_in_queue_mode_a_backend_outage_is_reported_but_the_relay_stays_ready(tmp_path: Path) -> None:
+    # Mail is still taken with 250 and spooled: a load balancer must keep sending it here.
+    dead = free_port()
+    with relay_with_endpoint(tmp_path, [dead], backend={"mode": "queue"}) as (relay, port):
+        down = relay.wait_event("backend_down", backend=f"127.0.0.1:{dead}")
+        status, lines = readyz(port)
+        assert status == 200 and [line.split(":", 1)[0] for line in lines[1:]] == ["rules", "spool", "accepting"]
+        _, exposition = http_get(port, "/metrics")
+        assert f'frontfilter_backend_up{{backend="127.0.0.1:{dead}"}} 0.0' in exposition
+        assert 'frontfilter_ready{check="backend"}' not in exposition
+        with RawClient(relay.port) as client:
+            client.read_reply()
+            client.command("EHLO client.test")
+            assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
+            assert client.command("RCPT TO:<bob@example.org>").startswith("250")
+            assert client.command("DATA").startswith("354")
+            assert client.command(b"Subject: x\r\n\r\nqueued\r\n.").startswith("250 2.0.0")
+    assert down["level"] == "warning"
+
+
+def test_not_ready_when_clamd_is_gone_and_mail_would_be_refused(tmp_path: Path) -> None:
+    nowhere = tmp_path / "clamd.ctl"          # no clamd listens here
+    with relay_with_endpoint(tmp_path, antivirus={"address": str(nowhere)}) as (relay, port):
+        status, lines = eventually(lambda: (r := readyz(port))[0] == 503 and "clamd at" in " ".join(r[1]) and r)
+        [antivirus] = [line for line in lines if line.startswith("antivirus:")]
+        assert antivirus.startswith(f"antivirus: FAILING: clamd at {nowhere}: ")
+        assert antivirus.endswith("(on_error tempfail: mail is refused)")
+        assert relay.wait_event("readiness_changed", check="antivirus")["ok"] is False
+
+
+def test_with_on_error_accept_clamd_is_not_a_readiness_check(tmp_path: Path) -> None:
+    nowhere = tmp_path / "clamd.ctl"
+    with relay_with_endpoint(tmp_path, antivirus={"address": str(nowhere), "on_error": "accept"}) as (relay, port):
+        status, lines = eventually(lambda: (r := readyz(port))[0] == 200 and r)
+        assert not any(line.startswith("antivirus") for line in lines)
 
 
 def test_not_ready_while_shutting_down(tmp_path: Path) -> None:
