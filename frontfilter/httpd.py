@@ -12,7 +12,9 @@ Design: an asyncio server on the relay's own event loop, one request per connect
 connection, no read timeout: a slowloris holds threads for ever) or a thread of our own (the GIL
 means it competes with the loop all the same, and `/healthz` would no longer prove the loop
 turns). Generating the exposition runs on the loop: ~3 ms for ~600 series, and it is cached
-for `EXPOSITION_CACHE`, so scrapes in a tight loop cost at most one generation per second.
+for `EXPOSITION_CACHE`, so scrapes in a tight loop cost at most one generation per second
+(with several workers the cache is one file all share, made in a thread by one worker at a
+time: whichever worker answers, a counter never goes back).
 Measured (`python -m tests.observability.scrape_cost`, 2 cores): 8 hostile clients scraping
 ~6000 times a second leave the loop's timer lateness at p99 4.5 ms (idle: 0.5 ms); without the
 cache the same attack gives p50 16 ms, p99 51 ms.
@@ -73,6 +75,7 @@ class HttpEndpoint:
         self.cache_seconds = cache_seconds
         registry = metrics.exposition_registry()    # all workers' values when there are several
         self._generate = exposition or (lambda: generate_latest(registry))
+        self._shared = exposition is None          # a test's own exposition is not the workers'
         self._cached: tuple[float, bytes] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -170,7 +173,7 @@ class HttpEndpoint:
             return
         head_only = method == "HEAD"
         if path == "/metrics":
-            await self._send(writer, 200, self._exposition(), label, client, head_only,
+            await self._send(writer, 200, await self._exposition(), label, client, head_only,
                              content_type=CONTENT_TYPE_PLAIN_0_0_4)
         elif path == "/healthz":
             await self._send(writer, 200, b"ok\n", label, client, head_only)
@@ -183,7 +186,11 @@ class HttpEndpoint:
         else:
             await self._send(writer, 200, _INDEX, label, client, head_only)
 
-    def _exposition(self) -> bytes:
+    async def _exposition(self) -> bytes:
+        if metrics.MULTIPROCESS and self._shared:
+            # One cache for all workers, made in turn (metrics.shared_exposition): a thread,
+            # since another worker may hold the lock while it generates.
+            return await asyncio.to_thread(metrics.shared_exposition, self._generate, self.cache_seconds)
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] >= self.cache_seconds:
             self._cached = (now, self._generate())

@@ -21,11 +21,16 @@ and list it in tests/observability/coverage.py (a test fails until you do).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
                                ProcessCollector, disable_created_metrics, multiprocess)
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 # The 0.0.4 text format would carry one `<name>_created` gauge per counter and histogram
 # series: twice the series for nothing a dashboard uses. This process only ever exports here.
@@ -42,9 +47,17 @@ GCCollector(registry=REGISTRY)
 # Several workers (server.workers > 1, supervisor.py): each writes its values to files in
 # $PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker sums them. A gauge says how: the spool
 # and backend gauges are the same fact seen by every worker ("max"); a rule or readiness gauge
-# is only as good as the worst worker ("min"). process_* and python_gc_* then describe the
-# worker that answered.
+# is only as good as the worst worker ("min"). process_* are exported for the supervisor and
+# every live worker, with a `worker` label ("supervisor", or the worker's slot 0..N-1, which a
+# replacement inherits): summed, they are the service's CPU and memory (python_gc_* still
+# describe the worker that answered).
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def worker_slot() -> str | None:
+    """This worker's slot ("0" ...), None outside a supervisor. Read when asked: the module is
+    imported by the supervisor before it forks, and the slot is set in the child."""
+    return os.environ.get("FRONTFILTER_WORKER_SLOT")     # supervisor.WORKER_SLOT_ENV
 
 
 def forget_process(pid: int) -> None:
@@ -59,9 +72,78 @@ def exposition_registry() -> CollectorRegistry:
         return REGISTRY
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged)
-    ProcessCollector(registry=merged)
+    merged.register(ProcessTree())
     GCCollector(registry=merged)
     return merged
+
+
+def announce_worker() -> None:
+    """In a worker: say which process fills this slot, for ProcessTree (an atomic rename)."""
+    slot = worker_slot()
+    if MULTIPROCESS and slot is not None:
+        directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        temp = directory / f".worker-{slot}.{os.getpid()}"
+        temp.write_text(str(os.getpid()))
+        os.replace(temp, directory / f"worker-{slot}.pid")
+
+
+class ProcessTree:
+    """process_* of the supervisor and of each live worker, labelled `worker`.
+
+    The workers are found by the files `announce_worker` leaves; a file whose process is gone,
+    or is no child of our supervisor (a recycled pid), is skipped. Each process is read from
+    /proc by prometheus_client's own ProcessCollector."""
+
+    def collect(self) -> Iterator[Metric]:
+        supervisor = os.getppid()
+        members = [("supervisor", supervisor), *self._workers(supervisor)]
+        families: dict[str, Metric] = {}
+        for label, pid in members:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "worker": label}, sample.value)
+        yield from families.values()
+
+    @staticmethod
+    def _workers(supervisor: int) -> list[tuple[str, int]]:
+        directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        found = []
+        for path in sorted(directory.glob("worker-*.pid")):
+            try:
+                pid = int(path.read_text())
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == supervisor:
+                found.append((path.name[len("worker-"):-len(".pid")], pid))
+        return found
+
+
+def shared_exposition(generate: Callable[[], bytes], max_age: float) -> bytes:
+    """One cached exposition for all workers, made by one worker at a time (flock).
+
+    Each worker caching its own would let successive scrapes, answered by different workers,
+    see a counter go back (one cache a second older than the other's). Made in turn, each
+    reads every worker's files later than the one before: counters never decrease. Blocking:
+    call it from a thread."""
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    cached = directory / "exposition.cache"
+    with open(directory / "exposition.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if time.time() - cached.stat().st_mtime < max_age:
+                return cached.read_bytes()
+        except FileNotFoundError:
+            pass
+        body = generate()
+        temp = directory / f".exposition.{os.getpid()}"
+        temp.write_bytes(body)
+        os.replace(temp, cached)
+        return body
 
 OTHER = "other"
 

@@ -200,9 +200,17 @@ def _emit(level: int, event: str, **fields: Any) -> None:
         log.log(level, event, extra={"fields": {"event": event, **_PROCESS_FIELDS, **fields}})
 
 
+def _counts_service_events() -> bool:
+    """A rule load is one event of the service, made by each of its workers: worker 0 counts
+    it (frontfilter_rules_reloads_total), the others only log it."""
+    return metrics.worker_slot() in (None, "0")
+
+
 def set_worker(pid: int) -> None:
-    """In a worker of several (supervisor.py): every line names it, `"worker": pid`."""
+    """In a worker of several (supervisor.py): every line names it, `"worker": pid`, and its
+    process metrics are exported under its slot (metrics.ProcessTree)."""
     _PROCESS_FIELDS["worker"] = pid
+    metrics.announce_worker()
 
 
 # ---- process -----------------------------------------------------------------------------
@@ -291,7 +299,8 @@ def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: boo
         metrics.rule_matches.labels(rule=name, action=metrics.bounded(action, metrics.RULE_ACTIONS),
                                     mode=metrics.bounded(mode, metrics.RULE_MODES))
     metrics.rules_loaded.set(count)
-    metrics.rules_reloads.labels(result="ok").inc()
+    if _counts_service_events():
+        metrics.rules_reloads.labels(result="ok").inc()
     metrics.rules_last_reload_successful.set(1)
     metrics.rules_last_reload_success_timestamp.set(time.time())
     _emit(logging.INFO, "rules_loaded", rules=count, fingerprint=fingerprint,
@@ -299,7 +308,8 @@ def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: boo
 
 
 def rules_refused(errors: Sequence[str], reload: bool) -> None:
-    metrics.rules_reloads.labels(result="invalid").inc()
+    if _counts_service_events():
+        metrics.rules_reloads.labels(result="invalid").inc()
     metrics.rules_last_reload_successful.set(0)
     _emit(logging.ERROR, "rules_refused", errors=list(errors), reload=reload,
           kept_previous=reload)

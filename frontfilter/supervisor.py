@@ -48,6 +48,7 @@ RESTART_BURST = 5             # restarts within RESTART_WINDOW before the superv
 RESTART_WINDOW = 60.0
 STOP_MARGIN = 10.0            # beyond shutdown_grace before the stragglers are killed
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_SLOT_ENV = "FRONTFILTER_WORKER_SLOT"   # 0 .. workers-1: a replacement takes the slot it fills
 PR_SET_PDEATHSIG = 1          # linux/prctl.h
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SCM_CREDENTIALS)
 
@@ -64,6 +65,7 @@ def prepare_metrics_dir() -> str:
 class _Worker:
     pid: int
     started: float
+    slot: int = 0             # stable across restarts: the `worker` label of its process metrics
     ready: bool = False
     status: str = ""          # its last STATUS= line ("23 rules; listening on ...")
 
@@ -136,6 +138,8 @@ class Supervisor:
 
     def _spawn(self, notify: sdnotify.Notifier, *inherited: socket.socket) -> None:
         supervisor = os.getpid()
+        taken = {worker.slot for worker in self.workers.values()}
+        slot = min(set(range(self.count + len(taken))) - taken)
         pid = os.fork()
         if pid == 0:                                     # the worker
             code = 1
@@ -148,12 +152,13 @@ class Supervisor:
                     sock.close()
                 notify.close()
                 os.environ.update(self._child_env)
+                os.environ[WORKER_SLOT_ENV] = str(slot)
                 for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):   # the supervisor pings for all
                     os.environ.pop(name, None)
                 code = self.serve()
             finally:
                 os._exit(code)
-        self.workers[pid] = _Worker(pid, time.monotonic())
+        self.workers[pid] = _Worker(pid, time.monotonic(), slot)
 
     def _reap(self) -> None:
         while True:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +160,67 @@ def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, si
         assert prometheus.value(f"changes({accepted}[4s])") == 0
         assert prometheus.value('min_over_time(frontfilter_ready{check="rules"}[4s])') == 1
         assert prometheus.value("frontfilter_rules_loaded") == prometheus.value("min_over_time(frontfilter_rules_loaded[4s])")
+    finally:
+        prometheus.stop()
+        relay.stop()
+
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of each process, from /proc, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def scraped_counter(port: int, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_never_go_back(
+        tmp_path: Path, sink: RecordingSink) -> None:
+    from tests.observability.test_prometheus import Prometheus
+
+    http_port = free_port()
+    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
+    (tmp_path / "prom").mkdir()
+    prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
+    try:
+        # Counters read 0.1 s apart while mail flows, whichever worker answers: never lower.
+        accepted = 'frontfilter_messages_total{verdict="accepted"}'
+        readings = []
+        for n in range(40):
+            assert send(relay.port, f"cpu {n}") == "250"
+            readings.append(scraped_counter(http_port, accepted))
+            time.sleep(0.1)
+        assert readings == sorted(readings) and readings[-1] > 0, readings
+        eventually(lambda: scraped_counter(http_port, accepted) == 40, timeout=10)   # the cache is 1 s
+        # process_* per process: the supervisor and each worker slot, summed = the service's CPU.
+        assert relay.proc is not None
+        pids = [relay.proc.pid, *worker_pids(relay)]
+        eventually(lambda: prometheus.value("count(process_cpu_seconds_total)") == WORKERS + 1, timeout=30)
+        labels = prometheus.query("process_resident_memory_bytes")["data"]["result"]
+        assert sorted(r["metric"]["worker"] for r in labels) == ["0", "1", "supervisor"]
+        scraped = time.monotonic()
+        eventually(lambda: time.monotonic() - scraped > 2.5, timeout=10)     # two fresh scrapes
+        real = proc_cpu_seconds(pids)
+        reported = prometheus.value("sum(process_cpu_seconds_total)")
+        assert reported is not None and abs(reported - real) <= 0.1 * real, (reported, real)
+        # A reload is one event, however many workers make it.
+        before = prometheus.value('sum(frontfilter_rules_reloads_total{result="ok"})')
+        relay.signal(signal.SIGHUP)
+        eventually(lambda: len(relay.events("workers_ready")) == 2)
+        eventually(lambda: prometheus.value('sum(frontfilter_rules_reloads_total{result="ok"})') == before + 1,
+                   timeout=15)
+        time.sleep(2)
+        assert prometheus.value('sum(frontfilter_rules_reloads_total{result="ok"})') == before + 1
     finally:
         prometheus.stop()
         relay.stop()
