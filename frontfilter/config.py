@@ -624,10 +624,27 @@ _OPTIONAL_SECTIONS = frozenset({"antivirus"})
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+# Where systemd puts a service's credentials (LoadCredential=, systemd.exec(5)).
+CREDENTIALS_ROOT = Path("/run/credentials")
+
+
+def credential_files_not_there_yet(config: Config) -> list[tuple[str, Path]]:
+    """(key, path) of the secret files under /run/credentials that do not exist: the deploy
+    guide hands the key and the users file over that way, and systemd makes them only when it
+    starts the service — `frontfilter check` before the first start cannot read them."""
+    files = [("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),
+             ("auth.users_file", config.auth.users_file)]
+    return [(key, path) for key, path in files
+            if path is not None and path.is_relative_to(CREDENTIALS_ROOT) and not path.exists()]
+
+
 def config_warnings(config: Config) -> list[tuple[str, str]]:
     """(key, why) for settings that work but hurt: `frontfilter check` prints them, the relay
     logs them at start. Not errors: an administrator may have reasons."""
     warnings = []
+    for key, path in credential_files_not_there_yet(config):
+        warnings.append((key, f"{path}: a systemd credential (LoadCredential), there only while the "
+                              "service runs: not checked here"))
     if config.backend.mode is BackendMode.QUEUE and not config.backend.verify_recipients:
         warnings.append(("backend.verify_recipients",
                          "false in queue mode: mail to an unknown user at relay.domains is taken, "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontfilter import observe
-from frontfilter.config import Config, ConfigError
+from frontfilter.config import Config, ConfigError, credential_files_not_there_yet
 from frontfilter.delivery.tls import build_client_context, client_context, reload_client_context
 from frontfilter.model import IPAddress, Peer
 from frontfilter.passwd import ScryptHash, UsersFileError, load_users
@@ -165,14 +165,17 @@ def _load_users(path: Path, reload: bool = False) -> dict[str, ScryptHash]:
 
 
 def front_door_problems(config: Config) -> list[str]:
-    """What `open_front_door` would refuse, without starting anything (`frontfilter check`)."""
+    """What `open_front_door` would refuse, without starting anything (`frontfilter check`).
+    Secrets systemd has not handed over yet (config.credential_files_not_there_yet) are not
+    read: check warns about them instead."""
     problems = []
-    if config.tls.cert_file is not None:
+    waiting = {key for key, _ in credential_files_not_there_yet(config)}
+    if config.tls.cert_file is not None and not waiting & {"tls.cert_file", "tls.key_file"}:
         try:
             server_context(config.tls)
         except CertificateProblem as error:
             problems.append(f"{config.path}: {error.key}: {error}")
-    if config.auth.users_file is not None:
+    if config.auth.users_file is not None and "auth.users_file" not in waiting:
         try:
             load_users(config.auth.users_file)
         except UsersFileError as error:

@@ -205,3 +205,18 @@ def test_make_check_passes_on_the_shipped_configs() -> None:
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(": OK (") == 2
+
+
+def test_check_before_the_first_start_warns_about_systemd_credentials_instead_of_failing(tmp_path: Path) -> None:
+    # The deploy guide's LoadCredential paths exist only while the service runs.
+    credentials = "/run/credentials/frontfilter-test-absent.service"
+    pki = make_pki(tmp_path, "mx.test")
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + f'[tls]\ncert_file = "{pki.cert_file}"\nkey_file = "{credentials}/tls.key"\n'
+                    + f'[auth]\nusers_file = "{credentials}/users"\n[rules]\ndir = "{REPO / "rules"}"\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.startswith(f"{path}: OK"), done.stderr
+    for key, name in (("tls.key_file", "tls.key"), ("auth.users_file", "users")):
+        assert (f"{path}: {key}: warning: {credentials}/{name}: a systemd credential (LoadCredential), "
+                "there only while the service runs: not checked here") in done.stderr
