@@ -376,6 +376,15 @@ rules_last_reload_success_timestamp = Gauge(
 
 # ---- process and health -----------------------------------------------------------------------
 
+worker_restarts = Counter(
+    "frontfilter_worker_restarts",
+    "Workers the supervisor replaced after they died (server.workers > 1).", registry=REGISTRY)
+
+tls_certificate_expiry = Gauge(
+    "frontfilter_tls_certificate_expiry_timestamp_seconds",
+    "Unix time at which the inbound TLS certificate a listener serves expires.",
+    ["listener"], registry=REGISTRY, multiprocess_mode="livemin")
+
 build_info = Gauge(
     "frontfilter_build_info", "Always 1; the version is in the label.",
     ["version"], registry=REGISTRY, multiprocess_mode="livemax")

@@ -361,6 +361,12 @@ def credentials_loaded(what: str, reload: bool, **fields: Any) -> None:
     _emit(logging.INFO, f"{what}_loaded", reload=reload, **fields)
 
 
+def tls_certificate_expires(listeners: Iterable[str], not_after: float) -> None:
+    """The certificate the TLS listeners serve, (re)loaded: when it expires."""
+    for listener in listeners:
+        metrics.tls_certificate_expiry.labels(listener=listener).set(not_after)
+
+
 def credentials_refused(what: str, problems: Sequence[str], reload: bool) -> None:
     """A reload found a bad certificate, users file or backend TLS file: the old one stays."""
     _emit(logging.ERROR, f"{what}_refused", problems=list(problems), reload=reload,
@@ -600,6 +606,8 @@ def process_gone(pid: int) -> None:
 
 def supervisor_event(event: str, level: str = "info", **fields: Any) -> None:
     """The supervisor's own lines: workers started, ready, reloading, stopping, died, restarted."""
+    if event == "worker_restarted":
+        metrics.worker_restarts.inc()
     _emit(logging.ERROR if level == "error" else logging.INFO, event, supervisor=os.getpid(), **fields)
 
 

@@ -110,9 +110,11 @@ def test_sighup_reloads_every_worker(tmp_path: Path, sink: RecordingSink) -> Non
 
 
 def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink: RecordingSink) -> None:
-    relay = start(tmp_path, sink)
+    http_port = free_port()
+    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
     try:
         victim, survivor = worker_pids(relay)
+        assert scraped_counter(http_port, "frontfilter_worker_restarts_total") == 0
         os.kill(victim, signal.SIGKILL)
         died = relay.wait_event("worker_died", pid=victim)
         assert died["exit_code"] == -signal.SIGKILL
@@ -121,6 +123,9 @@ def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink
         assert len(replaced["workers"]) == WORKERS
         assert [send(relay.port, f"after {n}") for n in range(20)] == ["250"] * 20
         assert len(sink.wait_for(20)) == 20
+        # The supervisor counts it (FrontfilterWorkerRestarts); the replacement is worker slot
+        # of the one that died, so process_* keep their two worker series.
+        eventually(lambda: scraped_counter(http_port, "frontfilter_worker_restarts_total") == 1, timeout=10)
     finally:
         assert relay.stop() == 0
 

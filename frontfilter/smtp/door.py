@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontfilter import observe
-from frontfilter.config import Config, ConfigError, credential_files_not_there_yet
+from frontfilter.config import Config, ConfigError, TlsMode, credential_files_not_there_yet
 from frontfilter.delivery.tls import build_client_context, client_context, reload_client_context
 from frontfilter.model import IPAddress, Peer
 from frontfilter.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
 from frontfilter.smtp.limits import ConnectionLimits, Network
-from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, certificate_summary, server_context
+from frontfilter.smtp.tls import (CertificateProblem, ServerCertificate, certificate_expiry, certificate_summary,
+                                  server_context)
 
 
 @dataclass
@@ -94,6 +95,7 @@ async def open_front_door(config: Config) -> FrontDoor:
             certificate = ServerCertificate(config.tls, await asyncio.to_thread(server_context, config.tls))
             observe.credentials_loaded("tls_certificate", False, file=str(config.tls.cert_file),
                                        **certificate_summary(config.tls.cert_file))
+            _publish_expiry(config)
         except CertificateProblem as error:
             problems.append(f"{config.path}: {error.key}: {error}")
     authenticator = None
@@ -124,6 +126,7 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
             door.certificate.replace(await asyncio.to_thread(server_context, config.tls))
             observe.credentials_loaded("tls_certificate", True, file=str(config.tls.cert_file),
                                        **certificate_summary(config.tls.cert_file))  # type: ignore[arg-type]
+            _publish_expiry(config)
         except CertificateProblem as error:
             observe.credentials_refused("tls_certificate", [str(error)], reload=True)
     if door.authenticator is not None and config.auth.users_file is not None:
@@ -135,6 +138,15 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
         await asyncio.to_thread(reload_client_context, config.backend)
     except ValueError as error:
         observe.credentials_refused("backend_tls", [str(error)], reload=True)
+
+
+def _publish_expiry(config: Config) -> None:
+    """frontfilter_tls_certificate_expiry_timestamp_seconds for each listener that serves TLS."""
+    assert config.tls.cert_file is not None
+    expiry = certificate_expiry(config.tls.cert_file)
+    if expiry is not None:
+        observe.tls_certificate_expires(
+            [listener.name for listener in config.listeners if listener.tls is not TlsMode.NONE], expiry)
 
 
 def _warn_about_credential_copies(config: Config) -> None:

@@ -68,6 +68,16 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def certificate_expiry(path: Path) -> float | None:
+    """When the first certificate in a PEM file expires (Unix time); None if unknown."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+    except Exception:  # informative only: server_context() says what is wrong with the file
+        return None
+
+
 def certificate_summary(path: Path) -> dict[str, str]:
     """Subject and expiry of the first certificate in a PEM file, for the log line; {} if unknown.
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.frontdoor.helpers import (Pki, connect_from, frontdoor_config, make_pki, needs_swaks,
                                      proxy_v2, read_reply, scrape, swaks, write_users)
@@ -397,6 +398,10 @@ def test_front_door_metrics_move(door: Door) -> None:
         assert read_reply(sock) == ""
     door.relay.wait_event("connection_refused", result="refused_proxy", client=client)
     samples = scrape(door.metrics)
+    expiry = x509.load_pem_x509_certificate(door.pki.cert_file.read_bytes()).not_valid_after_utc.timestamp()
+    for listener in ("mx", "submission", "smtps", "proxied-smtps"):     # every listener serving TLS
+        assert samples[f'frontfilter_tls_certificate_expiry_timestamp_seconds{{listener="{listener}"}}'] == expiry
+    assert 'frontfilter_tls_certificate_expiry_timestamp_seconds{listener="proxied"}' not in samples
     assert samples['frontfilter_auth_attempts_total{result="success"}'] >= 1
     assert samples['frontfilter_connections_total{result="refused_proxy"}'] >= 1
     assert samples['frontfilter_tls_sessions_total{direction="inbound",version="TLSv1.3"}'] >= 1

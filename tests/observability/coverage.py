@@ -33,6 +33,10 @@ COVERAGE: dict[str, str] = {
     "frontfilter_rules_last_reload_success_timestamp_seconds": E2E,
     "frontfilter_build_info": E2E,
     "frontfilter_ready": E2E,
+    # Supervisor (workers > 1): E2E in tests/test_workers.py (a killed worker is replaced).
+    "frontfilter_worker_restarts_total": UNIT,
+    # E2E in tests/frontdoor/test_frontdoor.py (the door's relay serves a certificate).
+    "frontfilter_tls_certificate_expiry_timestamp_seconds": UNIT,
     "frontfilter_event_loop_lag_seconds": E2E,
     "frontfilter_http_requests_total": E2E,
     # Queue mode (delivery/spool.py) sets these on each spool scan; E2E once the e2e relay runs
