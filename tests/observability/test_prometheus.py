@@ -68,6 +68,10 @@ PENDING = {
     "DNS block lists": "needs a DNS list",
     "SPF results": "needs SPF checks",
     "Greylisting": "needs greylisting",
+    "Antivirus scan time": "needs clamd",
+    "DNS check time (p99)": "needs a DNS list or SPF checks",
+    "Recipient verifications and sender refusals": "needs backend.verify_recipients or domain-bound relaying",
+    "Quarantine, discard and tag by rule": "needs a rule that quarantines, discards or tags",
 }
 
 MONITOR_RULE = """\
