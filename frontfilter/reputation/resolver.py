@@ -208,3 +208,40 @@ class Resolver:
 def _short(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---- `frontfilter check`: does each resolver answer? -------------------------------------------
+
+CHECK_TIMEOUT = 2.0     # per resolver: a resolver that takes longer fails every check anyway
+
+
+def unanswering_resolvers(config: DnsConfig, probe_name: str) -> list[str]:
+    """Each configured resolver (or /etc/resolv.conf's) asked for `probe_name` A once: the ones
+    that do not answer, or answer REFUSED or SERVFAIL, with why. NOERROR and NXDOMAIN are
+    answers. Blocking: for `frontfilter check`, never the relay."""
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.resolver
+
+    if config.resolvers:
+        servers = [(str(r.host), r.port) for r in config.resolvers]
+    else:
+        try:
+            servers = [(address, 53) for address in dns.resolver.Resolver().nameservers]
+        except (dns.exception.DNSException, OSError) as error:
+            return [f"/etc/resolv.conf: {_short(error)}"]
+    problems = []
+    for host, port in servers:
+        query = dns.message.make_query(probe_name, "A")
+        try:
+            answer = dns.query.udp(query, host, port=port, timeout=CHECK_TIMEOUT)
+        except dns.exception.Timeout:
+            problems.append(f"{host}:{port}: no answer within {CHECK_TIMEOUT:g}s")
+            continue
+        except (dns.exception.DNSException, OSError) as error:
+            problems.append(f"{host}:{port}: {_short(error)}")
+            continue
+        if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            problems.append(f"{host}:{port}: answered {dns.rcode.to_text(answer.rcode())} for {probe_name}")
+    return problems

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from frontfilter.reputation.facts import DnsCheck, SpfResult
 from frontfilter.reputation.resolver import Outcome, Resolver
 from frontfilter.reputation.spfcheck import SpfChecker, SpfOutcome, received_spf
 from frontfilter.rules import load_ruleset
-from tests.harness import write_config
+from tests.harness import REPO, write_config
 from tests.reputation.dnsserver import DnsServer, dead_resolver
 
 LOCAL = ipaddress.ip_address("127.0.0.1")
@@ -280,3 +282,19 @@ def test_trusted_and_authenticated_clients_are_not_looked_up(dns: DnsServer, tmp
     found = asyncio.run(run())
     assert dns.asked()[before:] == []
     assert found.trusted and found.listing is None and found.spf is None   # type: ignore[attr-defined]
+
+
+def test_check_says_when_a_configured_resolver_does_not_answer(tmp_path: Path) -> None:
+    with DnsServer() as answering, DnsServer(silent=True) as dead:
+        for resolver, warned in ((answering, False), (dead, True)):
+            path = tmp_path / "frontfilter.toml"
+            path.write_text(f'[backend]\nservers = ["127.0.0.1:2526"]\nmode = "sync"\n'
+                            f'[rules]\ndir = "{REPO / "rules"}"\n'
+                            f'[dns]\nresolvers = ["{resolver.address}"]\n'
+                            f'[dnsbl]\nlists = ["zen.example"]\n')
+            done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                                  capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            line = f"{path}: dns.resolvers: warning: {resolver.address}: no answer within 2s"
+            assert (line in done.stderr) is warned, done.stderr
+        assert ("2.0.0.127.zen.example", "A") in answering.asked()
