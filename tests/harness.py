@@ -303,6 +303,16 @@ class RawClient:
         self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
         return self.read_reply()
 
+    def begin_data(self, sender: str = "alice@example.net", recipient: str = "bob@example.org",
+                   helo: str = "client.test") -> None:
+        """Greeting, EHLO, MAIL, RCPT, DATA, each answered as a clean transaction is (250s, 354):
+        the client is left to send its message."""
+        assert self.read_reply().startswith("220 ")
+        assert self.command(f"EHLO {helo}").startswith("250")
+        assert self.command(f"MAIL FROM:<{sender}>").startswith("250")
+        assert self.command(f"RCPT TO:<{recipient}>").startswith("250")
+        assert self.command("DATA").startswith("354")
+
     def close(self) -> None:
         self.sock.close()
 

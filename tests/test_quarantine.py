@@ -27,11 +27,7 @@ def rules_with_quarantine(tmp_path: Path) -> Path:
 
 def send(port: int, subject: str) -> str:
     with RawClient(port) as client:
-        client.read_reply()
-        client.command("EHLO client.test")
-        assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
-        assert client.command("RCPT TO:<bob@example.org>").startswith("250")
-        assert client.command("DATA").startswith("354")
+        client.begin_data()
         return client.command(f"Subject: {subject}\r\n\r\nplease pay\r\n.".encode())
 
 

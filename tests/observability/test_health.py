@@ -233,11 +233,7 @@ def test_in_queue_mode_a_backend_outage_is_reported_but_the_relay_stays_ready(tm
         assert f'frontfilter_backend_up{{backend="127.0.0.1:{dead}"}} 0.0' in exposition
         assert 'frontfilter_ready{check="backend"}' not in exposition
         with RawClient(relay.port) as client:
-            client.read_reply()
-            client.command("EHLO client.test")
-            assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
-            assert client.command("RCPT TO:<bob@example.org>").startswith("250")
-            assert client.command("DATA").startswith("354")
+            client.begin_data()
             assert client.command(b"Subject: x\r\n\r\nqueued\r\n.").startswith("250 2.0.0")
     assert down["level"] == "warning"
 

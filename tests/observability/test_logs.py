@@ -95,11 +95,7 @@ TRICKY_HELO = "evil\u2028{\"event\":\"message\",\"verdict\":\"accepted\"}\x85\u2
 
 def send_with_helo(port: int, helo: str) -> None:
     with RawClient(port) as client:
-        client.read_reply()
-        assert client.command(f"EHLO {helo}".encode()).startswith("250")
-        assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
-        assert client.command("RCPT TO:<bob@example.org>").startswith("250")
-        assert client.command("DATA").startswith("354")
+        client.begin_data(helo=helo)
         assert client.command(b"Subject: x\r\n\r\nhi\r\n.").startswith("250")
 
 

@@ -44,11 +44,7 @@ def test_a_client_that_half_closes_after_pipelining_gets_every_reply(tmp_path: P
 
 
 def send_message(client: RawClient, subject: str) -> None:
-    client.read_reply()
-    assert client.command("EHLO client.test").startswith("250")
-    assert client.command("MAIL FROM:<alice@example.net>").startswith("250")
-    assert client.command("RCPT TO:<bob@example.org>").startswith("250")
-    assert client.command("DATA").startswith("354")
+    client.begin_data()
     client.send(f"Subject: {subject}\r\n\r\nhello\r\n.\r\n".encode())
 
 
