@@ -205,6 +205,29 @@ smtp_replies = Counter(
 # bare newlines count as `other`; RSET as `mail` (it ends or replaces a transaction).
 REPLY_STAGES = closed(smtp_replies, zero=False, stage=(*SMTP_STAGES, "quit"))["stage"]   # code: any 3-digit SMTP code
 
+refusals = Counter(
+    "frontfilter_refusals",
+    "Commands refused before end of DATA (and sessions closed by a limit), by stage and why: "
+    "what the reply code alone does not say.",
+    ["stage", "reason"], registry=REGISTRY)
+REFUSAL_REASONS = closed(refusals, zero=False, stage=(*SMTP_STAGES, "quit"), reason=(
+    "relay_denied",        # a recipient outside relay.domains from a client that may not relay
+    "sender_binding",      # domain-bound relaying: a sender our rules do not let this client use
+    "address",             # a malformed or unacceptable sender or recipient address
+    "size",                # a declared SIZE over max_message_size
+    "recipient_limit",     # past max_recipients
+    "spool",               # the spool is full or failing
+    "rule",                # a rule refused (its name is on the log line)
+    "check_failed",        # a reputation check could not be completed
+    "unknown_recipient",   # the backend refused the recipient (live, or recipient verification)
+    "backend",             # the backend could not be asked
+    "tls_required",        # the listener wants STARTTLS first
+    "auth_required",       # the listener wants AUTH first
+    "protocol",            # syntax, sequence, bare CR/LF (smuggling), NUL, line length
+    "limit",               # a session limit or timeout closed the session
+    "internal",            # our own failure (an internal_error line has the detail)
+))["reason"]
+
 processing_seconds = Histogram(
     "frontfilter_processing_seconds",
     "Time spent deciding, by stage (rules at each stage; inspection + rules + rewrite at data).",

@@ -344,11 +344,18 @@ def rules_monitored(client: str, stage: str, rules: Sequence[str], queue_id: str
     _emit(logging.INFO, "monitor", queue_id=queue_id, client=client, stage=stage, rules=list(rules))
 
 
-def command_refused(client: str, stage: str, reply: Reply, reason: str,
+def command_refused(client: str, stage: str, reply: Reply, reason: str, kind: str,
                     queue_id: str | None = None, rules: Iterable[str] = ()) -> None:
-    """A refusal before end of DATA (relay denied, bad address, a rule at RCPT)."""
+    """A refusal before end of DATA (relay denied, bad address, a rule at RCPT). `kind` is the
+    bounded why of metrics.REFUSAL_REASONS, `reason` the detail for the log line."""
+    _refusal_counted(stage, kind)
     _emit(logging.INFO, "refused", queue_id=queue_id, client=client, stage=stage,
           reply=reply.wire, reason=reason, rules=list(rules))
+
+
+def _refusal_counted(stage: str, kind: str) -> None:
+    _series(metrics.refusals, metrics.bounded(stage, metrics.REPLY_STAGES),
+            metrics.bounded(kind, metrics.REFUSAL_REASONS)).inc()
 
 
 def protocol_violation(client: str, what: str) -> None:
@@ -615,5 +622,7 @@ def session_closed(client: str, stage: str, reply: Reply, reason: str, queue_id:
                    **fields: Any) -> None:
     """The relay closed a session: a limit, a timeout, shutdown, a refusal that closes. One
     line per such session, with the transaction it cut short (its queue id), if any."""
+    if reply.code == 421 and not reason.startswith(("shut", "internal")):   # limits and timeouts
+        _refusal_counted(stage, "limit")
     _emit(logging.INFO, "session_closed", queue_id=queue_id, client=client, stage=stage,
           reply=reply.wire, reason=reason, **fields)

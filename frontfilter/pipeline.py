@@ -168,25 +168,25 @@ class Pipeline:
         declared = next((o.split("=", 1)[1] for o in options if o.upper().startswith("SIZE=")), "")
         if declared.isdigit() and max_size is not None and int(declared) > max_size:
             # RFC 1870 §6: refuse at MAIL what could never be accepted at DATA.
-            self._refused(state, Stage.MAIL, reply.MESSAGE_TOO_BIG, f"declared SIZE {declared}")
+            self._refused(state, Stage.MAIL, reply.MESSAGE_TOO_BIG, f"declared SIZE {declared}", "size")
             return reply.MESSAGE_TOO_BIG
         parsed = policy.parse_sender(address, smtputf8)
         if isinstance(parsed, Reply):
-            self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed")
+            self._refused(state, Stage.MAIL, parsed, f"sender {address!r} malformed", "address")
             return parsed
         denied = policy.may_send_as(parsed, state.facts(), self.senders, policy.own_domains(self.config))
         if denied is not None:
             observe.sender_refused("login_mismatch")
             owned = "in relay.sender_map" if self.senders is not None else "the login's own address (no relay.sender_map)"
             self._refused(state, Stage.MAIL, denied,
-                          f"sender {parsed.text!r} not {owned} for login {state.auth_user!r}")
+                          f"sender {parsed.text!r} not {owned} for login {state.auth_user!r}", "sender_binding")
             return denied
         if self.spool is not None:
             # RFC 1870 §6.1 / RFC 3463 4.3.1: say "no room" before the client sends the body.
             room = self.spool.admit(int(declared) if declared.isdigit() else 0)
             if room is not Admission.OK:
                 answer = reply.SPOOL_FULL if room is Admission.FULL else reply.INTERNAL_ERROR
-                self._refused(state, Stage.MAIL, answer, f"spool {room.value}")
+                self._refused(state, Stage.MAIL, answer, f"spool {room.value}", "spool")
                 return answer
         await self.reset(state)
         state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options),
@@ -202,22 +202,22 @@ class Pipeline:
         if txn is None:
             return reply.BAD_SEQUENCE.with_text("Need MAIL command")
         if len(txn.recipients) >= self.config.server.max_recipients:
-            self._refused(state, Stage.RCPT, reply.TOO_MANY_RECIPIENTS, "max_recipients")
+            self._refused(state, Stage.RCPT, reply.TOO_MANY_RECIPIENTS, "max_recipients", "recipient_limit")
             return reply.TOO_MANY_RECIPIENTS
         smtputf8 = any(o.upper() == "SMTPUTF8" for o in txn.options)
         parsed = policy.parse_recipient(address, smtputf8)
         if isinstance(parsed, Reply):
-            self._refused(state, Stage.RCPT, parsed, f"recipient {address!r} refused by address policy")
+            self._refused(state, Stage.RCPT, parsed, f"recipient {address!r} refused by address policy", "address")
             return parsed
         denied = policy.may_relay(parsed, state.facts(), self.config)
         if denied is not None:
-            self._refused(state, Stage.RCPT, denied, f"relay denied for {address!r}")
+            self._refused(state, Stage.RCPT, denied, f"relay denied for {address!r}", "relay_denied")
             return denied
         denied = policy.may_relay_out_as(txn.sender, parsed, self.config)
         if denied is not None:
             observe.sender_refused("not_own_domain")
             self._refused(state, Stage.RCPT, denied,
-                          f"relaying to {address!r} as {txn.sender.text!r}: not in relay.sender_domains")
+                          f"relaying to {address!r} as {txn.sender.text!r}: not in relay.sender_domains", "sender_binding")
             return denied
         refusal = await self._rules(Stage.RCPT, state, recipient=parsed.normalised)
         if refusal is not None:
@@ -487,7 +487,8 @@ class Pipeline:
                                     state.txn.queue_id if state.txn else None)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.QUARANTINE):
             answer = verdict.reply or (reply.TEMPFAIL if verdict.action is Action.TEMPFAIL else reply.REJECTED)
-            self._refused(state, stage, answer, f"rule {verdict.rule}", rules=[m.rule for m in verdict.matches])
+            self._refused(state, stage, answer, f"rule {verdict.rule}", "rule",
+                          rules=[m.rule for m in verdict.matches])
             return answer
         if verdict.headers or verdict.tags:
             holder = state.txn if state.txn is not None else state
@@ -517,7 +518,7 @@ class Pipeline:
         except Exception:
             observe.internal_error(f"reputation checks at {stage.value}",
                                    queue_id=txn.queue_id if txn else None)
-            self._refused(state, stage, reply.INTERNAL_ERROR, "reputation check failed")
+            self._refused(state, stage, reply.INTERNAL_ERROR, "reputation check failed", "check_failed")
             return reply.INTERNAL_ERROR
         return None
 
@@ -531,10 +532,10 @@ class Pipeline:
     def _bypassed(state: SessionState) -> Action | None:
         return state.early or (state.txn.early if state.txn is not None else None)
 
-    def _refused(self, state: SessionState, stage: Stage, answer: Reply, reason: str,
+    def _refused(self, state: SessionState, stage: Stage, answer: Reply, reason: str, kind: str,
                  rules: Sequence[str] = ()) -> None:
         queue_id = state.txn.queue_id if state.txn else None
-        observe.command_refused(str(state.peer), stage.value, answer, reason, queue_id, rules)
+        observe.command_refused(str(state.peer), stage.value, answer, reason, kind, queue_id, rules)
 
     # ---- the backend (sync mode: mirrored transaction) ----------------------------------------
 
@@ -551,7 +552,8 @@ class Pipeline:
             answer = reply.BACKEND_UNAVAILABLE
         detail = checked.reply.describe() if checked.reply is not None else "no backend"
         self._refused(state, Stage.RCPT, answer,
-                      f"recipient verification{' (cached)' if checked.cached else ''}: {detail}")
+                      f"recipient verification{' (cached)' if checked.cached else ''}: {detail}",
+                      "unknown_recipient" if checked.verdict is Verified.INVALID else "backend")
         return answer
 
     async def _backend_recipient(self, state: SessionState, recipient: Address) -> Reply | None:
@@ -564,14 +566,15 @@ class Pipeline:
             opened = await backend.begin(txn.sender.text, txn.options)
             if not opened.ok:
                 answer = self._backend_failure(opened, BACKEND_REFUSED_RECIPIENT)
-                self._refused(state, Stage.RCPT, answer, f"backend MAIL: {opened.describe()}")
+                self._refused(state, Stage.RCPT, answer, f"backend MAIL: {opened.describe()}", "backend")
                 return answer
         result = await backend.add_recipient(recipient.normalised)
         if result.ok:
             return None
         txn.refused_recipients += 1
         answer = self._backend_failure(result, BACKEND_REFUSED_RECIPIENT)
-        self._refused(state, Stage.RCPT, answer, f"backend RCPT: {result.describe()}")
+        self._refused(state, Stage.RCPT, answer, f"backend RCPT: {result.describe()}",
+                      "unknown_recipient" if result.code >= 500 else "backend")
         return answer
 
     async def _backend_reset(self, state: SessionState) -> None:

@@ -272,7 +272,8 @@ class SmtpSession(asyncio.Protocol):
             if refusal is not None:
                 needs = "TLS" if refusal is reply.TLS_REQUIRED else "AUTH"
                 observe.command_refused(str(self.client), "mail", refusal,
-                                        f"listener {self.listener.name} requires {needs} before MAIL")
+                                        f"listener {self.listener.name} requires {needs} before MAIL",
+                                        "tls_required" if needs == "TLS" else "auth_required")
                 return refusal, ""
             return await self.handler.mail(self, event.address, event.options), ""
         if isinstance(event, Rcpt):
@@ -479,6 +480,7 @@ class SmtpSession(asyncio.Protocol):
                                    queue_id=self.handler.queue_id_of(self), listener=self.listener.name)
         elif reason and answer.code >= 400:
             observe.command_refused(str(self.client), stage, answer, reason,
+                                    "internal" if reason == "internal error" else "protocol",
                                     queue_id=self.handler.queue_id_of(self))
         if self.core.mode is Mode.CLOSED:
             self._close()

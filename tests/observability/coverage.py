@@ -17,6 +17,7 @@ UNIT = "unit: tests/observability/test_observe.py::test_every_metric_moves_throu
 COVERAGE: dict[str, str] = {
     "frontfilter_connections_total": E2E,
     "frontfilter_smtp_replies_total": E2E,
+    "frontfilter_refusals_total": E2E,
     "frontfilter_processing_seconds": E2E,
     "frontfilter_messages_total": E2E,
     "frontfilter_rule_matches_total": E2E,

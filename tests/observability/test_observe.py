@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from frontfilter import metrics, observe
+from frontfilter.reply import Reply
 from frontfilter.config import ConfigError, HostPort, build_config
 from frontfilter.content.view import Limit
 from frontfilter.rules.model import Action, Mode
@@ -60,6 +61,10 @@ MOVES = [
          "frontfilter_rules_last_reload_success_timestamp_seconds", {}, None),
     Move("frontfilter_connections_total", lambda: observe.connection("accepted"),
          "frontfilter_connections_total", {"result": "accepted"}),
+    Move("frontfilter_refusals_total",
+         lambda: observe.command_refused("192.0.2.1:1", "rcpt", Reply(554, "5.7.1", "no"), "relay denied for x",
+                                         "relay_denied"),
+         "frontfilter_refusals_total", {"stage": "rcpt", "reason": "relay_denied"}),
     Move("frontfilter_smtp_replies_total", lambda: observe.reply_sent("rcpt", "550"),
          "frontfilter_smtp_replies_total", {"stage": "rcpt", "code": "550"}),
     Move("frontfilter_processing_seconds", lambda: observe.stage_decided("mail", 0.002),

@@ -61,7 +61,7 @@ CORE = {
     "Build info": "nonzero", "Event loop lag (p99)": "finite", "CPU": "finite", "Memory": "nonzero",
 }
 CORE |= {"TLS share of inbound sessions": "nonzero", "TLS sessions by version": "nonzero",
-         "AUTH failures": "nonzero"}
+         "AUTH failures": "nonzero", "Refusals by reason": "nonzero"}
 # Panels whose data needs a feature this relay does not run; they must still evaluate.
 PENDING = {
     "Antivirus scans": "needs clamd",
