@@ -135,7 +135,8 @@ def shared_exposition(generate: Callable[[], bytes], max_age: float) -> bytes:
     with open(directory / "exposition.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if time.time() - cached.stat().st_mtime < max_age:
+            age = time.time() - cached.stat().st_mtime
+            if 0 <= age < max_age:      # a clock stepped back must not freeze the metrics
                 return cached.read_bytes()
         except FileNotFoundError:
             pass
