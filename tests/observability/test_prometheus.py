@@ -177,6 +177,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             directory, [dead, sink.port],
             [{"address": f"127.0.0.1:{free_port()}", "tls": "starttls", "auth": "optional"}],
             backend={"mode": "sync"}, metrics={"listen": f"127.0.0.1:{http_port}"},
+            # Two workers, as `workers = "auto"` on a two-core host: every query is evaluated on
+            # what several processes export together (metrics.py's multiprocess mode).
+            server={"workers": 2},
             inspection={"max_parts": MAX_PARTS}, rules={"dir": str(rules)},
             tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
             auth={"users_file": str(users), "failure_delay": "0s"})
@@ -198,6 +201,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                             f"127.0.0.1:{dead}", f"127.0.0.1:{sink.port}")
             finally:
                 prometheus.stop()
+
+
+def defined_names() -> set[str]:
+    """Every name frontfilter exports. With several workers a family no process has moved yet is
+    absent from the exposition (the workers' files hold only what was written), so the names
+    come from the definitions (metrics.REGISTRY in this, single, process) and the scrape."""
+    from prometheus_client import generate_latest
+
+    from frontfilter import metrics
+    return set(exported_names(generate_latest(metrics.REGISTRY).decode()))
 
 
 def send_all(port: int, context: Any) -> Any:
@@ -261,7 +274,7 @@ def test_every_e2e_metric_moved(stack: Stack) -> None:
 
 
 def test_every_dashboard_query_evaluates_and_core_panels_show_data(stack: Stack) -> None:
-    exported = exported_names(stack.exposition)
+    exported = defined_names()
     titles = {panel["title"] for panel in panels()}
     assert titles == set(CORE) | set(PENDING), "classify each panel as CORE or PENDING"
     by_panel: dict[str, list[float]] = {}
@@ -305,7 +318,7 @@ def test_alert_rules_load_evaluate_and_use_exported_names(stack: Stack) -> None:
     assert sorted(g["name"] for g in groups) == ["frontfilter", "frontfilter-recording"]
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) == rule_count() > 10
-    exported = set(exported_names(stack.exposition)) | {"up"}
+    exported = set(defined_names()) | {"up"}
     recorded = {rule["name"] for rule in rules if rule["type"] == "recording"}
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
