@@ -248,14 +248,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     for key, why in config_warnings(config):
         print(f"{config.path}: {key}: warning: {why}", file=sys.stderr)
-    if config.dnsbl.lists or config.spf.enabled:      # DNS matters: does the resolver answer?
+    if config.dnsbl.lists or config.spf.enabled or config.dns.check_sender_domain:   # DNS matters
         from frontfilter.reputation.resolver import unanswering_resolvers
 
         # A list's own test entry (RFC 5782 §5: 127.0.0.2 is listed) where there is one.
         probe = f"2.0.0.127.{config.dnsbl.lists[0].zone}" if config.dnsbl.lists else "."
         for problem in unanswering_resolvers(config.dns, probe):
-            print(f"{config.path}: dns.resolvers: warning: {problem}: the DNS lists and SPF checks "
-                  "would fail (dns.error)", file=sys.stderr)
+            print(f"{config.path}: dns.resolvers: warning: {problem}: the DNS checks would fail "
+                  "(dns.error)", file=sys.stderr)
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
     return EXIT_OK
 

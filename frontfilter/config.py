@@ -538,6 +538,10 @@ class DnsConfig:
     cache_size: int = 10_000                                      # answers kept (LRU)
     max_ttl: float = _conv(parse_duration, default=1 * HOURS)     # cap on what a zone asks for
     negative_ttl: float = _conv(parse_duration, default=5 * MINUTES)   # "not listed", no SOA given
+    # Look up the envelope sender's domain at MAIL (MX, else A/AAAA) when a rule reads
+    # sender.domain_exists (the shipped unknown-sender-domain rule does): Postfix's
+    # reject_unknown_sender_domain. Off by default: it needs a resolver that answers.
+    check_sender_domain: bool = False
 
 
 @dataclass(frozen=True)

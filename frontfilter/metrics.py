@@ -330,9 +330,10 @@ SPF_RESULTS = closed(spf_results, result=(   # reputation.facts.SpfResult, check
 
 dns_check_seconds = Histogram(
     "frontfilter_dns_check_seconds",
-    "Time for one reputation check: all DNS lists of a client, or one SPF evaluation.",
+    "Time for one reputation check: all DNS lists of a client, one SPF evaluation, or the "
+    "lookup of a sender's domain.",
     ["check"], buckets=_TIME_BUCKETS, registry=REGISTRY)
-DNS_CHECKS = closed(dns_check_seconds, check=("dnsbl", "spf"))["check"]
+DNS_CHECKS = closed(dns_check_seconds, check=("dnsbl", "spf", "sender_domain"))["check"]
 
 greylist_checks = Counter(
     "frontfilter_greylist_checks",

@@ -471,6 +471,13 @@ def greylist_checked(result: str) -> None:
     metrics.greylist_checks.labels(result=metrics.bounded(result, metrics.GREYLIST_RESULTS)).inc()
 
 
+def sender_domain_checked(domain: str, exists: bool | None, detail: str, seconds: float) -> None:
+    """The envelope sender's domain was looked up (reputation.senderdomain)."""
+    metrics.dns_check_seconds.labels(check="sender_domain").observe(seconds)
+    if exists is None:
+        _emit(logging.WARNING, "sender_domain_unknown", domain=domain, detail=detail)
+
+
 def sender_refused(reason: str) -> None:
     """Domain-bound relaying refused a sender; the `refused` log line says who and why."""
     metrics.sender_refusals.labels(reason=metrics.bounded(reason, metrics.SENDER_REFUSAL_REASONS)).inc()

@@ -10,6 +10,9 @@ DNSBL query. What each stage needs is worked out once per rule set (`RuleSet.rea
 - SPF: started at MAIL when a rule reads `spf.result` (or `[spf] header` wants the field),
   awaited where needed; bounded by `spf.timeout`. Not for authenticated or trusted clients:
   their mail does not come from the sender domain's outbound servers, and they are ours.
+- The sender's domain (`[dns] check_sender_domain`): looked up at MAIL when a rule reads
+  `sender.domain_exists` (reputation.senderdomain), bounded by `dns.timeout`. Not for
+  authenticated or trusted clients, nor for the null sender.
 - Greylisting: at RCPT, for the recipient being decided, when a rule reads `greylist.new`.
   Never for authenticated or trusted clients.
 - `dns.error` reads the failures of the checks the rule set uses: a stage whose rules read it
@@ -33,17 +36,19 @@ from frontfilter import observe
 from frontfilter.config import Config, ConfigError
 from frontfilter.model import Peer, Stage
 from frontfilter.reputation import dnsbl
-from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts
+from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts, domain_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
+from frontfilter.reputation import senderdomain
 from frontfilter.reputation.resolver import Resolver
 from frontfilter.reputation.spfcheck import SpfChecker, SpfOutcome, received_spf
 
 DNSBL_KEYS = frozenset({"client.dnsbl", "client.dnsbl_score", "client.listed_on", "client.dnswl"})
 SPF_KEYS = frozenset({"spf.result"})
 GREYLIST_KEYS = frozenset({"greylist.new"})
+SENDER_DOMAIN_KEYS = frozenset({"sender.domain_exists"})
 DNS_ERROR = "dns.error"
 
-DNSBL, SPF, GREYLIST = "dnsbl", "spf", "greylist"
+DNSBL, SPF, GREYLIST, SENDER_DOMAIN = "dnsbl", "spf", "greylist", "sender_domain"
 
 
 @dataclass
@@ -58,6 +63,8 @@ class ClientChecks:
     spf_for: tuple[str, str | None] | None = None          # (sender, helo) the SPF result is for
     spf_task: asyncio.Task[Any] | None = None
     greylisted: dict[tuple[str, str], bool] = field(default_factory=dict)   # (sender, rcpt) -> new
+    sender_domain: senderdomain.SenderDomain | None = None
+    sender_domain_task: asyncio.Task[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Checks:
         used = frozenset().union(*reads.values())
         uses_dnsbl = bool(self.lists) and bool(used & DNSBL_KEYS)
         uses_spf = self.spf is not None and (bool(used & SPF_KEYS) or self.config.spf.header)
+        uses_domain = self.config.dns.check_sender_domain and bool(used & SENDER_DOMAIN_KEYS)
         now: dict[Stage, frozenset[str]] = {}
         for stage in Stage:
             needs = set()
@@ -99,6 +107,9 @@ class Checks:
                     reads[stage] & SPF_KEYS or DNS_ERROR in reads[stage]
                     or (stage is Stage.DATA and self.config.spf.header)):
                 needs.add(SPF)
+            if uses_domain and stage.order >= Stage.MAIL.order and (
+                    reads[stage] & SENDER_DOMAIN_KEYS or DNS_ERROR in reads[stage]):
+                needs.add(SENDER_DOMAIN)
             if self.greylist is not None and stage is Stage.RCPT and (
                     (reads[Stage.RCPT] | reads[Stage.DATA]) & GREYLIST_KEYS):
                 needs.add(GREYLIST)
@@ -129,6 +140,11 @@ class Checks:
             assert self.spf is not None
             session.spf, session.spf_for = None, (sender, helo)
             session.spf_task = asyncio.ensure_future(self.spf.check(peer.ip, sender, helo))
+        domain = domain_of(sender) if sender else ""
+        if (SENDER_DOMAIN in later and domain and not ours
+                and (session.sender_domain is None or session.sender_domain.domain != domain)
+                and session.sender_domain_task is None):
+            session.sender_domain_task = asyncio.ensure_future(self._sender_domain(domain))
         if DNSBL in now and session.listing_task is not None:
             result = await session.listing_task
             session.listing_task = None
@@ -136,6 +152,9 @@ class Checks:
         if SPF in now and session.spf_task is not None:
             session.spf = await session.spf_task
             session.spf_task = None
+        if SENDER_DOMAIN in now and session.sender_domain_task is not None:
+            session.sender_domain = await session.sender_domain_task
+            session.sender_domain_task = None
         if GREYLIST in now and recipient is not None and sender is not None and not ours:
             session.greylisted[(sender, recipient)] = await self._greylist(peer, sender, recipient)
 
@@ -147,6 +166,12 @@ class Checks:
                                [(a.list.name, a.result.value, a.codes, a.detail) for a in result.answers],
                                time.monotonic() - started)
         return result
+
+    async def _sender_domain(self, domain: str) -> senderdomain.SenderDomain:
+        started = time.monotonic()
+        found = await senderdomain.look_up(self.resolver, domain, started + self.config.dns.timeout)
+        observe.sender_domain_checked(domain, found.exists, found.detail, time.monotonic() - started)
+        return found
 
     async def _greylist(self, peer: Peer, sender: str, recipient: str) -> bool:
         assert self.greylist is not None and self._greylist_thread is not None
@@ -172,9 +197,15 @@ class Checks:
             errors.add(DnsCheck.DNSBL)
         if spf is not None and spf.dns_failed:
             errors.add(DnsCheck.SPF)
+        found = session.sender_domain
+        if found is not None and (not sender or domain_of(sender) != found.domain):
+            found = None             # about an earlier transaction's sender
+        if found is not None and found.exists is None:
+            errors.add(DnsCheck.SENDER_DOMAIN)
         return CheckFacts(trusted=session.trusted, own_domains=self.own_domains,
                           listing=session.listing, spf=spf.result if spf else None,
-                          greylist_new=new, dns_errors=frozenset(errors))
+                          greylist_new=new, dns_errors=frozenset(errors),
+                          sender_domain_exists=found.exists if found is not None else None)
 
     def trace(self, session: ClientChecks, peer: Peer, sender: str, helo: str | None) -> list[tuple[str, str]]:
         """Trace fields for the forwarded message: Received-SPF, when SPF was evaluated."""
@@ -187,10 +218,10 @@ class Checks:
 
     def end(self, session: ClientChecks) -> None:
         """The session is over: lookups still running for it are not waited for."""
-        for task in (session.listing_task, session.spf_task):
+        for task in (session.listing_task, session.spf_task, session.sender_domain_task):
             if task is not None and not task.done():
                 task.cancel()
-        session.listing_task = session.spf_task = None
+        session.listing_task = session.spf_task = session.sender_domain_task = None
 
     def close(self) -> None:
         if self.spf is not None:

@@ -35,6 +35,7 @@ class DnsCheck(enum.Enum):
 
     DNSBL = "dnsbl"   # a block or allow list lookup of the client address
     SPF = "spf"       # the SPF evaluation (its result is then temperror)
+    SENDER_DOMAIN = "sender_domain"   # the lookup of the envelope sender's domain
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class CheckFacts:
     listing: ListingFacts | None = None        # None: not looked up
     spf: SpfResult | None = None               # None: not evaluated
     greylist_new: bool | None = None           # None: greylisting not consulted
+    sender_domain_exists: bool | None = None   # None: not looked up, or the lookup failed
     dns_errors: frozenset[DnsCheck] = frozenset()
 
 

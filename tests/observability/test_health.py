@@ -168,9 +168,8 @@ def test_a_healthy_relay_is_ready(tmp_path: Path) -> None:
         assert lines[0] == "ready"
         assert [line.split(":", 1)[0] for line in lines[1:]] == ["rules", "spool", "backend", "accepting"]
         assert http_get(port, "/healthz") == (200, "ok\n")
-        _, exposition = http_get(port, "/metrics")
-        for check in ("rules", "spool", "backend", "accepting"):
-            assert f'frontfilter_ready{{check="{check}"}} 1.0' in exposition
+        published = [f'frontfilter_ready{{check="{check}"}} 1.0' for check in ("rules", "spool", "backend", "accepting")]
+        eventually(lambda: all(line in http_get(port, "/metrics")[1] for line in published))
         assert relay.wait_event("http_listening")["address"] == f"127.0.0.1:{port}"
 
 
@@ -198,8 +197,8 @@ def test_not_ready_when_the_spool_cannot_be_written(tmp_path: Path) -> None:
         status, lines = eventually(lambda: (r := readyz(port))[0] == 503 and "Not a directory" in r[1][2] and r)
         assert "spool: FAILING: not writable: Not a directory" in lines
         assert "rules: ok: " in lines[1]
-        _, exposition = http_get(port, "/metrics")
-        assert 'frontfilter_ready{check="spool"} 0.0' in exposition
+        # The gauge follows at the end of the probe round (after the backends): wait for it.
+        eventually(lambda: 'frontfilter_ready{check="spool"} 0.0' in http_get(port, "/metrics")[1])
         assert relay.wait_event("readiness_changed", check="spool")["detail"] == "not writable: Not a directory"
 
 

@@ -197,9 +197,13 @@ def _auth(value: Any, path: str, env: Env) -> list[Node]:
 
 def _sender(value: Any, path: str, env: Env) -> list[Node]:
     nodes = []
-    for key, item in _subtable(value, path, env, ("address", "domain", "own_domain")).items():
+    for key, item in _subtable(value, path, env, ("address", "domain", "own_domain", "domain_exists")).items():
         if key == "own_domain":   # the envelope sender's domain is one of ours (reputation)
             nodes += _bool_leaf(f"{path}.{key}", item, env, False, _sender_own_domain)
+            continue
+        if key == "domain_exists":   # DNS has an MX (or A/AAAA) for it; unknown: neither holds
+            nodes += _bool_leaf(f"{path}.{key}", item, env, False, lambda f, p: (
+                (f.checks.sender_domain_exists,) if f.checks.sender_domain_exists is not None else ()))
             continue
         pick = _address if key == "address" else _domain
         nodes += _string_leaf(f"{path}.{key}", item, env, False,
