@@ -339,3 +339,20 @@ def test_alerts_see_the_dead_backend(stack: Stack) -> None:
     assert ("FrontfilterBackendDown", stack.dead_backend) in pending
     assert all(a["state"] == "pending" for a in alerts)
     assert not any(a["labels"].get("backend") == stack.sink_backend for a in alerts)
+
+
+def test_the_shares_read_zero_not_nan_once_mail_stops(stack: Stack) -> None:
+    """Rejected share and TLS share divide one rate by another: with no mail in the window
+    both are 0, and a plain ratio is NaN (Grafana shows "NaN"). Runs last: it waits for the
+    window after the module's mail to go quiet."""
+    window = 20 + 5                      # $__rate_interval, and a scrape or two
+    quiet_from = time.monotonic()
+    eventually(lambda: time.monotonic() - quiet_from > window, timeout=window + 10)
+    plain = stack.prometheus.value('sum(rate(frontfilter_messages_total{verdict="rejected"}[20s]))'
+                                   ' / sum(rate(frontfilter_messages_total[20s]))')
+    assert plain is not None and math.isnan(plain)          # the case the panels must survive
+    shares = {q.where: q.promql for q in dashboard_queries()
+              if q.where.startswith(("panel 'Rejected share'", "panel 'TLS share of inbound sessions'"))}
+    assert len(shares) == 2
+    for where, promql in shares.items():
+        assert stack.prometheus.value(promql) == 0, where
