@@ -182,9 +182,10 @@ def write_config(directory: Path, backend_ports: list[int], *, port: int | None 
 class Relay:
     """`frontfilter serve --config FILE` in a subprocess; its JSON log lines are collected."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None):
         self.config = config
         self.env = env
+        self.prefix = prefix or []       # a command the relay runs under (`unshare ...`)
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
@@ -194,7 +195,7 @@ class Relay:
     def start(self) -> Relay:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "frontfilter", "serve", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "frontfilter", "serve", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()
         self.wait_event("listening", timeout=START_TIMEOUT)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
 
@@ -62,4 +65,31 @@ def test_a_copy_that_cannot_be_kept_is_a_temporary_failure_even_where_quarantine
             line = relay.wait_event("message", verdict="tempfailed")
     assert answer.startswith("451 4.3.0 ")      # never a 250 for a copy that was not kept
     assert line["decided_by"] == "hold-invoices" and "quarantine write failed" in line["delivery"]
+    assert sink.messages == []
+
+
+def can_mount_a_private_tmpfs() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not can_mount_a_private_tmpfs(), reason="needs unshare -m (root with CAP_SYS_ADMIN)")
+def test_a_full_quarantine_disk_answers_452_and_keeps_nothing(tmp_path: Path) -> None:
+    # A real full file system: the relay runs in its own mount namespace, where the quarantine
+    # is a 16 KiB tmpfs; the message is bigger.
+    quarantine = tmp_path / "held"
+    quarantine.mkdir()
+    mount = f"mount -t tmpfs -o size=16k,mode=0700 tmpfs {quarantine} && exec \"$0\" \"$@\""
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], rules_dir=rules_with_quarantine(tmp_path),
+                              quarantine={"dir": str(quarantine), "then": "accept"})
+        with Relay(config, prefix=["unshare", "-m", "sh", "-c", mount]) as relay:
+            with RawClient(relay.port) as client:
+                client.begin_data()
+                answer = client.command(b"Subject: your invoice\r\n\r\n" + b"pay now\r\n" * 8000 + b".")
+            line = relay.wait_event("message", verdict="tempfailed")
+    assert answer.startswith("452 4.3.1 ")
+    assert line["delivery"] == "quarantine write failed: disk full"
     assert sink.messages == []
