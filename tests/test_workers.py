@@ -17,6 +17,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
+from tests.observability.promql import dashboard_queries
 from tests.observability.support import eventually
 
 WORKERS = 2
@@ -194,7 +196,9 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
     from tests.observability.test_prometheus import Prometheus
 
     http_port = free_port()
-    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    relay = start(tmp_path, sink, rules=rules, metrics={"listen": f"127.0.0.1:{http_port}"})
     (tmp_path / "prom").mkdir()
     prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
     try:
@@ -218,6 +222,25 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
         real = proc_cpu_seconds(pids)
         reported = prometheus.value("sum(process_cpu_seconds_total)")
         assert reported is not None and abs(reported - real) <= 0.1 * real, (reported, real)
+        # The dashboard's CPU panel (a rate over $__rate_interval, 20 s here) under steady mail,
+        # against what /proc says the processes used over the same 20 s.
+        panel = next(q.promql for q in dashboard_queries() if q.where.startswith("panel 'CPU'"))
+        stop = threading.Event()
+        sender = threading.Thread(target=lambda: [send(relay.port, "steady") for _ in iter(stop.is_set, True)],
+                                  daemon=True)
+        sender.start()
+        try:
+            time.sleep(5)                                    # the load is steady
+            cpu_before, began = proc_cpu_seconds(pids), time.time()
+            time.sleep(20)
+            used, end = proc_cpu_seconds(pids) - cpu_before, time.time()
+        finally:
+            stop.set()
+            sender.join(30)
+        time.sleep(2.5)                                      # the scrapes around `end` are in
+        shown = float(prometheus.api("query", query=panel, time=end)["data"]["result"][0]["value"][1])
+        actual = used / (end - began)
+        assert abs(shown - actual) <= 0.1 * actual, (shown, actual)
         # A reload is one event, however many workers make it.
         before = prometheus.value('sum(frontfilter_rules_reloads_total{result="ok"})')
         relay.signal(signal.SIGHUP)
@@ -226,6 +249,13 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
                    timeout=15)
         time.sleep(2)
         assert prometheus.value('sum(frontfilter_rules_reloads_total{result="ok"})') == before + 1
+        # A refused reload is one event too, and the dashboard's reload annotation shows it.
+        (rules / "95-broken.toml").write_text('[[rule]]\nname = "broken"\naction = "explode"\n')
+        relay.signal(signal.SIGHUP)
+        annotation = next(q.promql for q in dashboard_queries() if q.where.startswith("annotation"))
+        eventually(lambda: "invalid" in {r["metric"]["result"]
+                                         for r in prometheus.query(annotation)["data"]["result"]}, timeout=15)
+        assert prometheus.value('sum(frontfilter_rules_reloads_total{result="invalid"})') == 1
     finally:
         prometheus.stop()
         relay.stop()
