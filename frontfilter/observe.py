@@ -625,11 +625,12 @@ def supervisor_event(event: str, level: str = "info", **fields: Any) -> None:
     _emit(logging.ERROR if level == "error" else logging.INFO, event, supervisor=os.getpid(), **fields)
 
 
-def session_closed(client: str, stage: str, reply: Reply, reason: str, queue_id: str | None = None,
-                   **fields: Any) -> None:
+def session_closed(client: str, stage: str, reply: Reply, reason: str, by_limit: bool,
+                   queue_id: str | None = None, **fields: Any) -> None:
     """The relay closed a session: a limit, a timeout, shutdown, a refusal that closes. One
-    line per such session, with the transaction it cut short (its queue id), if any."""
-    if reply.code == 421 and not reason.startswith(("shut", "internal")):   # limits and timeouts
+    line per such session, with the transaction it cut short (its queue id), if any; the
+    limits and timeouts (`by_limit`) also count as refusals (reason `limit`)."""
+    if by_limit:
         _refusal_counted(stage, "limit")
     _emit(logging.INFO, "session_closed", queue_id=queue_id, client=client, stage=stage,
           reply=reply.wire, reason=reason, **fields)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import select
 import shutil
@@ -139,7 +140,7 @@ class Supervisor:
     def _spawn(self, notify: sdnotify.Notifier, *inherited: socket.socket) -> None:
         supervisor = os.getpid()
         taken = {worker.slot for worker in self.workers.values()}
-        slot = min(set(range(self.count + len(taken))) - taken)
+        slot = next(n for n in itertools.count() if n not in taken)    # the lowest free one
         pid = os.fork()
         if pid == 0:                                     # the worker
             code = 1

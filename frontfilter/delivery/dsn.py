@@ -16,7 +16,7 @@ and never for a message that itself had the null sender. `Auto-Submitted: auto-r
 (RFC 3834) keeps autoresponders quiet.
 
 Bounds: at most MAX_RETURNED_HEADER_BYTES of the original header section are returned to a
-sender in our own domains. A sender outside them may be forged — the bounce then goes to an
+sender in our own domains (policy.own_domains). A sender outside them may be forged — the bounce then goes to an
 innocent third party (backscatter), with whatever the attacker wrote in the headers — so it
 gets only the fields that identify the message (IDENTIFYING_FIELDS), each on one line of at
 most MAX_FIELD_TO_OUTSIDE octets.

@@ -43,6 +43,8 @@ from frontfilter.delivery.spool import (
     NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
     read_state_file, remove_delivered, scan, state_stamp)
 from frontfilter.model import new_queue_id
+from frontfilter.policy import own_domains
+from frontfilter.reputation.facts import domain_of
 
 BACKOFF_FACTOR = 2
 # After the deadline, cancelled attempts get this long to put their message back.
@@ -463,8 +465,7 @@ class Worker:
         expired = {state.recipients[i].address for i in applied.expired}
         dsn_id = new_queue_id()
         now = self._clock()
-        sender_domain = envelope.sender.rpartition("@")[2].rstrip(".").lower()
-        outside = sender_domain not in set(self.config.relay.domains) | set(self.config.relay.sender_domains)
+        outside = domain_of(envelope.sender) not in own_domains(self.config)
         message, utf8 = dsn.build_dsn(dsn_id=dsn_id, hostname=self.config.server.hostname,
                                       envelope=envelope, message=body, added=head, failed=failed,
                                       expired=expired, now=now, outside=outside)

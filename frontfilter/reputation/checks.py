@@ -140,11 +140,10 @@ class Checks:
             assert self.spf is not None
             session.spf, session.spf_for = None, (sender, helo)
             session.spf_task = asyncio.ensure_future(self.spf.check(peer.ip, sender, helo))
-        domain = domain_of(sender) if sender else ""
-        if (SENDER_DOMAIN in later and domain and not ours
-                and (session.sender_domain is None or session.sender_domain.domain != domain)
-                and session.sender_domain_task is None):
-            session.sender_domain_task = asyncio.ensure_future(self._sender_domain(domain))
+        if SENDER_DOMAIN in later and sender and not ours and session.sender_domain_task is None:
+            domain = domain_of(sender)
+            if domain and (session.sender_domain is None or session.sender_domain.domain != domain):
+                session.sender_domain_task = asyncio.ensure_future(self._sender_domain(domain))
         if DNSBL in now and session.listing_task is not None:
             result = await session.listing_task
             session.listing_task = None

@@ -27,8 +27,7 @@ from frontfilter.model import IPAddress, Peer
 from frontfilter.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
 from frontfilter.smtp.limits import ConnectionLimits, Network
-from frontfilter.smtp.tls import (CertificateProblem, ServerCertificate, certificate_expiry, certificate_summary,
-                                  server_context)
+from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, read_certificate, server_context
 
 
 @dataclass
@@ -93,9 +92,7 @@ async def open_front_door(config: Config) -> FrontDoor:
     if config.tls.cert_file is not None:
         try:
             certificate = ServerCertificate(config.tls, await asyncio.to_thread(server_context, config.tls))
-            observe.credentials_loaded("tls_certificate", False, file=str(config.tls.cert_file),
-                                       **certificate_summary(config.tls.cert_file))
-            _publish_expiry(config)
+            await _certificate_loaded(config, reload=False)
         except CertificateProblem as error:
             problems.append(f"{config.path}: {error.key}: {error}")
     authenticator = None
@@ -124,9 +121,7 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
     if door.certificate is not None:
         try:
             door.certificate.replace(await asyncio.to_thread(server_context, config.tls))
-            observe.credentials_loaded("tls_certificate", True, file=str(config.tls.cert_file),
-                                       **certificate_summary(config.tls.cert_file))  # type: ignore[arg-type]
-            _publish_expiry(config)
+            await _certificate_loaded(config, reload=True)
         except CertificateProblem as error:
             observe.credentials_refused("tls_certificate", [str(error)], reload=True)
     if door.authenticator is not None and config.auth.users_file is not None:
@@ -140,10 +135,12 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
         observe.credentials_refused("backend_tls", [str(error)], reload=True)
 
 
-def _publish_expiry(config: Config) -> None:
-    """frontfilter_tls_certificate_expiry_timestamp_seconds for each listener that serves TLS."""
+async def _certificate_loaded(config: Config, reload: bool) -> None:
+    """The certificate now served, read once off the loop: its log line, and its expiry for
+    each listener that serves TLS (frontfilter_tls_certificate_expiry_timestamp_seconds)."""
     assert config.tls.cert_file is not None
-    expiry = certificate_expiry(config.tls.cert_file)
+    summary, expiry = await asyncio.to_thread(read_certificate, config.tls.cert_file)
+    observe.credentials_loaded("tls_certificate", reload, file=str(config.tls.cert_file), **summary)
     if expiry is not None:
         observe.tls_certificate_expires(
             [listener.name for listener in config.listeners if listener.tls is not TlsMode.NONE], expiry)

@@ -474,14 +474,15 @@ class SmtpSession(asyncio.Protocol):
         self._write(self.core.send(answer))
         self._last_activity = self._loop.time()
         observe.reply_sent(stage, str(answer.code))
+        ours = answer is reply.INTERNAL_ERROR or answer is reply.NOT_READY    # our failure, not the client's
         if reason and (answer.code == 421 or (answer.close and answer.code != 221)):
             # (A client refused before its greeting has its own connection_refused line.)
-            observe.session_closed(str(self.client), stage, answer, reason or "closed",
+            observe.session_closed(str(self.client), stage, answer, reason,
+                                   by_limit=answer.code == 421 and not ours and answer is not reply.SHUTTING_DOWN,
                                    queue_id=self.handler.queue_id_of(self), listener=self.listener.name)
         elif reason and answer.code >= 400:
             observe.command_refused(str(self.client), stage, answer, reason,
-                                    "internal" if reason == "internal error" else "protocol",
-                                    queue_id=self.handler.queue_id_of(self))
+                                    "internal" if ours else "protocol", queue_id=self.handler.queue_id_of(self))
         if self.core.mode is Mode.CLOSED:
             self._close()
 

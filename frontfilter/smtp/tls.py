@@ -68,18 +68,10 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def certificate_expiry(path: Path) -> float | None:
-    """When the first certificate in a PEM file expires (Unix time); None if unknown."""
-    from cryptography import x509
-
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
-    except Exception:  # informative only: server_context() says what is wrong with the file
-        return None
-
-
-def certificate_summary(path: Path) -> dict[str, str]:
-    """Subject and expiry of the first certificate in a PEM file, for the log line; {} if unknown.
+def read_certificate(path: Path) -> tuple[dict[str, str], float | None]:
+    """The first certificate in a PEM file, read once: its subject and expiry for the log line
+    ({} if unknown) and its expiry as Unix time for the metric (None if unknown). Reads the
+    file: call it off the event loop.
 
     The subject reads as RFC 4514 writes it (`CN=mx1.example.org,O=Example`), the expiry as
     OpenSSL prints it (`Jun  1 12:00:00 2030 GMT`).
@@ -93,8 +85,9 @@ def certificate_summary(path: Path) -> dict[str, str]:
         subject = certificate.subject.rfc4514_string()
         expiry = certificate.not_valid_after_utc
     except Exception:  # informative only: server_context() says what is wrong with the file
-        return {}
-    return {"subject": subject, "not_after": f"{expiry:%b} {expiry.day:2d} {expiry:%H:%M:%S %Y} GMT"}
+        return {}, None
+    return ({"subject": subject, "not_after": f"{expiry:%b} {expiry.day:2d} {expiry:%H:%M:%S %Y} GMT"},
+            expiry.timestamp())
 
 
 class ServerCertificate:

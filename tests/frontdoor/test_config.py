@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 
 from frontfilter.config import AuthMode, ConfigError, TlsMode, load_config
-from frontfilter.smtp.tls import certificate_summary
+from frontfilter.smtp.tls import read_certificate
 from tests.frontdoor.helpers import make_pki
 from tests.harness import REPO
 
@@ -116,12 +116,13 @@ def test_a_key_that_cannot_be_used_is_named_as_the_key(tmp_path: Path) -> None:
 def test_certificate_summary_names_the_leaf_of_a_chain_and_is_never_fatal(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, "mx1.example.org")      # leaf first, then the CA: fullchain.pem
     leaf = x509.load_pem_x509_certificate(pki.cert_file.read_bytes())
-    summary = certificate_summary(pki.cert_file)
+    summary, expiry = read_certificate(pki.cert_file)
     assert summary["subject"] == leaf.subject.rfc4514_string()
     assert re.fullmatch(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} GMT", summary["not_after"])
+    assert expiry == leaf.not_valid_after_utc.timestamp()
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    assert certificate_summary(tmp_path / "junk.pem") == {}
-    assert certificate_summary(tmp_path / "missing.pem") == {}
+    assert read_certificate(tmp_path / "junk.pem") == ({}, None)
+    assert read_certificate(tmp_path / "missing.pem") == ({}, None)
 
 
 # ---- limits that another limit would always beat ----------------------------------------------

@@ -95,6 +95,9 @@ def test_a_command_timeout_is_answered_counted_and_logged(tmp_path: Path) -> Non
         counted = re.search(r'^frontfilter_smtp_replies_total\{code="421",stage="helo"\} (\S+)$',
                             exposition(metrics), re.MULTILINE)
         assert counted is not None and float(counted.group(1)) == 1.0
+        limit = re.search(r'^frontfilter_refusals_total\{reason="limit",stage="helo"\} (\S+)$',
+                          exposition(metrics), re.MULTILINE)
+        assert limit is not None and float(limit.group(1)) == 1.0
 
 
 def test_a_client_that_never_reads_is_not_buffered_without_bound(tmp_path: Path) -> None:
