@@ -47,8 +47,7 @@ class Handler:
             return Reply(refusal.code if refusal.code != 250 else 554, refusal.enhanced,
                          refusal.text, close=True)
         observe.connection("accepted")
-        if session.live:       # a client gone while the connect rules ran is not waited for
-            self.sessions.add(session)
+        self.sessions.add(session)     # until the session's task ends (SmtpSession._run)
         return None
 
     async def session_closed(self, session: SmtpSession) -> None:
