@@ -5,7 +5,8 @@ use) ends with readable lines on stderr and a non-zero exit — never a tracebac
 
 Exit codes: 0 ok; 1 `check` found problems (`queue`: an id found but unreadable);
 2 usage or start-up error;
-`passwd`: 0 done, 2 error; `scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine.
+`passwd`: 0 done, 2 error; `scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine;
+`test`: 0 every message as expected, 1 some not, 2 the corpus or the config cannot be read.
 """
 
 from __future__ import annotations
@@ -263,138 +264,177 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---- scan ---------------------------------------------------------------------------------
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    import dataclasses
+    """The message through the relay's own pipeline (frontfilter.dryrun): every stage, as the
+    relay would decide it, with nothing sent or stored."""
+    from frontfilter import dryrun
 
-    from frontfilter.config import InspectionConfig, OnError
-    from frontfilter.content.limits import InspectionLimits
-    from frontfilter.decision import decide
-    from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage
-    from frontfilter.rules.facts import Facts
-    from frontfilter.rules.loader import load_ruleset
-    from frontfilter.rules.model import RuleSetError
-
-    inspection = InspectionConfig()
-    rules_dir = args.rules or Path("rules")
-    antivirus = None
-    if args.config is not None:
-        config = _load_config(args.config)
-        inspection = config.inspection
-        rules_dir = args.rules or config.rules.dir
-        antivirus = config.antivirus
-    try:
-        rules = load_ruleset(rules_dir)
-    except RuleSetError as error:
-        raise _Fatal(*error.errors) from None
+    if args.dns and args.config is None:
+        raise _Fatal("--dns needs --config (the resolvers, lists and SPF settings are there)")
     try:
         raw = sys.stdin.buffer.read() if str(args.message) == "-" else args.message.read_bytes()
     except OSError as error:
         raise _Fatal(f"{args.message}: {error.strerror}") from None
-    try:
-        ip = ipaddress.ip_address(args.client_ip)
-    except ValueError:
-        raise _Fatal(f"--client-ip: {args.client_ip!r} is not an IP address") from None
-    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")   # files on disk often have LF
-    recipients = tuple(args.recipient or ["postmaster@example.org"])
-    facts = Facts(stage=Stage.DATA, session=SessionFacts(peer=Peer(ip, 25), helo=args.helo),
-                  envelope=EnvelopeFacts(sender=args.sender, recipients=recipients))
-    # Reputation: own domains, trusted networks and (with --dns) DNS lists and SPF; and the
-    # rules of connect, HELO, MAIL and RCPT with them (frontfilter/reputation/scan.py).
-    from frontfilter.reputation.scan import early_stages, scan_checks
-
-    if args.dns and args.config is None:
-        raise _Fatal("--dns needs --config (the resolvers, lists and SPF settings are there)")
-    checks, check_lines = scan_checks(config if args.config is not None else None, ip, args.sender,
-                                      args.helo, args.auth_user, args.dns)
-    facts = dataclasses.replace(facts, checks=checks,
-                                session=dataclasses.replace(facts.session, auth_user=args.auth_user))
-    early = early_stages(rules, facts)
-    refused = _envelope_refusal(config, facts.session, args.sender, recipients) if args.config is not None else None
-    limits = InspectionLimits(**{f.name: getattr(inspection, f.name)
-                                 for f in dataclasses.fields(InspectionLimits)})
-    scan, on_error = None, OnError.TEMPFAIL
-    if antivirus is not None:   # the relay's own scan: same client, same clamd, same on_error
-        scan, on_error = _antivirus_scan(antivirus, raw), antivirus.on_error
-    decision = decide(raw, facts, rules, limits, antivirus=scan, on_error=on_error)
-    action = decision.verdict.action.value if decision.verdict.action else "accept"
-    ended = early[-1] if early and early[-1][1].action is not None and not (
-        early[-1][0] is Stage.RCPT and early[-1][1].action.value == "accept") else None
-    if ended is not None:      # the relay would have decided before DATA
-        action = ended[1].action.value if ended[1].action.value != "quarantine" else "reject"
-    if refused is not None:    # relay access or sender binding: before any rule
-        action = "reject" if refused[1].is_permanent else "tempfail"
-    if args.output is not None:
-        args.output.write_bytes(decision.head + decision.message)
+    envelope = _dry_envelope(args.sender, args.recipient, args.client_ip, args.helo, args.auth_user)
+    config, rules = _dry_setup(args.config, args.rules, envelope, args.dns)
+    result = dryrun.run(config, rules, as_crlf(raw), envelope)
+    action = result.action
+    if args.output is not None and result.decision is not None:
+        decision = result.decision
+        args.output.write_bytes(result.forwarded or decision.head + decision.message)
+    lines = _check_lines(result, args.config is not None, args.dns)
     if args.json:
-        document = _scan_json(decision, action)
-        document["checks"] = check_lines
-        document["early"] = [{"stage": stage.value, "matches": [
-            {"rule": m.rule, "action": m.action.value, "mode": m.mode.value, "reasons": list(m.reasons)}
-            for m in verdict.matches], "decision": verdict.action.value if verdict.action else None,
-            "reply": verdict.reply.wire if verdict.reply else None} for stage, verdict in early]
-        if ended is not None:
-            document["verdict"] = action
-            document["reply"] = ended[1].reply.wire if ended[1].reply else None
-            document["decided_by"] = ended[1].rule
-        if refused is not None:
-            document["verdict"] = action
-            document["reply"] = refused[1].wire
-            document["decided_by"] = f"relay policy at {refused[0]}: {refused[2]}"
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(json.dumps(_scan_document(result, lines), indent=2, ensure_ascii=False))
+        return SCAN_EXIT.get(action, EXIT_OK)
+    for line in lines:
+        print(line)
+    for evaluation in result.early():
+        print(f"stage {evaluation.stage.value}:")
+        for line in evaluation.verdict.explain():
+            print(f"  {line}")
+    if result.decision is not None:
+        for recipient, answer in result.refused_recipients:    # the message went on without them
+            print(f"recipient {recipient}: {answer.wire}")
+        _print_scan(result.decision, action)
     else:
-        for line in check_lines:
-            print(line)
-        for stage, verdict in early:
-            print(f"stage {stage.value}:")
-            for line in verdict.explain():
-                print(f"  {line}")
-        _print_scan(decision, action)
-        if ended is not None:
-            print(f"(decided at stage {ended[0].value}, before the message: the relay would not "
-                  f"have received it)")
-        if refused is not None:
-            print(f"relay policy at {refused[0]}: {refused[1].wire} ({refused[2]}): the relay would "
-                  f"not have received the message")
+        _print_early_end(result)
     return SCAN_EXIT.get(action, EXIT_OK)
 
 
-def _envelope_refusal(config: Any, session: Any, sender: str | None,
-                      recipients: tuple[str, ...]) -> tuple[str, Any, str] | None:
-    """What the relay's own envelope policy says before any rule: the sender a login may use
-    (relay.sender_map), relay access for each recipient, and relay.outbound_senders.
-    (stage, reply, why) of the first refusal, or None."""
-    from frontfilter import policy
-    from frontfilter.reply import Reply
-    from frontfilter.sendermap import SenderMapError, load_sender_map
+def as_crlf(raw: bytes) -> bytes:
+    """Files on disk often have LF line ends; on the wire every line ends in CRLF."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
-    senders = None
-    if config.relay.sender_map is not None:
+
+def _dry_envelope(sender: str, recipients: list[str] | None, client_ip: str, helo: str,
+                  auth_user: str | None) -> Any:
+    from frontfilter.dryrun import DryEnvelope
+
+    try:
+        ipaddress.ip_address(client_ip)
+    except ValueError:
+        raise _Fatal(f"--client-ip: {client_ip!r} is not an IP address") from None
+    return DryEnvelope(sender=sender, recipients=tuple(recipients or ["postmaster@example.org"]),
+                       client_ip=client_ip, helo=helo, auth_user=auth_user)
+
+
+def _dry_setup(config_path: Path | None, rules_dir: Path | None, envelope: Any,
+               lookups: bool) -> tuple[Any, Any]:
+    """The config a dry run decides with (the relay's; without one, a stand-in that takes the
+    recipients' domains as its own), and the rule set."""
+    from frontfilter.config import ConfigError, build_config
+    from frontfilter.dryrun import dry_config
+    from frontfilter.rules.loader import load_ruleset
+    from frontfilter.rules.model import RuleSetError
+
+    if config_path is not None:
+        config = _load_config(config_path)
+    else:
+        domains = sorted({r.rpartition("@")[2].lower() for r in envelope.recipients if "@" in r})
         try:
-            senders = load_sender_map(config.relay.sender_map)
-        except SenderMapError as error:
-            raise _Fatal(*(f"relay.sender_map: {problem}" for problem in error.problems)) from None
-    parsed = policy.parse_sender(sender or "", True)
-    if isinstance(parsed, Reply):
-        return "mail", parsed, f"sender {sender!r} malformed"
-    denied = policy.may_send_as(parsed, session, senders, policy.own_domains(config))
-    if denied is not None:
-        return "mail", denied, f"sender {parsed.text!r} not owned by login {session.auth_user!r}"
-    for text in recipients:
-        recipient = policy.parse_recipient(text, True)
-        if isinstance(recipient, Reply):
-            return "rcpt", recipient, f"recipient {text!r} malformed"
-        denied = policy.may_relay(recipient, session, config) or policy.may_relay_out_as(parsed, recipient, config)
-        if denied is not None:
-            return "rcpt", denied, f"recipient {text!r} from this client and sender"
-    return None
+            config = build_config({"relay": {"domains": domains},
+                                   "backend": {"servers": ["127.0.0.1:25"]}}, Path("scan.toml"))
+        except ConfigError as error:
+            raise _Fatal(*(f"--recipient: {p.split(': ', 1)[-1]}" for p in error.problems)) from None
+    try:
+        rules = load_ruleset(rules_dir or (config.rules.dir if config_path is not None else Path("rules")))
+    except RuleSetError as error:
+        raise _Fatal(*error.errors) from None
+    return dry_config(config, lookups), rules
 
 
-def _antivirus_scan(antivirus: Any, raw: bytes) -> Any:
-    from frontfilter.antivirus.clamd import ClamdClient
+def _check_lines(result: Any, configured: bool, lookups: bool) -> list[str]:
+    """What the reputation side knew: trust, own domains, and the DNS checks the rules read."""
+    if not configured:
+        return ["checks: none (no --config: the recipients' domains are taken as the relay's own)"]
+    state = result.state
+    checks = state.checks
+    own = sorted(result.own_domains)
+    lines = [f"client {state.peer.ip}: {'trusted' if checks.trusted else 'not trusted'}; own domains: "
+             f"{', '.join(own) or 'none'}"]
+    if not lookups:
+        lines.append("dns checks: not made (add --dns to ask the configured resolvers)")
+        return lines
+    if checks.listing is not None:
+        listed = result.event("dnsbl") or {}
+        answers = ", ".join(f"{name}={answer}" for name, answer in (listed.get("lists") or {}).items())
+        lines.append(f"dnsbl: score {checks.listing.score}"
+                     f"{' (threshold reached)' if checks.listing.over_threshold else ''}: "
+                     f"{answers or 'not listed'}")
+    else:
+        lines.append("dnsbl: not looked up (no [dnsbl] lists, no rule reads it, or a trusted client)")
+    if checks.spf is not None:
+        spf = checks.spf
+        lines.append(f"spf: {spf.result.value} ({spf.identity} {spf.domain}) {spf.explanation}".rstrip())
+    else:
+        lines.append("spf: not evaluated ([spf] off, no rule reads it, or a client of ours)")
+    return lines
 
-    async def scan() -> Any:
-        return await ClamdClient.from_config(antivirus).scan(raw)
 
-    return asyncio.run(scan())
+def _print_early_end(result: Any) -> None:
+    """How a message that never reached the content rules ended."""
+    if result.refused_by_policy:
+        why = f" ({result.decided_by})" if result.decided_by else ""
+        print(f"relay policy at {result.stage.value}: {result.reply.wire}{why}: the relay would not "
+              f"have received the message")
+    elif result.stage.value != "data":
+        print(f"(decided at stage {result.stage.value}, before the message: the relay would not "
+              f"have received it)")
+    print(f"verdict: {result.action} ({result.reply.wire})")
+
+
+def _scan_document(result: Any, check_lines: list[str]) -> dict[str, Any]:
+    document: dict[str, Any] = {"verdict": result.action, "reply": result.reply.wire,
+                                "decided_by": result.decided_by}
+    if result.decision is not None:
+        document = _scan_json(result.decision, result.action) | document
+    document |= {"stage": result.stage.value, "relay_verdict": result.verdict, "checks": check_lines,
+                 "refused_recipients": [{"recipient": r, "reply": a.wire} for r, a in result.refused_recipients]}
+    document["early"] = [{"stage": e.stage.value, "recipient": e.recipient, "matches": [
+        {"rule": m.rule, "action": m.action.value, "mode": m.mode.value, "reasons": list(m.reasons)}
+        for m in e.verdict.matches], "decision": e.verdict.action.value if e.verdict.action else None,
+        "reply": e.verdict.reply.wire if e.verdict.reply else None} for e in result.early()]
+    return document
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Each message of the corpus through the relay's own pipeline, against its sidecar."""
+    from frontfilter import dryrun
+    from frontfilter.tools import corpus
+
+    if args.dns and args.config is None:
+        raise _Fatal("--dns needs --config (the resolvers, lists and SPF settings are there)")
+    try:
+        cases = corpus.load_cases(args.corpus)
+    except corpus.CorpusError as error:
+        raise _Fatal(*error.problems) from None
+    setups: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def decide(raw: bytes, envelope: Any) -> Any:
+        # Without --config the stand-in config depends on the recipients' domains.
+        key = () if args.config is not None else envelope.recipients
+        if key not in setups:
+            setups[key] = _dry_setup(args.config, args.rules, envelope, args.dns)
+        config, rules = setups[key]
+        return dryrun.run(config, rules, as_crlf(raw), envelope)
+
+    try:
+        outcomes = corpus.run_corpus(cases, decide)
+    except OSError as error:
+        raise _Fatal(f"{error.filename}: {error.strerror}") from None
+    for outcome in outcomes:
+        if not outcome.passed:
+            print(outcome.line(args.corpus))
+        elif args.verbose:
+            print(f"{corpus.relative(outcome.case.message, args.corpus)}: ok ({outcome.verdict}; rules fired: "
+                  f"{', '.join(outcome.rules) or 'none'})")
+    failed = sum(not o.passed for o in outcomes)
+    if args.junit is not None:
+        try:
+            args.junit.write_bytes(corpus.junit(outcomes, args.corpus))
+        except OSError as error:
+            raise _Fatal(f"--junit {args.junit}: {error.strerror}") from None
+    print(f"{len(outcomes)} messages: {len(outcomes) - failed} as expected, {failed} not")
+    return EXIT_PROBLEMS if failed else EXIT_OK
 
 
 def _scan_json(decision: Any, action: str) -> dict[str, Any]:
@@ -491,6 +531,17 @@ def _read_password() -> bytes:
 # ---- queue --------------------------------------------------------------------------------
 
 def _queue_parser(sub: Any) -> None:
+    test = sub.add_parser("test", help="run a corpus of messages with expected outcomes through the "
+                          "rules (regression tests for rule edits)")
+    test.add_argument("corpus", type=Path, help="a folder of .eml files, each with a .toml sidecar "
+                      "(verdict, rules, stripped, envelope)")
+    test.add_argument("--config", "-c", type=Path, help="config (rules dir, limits, relay policy)")
+    test.add_argument("--rules", type=Path, help="rules dir (default: from --config, else ./rules)")
+    test.add_argument("--junit", type=Path, help="also write a JUnit XML report here")
+    test.add_argument("--dns", action="store_true", help="ask the configured resolvers (needs --config)")
+    test.add_argument("--verbose", "-v", action="store_true", help="a line for each message, passed too")
+    test.set_defaults(run=cmd_test)
+
     queue = sub.add_parser("queue", help="list, show, retry or delete spooled mail (safe while "
                            "the relay runs)")
     queue.add_argument("--config", "-c", type=Path)

@@ -271,16 +271,19 @@ def test_scan_json_names_the_parts_not_read_and_why(tmp_path: Path) -> None:
 
 
 def test_scan_output_carries_the_fields_the_rules_add_on_top(tmp_path: Path) -> None:
-    """`scan --output` writes the message as the relay would forward it: the added fields (here
-    the shipped mime-sloppy tag, for a missing closing boundary) on top of the message."""
+    """`scan --output` writes the message as the relay would forward it: its Received trace and
+    the added fields (here the shipped mime-sloppy tag, for a missing closing boundary) on top."""
     sloppy = (b"From: a@example.net\nTo: b@example.org\nSubject: sloppy\nMIME-Version: 1.0\n"
               b"Content-Type: multipart/mixed; boundary=\"x\"\n\n--x\nContent-Type: text/plain\n\nhi\n")
     (tmp_path / "sloppy.eml").write_bytes(sloppy)
     code, report = scan(tmp_path / "sloppy.eml", "--output", str(tmp_path / "out.eml"))
     written = (tmp_path / "out.eml").read_bytes()
     assert (code, report["verdict"]) == (0, "accept")
-    assert written.startswith(b"X-Frontfilter-Tags: mime-sloppy\r\n")
-    assert written.endswith(sloppy.replace(b"\n", b"\r\n"))
+    original = sloppy.replace(b"\n", b"\r\n")
+    assert written.endswith(original)
+    added = written[:-len(original)]
+    assert added.startswith(b"Received: from client.example.net ([192.0.2.1]) by ")   # the relay's trace
+    assert added.endswith(b"X-Frontfilter-Tags: mime-sloppy\r\n")
 
 
 def test_scan_explains_why(tmp_path: Path) -> None:

@@ -1,0 +1,278 @@
+"""A message through the relay's own pipeline, with no spool and no backend.
+
+`frontfilter scan`, `frontfilter test` and `quarantine release --rescan` decide a message here.
+They drive `pipeline.Pipeline` itself — connect, HELO, MAIL, each RCPT, DATA — so a dry run
+cannot drift from the relay: relay policy, the rules of every stage, the reputation checks the
+rules read, the content walk, clamd, the rewrite are the same code. What differs is only the
+pipeline's edges to the outside, overridden in `DryPipeline`:
+
+- RCPT is not mirrored to the backend (sync mode) nor probed (`backend.verify_recipients`);
+- a message to be forwarded is not forwarded: its bytes are kept (`DryResult.forwarded`);
+- a quarantined message is not written to the quarantine;
+- greylisting is never consulted (a dry run must not record triplets), and without `lookups`
+  no DNS check is made (no DNS lists, SPF or sender-domain lookups): their facts are "not
+  looked up", as in a relay configured without them.
+
+The log lines the relay would have written (`message`, `refused`, `dnsbl`, ...) are captured,
+not printed, and returned in `DryResult.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from frontfilter import reply
+from frontfilter.config import Config, QuarantineOutcome
+from frontfilter.decision import Decision
+from frontfilter.model import Peer, Stage
+from frontfilter.pipeline import Pipeline, RuleBook, SessionState, Transaction
+from frontfilter.reply import Reply
+from frontfilter.rules.facts import Facts
+from frontfilter.rules.model import Verdict
+
+# The log lines of the relay that a dry run keeps (the others are about the process).
+KEPT_EVENTS = frozenset({"message", "refused", "dnsbl", "sender_domain", "rules_monitored",
+                         "antivirus_failed", "internal_error"})
+# The port a dry run's client is taken to come from (nothing is listened on or sent to).
+DRY_CLIENT_PORT = 25
+
+
+@dataclass(frozen=True)
+class DryEnvelope:
+    """What the relay would have learnt from the client before the message."""
+
+    sender: str = "sender@example.net"
+    recipients: tuple[str, ...] = ("postmaster@example.org",)
+    client_ip: str = "192.0.2.1"
+    helo: str = "client.example.net"
+    auth_user: str | None = None
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of the rules: at which stage, for which recipient (RCPT), what it said."""
+
+    stage: Stage
+    recipient: str | None
+    verdict: Verdict
+
+
+@dataclass
+class DryResult:
+    verdict: str                  # as the relay's `message` line: accepted, rejected, tempfailed,
+                                  # discarded, quarantined
+    reply: Reply                  # the client's last answer (the one that decided)
+    stage: Stage                  # where it was decided: DATA, or an earlier stage that refused
+    decided_by: str | None        # the rule, or for a refusal before any rule, its reason
+    refused_by_policy: bool = False   # refused by relay policy (relay access, addresses, logins)
+    decision: Decision | None = None  # the content decision (None: decided before DATA)
+    forwarded: bytes | None = None    # the message as it would reach the backend
+    refused_recipients: list[tuple[str, Reply]] = field(default_factory=list)   # the others went on
+    evaluations: list[Evaluation] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    state: SessionState | None = None
+    own_domains: frozenset[str] = frozenset()
+
+    @property
+    def action(self) -> str:
+        """The deciding rule action, as `scan` reports it and its exit status says: accept,
+        reject, tempfail, discard, quarantine (strip, tag and add_header by name)."""
+        if self.decision is not None and self.stage is Stage.DATA:
+            action = self.decision.verdict.action
+            if action is not None:
+                return action.value
+        return {"accepted": "accept", "discarded": "discard", "quarantined": "quarantine",
+                "tempfailed": "tempfail"}.get(self.verdict, "reject")
+
+    def early(self) -> list[Evaluation]:
+        """The evaluations before DATA in which a rule matched."""
+        return [e for e in self.evaluations if e.stage is not Stage.DATA and e.verdict.matches]
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in self.events if e.get("event") == name), None)
+
+
+def dry_config(config: Config, lookups: bool) -> Config:
+    """The relay's config as a dry run uses it: never greylisting; DNS checks only if asked."""
+    config = dataclasses.replace(config, greylist=dataclasses.replace(config.greylist, enabled=False))
+    if lookups:
+        return config
+    return dataclasses.replace(
+        config, dnsbl=dataclasses.replace(config.dnsbl, lists=()),
+        spf=dataclasses.replace(config.spf, enabled=False),
+        dns=dataclasses.replace(config.dns, check_sender_domain=False))
+
+
+class RecordingRules:
+    """The rule set, as the pipeline sees it, noting each evaluation (any thread)."""
+
+    def __init__(self, rules: Any, evaluations: list[Evaluation]):
+        self._rules = rules
+        self._evaluations = evaluations
+
+    def evaluate(self, facts: Facts, **options: Any) -> Verdict:
+        verdict: Verdict = self._rules.evaluate(facts, **options)
+        self._evaluations.append(Evaluation(facts.stage, facts.recipient, verdict))
+        return verdict
+
+    def __getattr__(self, name: str) -> Any:     # stages, reads, ...: the rule set's own
+        return getattr(self._rules, name)
+
+
+class DryPipeline(Pipeline):
+    """The relay's pipeline with its edges to the backend, the spool and the quarantine cut."""
+
+    def __init__(self, config: Config, rules: Any):
+        self.evaluations: list[Evaluation] = []
+        super().__init__(config, RuleBook(RecordingRules(rules, self.evaluations)))
+        self.decision: Decision | None = None
+        self.forwarded: bytes | None = None
+
+    async def _backend_recipient(self, state: SessionState, recipient: Any) -> Reply | None:
+        return None
+
+    async def _judge(self, state: SessionState, txn: Transaction, judge: Any, size: int) -> Any:
+        judged = await super()._judge(state, txn, judge, size)
+        if judged is not None:
+            self.decision = judged[0]
+        return judged
+
+    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
+                       ) -> tuple[Reply, str]:
+        self.forwarded = head + message
+        return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), "dry run: not forwarded"
+
+    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
+                          verdict: Verdict) -> tuple[Reply, str | None]:
+        if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
+            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), None
+        return verdict.reply or reply.REJECTED, None
+
+
+class _Capture(logging.Handler):
+    def __init__(self, events: list[dict[str, Any]]):
+        super().__init__(logging.DEBUG)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields.get("event") in KEPT_EVENTS:
+            self.events.append(dict(fields))
+
+
+def run(config: Config, rules: Any, raw: bytes, envelope: DryEnvelope = DryEnvelope()) -> DryResult:
+    """Decide `raw` (the message as the client sent it, CRLF lines) as the relay would."""
+    return asyncio.run(run_async(config, rules, raw, envelope))
+
+
+async def run_async(config: Config, rules: Any, raw: bytes, envelope: DryEnvelope = DryEnvelope()) -> DryResult:
+    events: list[dict[str, Any]] = []
+    logger = logging.getLogger("frontfilter")
+    capture, level, propagate = _Capture(events), logger.level, logger.propagate
+    logger.addHandler(capture)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    pipeline = DryPipeline(config, rules)
+    try:
+        result = await _drive(pipeline, raw, envelope)
+    finally:
+        pipeline.shutdown()
+        logger.removeHandler(capture)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    result.evaluations, result.events = pipeline.evaluations, events
+    result.own_domains = pipeline.checks.own_domains
+    _explain(result)
+    return result
+
+
+async def _drive(pipeline: DryPipeline, raw: bytes, envelope: DryEnvelope) -> DryResult:
+    peer = Peer(ipaddress.ip_address(envelope.client_ip), DRY_CLIENT_PORT)
+    state, refusal = await pipeline.connect(peer, tls=envelope.tls)
+    try:
+        if refusal is not None:     # the handler turns a rule's refusal at connect into a close
+            return _refused(Stage.CONNECT, refusal, state, pipeline)
+        refusal = await pipeline.helo(state, envelope.helo)
+        if refusal is not None:
+            return _refused(Stage.HELO, refusal, state, pipeline)
+        state.auth_user = envelope.auth_user
+        answer = await pipeline.mail(state, envelope.sender, _mail_options(envelope, raw),
+                                     max_size=pipeline.config.server.max_message_size)
+        if not answer.is_success:
+            return _refused(Stage.MAIL, answer, state, pipeline)
+        refusals = []
+        for recipient in envelope.recipients:
+            answer = await pipeline.rcpt(state, recipient)
+            if not answer.is_success:
+                refusals.append((recipient, answer))
+        if state.txn is None or not state.txn.recipients:
+            result = _refused(Stage.RCPT, refusals[0][1] if refusals else reply.BAD_SEQUENCE, state, pipeline)
+            result.refused_recipients = refusals
+            return result
+        if len(raw) > pipeline.config.server.max_message_size:     # the session's DATA bound
+            result = _refused(Stage.DATA, reply.MESSAGE_TOO_BIG, state, pipeline)
+            result.decided_by = "server.max_message_size"
+            return result
+        answer = await pipeline.data(state, raw)
+        result = _decided(answer, state, pipeline)
+        result.refused_recipients = refusals
+        return result
+    finally:
+        await _finish_lookups(state)
+        await pipeline.close(state)
+
+
+async def _finish_lookups(state: SessionState) -> None:
+    """The client's DNS lists, looked up from connect on, are awaited by the first stage whose
+    rules read them: a message decided before that stage would leave them unanswered. The
+    administrator asking is shown them anyway (they decided nothing)."""
+    checks = state.checks
+    if checks.listing_task is not None and checks.listing is None:
+        found = await checks.listing_task
+        checks.listing_task = None
+        checks.listing, checks.listing_failed = found.facts, found.failed
+
+
+def _mail_options(envelope: DryEnvelope, raw: bytes) -> list[str]:
+    """MAIL parameters a client would have given for this envelope and message."""
+    options = []
+    if any(not b < 0x80 for b in raw):
+        options.append("BODY=8BITMIME")
+    if not (envelope.sender + "".join(envelope.recipients)).isascii():
+        options.append("SMTPUTF8")
+    return options
+
+
+def _refused(stage: Stage, answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
+    return DryResult(verdict="tempfailed" if answer.is_transient else "rejected", reply=answer,
+                     stage=stage, decided_by=None, state=state)
+
+
+def _decided(answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
+    return DryResult(verdict="", reply=answer, stage=Stage.DATA, decided_by=None,
+                     decision=pipeline.decision, forwarded=pipeline.forwarded, state=state)
+
+
+def _explain(result: DryResult) -> None:
+    """Who decided, from the lines the relay logged: the `message` line at end of DATA; before
+    it, the `refused` line of the deciding stage (a rule, or relay policy and its reason)."""
+    line = result.event("message") if result.stage is Stage.DATA else None
+    if line is not None:
+        result.verdict, result.decided_by = str(line["verdict"]), line.get("decided_by")
+        return
+    refused = [e for e in result.events if e.get("event") == "refused" and e.get("stage") == result.stage.value]
+    if not refused:
+        result.refused_by_policy = True
+        return
+    line = refused[-1]
+    rules = line.get("rules") or []
+    if str(line.get("reason", "")).startswith("rule ") and rules:
+        result.decided_by = str(line["reason"])[len("rule "):]
+    else:
+        result.decided_by, result.refused_by_policy = str(line.get("reason", "")), True

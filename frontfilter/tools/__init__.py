@@ -1,0 +1,1 @@
+"""The administrator's tools beside the relay: rule regression tests over a corpus."""
