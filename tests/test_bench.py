@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.harness import RecordingSink, free_port
+from tests.requires import installed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,9 +39,8 @@ _spec.loader.exec_module(pipeliner)
 
 GUARD = 10.0     # seconds: only so that a client that does not pipeline fails instead of hanging
 
-needs_postfix = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("postfix", "smtp-source", "smtp-sink")),
-    reason="Postfix's tools are installed by `make test` (Debian package postfix)")
+needs_postfix = installed(all(shutil.which(tool) for tool in ("postfix", "smtp-source", "smtp-sink")),
+                          "Postfix's tools are installed by `make test` (Debian package postfix)")
 
 
 @needs_postfix

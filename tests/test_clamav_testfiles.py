@@ -22,6 +22,7 @@ import pytest
 from tests.content import fail_closed_corpus as corpus
 from tests.harness import REPO, RecordingSink, Relay
 from tests.test_fail_closed import assert_refused_or_stripped, relay_config, send
+from tests.requires import installed
 
 TESTFILES = Path("/usr/share/clamav-testfiles")
 NAMES = sorted(p.name for p in TESTFILES.iterdir() if p.is_file()) if TESTFILES.is_dir() else []
@@ -29,8 +30,8 @@ CLAM_EXE = TESTFILES / "clam.exe"
 SHIPPED_RULES = {rule["name"] for path in sorted((REPO / "rules").glob("*.toml"))
                  for rule in tomllib.loads(path.read_text()).get("rule", [])}
 
-pytestmark = pytest.mark.skipif(not NAMES, reason=f"{TESTFILES} is missing or empty "
-                                "(Debian package clamav-testfiles; `make test` installs it)")
+pytestmark = installed(bool(NAMES), f"{TESTFILES} is missing or empty "
+                       "(Debian package clamav-testfiles; `make test` installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ import pytest
 from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
 from tests.observability.promql import dashboard_queries
 from tests.observability.support import eventually
+from tests.requires import installed
 
 WORKERS = 2
 
@@ -148,7 +149,7 @@ def test_a_worker_that_cannot_start_ends_the_service_with_one_line(tmp_path: Pat
 PROMETHEUS = shutil.which("prometheus")
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason="Prometheus is installed by `make test` (Debian package prometheus)")
+@installed(PROMETHEUS is not None, "Prometheus is installed by `make test` (Debian package prometheus)")
 def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, sink: RecordingSink) -> None:
     from tests.observability.test_prometheus import Prometheus
 

@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+
+from tests.requires import missing
 
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
 TESTFILES = Path("/usr/share/clamav-testfiles")
@@ -48,14 +49,14 @@ def eicar() -> bytes:
 
 def require_clamd() -> None:
     if not Path(CLAMD).exists():
-        pytest.skip(INSTALL_HINT)
+        missing(INSTALL_HINT)
 
 
 def require_testfiles() -> list[Path]:
     require_clamd()
     files = sorted(TESTFILES.glob("*")) if TESTFILES.is_dir() else []
     if not files:
-        pytest.skip(f"{TESTFILES} is empty or missing (Debian package clamav-testfiles)")
+        missing(f"{TESTFILES} is empty or missing (Debian package clamav-testfiles)")
     return files
 
 

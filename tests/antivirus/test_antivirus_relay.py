@@ -30,6 +30,7 @@ from tests.antivirus.clamd_harness import (CLAM_EXE_SIGNATURE, EICAR_SIGNATURE, 
 from tests.content import corpus
 from tests.harness import REPO, WAIT_TIMEOUT, RecordingSink, Relay, free_port, write_config
 from tests.observability.support import eventually, http_get, relay_with_endpoint
+from tests.requires import missing
 
 SHIPPED_RULES = REPO / "rules"
 GENERIC_REJECT = "554 5.7.1 Message content rejected"
@@ -146,7 +147,7 @@ def test_eicar_built_in_code_is_rejected_with_a_generic_reply(av_relay: Relay, s
 def test_clamav_testfile_attached_zipped_renamed_or_as_text_is_rejected(
         av_relay: Relay, sink: RecordingSink, name: str) -> None:
     if not (TESTFILES / name).is_file():
-        pytest.skip(f"{TESTFILES / name} missing (Debian package clamav-testfiles)")
+        missing(f"{TESTFILES / name} missing (Debian package clamav-testfiles)")
     for how, message in attach_three_ways(name, (TESTFILES / name).read_bytes()).items():
         sender = f"{name}-{how}@example.net"
         line = assert_rejected_for_virus(av_relay, sender, send(av_relay.port, message, sender))
@@ -174,7 +175,7 @@ def test_with_the_shipped_rules_the_virus_rule_decides_first(sink: RecordingSink
     # clam.exe is also an executable by type: the virus rule runs first and names the finding.
     clam = (TESTFILES / "clam.exe")
     if not clam.is_file():
-        pytest.skip(f"{clam} missing (Debian package clamav-testfiles)")
+        missing(f"{clam} missing (Debian package clamav-testfiles)")
     with Relay(relay_config(tmp_path, sink, clamd.socket, rules_dir=SHIPPED_RULES)) as relay:
         message = corpus.message(corpus.attachment(clam.read_bytes(), "application/octet-stream", "setup.exe"))
         assert_rejected_for_virus(relay, "alice@example.net", send(relay.port, message))

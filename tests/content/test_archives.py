@@ -24,6 +24,8 @@ from pathlib import Path
 import libarchive
 import pytest
 
+from tests.requires import missing
+
 from frontfilter.content import archives, sniff
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.view import Limit, Uninspectable
@@ -54,8 +56,7 @@ def by_name(found) -> dict[str, list]:
 def clamav(name: str) -> bytes:
     path = CLAMAV / name
     if not path.exists():
-        pytest.skip(f"{path} is absent: the Debian package clamav-testfiles has it (make test "
-                    "installs it)")
+        missing(f"{path} is absent: the Debian package clamav-testfiles has it (make test installs it)")
     return path.read_bytes()
 
 

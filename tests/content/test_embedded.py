@@ -22,6 +22,7 @@ from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.view import Limit, Uninspectable
 
 from tests.content import corpus as c
+from tests.requires import installed
 
 DOCUMENTS = Path(__file__).resolve().parent.parent / "data" / "documents"
 CLAMAV = Path("/usr/share/clamav-testfiles")
@@ -75,7 +76,7 @@ def test_fixtures_are_what_the_script_makes():
         assert fixture(name) == build(), name
 
 
-@pytest.mark.skipif(not CLAMAV.is_dir(), reason="ClamAV's test files (clamav-testfiles) are not installed")
+@installed(CLAMAV.is_dir(), "ClamAV's test files (clamav-testfiles) are not installed")
 @pytest.mark.parametrize("name, member_name", [
     ("clam.ole.doc", "Clam.exe"),       # OLE Package in ObjectPool/_…/\x01Ole10Native
     ("clam.ppt", "clam.exe"),           # compressed ExOleObjStg holding an OLE Package

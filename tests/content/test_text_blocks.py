@@ -22,6 +22,7 @@ from frontfilter.content.decode import (
     uu_blocks, yenc_blocks,
 )
 from tests.content import corpus
+from tests.requires import installed
 
 EXE = corpus.pe()
 BIG = EXE + random.Random(0).randbytes(6000)     # long enough to cut anywhere, and incompressible
@@ -94,7 +95,7 @@ def plain(block: TextBlock) -> tuple[str, bytes, bool, bool]:
 
 # ---- BinHex ---------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not (CLAM / "clam.exe.binhex").exists(), reason="clamav-testfiles not installed")
+@installed((CLAM / "clam.exe.binhex").exists(), "clamav-testfiles not installed")
 def test_the_clamav_binhex_test_file_gives_its_executable() -> None:
     text = b"Here it is:\r\n\r\n" + (CLAM / "clam.exe.binhex").read_bytes() + b"\r\n-- \r\nSent from a Mac\r\n"
     assert has_text_blocks(text)

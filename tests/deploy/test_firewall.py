@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import installed
+
 README = Path(__file__).resolve().parents[2] / "deploy" / "README.md"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 
 
-@pytest.mark.skipif(not Path(NFT).exists(), reason="nft is not installed (make test installs nftables)")
+@installed(Path(NFT).exists(), "nft is not installed (make test installs nftables)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace of its own")
 def test_the_readme_firewall_is_a_valid_nftables_ruleset(tmp_path: Path) -> None:
     blocks = re.findall(r"```nft\n(.*?)```", README.read_text(), re.S)

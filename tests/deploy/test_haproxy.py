@@ -18,16 +18,15 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.requires import installed
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(),
-                                reason="haproxy is not installed (make test installs it)")
+pytestmark = installed(Path(HAPROXY).exists(), "haproxy is not installed (make test installs it)")
 
 
 def test_the_shipped_haproxy_cfg_is_valid() -> None:

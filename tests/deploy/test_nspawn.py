@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import missing
+
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "deploy" / "README.md"
 CHECK_SCRIPT = Path(__file__).with_name("nspawn_check.py")
@@ -54,11 +56,13 @@ def test_readme_marks_the_blocks_the_container_runs() -> None:
 
 
 def nspawn_unavailable() -> str | None:
+    """Why this machine cannot run the test (a tool `make test` installs is missing: see
+    tests/requires.py), or None."""
     if os.geteuid() != 0:
         return "needs root: mount namespaces, overlayfs and systemd-nspawn"
     for tool in ("systemd-nspawn", "unshare", "mount"):
         if shutil.which(tool) is None and not Path("/usr/bin", tool).exists():
-            return f"{tool} is not installed (make test installs systemd-container)"
+            missing(f"{tool} is not installed (make test installs systemd-container)")
     if not SYSTEM_PYTHON.exists():
         return f"{SYSTEM_PYTHON} is missing: the container needs the system Python"
     root_dev = os.stat("/").st_dev

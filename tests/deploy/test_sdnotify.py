@@ -25,6 +25,7 @@ import pytest
 
 from frontfilter import sdnotify
 from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
+from tests.requires import installed
 
 
 @pytest.fixture
@@ -234,8 +235,8 @@ def test_a_refused_reload_says_so_in_the_status(tmp_path: Path, receiver: tuple[
             log.stop()
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
-                    reason="systemd-socket-activate is not installed (package systemd)")
+@installed(shutil.which("systemd-socket-activate") is not None,
+           "systemd-socket-activate is not installed (package systemd)")
 class TestSocketActivation:
     def activate(self, config: Path, port: int) -> subprocess.Popen[bytes]:
         """The relay behind systemd-socket-activate: started on the first connection, with the

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import installed
+
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
 PLAIN = UNITS / "frontfilter.service"
@@ -26,8 +28,8 @@ ACTIVATED = UNITS / "socket-activated" / "frontfilter.service"
 SOCKET = UNITS / "socket-activated" / "frontfilter.socket"
 THRESHOLDS = {PLAIN: 14, ACTIVATED: 11}     # tenths: 14 = exposure 1.4
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                   reason="systemd-analyze is not installed (package systemd)")
+needs_analyze = installed(shutil.which("systemd-analyze") is not None,
+                          "systemd-analyze is not installed (package systemd)")
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trustme
 
 from frontfilter.passwd import hash_password, set_user
 from tests.harness import RecordingSink, write_config
+from tests.requires import installed
 
 SWAKS = shutil.which("swaks")
-needs_swaks = pytest.mark.skipif(SWAKS is None, reason="swaks is not installed (apt-get install swaks "
-                                 "libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)")
+needs_swaks = installed(SWAKS is not None, "swaks is not installed (apt-get install swaks "
+                        "libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)")
 SWAKS_TIMEOUT = 60.0
 
 

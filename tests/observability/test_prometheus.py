@@ -33,13 +33,14 @@ from tests.observability.coverage import COVERAGE, E2E
 from tests.observability.promql import (ALERT_RULES, dashboard_queries, exported_names,
                                         metric_names, panels, rule_count, selectors, substitute)
 from tests.observability.support import eventually, http_get
+from tests.requires import installed
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None,
-                       reason="Prometheus is not installed (Debian package 'prometheus'; `make test` installs it)"),
+    installed(PROMETHEUS is not None and PROMTOOL is not None,
+              "Prometheus is not installed (Debian package 'prometheus'; `make test` installs it)"),
 ]
 
 MAX_PARTS = 8                 # inspection.max_parts of the relay under test: the mix crosses it

@@ -6,16 +6,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import pytest
 from prometheus_client import generate_latest
 
 from frontfilter import metrics
 from tests.observability.promql import ALERT_RULES, ALERT_TESTS, SCRAPE_CONFIG, rule_count
 from tests.observability.test_observe import MOVES
+from tests.requires import installed
 
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (Debian package 'prometheus'; `make test` installs it)")
+pytestmark = installed(PROMTOOL is not None,
+                       "promtool is not installed (Debian package 'prometheus'; `make test` installs it)")
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
