@@ -135,6 +135,10 @@ class Service:
         observe.rules_loaded(len(rules), getattr(rules, "fingerprint", ""),
                              [str(p.name) for p in sorted(directory.glob("*.toml"))], reload=not initial,
                              rules=[(r.name, r.action.value, r.mode.value) for r in rules])
+        if self.httpd is not None:
+            # Readiness follows at once (a relay that had no rule set becomes ready now), not
+            # at the next probe round.
+            self.health.publish()
         return True
 
     async def hangup(self) -> None:
