@@ -82,6 +82,11 @@ class HttpEndpoint:
         self._serving = 0
         self.address = ""
 
+    @property
+    def connections(self) -> int:
+        """Connections being served now (at most max_connections; the others got 503)."""
+        return self._serving
+
     async def start(self, listen: HostPort | None = None, sock: socket.socket | None = None) -> str:
         """Listen on `listen` (or an already bound `sock`); returns the address as host:port."""
         if sock is not None:

@@ -216,7 +216,7 @@ def test_a_spool_directory_gone_at_run_time_is_logged_once_and_its_return_too(tm
         queue.write_text("not a directory")
         relay.wait_event("spool_scan_failed")
         scans_seen = len(relay.events("spool_scan_failed"))
-        time.sleep(1.0)                                                 # ten scans go by
+        time.sleep(1.0)         # not a synchronisation: ten scans go by, none of them may log again
         assert len(relay.events("spool_scan_failed")) == scans_seen == 1
         assert not [e for e in relay.events("internal_error") if e.get("where") == "spool scan"]
         queue.unlink()
@@ -250,7 +250,7 @@ def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(
                 answers[f"slow-{n}@test"] = code
                 assert code == 250 or text.startswith(b"4.3.0"), (code, text)
         assert 451 in answers.values()
-        time.sleep(1.0)                                 # time enough for anything spooled to arrive
+        # Every 250 was durably spooled before it was sent: the spool empties once each is delivered.
         assert wait_until(lambda: not spooled(tmp_path))
         assert message_ids(sink.messages) == {i: 1 for i, code in answers.items() if code == 250}
         timeouts = [e for e in relay.events("message") if e["verdict"] == "tempfailed"]

@@ -152,7 +152,7 @@ def test_a_huge_request_head_gets_431_without_being_buffered() -> None:
 def test_connections_past_the_limit_get_503_at_once_then_service_resumes() -> None:
     async def check(endpoint: HttpEndpoint, port: int) -> None:
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-        await asyncio.sleep(0.05)                                # let the server accept them
+        assert await eventually(lambda: endpoint.connections == 3)     # all three taken
         status, _, body = await request(port, get("/metrics"))
         assert (status, body) == (503, b"too many connections\n")
         for reader, writer in idle:                              # they time out (408) ...
