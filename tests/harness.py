@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -177,6 +178,18 @@ def write_config(directory: Path, backend_ports: list[int], *, port: int | None 
     path = directory / f"frontfilter-{port}.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+QUEUE_ID = re.compile(r"queued as (\w+)|\[(\w+)\]\s*$")
+
+
+def queue_id_in(reply: bytes | str) -> str:
+    """The queue id the relay's answer to end of DATA names: `queued as ID` on a 250, `[ID]` at
+    the end of a refusal. A test finds the log line of its own message with it."""
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    found = QUEUE_ID.search(text)
+    assert found is not None, f"no queue id in {text!r}"
+    return found.group(1) or found.group(2)
 
 
 class Relay:

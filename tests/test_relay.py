@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
+from tests.harness import REPO, RawClient, RecordingSink, Relay, queue_id_in, write_config
 
 Message = bytes
 
@@ -59,13 +59,17 @@ def strip_received(data: bytes) -> bytes:
 # ---- relay access ----------------------------------------------------------------------------
 
 def test_relay_domain_from_untrusted_client_is_delivered(relay: Relay, sink: RecordingSink) -> None:
-    refused = send(relay.port, "alice@example.net", ["bob@example.org"], simple())
-    assert refused == {}
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.net")
+        client.rcpt("bob@example.org")
+        code, text = client.data(simple())
+    assert code == 250
     [message] = sink.wait_for(1)
     assert message.recipients == ["bob@example.org"]
     assert strip_received(message.data) == simple()
-    line = relay.wait_event("message", verdict="accepted")
-    assert line["recipients"] == ["bob@example.org"] and line["queue_id"]
+    line = relay.wait_event("message", queue_id=queue_id_in(text))       # the id the client was told
+    assert line["verdict"] == "accepted" and line["recipients"] == ["bob@example.org"]
 
 
 def test_foreign_domain_from_untrusted_client_is_refused_at_rcpt(relay: Relay, sink: RecordingSink) -> None:

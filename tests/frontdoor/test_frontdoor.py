@@ -25,7 +25,7 @@ from cryptography import x509
 
 from tests.frontdoor.helpers import (Pki, connect_from, frontdoor_config, make_pki, needs_swaks,
                                      proxy_v2, read_reply, scrape, swaks, write_users)
-from tests.harness import REPO, RawClient, RecordingSink, Relay, free_port
+from tests.harness import REPO, RawClient, RecordingSink, Relay, free_port, queue_id_in
 
 PASSWORD = "correct horse battery"
 
@@ -122,7 +122,9 @@ def test_swaks_with_good_credentials_relays_to_a_foreign_domain(door: Door) -> N
     [received] = door.sink.wait_for(1)
     assert received.recipients == ["someone@foreign.example"]
     assert b"with ESMTPSA" in received.data.split(b"\r\n\r\n")[0]     # RFC 3848: TLS + AUTH
-    line = door.relay.wait_event("message", verdict="accepted", auth_user="alice")
+    line = door.relay.wait_event("message", queue_id=queue_id_in(
+        next(l for l in done.stdout.splitlines() if "queued as" in l)))
+    assert line["verdict"] == "accepted" and line["auth_user"] == "alice"
     assert line["tls"] is True and line["recipients"] == ["someone@foreign.example"]
     door.relay.wait_event("auth", result="success", user="alice", mechanism="PLAIN")
 
@@ -247,9 +249,11 @@ def test_proxy_v2_from_the_load_balancer_gives_policy_and_log_the_real_client(do
         # 203.0.113.0/28 is a trusted network: only the header's address may relay out.
         assert client.command("RCPT TO:<someone@foreign.example>").startswith("250")
         assert client.command("DATA").startswith("354")
-        assert client.command(message("proxied").replace(b"\r\n.", b"\r\n..") + b".").startswith("250")
+        answer = client.command(message("proxied").replace(b"\r\n.", b"\r\n..") + b".")
+        assert answer.startswith("250")
     assert door.sink.wait_for(1)[0].recipients == ["someone@foreign.example"]
-    line = door.relay.wait_event("message", verdict="accepted", client="203.0.113.7:40000")
+    line = door.relay.wait_event("message", queue_id=queue_id_in(answer))
+    assert (line["verdict"], line["client"]) == ("accepted", "203.0.113.7:40000")
     assert line["recipients"] == ["someone@foreign.example"]
 
 

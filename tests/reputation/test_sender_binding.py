@@ -18,7 +18,7 @@ from frontfilter.config import ConfigError, OutboundSenders, RelayConfig, load_c
 from frontfilter.model import Peer, SessionFacts
 from frontfilter.sendermap import SenderMapError, parse_sender_map
 from tests.frontdoor.helpers import Pki, connect_from, frontdoor_config, make_pki, read_reply, write_users
-from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.harness import RecordingSink, Relay, free_port, queue_id_in, write_config
 
 PASSWORD = "correct horse battery"
 
@@ -223,11 +223,15 @@ def test_spoofing_our_domain_from_outside_is_only_logged_in_monitor_mode(bound: 
     with smtplib.SMTP("127.0.0.1", bound.relay.port, timeout=20) as client:
         client.ehlo("client.test")
         data = message("ceo@example.org", "spoof").replace(b"To: someone@foreign.example", b"To: bob@example.org")
-        assert client.sendmail("ceo@example.org", ["bob@example.org"], data) == {}
-    assert len(bound.sink.wait_for(1)) == 1
-    early = bound.relay.wait_event("monitor", stage="mail")
+        client.mail("ceo@example.org")
+        client.rcpt("bob@example.org")
+        code, text = client.data(data)
+    assert code == 250 and len(bound.sink.wait_for(1)) == 1
+    queue_id = queue_id_in(text)
+    early = bound.relay.wait_event("monitor", stage="mail", queue_id=queue_id)
     assert early["rules"] == ["spoofed-envelope-sender"]
-    line = bound.relay.wait_event("message", verdict="accepted", sender="ceo@example.org")
+    line = bound.relay.wait_event("message", queue_id=queue_id)
+    assert line["verdict"] == "accepted"
     assert "spoofed-from-header" in line["monitor"]
 
 
