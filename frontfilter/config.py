@@ -63,6 +63,15 @@ def parse_host_port(value: object) -> HostPort:
     return HostPort(host, int(port))
 
 
+def parse_listen_address(value: object) -> HostPort:
+    """Where to listen: host:port, where port 0 asks the kernel for a free port (the relay logs
+    the one it got: `listening`, `http_listening`), for tests and side-by-side instances."""
+    if isinstance(value, str) and value.strip().endswith(":0"):
+        address = parse_host_port(value.strip()[:-1] + "1")
+        return HostPort(address.host, 0)
+    return parse_host_port(value)
+
+
 def parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if not isinstance(value, str):
         raise ValueError(f"expected a network such as 192.0.2.0/24, got {type(value).__name__}")
@@ -163,7 +172,7 @@ def parse_workers(value: object) -> int:
 @dataclass(frozen=True)
 class ServerConfig:
     hostname: str = "localhost"
-    listen: tuple[HostPort, ...] = _conv(parse_host_port, default=(HostPort("127.0.0.1", 2525),))
+    listen: tuple[HostPort, ...] = _conv(parse_listen_address, default=(HostPort("127.0.0.1", 2525),))
     # RFC 5321 §4.5.3.1.7 asks servers to take at least 100 recipients.
     max_message_size: int = _conv(parse_size, default=25 * MiB)
     max_recipients: int = 100
@@ -207,7 +216,7 @@ OPEN_RELAY_CONFIRMATION = "anyone may send mail anywhere through this relay"
 class ListenerConfig:
     """One `[[listener]]` table: an address and its role."""
 
-    address: HostPort | None = _conv(parse_host_port, default=None)   # required
+    address: HostPort | None = _conv(parse_listen_address, default=None)   # required
     name: str = ""                      # in log lines; default: the address
     tls: TlsMode | None = None          # default: starttls when [tls] has a certificate, else none
     require_tls: bool = False           # MAIL refused before TLS (530 5.7.0)
@@ -386,7 +395,7 @@ class AntivirusConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    listen: HostPort | None = _conv(parse_host_port, default=None)   # /metrics, /healthz, /readyz
+    listen: HostPort | None = _conv(parse_listen_address, default=None)   # /metrics, /healthz, /readyz
     # Detected types counted under their own name in frontfilter_attachments_stripped_total;
     # any other type is counted as "other". Unset: the built-in list (observe.STRIPPED_TYPE_LABELS).
     type_labels: tuple[str, ...] | None = _conv(parse_mime_type, default=None)
@@ -885,6 +894,8 @@ def _front_door_checks(sections: dict[str, Any], listeners: tuple[ListenerConfig
     for index, listener in enumerate(listeners, 1):
         where = f"{label}: listener[{index}]"
         for key, value in (("address", str(listener.address)), ("name", listener.name)):
+            if key == "address" and listener.address is not None and listener.address.port == 0:
+                continue          # port 0: each listener gets a port of its own
             if f"{key}:{value}" in seen:
                 problems.append(f"{where}.{key}: {value!r} is already used by {seen[f'{key}:{value}']}")
                 break

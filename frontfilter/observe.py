@@ -221,8 +221,9 @@ def started(version: str, listen: Sequence[str], config: Any) -> None:
     _emit(logging.INFO, "started", version=version, listen=list(listen), config=masked_config(config))
 
 
-def listening(address: str) -> None:
-    _emit(logging.INFO, "listening", address=address)
+def listening(address: str, listener: str | None = None) -> None:
+    """An SMTP listener is open: the address with the port it got (a config may say port 0)."""
+    _emit(logging.INFO, "listening", address=address, listener=listener)
 
 
 def http_listening(address: str) -> None:

@@ -99,9 +99,11 @@ class Service:
                 name = sock.getsockname()
                 address = f"[{name[0]}]:{name[1]}" if sock.family == socket.AF_INET6 else f"{name[0]}:{name[1]}"
                 self.addresses.append(address)
-                observe.listening(address)
+                observe.listening(address, listener.name)     # the port it got, when given port 0
         if config.rules.watch:
             self._tasks.append(asyncio.create_task(self._watch_rules()))
+        if expiry.runs_here():       # one process of the service: retention, the tool's ledger
+            self._tasks.append(asyncio.create_task(expiry.Expiry(config.quarantine, self._rule_names).run()))
         # What start-up built (modules, config, rule set, lists) lives as long as the process:
         # out of the cycle collector's sight, a full collection walks only what serving made.
         # It walked all of it before: 20-36 ms with the event loop stopped (bench/README.md).

@@ -7,6 +7,7 @@ by the context manager that started it; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import queue
@@ -31,9 +32,21 @@ WAIT_TIMEOUT = 15.0      # seconds for mail to show up
 
 
 def free_port() -> int:
+    """A port free a moment ago, for programs that cannot report the port they got (Postfix,
+    haproxy, Prometheus). Another process may take it first: a relay is given port 0 instead,
+    and says which port it got (`Relay.port`, `Relay.port_of`, `Relay.http_port`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing answers (connections are refused) for as long as the block
+    runs: bound, never listened on, so no other process can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 # ---- a backend that records what it receives ---------------------------------------------
@@ -153,10 +166,13 @@ class RecordingSink:
 
 # ---- the relay as an administrator runs it ---------------------------------------------------
 
+_CONFIG_NUMBERS = itertools.count(1)
+
+
 def write_config(directory: Path, backend_ports: list[int], *, port: int | None = None,
                  rules_dir: Path | None = None, extra: str = "", **sections: dict[str, Any]) -> Path:
     """A config file with sensible test defaults; `sections` override keys per section."""
-    port = port or free_port()
+    port = port or 0           # the relay binds a port of its own and says which (Relay.port)
     base: dict[str, dict[str, Any]] = {
         "server": {"hostname": "mx.test", "listen": [f"127.0.0.1:{port}"],
                    "max_message_size": "1MiB", "max_recipients": 5, "shutdown_grace": "5s"},
@@ -175,7 +191,7 @@ def write_config(directory: Path, backend_ports: list[int], *, port: int | None 
         lines.append(f"[{name}]")
         for key, value in values.items():
             lines.append(f"{key} = {json.dumps(value)}")
-    path = directory / f"frontfilter-{port}.toml"
+    path = directory / f"frontfilter-{port or next(_CONFIG_NUMBERS)}.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
@@ -211,10 +227,23 @@ class Relay:
             [*self.prefix, sys.executable, "-m", "frontfilter", "serve", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()
-        self.wait_event("listening", timeout=START_TIMEOUT)
+        try:
+            self.wait_event("listening", timeout=START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
         listening = [l for l in self.lines if l.get("event") == "listening"]
         self.port = int(listening[0]["address"].rsplit(":", 1)[1])
         return self
+
+    def port_of(self, listener: str) -> int:
+        """The port of the listener of that name, as the relay reported it (listen with port 0)."""
+        return int(self.wait_event("listening", timeout=START_TIMEOUT, listener=listener)["address"].rsplit(":", 1)[1])
+
+    @property
+    def http_port(self) -> int:
+        """The port of /metrics, /healthz and /readyz (metrics.listen with port 0)."""
+        return int(self.wait_event("http_listening", timeout=START_TIMEOUT)["address"].rsplit(":", 1)[1])
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
+from tests.harness import REPO, RecordingSink, Relay, write_config
 from tests.observability.promql import dashboard_queries
 from tests.observability.support import eventually
 from tests.requires import installed
@@ -62,7 +62,7 @@ def sink() -> Iterator[RecordingSink]:
 
 def start(tmp_path: Path, sink: RecordingSink, rules: Path | None = None, **sections: dict) -> Relay:
     config = write_config(tmp_path, [sink.port], rules_dir=rules,
-                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                          server={"hostname": "mx.test", "listen": ["127.0.0.1:0"],
                                   "workers": WORKERS, "shutdown_grace": "5s"},
                           backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": "queue"}, **sections)
     relay = Relay(config).start()
@@ -113,8 +113,8 @@ def test_sighup_reloads_every_worker(tmp_path: Path, sink: RecordingSink) -> Non
 
 
 def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink: RecordingSink) -> None:
-    http_port = free_port()
-    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
+    relay = start(tmp_path, sink, metrics={"listen": "127.0.0.1:0"})
+    http_port = relay.http_port
     try:
         victim, survivor = worker_pids(relay)
         assert scraped_counter(http_port, "frontfilter_worker_restarts_total") == 0
@@ -135,7 +135,7 @@ def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink
 
 def test_a_worker_that_cannot_start_ends_the_service_with_one_line(tmp_path: Path, sink: RecordingSink) -> None:
     config = write_config(tmp_path, [sink.port],
-                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"], "workers": WORKERS},
+                          server={"hostname": "mx.test", "listen": ["127.0.0.1:0"], "workers": WORKERS},
                           relay={"domains": ["example.org"], "trusted_networks": [],
                                  "sender_map": str(tmp_path / "missing-sender-map")})
     done = subprocess.run([sys.executable, "-m", "frontfilter", "serve", "--config", str(config)],
@@ -153,8 +153,8 @@ PROMETHEUS = shutil.which("prometheus")
 def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, sink: RecordingSink) -> None:
     from tests.observability.test_prometheus import Prometheus
 
-    http_port = free_port()
-    relay = start(tmp_path, sink, metrics={"listen": f"127.0.0.1:{http_port}"})
+    relay = start(tmp_path, sink, metrics={"listen": "127.0.0.1:0"})
+    http_port = relay.http_port
     (tmp_path / "prom").mkdir()
     prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
     try:
@@ -196,10 +196,10 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
         tmp_path: Path, sink: RecordingSink) -> None:
     from tests.observability.test_prometheus import Prometheus
 
-    http_port = free_port()
     rules = tmp_path / "rules"
     shutil.copytree(REPO / "rules", rules)
-    relay = start(tmp_path, sink, rules=rules, metrics={"listen": f"127.0.0.1:{http_port}"})
+    relay = start(tmp_path, sink, rules=rules, metrics={"listen": "127.0.0.1:0"})
+    http_port = relay.http_port
     (tmp_path / "prom").mkdir()
     prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
     try:
@@ -294,7 +294,7 @@ def test_systemd_hears_ready_with_the_workers_status_and_a_refused_reload(tmp_pa
     shutil.copytree(REPO / "rules", rules)
     notify = NotifySocket(tmp_path)
     config = write_config(tmp_path, [sink.port], rules_dir=rules,
-                          server={"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                          server={"hostname": "mx.test", "listen": ["127.0.0.1:0"],
                                   "workers": WORKERS, "shutdown_grace": "5s"},
                           backend={"servers": [f"127.0.0.1:{sink.port}"], "mode": "queue"})
     relay = Relay(config, env={"NOTIFY_SOCKET": str(notify.path)}).start()

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.antivirus.clamd_harness import (CLAM_EXE_SIGNATURE, EICAR_SIGNATURE, STREAM_MAX_LENGTH,
                                            TESTFILES, ClamdProcess, eicar, require_clamd)
 from tests.content import corpus
-from tests.harness import REPO, WAIT_TIMEOUT, RecordingSink, Relay, free_port, write_config
+from tests.harness import REPO, WAIT_TIMEOUT, RecordingSink, Relay, write_config
 from tests.observability.support import eventually, http_get, relay_with_endpoint
 from tests.requires import missing
 
@@ -52,7 +52,7 @@ def relay_config(directory: Path, sink: RecordingSink, clamd_socket: Path, *,
     return write_config(directory, [sink.port], rules_dir=rules_dir,
                         server={"max_message_size": "16MiB"},
                         limits={"connection_rate_per_ip": 0},    # every test client is 127.0.0.1
-                        metrics={"listen": f"127.0.0.1:{free_port()}"},
+                        metrics={"listen": "127.0.0.1:0"},
                         antivirus={"address": str(clamd_socket), "timeout": "10s", **antivirus})
 
 
@@ -71,8 +71,7 @@ def send(port: int, message: bytes, sender: str = "alice@example.net") -> tuple[
 
 def scraped(relay: Relay, sample: str, labels: dict[str, str]) -> float:
     """A sample of the relay's /metrics (0 when absent)."""
-    listen = relay.config.read_text().split("[metrics]")[1].split('"')[1]
-    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}/metrics", timeout=5) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for found in family.samples:
@@ -281,7 +280,7 @@ def run_scan(config: Path, message: Path, *extra: str) -> subprocess.CompletedPr
 
 
 def test_frontfilter_scan_shows_the_antivirus_verdict(clamd: ClamdProcess, tmp_path: Path) -> None:
-    config = write_config(tmp_path, [free_port()], antivirus={"address": str(clamd.socket)})
+    config = write_config(tmp_path, [25], antivirus={"address": str(clamd.socket)})     # scan only: no backend
     infected = tmp_path / "infected.eml"
     infected.write_bytes(corpus.message(corpus.attachment(corpus.zip_of({"a.txt": eicar()}), "application/zip", "a.zip")))
     clean = tmp_path / "clean.eml"
@@ -302,7 +301,7 @@ def test_frontfilter_scan_shows_the_antivirus_verdict(clamd: ClamdProcess, tmp_p
 
 
 def test_frontfilter_scan_with_clamd_down_shows_the_configured_outcome(tmp_path: Path) -> None:
-    config = write_config(tmp_path, [free_port()], antivirus={"address": str(tmp_path / "no-clamd.sock")})
+    config = write_config(tmp_path, [25], antivirus={"address": str(tmp_path / "no-clamd.sock")})
     message = tmp_path / "clean.eml"
     message.write_bytes(corpus.plain())
     out = run_scan(config, message)

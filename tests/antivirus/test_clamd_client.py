@@ -16,7 +16,7 @@ from frontfilter.config import HostPort
 from tests.antivirus.clamd_harness import (CLAM_EXE_SIGNATURE, EICAR_SIGNATURE, STREAM_MAX_LENGTH,
                                            ClamdProcess, eicar, require_testfiles)
 from tests.content import corpus
-from tests.harness import free_port
+from tests.harness import closed_port, free_port
 
 BIG = 64 * 1024 * 1024          # max_size when the test is not about it
 SCAN_TIMEOUT = 10.0             # generous: a real clamd answers in milliseconds
@@ -95,7 +95,8 @@ def test_clamd_stopped_is_an_error_naming_the_socket() -> None:
 
 
 def test_refused_tcp_port_is_an_error() -> None:
-    result = scan(HostPort("127.0.0.1", free_port()), b"hello")
+    with closed_port() as port:
+        result = scan(HostPort("127.0.0.1", port), b"hello")
     assert result.status is ScanStatus.ERROR
     assert "refused" in result.detail.lower()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.frontdoor.helpers import Pki, TlsRecordingSink, make_pki, scrape
-from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.harness import RecordingSink, Relay, write_config
 
 MESSAGE = b"From: a@example.net\r\nTo: bob@example.org\r\nSubject: to the backend\r\n\r\nHi.\r\n"
 
@@ -25,12 +25,11 @@ def backend_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @contextmanager
 def relay_to(tmp_path: Path, sink: RecordingSink, **backend: Any) -> Iterator[tuple[Relay, int]]:
-    metrics = free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = write_config(tmp_path, [sink.port], backend={"servers": [f"127.0.0.1:{sink.port}"], **backend},
-                          metrics={"listen": f"127.0.0.1:{metrics}"})
+                          metrics={"listen": "127.0.0.1:0"})
     with Relay(config) as relay:
-        yield relay, metrics
+        yield relay, relay.http_port
 
 
 def send(port: int) -> tuple[int, bytes]:

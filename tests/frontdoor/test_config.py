@@ -221,3 +221,15 @@ def test_check_before_the_first_start_warns_about_systemd_credentials_instead_of
     for key, name in (("tls.key_file", "tls.key"), ("auth.users_file", "users")):
         assert (f"{path}: {key}: warning: {credentials}/{name}: a systemd credential (LoadCredential), "
                 "there only while the service runs: not checked here") in done.stderr
+
+
+def test_port_0_is_a_port_to_listen_on_but_not_a_backend(tmp_path: Path) -> None:
+    """Listening on port 0 takes a free port (the relay logs it): for tests and side-by-side
+    instances. Two listeners on port 0 do not clash; a backend on port 0 is no address."""
+    config = load(tmp_path, '[[listener]]\nname = "a"\naddress = "127.0.0.1:0"\n'
+                            '[[listener]]\nname = "b"\naddress = "[::1]:0"\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    assert [str(listener.address) for listener in config.listeners] == ["127.0.0.1:0", "[::1]:0"]
+    assert config.metrics.listen is not None and config.metrics.listen.port == 0
+    (tmp_path / "backend.toml").write_text('[backend]\nservers = ["127.0.0.1:0"]\n')
+    with pytest.raises(ConfigError, match=r"backend.servers: item 1: '127.0.0.1:0' is not host:port"):
+        load_config(tmp_path / "backend.toml")

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from tests.frontdoor.helpers import (Pki, connect_from, frontdoor_config, make_pki, needs_swaks,
                                      proxy_v2, read_reply, scrape, swaks, write_users)
-from tests.harness import REPO, RawClient, RecordingSink, Relay, free_port, queue_id_in
+from tests.harness import REPO, RawClient, RecordingSink, Relay, queue_id_in
 
 PASSWORD = "correct horse battery"
 
@@ -62,18 +62,15 @@ def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
     rules = base / "rules"
     shutil.copytree(REPO / "rules", rules)
     (rules / "90-frontdoor-test.toml").write_text(PROXY_RULE)
-    ports = [free_port() for _ in range(6)]
     with RecordingSink() as sink:
         config = frontdoor_config(
             base, [sink.port],
             listeners=[
-                {"name": "mx", "address": f"127.0.0.1:{ports[0]}", "auth": "optional"},
-                {"name": "submission", "address": f"127.0.0.1:{ports[1]}", "require_tls": True,
-                 "auth": "required"},
-                {"name": "smtps", "address": f"127.0.0.1:{ports[2]}", "tls": "implicit", "auth": "required"},
-                {"name": "proxied", "address": f"127.0.0.1:{ports[3]}", "proxy_protocol": True, "tls": "none"},
-                {"name": "proxied-smtps", "address": f"127.0.0.1:{ports[5]}", "proxy_protocol": True,
-                 "tls": "implicit"},
+                {"name": "mx", "address": "127.0.0.1:0", "auth": "optional"},
+                {"name": "submission", "address": "127.0.0.1:0", "require_tls": True, "auth": "required"},
+                {"name": "smtps", "address": "127.0.0.1:0", "tls": "implicit", "auth": "required"},
+                {"name": "proxied", "address": "127.0.0.1:0", "proxy_protocol": True, "tls": "none"},
+                {"name": "proxied-smtps", "address": "127.0.0.1:0", "proxy_protocol": True, "tls": "implicit"},
             ],
             rules={"dir": str(rules), "watch": False},
             relay={"domains": ["example.org"], "trusted_networks": ["203.0.113.0/28"]},
@@ -81,10 +78,12 @@ def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
             auth={"users_file": str(users), "failure_delay": "50ms", "max_failures": 1000},
             limits={"max_connections_per_ip": 100, "connection_rate_per_ip": 0},
             proxy={"networks": ["127.0.0.1/32"], "timeout": "5s"},
-            metrics={"listen": f"127.0.0.1:{ports[4]}"},
+            metrics={"listen": "127.0.0.1:0"},
         )
         with Relay(config) as relay:
-            yield Door(relay, sink, pki, *ports, users=users)
+            port = relay.port_of        # each listener's, as the relay reported them
+            yield Door(relay, sink, pki, port("mx"), port("submission"), port("smtps"), port("proxied"),
+                       relay.http_port, port("proxied-smtps"), users=users)
 
 
 @pytest.fixture(autouse=True)

@@ -133,13 +133,10 @@ def test_repeated_auth_failures_lock_the_address_out(tmp_path: Path) -> None:
 
 def _auth_listener_relay(tmp_path: Path, sink: RecordingSink, **auth: Any) -> Relay:
     from tests.frontdoor.helpers import frontdoor_config
-    from tests.harness import free_port
-
     pki = make_pki(tmp_path / "tls")
     users = write_users(tmp_path / "users", {"alice": PASSWORD})
-    port = free_port()
     config = frontdoor_config(
-        tmp_path, [sink.port], listeners=[{"address": f"127.0.0.1:{port}", "auth": "optional"}],
+        tmp_path, [sink.port], listeners=[{"address": "127.0.0.1:0", "auth": "optional"}],
         tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
         auth={"users_file": str(users), **auth})
     return Relay(config)

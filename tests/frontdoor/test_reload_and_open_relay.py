@@ -16,7 +16,7 @@ import pytest
 
 from frontfilter.config import OPEN_RELAY_CONFIRMATION
 from tests.frontdoor.helpers import frontdoor_config, make_pki, write_users
-from tests.harness import REPO, RawClient, RecordingSink, Relay, free_port, write_config
+from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
 
 MESSAGE = b"From: alice@example.org\r\nTo: x@foreign.example\r\nSubject: reload\r\n\r\nHi.\r\n"
 
@@ -46,13 +46,13 @@ def test_sighup_reloads_certificate_and_users_without_dropping_sessions(tmp_path
     install(old.cert_file, live_cert)
     install(old.key_file, live_key)
     users = write_users(tmp_path / "users", {"alice": "alice password"})
-    port = free_port()
     with RecordingSink() as sink:
         config = frontdoor_config(tmp_path, [sink.port],
-                                  listeners=[{"address": f"127.0.0.1:{port}", "auth": "optional"}],
+                                  listeners=[{"address": "127.0.0.1:0", "auth": "optional"}],
                                   tls={"cert_file": str(live_cert), "key_file": str(live_key)},
                                   auth={"users_file": str(users)})
         with Relay(config) as relay:
+            port = relay.port
             running = starttls(port, old.client_context())      # a session in flight
             running.login("alice", "alice password")
 
@@ -91,10 +91,9 @@ def test_a_reload_says_when_a_file_is_a_systemd_credential_copied_at_start(tmp_p
     credentials.mkdir()
     pki = make_pki(tmp_path / "tls")
     users = write_users(credentials / "users", {"alice": "alice password"})
-    port = free_port()
     with RecordingSink() as sink:
         config = frontdoor_config(tmp_path, [sink.port],
-                                  listeners=[{"address": f"127.0.0.1:{port}", "auth": "optional"}],
+                                  listeners=[{"address": "127.0.0.1:0", "auth": "optional"}],
                                   tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
                                   auth={"users_file": str(users)})
         with Relay(config, env={"CREDENTIALS_DIRECTORY": str(credentials)}) as relay:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.harness import RecordingSink, Relay, write_config
 
 WAIT = 15.0      # bound on every wait here
 
@@ -42,15 +42,14 @@ def relay_with_endpoint(directory: Path, backend_ports: list[int] | None = None,
                         **sections: dict[str, Any]) -> Iterator[tuple[Relay, int]]:
     """A relay (sync mode) with `[metrics] listen` on an ephemeral port; yields (relay, http port).
     Without `backend_ports`, a recording sink is started as the backend."""
-    http_port = free_port()
-    metrics_section = {"listen": f"127.0.0.1:{http_port}", **sections.pop("metrics", {})}
+    metrics_section = {"listen": "127.0.0.1:0", **sections.pop("metrics", {})}
     backend = {"mode": "sync", **sections.pop("backend", {})}
     if backend_ports is None:
         with RecordingSink() as sink:
             config = write_config(directory, [sink.port], metrics=metrics_section, backend=backend, **sections)
             with Relay(config) as relay:
-                yield relay, http_port
+                yield relay, relay.http_port
     else:
         config = write_config(directory, backend_ports, metrics=metrics_section, backend=backend, **sections)
         with Relay(config) as relay:
-            yield relay, http_port
+            yield relay, relay.http_port

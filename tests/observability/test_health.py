@@ -13,7 +13,7 @@ from pathlib import Path
 from frontfilter import observe
 from frontfilter.config import HostPort, build_config
 from frontfilter.health import BACKEND_STALE_AFTER, PROBE_INTERVAL, Health, probe_smtp, probe_spool
-from tests.harness import REPO, RawClient, RecordingSink, free_port
+from tests.harness import REPO, RawClient, RecordingSink, closed_port
 from tests.observability.support import eventually, http_get, relay_with_endpoint
 
 
@@ -40,7 +40,8 @@ def test_spool_probe_fails_below_the_free_space_floor(tmp_path: Path) -> None:
 def test_backend_probe_reads_the_greeting_and_quits() -> None:
     with RecordingSink() as sink:
         assert asyncio.run(probe_smtp(HostPort("127.0.0.1", sink.port), 5.0)) is None
-    assert asyncio.run(probe_smtp(HostPort("127.0.0.1", free_port()), 5.0)) == "connect failed: Connection refused"
+    with closed_port() as port:
+        assert asyncio.run(probe_smtp(HostPort("127.0.0.1", port), 5.0)) == "connect failed: Connection refused"
 
 
 def test_backend_probe_refuses_a_554_greeting_and_a_silent_server() -> None:
@@ -210,8 +211,7 @@ def test_not_ready_when_the_spool_disk_is_full(tmp_path: Path) -> None:
 
 
 def test_not_ready_when_no_backend_answers(tmp_path: Path) -> None:
-    dead = free_port()
-    with relay_with_endpoint(tmp_path, [dead]) as (relay, port):
+    with closed_port() as dead, relay_with_endpoint(tmp_path, [dead]) as (relay, port):
         status, lines = eventually(lambda: (r := readyz(port))[0] == 503 and "connect failed" in r[1][3] and r)
         assert lines[3].startswith(f"backend: FAILING: no backend answered in the last {BACKEND_STALE_AFTER:g}s")
         assert f"127.0.0.1:{dead}: connect failed" in lines[3]
@@ -223,8 +223,7 @@ def test_not_ready_when_no_backend_answers(tmp_path: Path) -> None:
 
 def test_in_queue_mode_a_backend_outage_is_reported_but_the_relay_stays_ready(tmp_path: Path) -> None:
     # Mail is still taken with 250 and spooled: a load balancer must keep sending it here.
-    dead = free_port()
-    with relay_with_endpoint(tmp_path, [dead], backend={"mode": "queue"}) as (relay, port):
+    with closed_port() as dead, relay_with_endpoint(tmp_path, [dead], backend={"mode": "queue"}) as (relay, port):
         down = relay.wait_event("backend_down", backend=f"127.0.0.1:{dead}")
         status, lines = readyz(port)
         assert status == 200 and [line.split(":", 1)[0] for line in lines[1:]] == ["rules", "spool", "accepting"]

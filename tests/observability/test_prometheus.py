@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.frontdoor.helpers import frontdoor_config, make_pki, write_users
-from tests.harness import REPO, RecordingSink, Relay, free_port
+from tests.harness import REPO, RecordingSink, Relay, closed_port, free_port
 from tests.observability import mail
 from tests.observability.coverage import COVERAGE, E2E
 from tests.observability.promql import (ALERT_RULES, dashboard_queries, exported_names,
@@ -167,17 +167,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     rules = directory / "rules"
     shutil.copytree(REPO / "rules", rules)
     (rules / "90-trial.toml").write_text(MONITOR_RULE)
-    dead = free_port()                   # nothing listens: every message fails over past it
-    http_port = free_port()
     pki = make_pki(directory / "tls")
     users = write_users(directory / "users", {"alice": "her password"})
-    with RecordingSink() as sink:
+    # `dead`: nothing answers there, every message fails over past it.
+    with RecordingSink() as sink, closed_port() as dead:
         # One listener: STARTTLS offered, AUTH optional (inside TLS), like a port 25 that also
         # serves the organisation's own senders.
         config = frontdoor_config(
             directory, [dead, sink.port],
-            [{"address": f"127.0.0.1:{free_port()}", "tls": "starttls", "auth": "optional"}],
-            backend={"mode": "sync"}, metrics={"listen": f"127.0.0.1:{http_port}"},
+            [{"address": "127.0.0.1:0", "tls": "starttls", "auth": "optional"}],
+            backend={"mode": "sync"}, metrics={"listen": "127.0.0.1:0"},
             # Two workers, as `workers = "auto"` on a two-core host: every query is evaluated on
             # what several processes export together (metrics.py's multiprocess mode).
             server={"workers": 2},
@@ -185,6 +184,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
             auth={"users_file": str(users), "failure_delay": "0s"})
         with Relay(config) as relay:
+            http_port = relay.http_port
             eventually(lambda: http_get(http_port, "/readyz")[0] == 200)
             prometheus = Prometheus(directory, f"127.0.0.1:{http_port}", [ALERT_RULES]).start()
             try:

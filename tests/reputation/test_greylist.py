@@ -15,7 +15,7 @@ import pytest
 from frontfilter.config import GreylistConfig, parse_network
 from frontfilter.reputation.greylist import Greylist, Verdict, normalise_sender
 from tests.frontdoor.helpers import connect_from, read_reply
-from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.harness import RecordingSink, Relay, write_config
 
 A = ipaddress.ip_address("192.0.2.10")
 NEIGHBOUR = ipaddress.ip_address("192.0.2.200")     # same /24
@@ -202,7 +202,7 @@ def test_a_relay_whose_greylist_database_cannot_be_opened_does_not_start(tmp_pat
     # Found at start, named in one line, rather than a 451 for every message from the first RCPT on.
     (tmp_path / "state").write_text("a file where the database's directory should be\n")
     database = tmp_path / "state" / "greylist.sqlite"
-    config = write_config(tmp_path, [free_port()], greylist={"enabled": True, "database": str(database)})
+    config = write_config(tmp_path, [25], greylist={"enabled": True, "database": str(database)})
     relay = Relay(config)
     expected = rf"greylist.database: {re.escape(str(database))}: {re.escape(str(database.parent))}: File exists"
     with pytest.raises(RuntimeError, match=expected):

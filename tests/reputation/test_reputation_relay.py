@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.frontdoor.helpers import connect_from, frontdoor_config, make_pki, read_reply, write_users
-from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
+from tests.harness import REPO, RecordingSink, Relay, write_config
 from tests.reputation.dnsserver import DnsServer, dead_resolver
 
 SITE_RULES = '''
@@ -184,7 +184,7 @@ def test_authenticated_user_on_a_listed_address_is_not_refused(
     users = write_users(tmp_path / "users", {"alice@example.org": "correct horse battery"})
     config = frontdoor_config(
         tmp_path, [sink.port],
-        listeners=[{"name": "submission", "address": f"127.0.0.1:{free_port()}", "auth": "optional"}],
+        listeners=[{"name": "submission", "address": "127.0.0.1:0", "auth": "optional"}],
         tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
         auth={"users_file": str(users), "failure_delay": "50ms"},
         **reputation_sections(dns, rules_dir(tmp_path)))

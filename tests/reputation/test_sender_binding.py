@@ -18,7 +18,7 @@ from frontfilter.config import ConfigError, OutboundSenders, RelayConfig, load_c
 from frontfilter.model import Peer, SessionFacts
 from frontfilter.sendermap import SenderMapError, parse_sender_map
 from tests.frontdoor.helpers import Pki, connect_from, frontdoor_config, make_pki, read_reply, write_users
-from tests.harness import RecordingSink, Relay, free_port, queue_id_in, write_config
+from tests.harness import RecordingSink, Relay, queue_id_in, write_config
 
 PASSWORD = "correct horse battery"
 
@@ -115,7 +115,7 @@ def test_config_refuses_bad_reputation_settings(tmp_path: Path) -> None:
 
 def test_a_relay_whose_sender_map_does_not_load_does_not_start(tmp_path: Path) -> None:
     (tmp_path / "senders").write_text("alice: nobody\n")
-    config = write_config(tmp_path, [free_port()], relay={"sender_map": str(tmp_path / "senders")})
+    config = write_config(tmp_path, [25], relay={"sender_map": str(tmp_path / "senders")})
     relay = Relay(config)
     with pytest.raises(RuntimeError, match=r"relay.sender_map: .*senders:1: 'nobody' is not an address"):
         relay.start()
@@ -142,7 +142,7 @@ def bound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bound]:
     with RecordingSink() as sink:
         config = frontdoor_config(
             base, [sink.port],
-            listeners=[{"name": "mx", "address": f"127.0.0.1:{free_port()}", "auth": "optional"}],
+            listeners=[{"name": "mx", "address": "127.0.0.1:0", "auth": "optional"}],
             relay={"domains": ["example.org"], "trusted_networks": ["127.0.0.7/32"],
                    "sender_domains": ["example.org", "sales.example.org"],
                    "outbound_senders": "own_domains", "sender_map": str(senders)},
@@ -269,7 +269,7 @@ def test_without_a_sender_map_a_login_sends_only_as_itself(tmp_path: Path) -> No
     with RecordingSink() as sink:
         config = frontdoor_config(
             tmp_path, [sink.port],
-            listeners=[{"name": "mx", "address": f"127.0.0.1:{free_port()}", "auth": "optional"}],
+            listeners=[{"name": "mx", "address": "127.0.0.1:0", "auth": "optional"}],
             relay={"domains": ["example.org"], "trusted_networks": []},
             tls={"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
             auth={"users_file": str(users), "failure_delay": "50ms"})

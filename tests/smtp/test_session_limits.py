@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.harness import RawClient, RecordingSink, Relay, free_port, write_config
+from tests.harness import RawClient, RecordingSink, Relay, write_config
 
 RECIPIENTS = 1100
 ALLOWED = 100
@@ -83,8 +83,8 @@ def exposition(port: int) -> str:
 
 
 def test_a_command_timeout_is_answered_counted_and_logged(tmp_path: Path) -> None:
-    metrics = free_port()
-    with relay(tmp_path, server={"command_timeout": "1s"}, metrics={"listen": f"127.0.0.1:{metrics}"}) as (running, _):
+    with relay(tmp_path, server={"command_timeout": "1s"}, metrics={"listen": "127.0.0.1:0"}) as (running, _):
+        metrics = running.http_port
         with RawClient(running.port) as client:
             client.read_reply()
             client.command("EHLO client.test")

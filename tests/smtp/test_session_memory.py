@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import RecordingSink, Relay, free_port, write_config
+from tests.harness import RecordingSink, Relay, write_config
 
 WARM_UP = 100          # sessions before the first reading: caches, pools and allocator arenas fill
 SESSIONS = 1000        # then this many more
@@ -55,9 +55,9 @@ def test_a_closed_session_leaves_nothing_for_the_cycle_collector(tmp_path: Path)
     """The collector stops the event loop while it runs: sessions freed by reference counting
     keep it idle. Each session was a knot of ~70 objects (bound methods in aiosmtpd's command
     tables, the cancelled task's traceback), which made full collections of 20-36 ms."""
-    port = free_port()
     with RecordingSink() as sink, Relay(write_config(tmp_path, [sink.port], limits={"connection_rate_per_ip": 0},
-                                                     metrics={"listen": f"127.0.0.1:{port}"})) as relay:
+                                                     metrics={"listen": "127.0.0.1:0"})) as relay:
+        port = relay.http_port
         run_sessions(relay.port, WARM_UP)
         before = collected_by_gc(port)
         run_sessions(relay.port, 300)
