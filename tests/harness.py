@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -194,6 +195,67 @@ def write_config(directory: Path, backend_ports: list[int], *, port: int | None 
     path = directory / f"frontfilter-{port or next(_CONFIG_NUMBERS)}.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+# ---- one message, as a client sends it ----------------------------------------------------
+
+@dataclass
+class Answer:
+    """What the relay said to one message: the reply that decided it (to end of DATA, or the
+    refusal of MAIL or of every RCPT), and the recipients refused on the way."""
+
+    code: int
+    text: str                      # enhanced code and text, as the relay wrote them
+    stage: str                     # "mail", "rcpt" or "data": the command that got `code`
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)     # recipient -> reply
+
+    @property
+    def queue_id(self) -> str | None:
+        found = QUEUE_ID.search(self.text)
+        return (found.group(1) or found.group(2)) if found else None
+
+    @property
+    def ok(self) -> bool:
+        """The message was taken (250) for every recipient."""
+        return self.code == 250 and self.stage == "data" and not self.refused
+
+    @property
+    def said(self) -> str:
+        """"554 5.7.1 text", without the " [queue id]" a refusal ends with."""
+        return re.sub(r" \[[0-9A-Z]+\]$", "", f"{self.code} {self.text}")
+
+
+def send(port: int, data: bytes, *, sender: str = "alice@example.net",
+         recipients: tuple[str, ...] | list[str] = ("bob@example.org",), helo: str = "client.test",
+         mail_options: tuple[str, ...] = (), timeout: float = 30.0) -> Answer:
+    """One message in a session of its own, through the relay at `port`."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as client:
+        client.ehlo(helo)
+        code, text = client.mail(sender, list(mail_options))
+        if code != 250:
+            return Answer(code, text.decode(errors="replace"), "mail")
+        refused = {}
+        for recipient in recipients:
+            code, text = client.rcpt(recipient)
+            if code != 250:
+                refused[recipient] = (code, text.decode(errors="replace"))
+        if len(refused) == len(recipients):
+            code, text = next(iter(refused.values()))
+            return Answer(code, text, "rcpt", refused)
+        code, text = client.data(data)
+        return Answer(code, text.decode(errors="replace"), "data", refused)
+
+
+def eventually(probe: Any, timeout: float = WAIT_TIMEOUT, interval: float = 0.05) -> Any:
+    """Call `probe` until it returns something true (returned), or raise after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still {value!r} after {timeout:g}s")
+        time.sleep(interval)
 
 
 QUEUE_ID = re.compile(r"queued as (\w+)|\[(\w+)\]\s*$")

@@ -35,21 +35,10 @@ pytestmark = installed(bool(NAMES), f"{TESTFILES} is missing or empty "
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[RecordingSink]:
-    with RecordingSink() as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
-def relay(sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+def relay(module_sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """The shipped rules, no [antivirus] section: clamd plays no part."""
-    with Relay(relay_config(tmp_path_factory.mktemp("clamav-testfiles"), sink, "sync")) as running:
+    with Relay(relay_config(tmp_path_factory.mktemp("clamav-testfiles"), module_sink, "sync")) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def _clean_sink(sink: RecordingSink) -> None:
-    sink.messages.clear()
 
 
 def as_attachment(data: bytes, name: str, content_type: str) -> bytes:

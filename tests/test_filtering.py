@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,38 +23,18 @@ import pytest
 
 from tests.content import corpus as c
 from tests.content import fail_closed_corpus
-from tests.harness import REPO, RecordingSink, Relay, queue_id_in, write_config
+from tests.harness import REPO, RecordingSink, Relay, send, write_config
 from tests.test_relay import strip_received
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[RecordingSink]:
-    with RecordingSink() as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
-def relay(sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+def relay(module_sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     directory = tmp_path_factory.mktemp("filtering")
-    config = write_config(directory, [sink.port], server={"max_message_size": "4MiB"},
+    config = write_config(directory, [module_sink.port], server={"max_message_size": "4MiB"},
                           inspection={"max_depth": 8, "max_parts": 40})
     with Relay(config) as running:
         yield running
 
-
-@pytest.fixture(autouse=True)
-def _clean_sink(sink: RecordingSink) -> None:
-    sink.messages.clear()
-
-
-def send(port: int, data: bytes, recipients: tuple[str, ...] = ("bob@example.org",)) -> tuple[int, bytes]:
-    """The reply to end of DATA: its code and text (which names the queue id, queue_id_in)."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("client.test")
-        assert client.mail("alice@example.net")[0] == 250
-        for recipient in recipients:
-            assert client.rcpt(recipient)[0] == 250, recipient
-        return client.data(data)
 
 
 def nested(depth: int) -> bytes:
@@ -83,12 +62,11 @@ EXECUTABLE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(EXECUTABLE_CASES))
 def test_executables_are_rejected_wherever_they_hide(relay: Relay, sink: RecordingSink, case: str) -> None:
-    code, text = send(relay.port, EXECUTABLE_CASES[case]())
-    assert code == 554 and text.startswith(b"5.7.1"), (code, text)
-    assert b"rule" not in text.lower() and b".toml" not in text     # generic text to the client
+    answer = send(relay.port, EXECUTABLE_CASES[case]())
+    assert answer.code == 554 and answer.text.startswith("5.7.1"), answer
+    assert "rule" not in answer.text.lower() and ".toml" not in answer.text     # generic text to the client
     assert sink.wait_for(1, timeout=0.3) == []
-    queue_id = text.decode().rsplit("[", 1)[1].rstrip("]")     # the reply names the log line
-    line = relay.wait_event("message", queue_id=queue_id)
+    line = relay.wait_event("message", queue_id=answer.queue_id)      # the reply names the log line
     assert line["verdict"] == "rejected" and line["decided_by"] and line["rules"]
 
 
@@ -96,8 +74,8 @@ def test_macro_document_is_stripped_and_the_rest_is_byte_identical(relay: Relay,
     original = c.message(c.attachment(c.pdf(), "application/pdf", "report.pdf"),
                          c.attachment(c.docx(macros=True), "application/vnd.ms-word.document.macroEnabled.12",
                                       "budget.docm"))
-    code, text = send(relay.port, original)
-    assert code == 250
+    answer = send(relay.port, original)
+    assert answer.code == 250
     [received] = sink.wait_for(1)
     data = strip_received(received.data)
     assert data.startswith(b"X-Frontfilter-Stripped: ")
@@ -114,7 +92,7 @@ def test_macro_document_is_stripped_and_the_rest_is_byte_identical(relay: Relay,
     assert len(original_parts) == len(received_parts) == 5
     assert original_parts[1:3] == received_parts[1:3] and original_parts[4] == received_parts[4]
     assert received_parts[0].endswith(original_parts[0])        # headers: one field added on top
-    line = relay.wait_event("message", queue_id=queue_id_in(text))
+    line = relay.wait_event("message", queue_id=answer.queue_id)
     assert line["verdict"] == "accepted"
     assert line["stripped"] and line["stripped"][0]["part"] == "3"
 
@@ -136,17 +114,17 @@ ORDINARY = {
 @pytest.mark.parametrize("case", sorted(ORDINARY))
 def test_ordinary_mail_passes_unchanged(relay: Relay, sink: RecordingSink, case: str) -> None:
     original = ORDINARY[case]()
-    assert send(relay.port, original)[0] == 250
+    assert send(relay.port, original).code == 250
     [received] = sink.wait_for(1)
     assert strip_received(received.data) == original
 
 
 def test_nesting_past_the_limit_is_refused_without_a_crash(relay: Relay, sink: RecordingSink) -> None:
-    code, text = send(relay.port, nested(12))
-    assert code == 554, (code, text)
-    assert send(relay.port, nested(3))[0] == 250                 # and the relay goes on
+    answer = send(relay.port, nested(12))
+    assert answer.code == 554, answer
+    assert send(relay.port, nested(3)).code == 250               # and the relay goes on
     assert len(sink.wait_for(1)) == 1
-    line = relay.wait_event("message", queue_id=queue_id_in(text))
+    line = relay.wait_event("message", queue_id=answer.queue_id)
     assert line["verdict"] == "rejected" and "depth" in line["limits"]
 
 
@@ -154,27 +132,25 @@ def test_the_log_line_says_why_content_was_not_read(relay: Relay, sink: Recordin
     """An administrator reading the log sees the reason a message failed closed, not only the
     rule: the parts that were not read to the end, and the readings that disagreed."""
     unsupported = fail_closed_corpus.arj("notes.txt", b"hello\n")   # nothing here opens ARJ
-    code, text = send(relay.port, c.message(c.attachment(unsupported, "application/octet-stream", "a.arj")))
-    queue_id = text.decode().rsplit("[", 1)[-1].rstrip("]")   # a refusal names its queue id
-    line = relay.wait_event("message", queue_id=queue_id)
-    assert code == 554 and "unsupported" in line["uninspectable"], line
+    answer = send(relay.port, c.message(c.attachment(unsupported, "application/octet-stream", "a.arj")))
+    line = relay.wait_event("message", queue_id=answer.queue_id)     # a refusal names its queue id
+    assert answer.code == 554 and "unsupported" in line["uninspectable"], line
     assert line["ambiguities"] == [] and sink.wait_for(1, timeout=0.5) == []
 
 
 def test_part_count_past_the_limit_is_refused(relay: Relay, sink: RecordingSink) -> None:
     many = c.message(*[c.attachment(b"x\n", "text/plain", f"note{i}.txt") for i in range(60)])
-    code, _ = send(relay.port, many)
-    assert code == 554
+    assert send(relay.port, many).code == 554
     assert sink.wait_for(1, timeout=0.3) == []
 
 
 def test_zip_bomb_is_refused_with_bounded_work(relay: Relay, sink: RecordingSink) -> None:
     bomb = c.zip_of({"zeros.bin": bytes(60 * 1024 * 1024)})
     assert len(bomb) < 200 * 1024
-    code, text = send(relay.port, c.message(c.attachment(bomb, "application/zip", "data.zip")))
-    assert code == 554
+    answer = send(relay.port, c.message(c.attachment(bomb, "application/zip", "data.zip")))
+    assert answer.code == 554
     assert sink.wait_for(1, timeout=0.3) == []
-    line = relay.wait_event("message", queue_id=queue_id_in(text))
+    line = relay.wait_event("message", queue_id=answer.queue_id)
     assert line["limits"] == ["compression_ratio"]
     assert line["size"] < 1024 * 1024
 
@@ -212,9 +188,9 @@ def test_monitor_rule_is_logged_but_does_not_act(site_relay: tuple[Relay, Path],
     (rules / "90-site.toml").write_text(SITE_RULE)
     relay.signal(signal.SIGHUP)
     relay.wait_event("rules_loaded", reload=True)
-    code, text = send(relay.port, c.hand("Subject: win the lottery\n", "now\n"))
-    assert code == 250
-    line = relay.wait_event("message", queue_id=queue_id_in(text))
+    answer = send(relay.port, c.hand("Subject: win the lottery\n", "now\n"))
+    assert answer.code == 250
+    line = relay.wait_event("message", queue_id=answer.queue_id)
     assert line["monitor"] == ["watch-lottery"] and line["rules"] == ["watch-lottery"]
     assert len(sink.wait_for(1)) == 1
 
@@ -223,15 +199,15 @@ def test_changed_rules_are_picked_up_and_a_broken_set_keeps_the_old_one(
         site_relay: tuple[Relay, Path], sink: RecordingSink) -> None:
     relay, rules = site_relay
     forbidden = c.hand("Subject: forbidden fruit\n", "body\n")
-    assert send(relay.port, forbidden)[0] == 250                  # before: no such rule
+    assert send(relay.port, forbidden).code == 250                # before: no such rule
     (rules / "90-site.toml").write_text(SITE_RULE)                # the watcher sees the change
     relay.wait_event("rules_loaded", reload=True)
-    assert send(relay.port, forbidden)[1].startswith(b"5.7.1 Not here [")
+    assert send(relay.port, forbidden).text.startswith("5.7.1 Not here [")
     (rules / "91-broken.toml").write_text('[[rule]]\nname = "oops"\nsubjekt = "x"\naction = "reject"\n')
     refused = relay.wait_event("rules_refused", reload=True)
     assert any("91-broken.toml: rule oops: subjekt" in error for error in refused["errors"])
-    assert send(relay.port, forbidden)[1].startswith(b"5.7.1 Not here [")   # the old set still works
-    assert send(relay.port, c.plain())[0] == 250
+    assert send(relay.port, forbidden).text.startswith("5.7.1 Not here [")   # the old set still works
+    assert send(relay.port, c.plain()).code == 250
     assert len(sink.wait_for(2)) == 2
 
 

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
@@ -21,29 +20,22 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.harness import REPO, RecordingSink, Relay, write_config
+from tests.harness import REPO, RecordingSink, Relay, eventually, send, write_config
 from tests.observability.promql import dashboard_queries
-from tests.observability.support import eventually
 from tests.requires import installed
 
 WORKERS = 2
 
 
-def send(port: int, subject: str) -> str:
-    """One message on its own connection (so the kernel picks a worker each time); the reply."""
+def send_subject(port: int, subject: str) -> str:
+    """One message on its own connection (so the kernel picks a worker each time): "250", or
+    the refusal as "554 5.7.1 text"."""
     data = f"From: a@example.net\r\nTo: b@example.org\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
-        try:
-            client.sendmail("a@example.net", ["b@example.org"], data)
-        except smtplib.SMTPDataError as error:
-            return f"{error.smtp_code} {error.smtp_error.decode()}"
-    return "250"
+    answer = send(port, data, sender="a@example.net", recipients=("b@example.org",), timeout=20)
+    return "250" if answer.ok else answer.said
 
 
 def alive(pid: int) -> bool:
@@ -52,12 +44,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-@pytest.fixture
-def sink() -> Iterator[RecordingSink]:
-    with RecordingSink() as running:
-        yield running
 
 
 def start(tmp_path: Path, sink: RecordingSink, rules: Path | None = None, **sections: dict) -> Relay:
@@ -79,7 +65,7 @@ def test_mail_is_spread_over_the_workers_and_arrives_exactly_once(tmp_path: Path
     try:
         pids = worker_pids(relay)
         assert len(pids) == WORKERS and all(alive(pid) for pid in pids)
-        replies = [send(relay.port, f"spread {n}") for n in range(60)]
+        replies = [send_subject(relay.port, f"spread {n}") for n in range(60)]
         assert replies == ["250"] * 60
         arrived = sink.wait_for(60)
         subjects = Counter(m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in arrived)
@@ -98,7 +84,7 @@ def test_sighup_reloads_every_worker(tmp_path: Path, sink: RecordingSink) -> Non
     shutil.copytree(REPO / "rules", rules)
     relay = start(tmp_path, sink, rules=rules)
     try:
-        assert send(relay.port, "forbidden words") == "250"
+        assert send_subject(relay.port, "forbidden words") == "250"
         (rules / "90-local.toml").write_text(
             '[[rule]]\nname = "no-forbidden"\nstage = "data"\nsubject = "*forbidden*"\n'
             'action = "reject"\nreply = "554 5.7.1 Not this subject"\n')
@@ -106,7 +92,7 @@ def test_sighup_reloads_every_worker(tmp_path: Path, sink: RecordingSink) -> Non
         eventually(lambda: len(relay.events("workers_ready")) == 2)
         reloaded = [line for line in relay.events("rules_loaded") if line.get("reload")]
         assert {line["worker"] for line in reloaded} == set(worker_pids(relay))
-        replies = [send(relay.port, f"forbidden {n}") for n in range(20)]
+        replies = [send_subject(relay.port, f"forbidden {n}") for n in range(20)]
         assert all(reply.startswith("554 5.7.1 Not this subject") for reply in replies), replies
     finally:
         relay.stop()
@@ -124,7 +110,7 @@ def test_a_killed_worker_is_replaced_and_mail_keeps_flowing(tmp_path: Path, sink
         replaced = relay.wait_event("worker_restarted")
         assert survivor in replaced["workers"] and victim not in replaced["workers"]
         assert len(replaced["workers"]) == WORKERS
-        assert [send(relay.port, f"after {n}") for n in range(20)] == ["250"] * 20
+        assert [send_subject(relay.port, f"after {n}") for n in range(20)] == ["250"] * 20
         assert len(sink.wait_for(20)) == 20
         # The supervisor counts it (FrontfilterWorkerRestarts); the replacement is worker slot
         # of the one that died, so process_* keep their two worker series.
@@ -158,7 +144,7 @@ def test_prometheus_sees_the_sum_over_workers_on_every_scrape(tmp_path: Path, si
     (tmp_path / "prom").mkdir()
     prometheus = Prometheus(tmp_path / "prom", f"127.0.0.1:{http_port}", []).start()
     try:
-        assert [send(relay.port, f"counted {n}") for n in range(30)] == ["250"] * 30
+        assert [send_subject(relay.port, f"counted {n}") for n in range(30)] == ["250"] * 30
         accepted = 'frontfilter_messages_total{verdict="accepted"}'
         eventually(lambda: prometheus.value(accepted) == 30, timeout=30)
         scraped = time.monotonic()
@@ -207,7 +193,7 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
         accepted = 'frontfilter_messages_total{verdict="accepted"}'
         readings = []
         for n in range(40):
-            assert send(relay.port, f"cpu {n}") == "250"
+            assert send_subject(relay.port, f"cpu {n}") == "250"
             readings.append(scraped_counter(http_port, accepted))
             time.sleep(0.1)
         assert readings == sorted(readings) and readings[-1] > 0, readings
@@ -227,7 +213,7 @@ def test_process_metrics_cover_every_worker_and_the_supervisor_and_counters_neve
         # against what /proc says the processes used over the same 20 s.
         panel = next(q.promql for q in dashboard_queries() if q.where.startswith("panel 'CPU'"))
         stop = threading.Event()
-        sender = threading.Thread(target=lambda: [send(relay.port, "steady") for _ in iter(stop.is_set, True)],
+        sender = threading.Thread(target=lambda: [send_subject(relay.port, "steady") for _ in iter(stop.is_set, True)],
                                   daemon=True)
         sender.start()
         try:
@@ -306,7 +292,7 @@ def test_systemd_hears_ready_with_the_workers_status_and_a_refused_reload(tmp_pa
         notify.wait_for(lambda m: m.get("RELOADING") == "1")
         again = notify.wait_for(lambda m: m.get("READY") == "1" and "REFUSED" in m.get("STATUS", ""))
         assert again["STATUS"].endswith("(2 workers)")
-        assert send(relay.port, "still served") == "250"        # the previous rules go on
+        assert send_subject(relay.port, "still served") == "250"        # the previous rules go on
         assert relay.stop() == 0
         notify.wait_for(lambda m: m.get("STOPPING") == "1")
     finally:

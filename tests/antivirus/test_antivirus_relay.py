@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
-import smtplib
 import subprocess
 import sys
 import time
@@ -28,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.antivirus.clamd_harness import (CLAM_EXE_SIGNATURE, EICAR_SIGNATURE, STREAM_MAX_LENGTH,
                                            TESTFILES, ClamdProcess, eicar, require_clamd)
 from tests.content import corpus
-from tests.harness import REPO, WAIT_TIMEOUT, RecordingSink, Relay, write_config
-from tests.observability.support import eventually, http_get, relay_with_endpoint
+from tests.harness import REPO, WAIT_TIMEOUT, Answer, RecordingSink, Relay, eventually, send, write_config
+from tests.observability.support import http_get, relay_with_endpoint
 from tests.requires import missing
 
 SHIPPED_RULES = REPO / "rules"
@@ -56,18 +54,6 @@ def relay_config(directory: Path, sink: RecordingSink, clamd_socket: Path, *,
                         antivirus={"address": str(clamd_socket), "timeout": "10s", **antivirus})
 
 
-def send(port: int, message: bytes, sender: str = "alice@example.net") -> tuple[int, str]:
-    """One message in its own session: (code, "code enhanced text") of the end-of-DATA reply,
-    without the " [queue id]" the relay appends."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("client.example.net")
-        try:
-            client.sendmail(sender, ["bob@example.org"], message)
-        except smtplib.SMTPDataError as error:
-            text = re.sub(r" \[[0-9A-Z]+\]$", "", error.smtp_error.decode())
-            return error.smtp_code, f"{error.smtp_code} {text}"
-    return 250, "250"
-
 
 def scraped(relay: Relay, sample: str, labels: dict[str, str]) -> float:
     """A sample of the relay's /metrics (0 when absent)."""
@@ -91,22 +77,11 @@ def wait_metric(relay: Relay, sample: str, labels: dict[str, str], at_least: flo
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[RecordingSink]:
-    with RecordingSink() as backend:
-        yield backend
-
-
-@pytest.fixture(autouse=True)
-def _clean_sink(sink: RecordingSink) -> None:
-    sink.messages.clear()
-
-
-@pytest.fixture(scope="module")
-def av_relay(sink: RecordingSink, clamd: ClamdProcess,
+def av_relay(module_sink: RecordingSink, clamd: ClamdProcess,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """The relay with the antivirus rule as its only rule."""
     directory = tmp_path_factory.mktemp("av-relay")
-    config = relay_config(directory, sink, clamd.socket, rules_dir=antivirus_only_rules(directory))
+    config = relay_config(directory, module_sink, clamd.socket, rules_dir=antivirus_only_rules(directory))
     with Relay(config) as running:
         yield running
 
@@ -124,8 +99,8 @@ def attach_three_ways(name: str, data: bytes) -> dict[str, bytes]:
     }
 
 
-def assert_rejected_for_virus(relay: Relay, sender: str, answer: tuple[int, str]) -> dict[str, Any]:
-    assert answer == (554, GENERIC_REJECT)          # generic: no signature name, no "virus"
+def assert_rejected_for_virus(relay: Relay, sender: str, answer: Answer) -> dict[str, Any]:
+    assert answer.said == GENERIC_REJECT            # generic: no signature name, no "virus"
     line = relay.wait_event("message", sender=sender)
     assert (line["verdict"], line["decided_by"]) == ("rejected", "virus")
     assert line["antivirus"]["result"] == "infected"
@@ -136,7 +111,7 @@ def assert_rejected_for_virus(relay: Relay, sender: str, answer: tuple[int, str]
 def test_eicar_built_in_code_is_rejected_with_a_generic_reply(av_relay: Relay, sink: RecordingSink,
                                                                how: str) -> None:
     sender = f"eicar-{how}@example.net"
-    answer = send(av_relay.port, attach_three_ways("eicar.com", eicar())[how], sender)
+    answer = send(av_relay.port, attach_three_ways("eicar.com", eicar())[how], sender=sender)
     line = assert_rejected_for_virus(av_relay, sender, answer)
     assert line["antivirus"]["signatures"] == [f"{EICAR_SIGNATURE}.UNOFFICIAL"]   # in the log only
     assert sink.wait_for(1, timeout=0.3) == []
@@ -149,7 +124,7 @@ def test_clamav_testfile_attached_zipped_renamed_or_as_text_is_rejected(
         missing(f"{TESTFILES / name} missing (Debian package clamav-testfiles)")
     for how, message in attach_three_ways(name, (TESTFILES / name).read_bytes()).items():
         sender = f"{name}-{how}@example.net"
-        line = assert_rejected_for_virus(av_relay, sender, send(av_relay.port, message, sender))
+        line = assert_rejected_for_virus(av_relay, sender, send(av_relay.port, message, sender=sender))
         # clam_cache_emax.tgz nests archives past clamd's MaxRecursion: found through
         # AlertExceedsMax (what the README recommends), not through the signature.
         expected = "Heuristics.Limits.Exceeded." if name == "clam_cache_emax.tgz" else CLAM_EXE_SIGNATURE
@@ -160,7 +135,7 @@ def test_clamav_testfile_attached_zipped_renamed_or_as_text_is_rejected(
 def test_clean_mail_passes_unchanged_and_is_counted(av_relay: Relay, sink: RecordingSink) -> None:
     before = scraped(av_relay, "frontfilter_antivirus_scans_total", {"result": "clean"})
     message = corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "invoice.pdf"))
-    assert send(av_relay.port, message, "clean@example.net") == (250, "250")
+    assert send(av_relay.port, message, sender="clean@example.net").ok
     [received] = sink.wait_for(1)
     assert received.data.endswith(message)
     line = av_relay.wait_event("message", sender="clean@example.net")
@@ -178,7 +153,7 @@ def test_with_the_shipped_rules_the_virus_rule_decides_first(sink: RecordingSink
     with Relay(relay_config(tmp_path, sink, clamd.socket, rules_dir=SHIPPED_RULES)) as relay:
         message = corpus.message(corpus.attachment(clam.read_bytes(), "application/octet-stream", "setup.exe"))
         assert_rejected_for_virus(relay, "alice@example.net", send(relay.port, message))
-        assert send(relay.port, corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "a.pdf"))) == (250, "250")
+        assert send(relay.port, corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "a.pdf"))).ok
     assert len(sink.wait_for(1)) == 1
 
 
@@ -188,10 +163,10 @@ def test_clamd_stopped_gives_4xx_by_default_and_is_counted(sink: RecordingSink, 
     require_clamd()
     with ClamdProcess() as own_clamd, Relay(relay_config(tmp_path, sink, own_clamd.socket)) as relay:
         message = corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "invoice.pdf"))
-        assert send(relay.port, message, "before@example.net") == (250, "250")
+        assert send(relay.port, message, sender="before@example.net").ok
         own_clamd.stop()
-        code, text = send(relay.port, message, "after@example.net")
-        assert (code, text) == (451, "451 4.3.0 Message could not be checked, try again later")
+        answer = send(relay.port, message, sender="after@example.net")
+        assert answer.said == "451 4.3.0 Message could not be checked, try again later"
         line = relay.wait_event("message", sender="after@example.net")
         assert (line["verdict"], line["decided_by"]) == ("tempfailed", "[antivirus] on_error")
         assert line["antivirus"]["result"] == "error" and line["antivirus"]["on_error"] == "tempfail"
@@ -220,7 +195,7 @@ def test_clamd_stopped_with_on_error_accept_passes_and_is_counted(sink: Recordin
         config = relay_config(tmp_path, sink, own_clamd.socket, on_error="accept")
         with Relay(config) as relay:
             message = corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "invoice.pdf"))
-            assert send(relay.port, message, "unscanned@example.net") == (250, "250")
+            assert send(relay.port, message, sender="unscanned@example.net").ok
             line = relay.wait_event("message", sender="unscanned@example.net")
             assert line["verdict"] == "accepted"
             assert line["antivirus"]["result"] == "error" and line["antivirus"]["on_error"] == "accept"
@@ -240,8 +215,8 @@ def big_message() -> bytes:
 
 
 def test_over_clamds_stream_limit_gets_4xx_by_default(av_relay: Relay, sink: RecordingSink) -> None:
-    code, text = send(av_relay.port, big_message(), "big@example.net")
-    assert (code, text) == (451, "451 4.3.0 Message could not be checked, try again later")
+    answer = send(av_relay.port, big_message(), sender="big@example.net")
+    assert answer.said == "451 4.3.0 Message could not be checked, try again later"
     line = av_relay.wait_event("message", sender="big@example.net")
     assert line["antivirus"]["result"] == "too_big"
     assert "StreamMaxLength" in line["antivirus"]["detail"]
@@ -254,7 +229,7 @@ def test_over_clamds_stream_limit_passes_with_on_error_accept(sink: RecordingSin
     config = relay_config(tmp_path, sink, clamd.socket, rules_dir=antivirus_only_rules(tmp_path),
                           on_error="accept")
     with Relay(config) as relay:
-        assert send(relay.port, big_message(), "big@example.net") == (250, "250")
+        assert send(relay.port, big_message(), sender="big@example.net").ok
         line = relay.wait_event("message", sender="big@example.net")
         assert (line["verdict"], line["antivirus"]["result"]) == ("accepted", "too_big")
     assert len(sink.wait_for(1)) == 1
@@ -265,9 +240,9 @@ def test_over_max_size_is_not_sent_and_gets_the_configured_outcome(sink: Recordi
     config = relay_config(tmp_path, sink, clamd.socket, rules_dir=antivirus_only_rules(tmp_path),
                           max_size="2KiB")
     with Relay(config) as relay:
-        code, _ = send(relay.port, corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "a.pdf"),
-                                                  text="x" * 3000), "big@example.net")
-        assert code == 451
+        answer = send(relay.port, corpus.message(corpus.attachment(corpus.pdf(), "application/pdf", "a.pdf"),
+                                                 text="x" * 3000), sender="big@example.net")
+        assert answer.code == 451
         detail = relay.wait_event("message", sender="big@example.net")["antivirus"]["detail"]
         assert "max_size" in detail and "not sent" in detail
 

@@ -6,7 +6,6 @@ import re
 import smtplib
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,6 @@ def spooled(directory: Path) -> list[str]:
     return sorted(p.stem for p in (directory / "spool" / "queue").glob("*.msg"))
 
 
-def wait_until(predicate: Any, timeout: float = DRAIN_TIMEOUT, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.delivery.support import message, message_ids, queue_config, spooled, wait_until
-from tests.harness import RecordingSink, Relay, free_port
+from tests.delivery.support import DRAIN_TIMEOUT, message, message_ids, queue_config, spooled
+from tests.harness import RecordingSink, Relay, eventually, free_port
 
 KILLS = 8                      # restarts; each run lives a random 0.1-0.7 s
 CONCURRENCY = 3
@@ -66,8 +66,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_message(tmp_path: Path)
 
         with Relay(config) as relay:                     # one clean start delivers the rest
             relay.wait_event("spool_recovered")
-            assert wait_until(lambda: not spooled(tmp_path)), spooled(tmp_path)
-            assert wait_until(lambda: acked <= set(message_ids(sink.messages)))
+            assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT), spooled(tmp_path)
+            assert eventually(lambda: acked <= set(message_ids(sink.messages)), DRAIN_TIMEOUT)
         counts = message_ids(sink.messages)
 
     lost = acked - set(counts)

@@ -12,8 +12,8 @@ from frontfilter import queuectl
 from frontfilter.delivery.spool import Layout
 
 from tests.delivery.support import (
-    dead_port, message, message_ids, queue_config, run_cli, send_one, spooled, wait_until)
-from tests.harness import RecordingSink, Relay
+    DRAIN_TIMEOUT, dead_port, message, message_ids, queue_config, run_cli, send_one, spooled)
+from tests.harness import RecordingSink, Relay, eventually
 
 
 def test_queue_list_show_retry_delete_on_a_running_daemon(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_queue_list_show_retry_delete_on_a_running_daemon(tmp_path: Path) -> Non
             retried = run_cli("queue", "retry", "--config", str(config))   # ... and we say so
             assert retried.returncode == 0, retried.stderr
             assert retried.stdout.count("will be retried now (2 recipients pending)") == 2
-            assert wait_until(lambda: not spooled(tmp_path))
+            assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
             assert message_ids(sink.messages) == {"tool-1@test": 1, "tool-2@test": 1}
 
         empty = run_cli("queue", "list", "--config", str(config), "--json")
@@ -70,7 +70,7 @@ def test_a_retry_the_administrator_asks_for_happens_now_even_right_after_a_failu
         with RecordingSink(port=port) as sink:
             retried = run_cli("queue", "retry", "--config", str(config), queue_id)
             assert retried.returncode == 0 and "will be retried now" in retried.stdout, retried.stdout
-            assert wait_until(lambda: not spooled(tmp_path), timeout=20)
+            assert eventually(lambda: not spooled(tmp_path), timeout=20)
             assert message_ids(sink.messages) == {"asked@test": 1}
         assert relay.wait_event("delivery", queue_id=queue_id, status="delivered")["attempts"] == 2
 
@@ -125,6 +125,6 @@ def test_retry_run_twice_before_the_daemon_looks_is_not_lost(tmp_path: Path) -> 
             for _ in range(2):
                 lines, ok = queuectl.retry(layout, [queue_id])
                 assert ok, lines
-            assert wait_until(lambda: not spooled(tmp_path)), queuectl.format_list(
+            assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT), queuectl.format_list(
                 *queuectl.list_queue(layout), dead=0, now=time.time())
             assert message_ids(sink.messages) == {"twice@test": 1}

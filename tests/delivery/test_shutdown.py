@@ -10,8 +10,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.delivery.support import dead_port, message, message_ids, queue_config, spooled, wait_until
-from tests.harness import RawClient, RecordingSink, Relay, write_config
+from tests.delivery.support import DRAIN_TIMEOUT, dead_port, message, message_ids, queue_config, spooled
+from tests.harness import RawClient, RecordingSink, Relay, eventually, write_config
 
 
 def test_a_session_ending_its_data_during_shutdown_is_spooled_and_gets_250(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_a_session_ending_its_data_during_shutdown_is_spooled_and_gets_250(tmp_p
     queue_id = answer.rsplit(" ", 1)[1]
     assert spooled(tmp_path) == [queue_id]
     with RecordingSink(port=port) as sink, Relay(config):      # the next start delivers it
-        assert wait_until(lambda: not spooled(tmp_path))
+        assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
         assert message_ids(sink.messages) == {"late@test": 1}
 
 
@@ -79,12 +79,12 @@ def test_sigterm_under_steady_load_ends_every_session_without_losing_an_acknowle
                    for _ in range(SENDERS)]
         for sender in senders:
             sender.start()
-        assert wait_until(lambda: len(acknowledged) >= 50)
+        assert eventually(lambda: len(acknowledged) >= 50, DRAIN_TIMEOUT)
         relay.signal(signal.SIGTERM)
         assert relay.proc is not None and relay.proc.wait(120) == 0    # long before the grace ends
         for sender in senders:
             sender.join(60)
         assert relay.stop() == 0
         assert len(endings) == SENDERS and all(e.startswith("421 4.3.2") for e in endings), endings
-        assert wait_until(lambda: len(sink.messages) >= len(acknowledged))
+        assert eventually(lambda: len(sink.messages) >= len(acknowledged), DRAIN_TIMEOUT)
         assert len(sink.messages) == len(acknowledged)     # sync mode: each 250 is at the backend

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.delivery.support import (
-    dead_port, message, message_ids, queue_config, send_one, spooled, wait_until)
-from tests.harness import RawClient, RecordingSink, Relay, SinkBehaviour
+    DRAIN_TIMEOUT, dead_port, message, message_ids, queue_config, send_one, spooled)
+from tests.harness import RawClient, RecordingSink, Relay, SinkBehaviour, eventually
 
 
 def test_backend_down_fifty_messages_are_spooled_and_arrive_exactly_once_when_it_is_back(
@@ -30,7 +30,7 @@ def test_backend_down_fifty_messages_are_spooled_and_arrive_exactly_once_when_it
         assert spooled(tmp_path) == sorted(ids)            # on disk, each under the id the client saw
         relay.wait_event("delivery", status="deferred")     # tried, and kept
         with RecordingSink(port=port) as sink:              # the backend is back
-            assert wait_until(lambda: not spooled(tmp_path)), spooled(tmp_path)
+            assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT), spooled(tmp_path)
             counts = message_ids(sink.messages)
         assert counts == {f"down-{n}@test": 1 for n in range(50)}
         delivered = {e["queue_id"] for e in relay.events("delivery") if e["status"] == "delivered"}
@@ -47,7 +47,7 @@ def test_backend_4xx_then_2xx_is_retried_and_delivered_once(tmp_path: Path) -> N
         behaviour.data_reply = None                          # the backend recovers
         done = relay.wait_event("delivery", queue_id=queue_id, status="delivered")
         assert done["attempts"] >= 2
-        assert wait_until(lambda: not spooled(tmp_path))
+        assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
         assert message_ids(sink.messages) == {"busy@test": 1}
         assert relay.events("forward_failed")[0]["result"] == "transient"
 
@@ -77,7 +77,7 @@ def test_5xx_for_one_of_two_recipients_delivers_the_other_and_sends_a_dsn(tmp_pa
         dead = relay.wait_event("dead_letter", queue_id=queue_id)
         assert dead["failed"] == ["rejectme@example.org"]
         assert (tmp_path / "spool" / "deadletter" / f"{queue_id}.msg").exists()
-        assert wait_until(lambda: not spooled(tmp_path))
+        assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
 
 
 def test_a_bounce_to_an_outside_sender_returns_only_what_identifies_the_message(tmp_path: Path) -> None:
@@ -140,10 +140,10 @@ def test_full_spool_answers_452_and_the_client_keeps_the_message(tmp_path: Path)
             client.rset()
         assert relay.wait_event("message", verdict="tempfailed")["reply"].startswith("452 4.3.1")
         with RecordingSink(port=port) as sink:               # the backend drains the spool
-            assert wait_until(lambda: not spooled(tmp_path))
+            assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
             with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:   # the client retries
                 send_one(client, "alice@example.net", ["bob@example.org"], message("full-3"))
-            assert wait_until(lambda: len(sink.messages) == 3)
+            assert eventually(lambda: len(sink.messages) == 3, DRAIN_TIMEOUT)
             assert message_ids(sink.messages) == {"full-1@test": 1, "full-2@test": 1, "full-3@test": 1}
 
 
@@ -160,7 +160,7 @@ def test_sigterm_leaves_undelivered_mail_spooled_and_the_next_start_delivers_it(
     assert relay.events("delivery_stopped") and spooled(tmp_path) == sorted(ids)
     with RecordingSink(port=port) as sink, Relay(config) as second:
         assert second.wait_event("spool_recovered")["messages"] == 3
-        assert wait_until(lambda: not spooled(tmp_path))
+        assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
         assert message_ids(sink.messages) == {f"term-{n}@test": 1 for n in range(3)}
 
 
@@ -251,7 +251,7 @@ def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(
                 assert code == 250 or text.startswith(b"4.3.0"), (code, text)
         assert 451 in answers.values()
         # Every 250 was durably spooled before it was sent: the spool empties once each is delivered.
-        assert wait_until(lambda: not spooled(tmp_path))
+        assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT)
         assert message_ids(sink.messages) == {i: 1 for i, code in answers.items() if code == 250}
         timeouts = [e for e in relay.events("message") if e["verdict"] == "tempfailed"]
         assert len(timeouts) == list(answers.values()).count(451)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import smtplib
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.frontdoor.helpers import Pki, TlsRecordingSink, make_pki, scrape
-from tests.harness import RecordingSink, Relay, write_config
+from tests.harness import Answer, RecordingSink, Relay, send, write_config
 
 MESSAGE = b"From: a@example.net\r\nTo: bob@example.org\r\nSubject: to the backend\r\n\r\nHi.\r\n"
 
@@ -32,21 +31,15 @@ def relay_to(tmp_path: Path, sink: RecordingSink, **backend: Any) -> Iterator[tu
         yield relay, relay.http_port
 
 
-def send(port: int) -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
-        client.ehlo("client.test")
-        client.mail("a@example.net")
-        answer = client.rcpt("bob@example.org")
-        if answer[0] == 250:
-            client.data(MESSAGE)
-        return answer
+def send_one(port: int) -> Answer:
+    return send(port, MESSAGE, sender="a@example.net", timeout=15)
 
 
 def test_backend_requiring_starttls_with_a_test_ca_and_verification(tmp_path: Path, backend_pki: Pki) -> None:
     with TlsRecordingSink(backend_pki) as sink, relay_to(
             tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file),
             tls_verify_name="backend.test") as (relay, metrics):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         [received] = sink.wait_for(1)
         assert received.recipients == ["bob@example.org"] and sink.tls_flags == [True]
         relay.wait_event("message", verdict="accepted")
@@ -56,7 +49,7 @@ def test_backend_requiring_starttls_with_a_test_ca_and_verification(tmp_path: Pa
 def test_verification_by_ip_address_when_no_name_is_set(tmp_path: Path, backend_pki: Pki) -> None:
     with TlsRecordingSink(backend_pki) as sink, relay_to(
             tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file)) as (relay, _):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         assert sink.tls_flags == [True]
 
 
@@ -69,9 +62,9 @@ def test_unverifiable_backend_gets_nothing(tmp_path: Path, backend_pki: Pki, cas
     name = "mail.elsewhere.test" if case == "wrong name" else "backend.test"
     with TlsRecordingSink(backend_pki) as sink, relay_to(
             tmp_path, sink, tls="required", tls_ca_file=str(ca_file), tls_verify_name=name) as (relay, _):
-        code, text = send(relay.port)
-        assert (code, text.split()[0]) == (451, b"4.4.1")     # transient: the client retries
-        assert b"unavailable" in text and b"rejected" not in text   # nothing was refused
+        answer = send_one(relay.port)
+        assert (answer.stage, answer.code, answer.text.split()[0]) == ("rcpt", 451, "4.4.1")   # the client retries
+        assert "unavailable" in answer.text and "rejected" not in answer.text   # nothing was refused
         assert sink.wait_for(1, timeout=0.5) == []
         line = relay.wait_event("forward_failed")
         assert expected in line["detail"]
@@ -95,7 +88,7 @@ def test_opportunistic_tls_whose_handshake_fails_delivers_in_plain_text(tmp_path
     """As Postfix's `may` level: a failed handshake is followed at once by the same backend in
     plain text, not by TLS tried again until the message bounces. (The default is opportunistic.)"""
     with NoSharedCipherSink(backend_pki) as sink, relay_to(tmp_path, sink, mode=mode) as (relay, _):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         assert sink.wait_for(1) and sink.tls_flags == [False]
         assert "handshake" in relay.wait_event("backend_tls_plaintext")["reason"]
 
@@ -103,7 +96,7 @@ def test_opportunistic_tls_whose_handshake_fails_delivers_in_plain_text(tmp_path
 def test_required_tls_whose_handshake_fails_delivers_nothing(tmp_path: Path, backend_pki: Pki) -> None:
     with NoSharedCipherSink(backend_pki) as sink, relay_to(
             tmp_path, sink, tls="required", tls_ca_file=str(backend_pki.ca_file), tls_verify_name="backend.test") as (relay, _):
-        assert send(relay.port)[0] == 451
+        assert send_one(relay.port).code == 451
         assert sink.wait_for(1, timeout=0.5) == []
         assert "handshake" in relay.wait_event("forward_failed")["detail"]
         assert relay.events("backend_tls_plaintext") == []
@@ -111,17 +104,17 @@ def test_required_tls_whose_handshake_fails_delivers_nothing(tmp_path: Path, bac
 
 def test_required_tls_to_a_backend_without_starttls_delivers_nothing(tmp_path: Path) -> None:
     with RecordingSink() as sink, relay_to(tmp_path, sink, tls="required") as (relay, _):
-        assert send(relay.port)[0] == 451
+        assert send_one(relay.port).code == 451
         assert sink.wait_for(1, timeout=0.5) == []
         assert "does not offer STARTTLS" in relay.wait_event("forward_failed")["detail"]
 
 
 def test_opportunistic_uses_tls_when_offered_and_plain_otherwise(tmp_path: Path, backend_pki: Pki) -> None:
     with TlsRecordingSink(backend_pki) as sink, relay_to(tmp_path / "a", sink, tls="opportunistic") as (relay, _):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         assert sink.wait_for(1) and sink.tls_flags == [True]
     with RecordingSink() as plain, relay_to(tmp_path / "b", plain, tls="opportunistic") as (relay, _):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         assert len(plain.wait_for(1)) == 1
 
 
@@ -129,5 +122,5 @@ def test_opportunistic_uses_tls_when_offered_and_plain_otherwise(tmp_path: Path,
 def test_by_default_starttls_is_used_when_the_backend_offers_it(tmp_path: Path, backend_pki: Pki, mode: str) -> None:
     """Issue 4: outbound STARTTLS when the backend offers it, with no backend.tls written."""
     with TlsRecordingSink(backend_pki) as sink, relay_to(tmp_path, sink, mode=mode) as (relay, _):
-        assert send(relay.port)[0] == 250
+        assert send_one(relay.port).code == 250
         assert sink.wait_for(1) and sink.tls_flags == [True]

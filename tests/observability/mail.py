@@ -7,6 +7,7 @@ import ssl
 from collections import Counter
 
 from tests.content import corpus
+from tests.harness import send
 
 SENDER = "alice@example.net"
 RECIPIENT = "bob@example.org"
@@ -37,16 +38,11 @@ def too_many_parts(parts: int) -> bytes:
                             for i in range(parts)])
 
 
-def send(port: int, data: bytes, recipients: tuple[str, ...] = (RECIPIENT,)) -> str:
-    """Send one message; the outcome as "250", "554", ... (the reply code at DATA, or RCPT)."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
-        try:
-            refused = client.sendmail(SENDER, list(recipients), data)
-        except smtplib.SMTPDataError as error:
-            return str(error.smtp_code)
-        except smtplib.SMTPRecipientsRefused as error:
-            return str(next(iter(error.recipients.values()))[0])
-    return "250" if not refused else "partial"
+def outcome(port: int, data: bytes, recipients: tuple[str, ...] = (RECIPIENT,)) -> str:
+    """One message; its outcome as "250", "554", ... (the reply code at DATA, or at RCPT when
+    every recipient was refused), "partial" when some recipients were refused."""
+    answer = send(port, data, sender=SENDER, recipients=recipients, timeout=15)
+    return "partial" if answer.refused and answer.stage == "data" else str(answer.code)
 
 
 def send_mix(port: int, max_parts: int) -> Counter[str]:
@@ -54,13 +50,13 @@ def send_mix(port: int, max_parts: int) -> Counter[str]:
     one message past the inspection bounds, one recipient refused at RCPT (not a relay domain)."""
     outcomes: Counter[str] = Counter()
     for n in range(3):
-        outcomes[f"clean {send(port, clean(n))}"] += 1
-    outcomes[f"pdf {send(port, with_pdf())}"] += 1
+        outcomes[f"clean {outcome(port, clean(n))}"] += 1
+    outcomes[f"pdf {outcome(port, with_pdf())}"] += 1
     for _ in range(2):
-        outcomes[f"executable {send(port, with_executable())}"] += 1
-    outcomes[f"macros {send(port, with_macros())}"] += 1
-    outcomes[f"parts {send(port, too_many_parts(max_parts + 2))}"] += 1
-    outcomes[f"relay {send(port, clean(99), ('victim@elsewhere.example',))}"] += 1
+        outcomes[f"executable {outcome(port, with_executable())}"] += 1
+    outcomes[f"macros {outcome(port, with_macros())}"] += 1
+    outcomes[f"parts {outcome(port, too_many_parts(max_parts + 2))}"] += 1
+    outcomes[f"relay {outcome(port, clean(99), ('victim@elsewhere.example',))}"] += 1
     return outcomes
 
 

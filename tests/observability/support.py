@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.harness import RecordingSink, Relay, write_config
+from tests.harness import RecordingSink, Relay, eventually, write_config  # noqa: F401  (eventually: re-exported for older imports)
 
 WAIT = 15.0      # bound on every wait here
 
@@ -25,16 +24,6 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, str]:
     return int(head.split(b" ", 2)[1]), body.decode()
 
 
-def eventually(probe: Callable[[], Any], timeout: float = WAIT, interval: float = 0.1) -> Any:
-    """Call `probe` until it returns something true, or raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still {result!r} after {timeout}s")
-        time.sleep(interval)
 
 
 @contextmanager

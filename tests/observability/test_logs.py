@@ -12,9 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.harness import REPO, RawClient, RecordingSink, Relay, write_config
+from tests.harness import REPO, RawClient, RecordingSink, Relay, eventually, write_config
 from tests.observability import mail
-from tests.observability.support import eventually
 
 
 def test_one_line_per_message_carries_everything(tmp_path: Path) -> None:
@@ -29,7 +28,7 @@ def test_one_line_per_message_carries_everything(tmp_path: Path) -> None:
             assert code == 250
             queue_id = re.search(r"queued as (\w+)", text.decode()).group(1)
             line = relay.wait_event("message", queue_id=queue_id)
-            assert mail.send(relay.port, mail.with_executable()) == "554"
+            assert mail.outcome(relay.port, mail.with_executable()) == "554"
             rejected = relay.wait_event("message", verdict="rejected")
 
     assert line["verdict"] == "accepted"
@@ -75,8 +74,8 @@ def test_text_format_is_one_readable_line_per_event(tmp_path: Path) -> None:
         reader.start()
         try:
             listening = eventually(lambda: [l for l in list(lines) if "event=listening" in l])
-            port = int(listening[0].rsplit(":", 1)[1])
-            assert mail.send(port, mail.clean()) == "250"
+            port = int(re.search(r" address=\S+:(\d+)", listening[0]).group(1))
+            assert mail.outcome(port, mail.clean()) == "250"
             message = eventually(lambda: [l for l in list(lines) if "event=message" in l])
         finally:
             proc.terminate()
@@ -122,7 +121,7 @@ def test_text_lines_escape_control_characters(tmp_path: Path) -> None:
         reader.start()
         try:
             listening = eventually(lambda: [l for l in list(lines) if b"event=listening" in l])
-            port = int(listening[0].rstrip().rsplit(b":", 1)[1])
+            port = int(re.search(rb" address=\S+:(\d+)", listening[0]).group(1))
             send_with_helo(port, TRICKY_HELO)
             message = eventually(lambda: [l for l in list(lines) if b"event=message" in l])
         finally:

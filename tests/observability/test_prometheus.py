@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 
 from tests.frontdoor.helpers import frontdoor_config, make_pki, write_users
-from tests.harness import REPO, RecordingSink, Relay, closed_port, free_port
+from tests.harness import REPO, RecordingSink, Relay, closed_port, eventually, free_port
 from tests.observability import mail
 from tests.observability.coverage import COVERAGE, E2E
 from tests.observability.promql import (ALERT_RULES, dashboard_queries, exported_names,
                                         metric_names, panels, rule_count, selectors, substitute)
-from tests.observability.support import eventually, http_get
+from tests.observability.support import http_get
 from tests.requires import installed
 
 PROMETHEUS = shutil.which("prometheus")

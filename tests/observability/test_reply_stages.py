@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.content import corpus
-from tests.observability.support import eventually, http_get, relay_with_endpoint
+from tests.harness import eventually
+from tests.observability.support import http_get, relay_with_endpoint
 
 
 def replies(port: int) -> dict[tuple[str, str], float]:

@@ -91,22 +91,11 @@ def dns() -> Iterator[DnsServer]:
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[RecordingSink]:
-    with RecordingSink() as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
-def relay(dns: DnsServer, sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+def relay(dns: DnsServer, module_sink: RecordingSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     base = tmp_path_factory.mktemp("reputation")
-    config = write_config(base, [sink.port], **reputation_sections(dns, rules_dir(base, SITE_RULES)))
+    config = write_config(base, [module_sink.port], **reputation_sections(dns, rules_dir(base, SITE_RULES)))
     with Relay(config) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def _clean_sink(sink: RecordingSink) -> None:
-    sink.messages.clear()
 
 
 def message(subject: str, sender: str = "alice@spf-pass.example") -> bytes:

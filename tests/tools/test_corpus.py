@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import smtplib
 import subprocess
 import sys
 import tomllib
@@ -21,7 +20,7 @@ from frontfilter.config import load_config
 from frontfilter.rules.loader import load_ruleset
 from tests.content import corpus as c
 from tests.content import fail_closed_corpus
-from tests.harness import REPO, RecordingSink, Relay, write_config
+from tests.harness import REPO, RecordingSink, Relay, send, write_config
 from tests.test_filtering import CORPUS as FILTERING_CORPUS, EXECUTABLE_CASES, ORDINARY
 from tests.test_relay import strip_received
 
@@ -127,20 +126,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relay, Reco
             yield relay, sink, config
 
 
-def send(port: int, raw: bytes, envelope: dryrun.DryEnvelope) -> tuple[int, str, str | None]:
-    """(code, text, queue id) of the reply that decided: a refused RCPT, or end of DATA."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
-        client.ehlo(envelope.helo)
-        code, text = client.mail(envelope.sender)
-        if code != 250:
-            return code, text.decode(), None
-        answers = [client.rcpt(r) for r in envelope.recipients]
-        if not any(code == 250 for code, _ in answers):
-            return answers[0][0], answers[0][1].decode(), None
-        code, text = client.data(raw)
-    said = text.decode()
-    queue_id = re.search(r"queued as (\w+)|\[(\w+)\]$", said)
-    return code, said, queue_id and (queue_id.group(1) or queue_id.group(2))
 
 
 def test_scan_decides_every_corpus_message_as_the_live_relay(live: tuple[Relay, RecordingSink, Path]) -> None:
@@ -151,8 +136,10 @@ def test_scan_decides_every_corpus_message_as_the_live_relay(live: tuple[Relay, 
     for name, raw, envelope in corpora():
         dry = dryrun.run(config, rules, raw, envelope)
         sink.messages.clear()
-        code, text, queue_id = send(relay.port, raw, envelope)
-        assert (code, text.split(" ", 1)[0]) == (dry.reply.code, dry.reply.enhanced), (name, text, dry.reply.wire)
+        answer = send(relay.port, raw, sender=envelope.sender, recipients=envelope.recipients, helo=envelope.helo,
+                      timeout=60)
+        assert (answer.code, answer.text.split(" ", 1)[0]) == (dry.reply.code, dry.reply.enhanced), (name, answer)
+        queue_id = answer.queue_id
         if queue_id is None:         # refused before the content rules: a RCPT, or DATA's size bound
             assert dry.decision is None and dry.stage.value in ("rcpt", "data"), name
             continue
