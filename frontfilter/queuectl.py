@@ -10,7 +10,7 @@ per-message flock that delivery holds (delivery/spool.py) is taken here too befo
   flight to end), message file first; the daemon's scan drops it. No DSN is sent (as Postfix's
   `postsuper -d`): deleting is the administrator's decision.
 Why files and locks rather than a control socket: it works the same with the daemon stopped,
-with several delivery processes sharing one spool (issue 9), and adds nothing that listens.
+with several delivery processes sharing one spool (workers), and adds nothing that listens.
 The price is up to one scan interval before the daemon acts on a `retry`.
 
 Output is built here as lines; `cli.py` prints them. Queue ids are checked against

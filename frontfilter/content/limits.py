@@ -1,6 +1,6 @@
 """Inspection bounds: how much of one message `content.inspect` will walk, decode and unpack.
 
-Every bound is a number with its unit in its name or comment (STYLE habit 9). Crossing one is
+Every bound is a number with its unit in its name or comment, so a reader can check it. Crossing one is
 never an exception and never a silent pass: `inspect` stops that piece of work and records the
 matching `view.Limit` in `MessageView.limits_exceeded`, so a rule can refuse the message.
 

@@ -1,6 +1,6 @@
 """The `MessageView`: every fact inspection found about one message, read by every later step.
 
-Inspection reports facts; rules decide (STYLE habit 11). A `MessageView` is immutable, built
+Inspection reports facts; rules decide (policy lives in the administrator's rules, not here). A `MessageView` is immutable, built
 once per message by `content.inspect`, and holds no reference to the parser's objects, so it
 can cross from the worker thread that built it back to the event loop.
 

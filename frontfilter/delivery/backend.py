@@ -1,6 +1,6 @@
 """One SMTP conversation with the internal backend, with failover across `backend.servers`.
 
-Every failure is classified where it is understood (STYLE habit 7): `Outcome.TRANSIENT` for a
+Every failure is classified where it is understood, once, into a type: `Outcome.TRANSIENT` for a
 refused or lost connection, a timeout or a 4xx; `Outcome.PERMANENT` for a 5xx. That field alone
 decides the client's reply class in sync mode and retry versus bounce in queue mode.
 

@@ -9,7 +9,7 @@ section as `text/rfc822-headers` — headers only, so a bounce never carries the
 (and stays small). Internationalised addresses use RFC 6533's `message/global-delivery-status`
 and `utf-8` address type, and the DSN is then sent with SMTPUTF8.
 
-What is never in a DSN (STYLE habit 3): the backend's host name or its free text. The
+What is never in a DSN (it goes to an outside sender): the backend's host name or its free text. The
 Diagnostic-Code carries the backend's reply code and enhanced status, with our generic words.
 It is sent from the null sender (`MAIL FROM:<>`, RFC 5321 §4.5.5) so it can never bounce back,
 and never for a message that itself had the null sender. `Auto-Submitted: auto-replied`

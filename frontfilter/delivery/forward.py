@@ -5,7 +5,7 @@ timed out, failed its greeting/EHLO/STARTTLS, or answered MAIL with 4xx is marke
 `backend.skip_failed_for` and the next one is tried at once, in the same attempt (Postfix's
 dead-host cache); if every backend is down the attempt fails transiently without waiting.
 
-What the backend says is classified where it is understood (STYLE habit 7), per recipient:
+What the backend says is classified where it is understood, once, per recipient:
 RCPT 5xx → that recipient PERMANENT; RCPT 4xx → that recipient TRANSIENT; DATA 5xx/4xx → every
 recipient it accepted; a lost connection or timeout → TRANSIENT; a 421 or 503 (backend.py's
 SESSION_BROKEN) is handled like a lost connection. MAIL 5xx is the backend's policy

@@ -1,6 +1,6 @@
 """Safe file I/O for the spool: durable atomic writes, directory fsync, per-file locks.
 
-Guarantees (the Postfix `mail_stream.c` / chasquid `safeio` recipe, STYLE habit 6):
+Guarantees (the Postfix `mail_stream.c` / chasquid `safeio` recipe: no 250 before the bytes are durable):
 - `write_atomically` returns only once the bytes are in a file under their final name and that
   name survives a crash or power cut: data written to a temporary file, `fsync`, `rename` onto
   the final name, `fsync` of the final directory. Before it returns, a crash leaves the final

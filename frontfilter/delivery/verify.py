@@ -7,7 +7,7 @@ be found at delivery — and bounced to a sender who may be forged (backscatter)
 failover). The answer is cached: valid for `verify_positive_ttl`, invalid for
 `verify_negative_ttl`; a backend that cannot answer is not cached.
 
-Result classes (STYLE habit 7): VALID → accept; INVALID (5xx) → the pipeline refuses the
+Result classes (decided by the reply's class alone, never its text): VALID → accept; INVALID (5xx) → the pipeline refuses the
 recipient with the backend's code; UNAVAILABLE (4xx, no backend) → the pipeline answers 4xx and
 the client retries, as Postfix's default `unverified_recipient_tempfail_action`.
 

@@ -8,7 +8,7 @@ attempted, at most `backend.concurrency` at once.
 
 One attempt (`_attempt`): lock the message (flock on its `.msg`: a message is never attempted
 twice at once, across processes too), send it to the pending recipients only, then record each
-recipient's fate (STYLE habit 7: the typed outcome alone decides):
+recipient's fate (the typed outcome alone decides, never the reply's text):
 - delivered → done; permanent (5xx) → failed now; transient → retried later, with exponential
   backoff from `retry_min` to `retry_max`, ± `retry_jitter`, the last try at `max_lifetime`;
   past it, still-pending recipients fail as expired (4.4.7).

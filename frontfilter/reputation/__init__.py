@@ -9,6 +9,6 @@ Modules:
     checks    what the pipeline calls: which facts a stage needs, gathered once, in time
 
 This package is the only one that talks DNS. Each check reports facts; the administrator's rules
-decide (STYLE habit 11). Importing `frontfilter.reputation` itself loads nothing: the rules
+decide (no policy is coded here). Importing `frontfilter.reputation` itself loads nothing: the rules
 engine imports `frontfilter.reputation.facts`, which must stay free of asyncio.
 """

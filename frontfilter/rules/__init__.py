@@ -12,8 +12,6 @@ from frontfilter.rules.engine import RuleSet
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.loader import load_ruleset
 from frontfilter.rules.model import (
-    DEFAULT_NOTICE,
-    NOTICE_FIELDS,
     Action,
     AddHeader,
     Match,
@@ -25,6 +23,6 @@ from frontfilter.rules.model import (
 )
 
 __all__ = [
-    "DEFAULT_NOTICE", "NOTICE_FIELDS", "Action", "AddHeader", "Facts", "Match", "Mode", "Rule",
+    "Action", "AddHeader", "Facts", "Match", "Mode", "Rule",
     "RuleSet", "RuleSetError", "StripRequest", "Verdict", "load_ruleset",
 ]

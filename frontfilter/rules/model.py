@@ -5,7 +5,7 @@ whole); a `Verdict` only by `RuleSet.evaluate`. The pipeline reads a `Verdict` a
 SMTP reply, the rewrite and the metrics from it; it never looks at rule files.
 
 Who owns what: the closed sets (`Action`, `Mode`) live here, with what they mean declared on
-them (`Action.terminal`), so no caller needs an `if` over action names (STYLE habit 1).
+them (`Action.terminal`), so no caller needs an `if` over action names.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from frontfilter.reply import Reply
 
 if TYPE_CHECKING:  # only for the annotation; conditions import this module, not the reverse
     from frontfilter.rules.conditions.tree import Node
-
-# The content engineer owns the notice template and the names it may use; re-exported here.
-from frontfilter.content.rewrite import DEFAULT_NOTICE, NOTICE_FIELDS  # noqa: F401
 
 
 class Action(enum.Enum):

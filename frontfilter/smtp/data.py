@@ -1,6 +1,6 @@
 """Reading the DATA phase in blocks: terminator search, size bound, smuggling checks, unstuffing.
 
-aiosmtpd reads DATA one line at a time and accepts bare CR and bare LF verbatim (see TOOLING.md),
+A line reader (aiosmtpd's, for one) takes DATA one line at a time and accepts bare CR and bare LF verbatim,
 which lets a client smuggle a second message past a backend that reads line ends differently
 (SMTP smuggling, CVE-2023-51764 and friends). Here the stream is read in blocks, the terminator
 `<CRLF>.<CRLF>` is found with `bytes.find` across block borders, and the collected data is then
@@ -52,7 +52,7 @@ class DataCollector:
     def __post_init__(self) -> None:
         # The message is kept in a BytesIO: its getvalue() hands over its buffer without a copy,
         # where a bytearray must be copied into bytes at the end (two copies of a 25 MB message
-        # at once: the peak-memory bound of issue 9 had 1 % to spare).
+        # at once: a 25 MB message's peak memory was within 1 % of its bound).
         self._body: io.BytesIO | None = io.BytesIO()
         # The virtual CRLF before the first line lets ".\r\n" right after DATA end it, and makes
         # "\r\n." the one pattern for dot-stuffed lines.
