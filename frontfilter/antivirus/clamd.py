@@ -37,6 +37,7 @@ import re
 import socket
 import struct
 import time
+from typing import Any
 from pathlib import Path
 
 from frontfilter.antivirus.result import ScanResult, ScanStatus
@@ -141,6 +142,7 @@ class ClamdClient:
             sock.close()
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        targets: list[tuple[int, int, int, Any]]
         if isinstance(self.address, HostPort):
             targets = [(family, kind, proto, sockaddr) for family, kind, proto, _, sockaddr in
                        await loop.getaddrinfo(self.address.host, self.address.port,

@@ -316,14 +316,15 @@ def read_bounded(read: Callable[[int], bytes], compressed: int | Callable[[], in
     limits = budget.limits
     chunks: list[bytes] = []
     total = 0
-    shared = twin is not None     # every byte so far equals twin[:total] and is not kept
+    shared = twin is not None     # every byte so far equals same[:total] and is not kept
+    same: bytes = twin if twin is not None else b""
 
     def result(problem: Uninspectable | None) -> BoundedRead:
         if not shared:
             return BoundedRead(b"".join(chunks), problem)
-        if problem is None and total == len(twin):
-            return BoundedRead(twin)
-        data, cut = _charge(budget, twin[:total])   # now a second, different copy
+        if problem is None and total == len(same):
+            return BoundedRead(same)
+        data, cut = _charge(budget, same[:total])   # now a second, different copy
         return BoundedRead(data, problem or (Uninspectable.LIMIT if cut else None))
 
     while True:
@@ -360,11 +361,11 @@ def read_bounded(read: Callable[[int], bytes], compressed: int | Callable[[], in
         if not chunk:
             return result(None)
         if shared:
-            if twin[total:total + len(chunk)] == chunk:
+            if same[total:total + len(chunk)] == chunk:
                 total += len(chunk)
                 continue
             shared = False
-            prefix, cut = _charge(budget, twin[:total])
+            prefix, cut = _charge(budget, same[:total])
             chunks.append(prefix)
             if cut:
                 return result(Uninspectable.LIMIT)
@@ -740,7 +741,7 @@ def _zip_by_directory(payload: bytes, budget: Budget, deadline: float | None) ->
             stored = _stored_name(info)
             local = _local_header(payload, info.header_offset)
             member = _zip_member(archive, info, stored, local, len(payload), budget, deadline)
-            if _verbatim(local, info, stored):
+            if local is not None and _verbatim(local, info, stored):
                 reading.verbatim.setdefault(info.header_offset,
                                             (len(reading.members), local.data_at))
             reading.add(stored, member)
@@ -808,16 +809,16 @@ def _local_pass(payload: bytes, start: int, budget: Budget, deadline: float | No
     local = _LocalReading(_Reading())
     reading = local.reading
     by_name: dict[bytes, list[int]] = {}
-    for index, stored in enumerate(central.stored):
-        by_name.setdefault(stored, []).append(index)
+    for position, stored in enumerate(central.stored):
+        by_name.setdefault(stored, []).append(position)
     matched: set[int] = set()
     with _Handle(payload, start, [_support_zip_streamable]) as handle:
         for entry in handle.entries(reading, deadline):
             same_name = by_name.get(entry.stored, [])
             candidates = [i for i in same_name if i not in matched]
-            index, data_at = central.verbatim.get(
-                payload.find(_LOCAL_SIGNATURE, start + entry.scan_from), (None, -1))
-            if index is not None and index not in matched and start + entry.data_at == data_at \
+            found = central.verbatim.get(payload.find(_LOCAL_SIGNATURE, start + entry.scan_from))
+            index, data_at = found if found is not None else (-1, -1)
+            if index >= 0 and index not in matched and start + entry.data_at == data_at \
                     and entry.stored == central.stored[index] and not entry.encrypted:
                 # libarchive stands at the very local header zipfile decoded, and that header
                 # says what the directory says: it would decode the same bytes the same way.

@@ -29,11 +29,12 @@ from __future__ import annotations
 import binascii
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from frontfilter.content.limits import MIB
 
+_simd_b64decode: Callable[..., bytes] | None
 try:     # SIMD base64 (the `fast` extra): 10x binascii on well-formed input, same answers
     from pybase64 import b64decode as _simd_b64decode
 except ImportError:          # pragma: no cover - exercised by forcing the fallback in tests

@@ -845,7 +845,8 @@ def _data_uris(text: bytes, reader: _Reader, listed: list[int]) -> None:
             end = text.find(quote, match.end())
             end = len(text) if end == -1 else end
         else:
-            end = _UNQUOTED_END.match(text, match.end()).end()
+            unquoted = _UNQUOTED_END.match(text, match.end())     # matches, if only the empty string
+            end = unquoted.end() if unquoted is not None else match.end()
         position = max(end, match.end())
         value = text[start:end]
         if b"&" in value:   # an attribute's character references are decoded before the URL

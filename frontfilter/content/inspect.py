@@ -149,7 +149,9 @@ class _Walk:
                 self.ambiguities.add(Ambiguity.DUPLICATE_BOUNDARY)
             ours = list(dict.fromkeys(declared))
             others = [b for b in ctype.readings("boundary") if b not in ours]
-            candidates = [(b, False) for b in ours or [None]] + [(b, True) for b in others]
+            named: list[str | None] = list(ours) or [None]
+            candidates = [(b, False) for b in named]
+            candidates += [(b, True) for b in others]
             for boundary, other in candidates:
                 reading = (ctype.value or default_type, boundary, other)
                 if reading not in readings and len(readings) < MAX_READINGS_PER_ENTITY:
@@ -561,7 +563,7 @@ def inspect(raw: bytes, limits: InspectionLimits, deadline: float | None = None,
     except Exception:  # a bug or an input we did not foresee: a fact, never a pass
         walk.ambiguities.add(Ambiguity.UNPARSEABLE)
     headers = tuple((name, decode_words(value)) for name, value in walk.root_fields)
-    first = {}
+    first: dict[str, str] = {}
     for name, value in headers:
         first.setdefault(name.lower(), value)
     return MessageView(

@@ -368,7 +368,8 @@ class Worker:
             if dead or state.pending():
                 stamp = await asyncio.to_thread(self._finish, message, state, dead)
             else:
-                stamp = await self._remove(message)
+                await self._remove(message)
+                stamp = None
             self._report(envelope, state, applied, attempt, dead)
             if state.pending():
                 self._reschedule(entry, state.next_attempt, stamp)

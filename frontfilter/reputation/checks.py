@@ -188,9 +188,9 @@ class Checks:
         if recipient is not None:
             new = session.greylisted.get((sender or "", recipient))
         else:
-            found = [session.greylisted[(sender or "", r)] for r in recipients
-                     if (sender or "", r) in session.greylisted]
-            new = any(found) if found else None
+            seen = [session.greylisted[(sender or "", r)] for r in recipients
+                    if (sender or "", r) in session.greylisted]
+            new = any(seen) if seen else None
         errors = set()
         if session.listing_failed:
             errors.add(DnsCheck.DNSBL)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -85,6 +86,9 @@ class Resolver:
 
     # ---- the async side ----------------------------------------------------------------------
 
+    def _forget(self, key: tuple[str, int], _task: object) -> None:
+        self._inflight.pop(key, None)
+
     async def lookup(self, name: str, rdtype: str, deadline: float) -> Lookup:
         """Records of `rdtype` ("A", "TXT", ...) at `name` (absolute, no search list)."""
         self._loop = asyncio.get_running_loop()
@@ -101,7 +105,7 @@ class Resolver:
         if task is None:
             task = asyncio.ensure_future(self._query(name, kind, deadline))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
+            task.add_done_callback(functools.partial(self._forget, key))
         remaining = deadline - self._clock()
         if remaining <= 0:
             return Lookup(Outcome.TIMEOUT, detail="deadline passed")
@@ -228,7 +232,7 @@ def unanswering_resolvers(config: DnsConfig, probe_name: str) -> list[str]:
         servers = [(str(r.host), r.port) for r in config.resolvers]
     else:
         try:
-            servers = [(address, 53) for address in dns.resolver.Resolver().nameservers]
+            servers = [(str(address), 53) for address in dns.resolver.Resolver().nameservers]
         except (dns.exception.DNSException, OSError) as error:
             return [f"/etc/resolv.conf: {_short(error)}"]
     problems = []

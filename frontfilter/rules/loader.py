@@ -160,7 +160,7 @@ class _Loader:
         if errors:
             self.errors.extend(errors)
             return None
-        assert action is not None and stage is not None and mode is not None
+        assert rule_name is not None and action is not None and stage is not None and mode is not None
         return Rule(
             name=rule_name, file=file, stage=stage, action=action, mode=mode,
             description=description, reply=reply or action.default_reply, notice=notice,

@@ -133,10 +133,10 @@ async def _exchange(challenge: Challenge, mechanism: str,
         user_blob = _decode(initial) if initial is not None else await _challenge(challenge, LOGIN_USER_CHALLENGE)
         if user_blob is None or isinstance(user_blob, Reply):
             return user_blob
-        password = await _challenge(challenge, LOGIN_PASSWORD_CHALLENGE)
-        if password is None or isinstance(password, Reply):
-            return password
-        return _name(user_blob), password
+        secret = await _challenge(challenge, LOGIN_PASSWORD_CHALLENGE)
+        if secret is None or isinstance(secret, Reply):
+            return secret
+        return _name(user_blob), secret
     return reply.AUTH_UNKNOWN_MECHANISM
 
 

@@ -355,7 +355,7 @@ class SmtpCore:
         if smtputf8 is not False and (smtputf8 is not True or not self.limits.smtputf8):
             return Answer(reply.SYNTAX_ARGUMENT.with_text("Error: SMTPUTF8 not accepted here"), "SMTPUTF8")
         size = params.pop("SIZE", None)
-        if size is not None and (size is True or not size.isdigit()):
+        if size is not None and (not isinstance(size, str) or not size.isdigit()):
             return Answer(syntax, "malformed SIZE")
         if params:
             return Answer(reply.UNKNOWN_PARAMETER, "unknown MAIL parameter")

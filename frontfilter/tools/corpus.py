@@ -32,8 +32,10 @@ VERDICTS = ("accept", "reject", "tempfail", "discard", "quarantine")
 # The relay's `message` line names verdicts as participles; a sidecar may use either.
 _RELAY_VERDICTS = {"accepted": "accept", "rejected": "reject", "tempfailed": "tempfail",
                    "discarded": "discard", "quarantined": "quarantine"}
-_ENVELOPE_KEYS = {"sender": str, "recipient": (str, list), "client_ip": str, "helo": str, "auth_user": str}
-_KEYS = {"verdict": str, "rules": list, "stripped": (bool, list), **_ENVELOPE_KEYS}
+_ENVELOPE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "sender": str, "recipient": (str, list), "client_ip": str, "helo": str, "auth_user": str}
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "verdict": str, "rules": list, "stripped": (bool, list), **_ENVELOPE_KEYS}
 
 
 class CorpusError(Exception):

@@ -167,7 +167,7 @@ def _subtable(value: Any, path: str, env: Env, keys: tuple[str, ...]) -> dict[st
 
 
 def _client(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("ip", *_CLIENT_REPUTATION)).items():
         if key in _CLIENT_REPUTATION:
             nodes += _CLIENT_REPUTATION[key](item, f"{path}.{key}", env)
@@ -189,14 +189,14 @@ def _tls(value: Any, path: str, env: Env) -> list[Node]:
 def _auth(value: Any, path: str, env: Env) -> list[Node]:
     if isinstance(value, bool):
         return _bool_leaf(path, value, env, False, lambda f, p: (f.session.auth_user is not None,))
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("user",)).items():
         nodes += _string_leaf(f"{path}.{key}", item, env, False, lambda f, p: _some(f.session.auth_user))
     return nodes
 
 
 def _sender(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("address", "domain", "own_domain", "domain_exists")).items():
         if key == "own_domain":   # the envelope sender's domain is one of ours (reputation)
             nodes += _bool_leaf(f"{path}.{key}", item, env, False, _sender_own_domain)
@@ -212,7 +212,7 @@ def _sender(value: Any, path: str, env: Env) -> list[Node]:
 
 
 def _recipient(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("address", "domain")).items():
         pick = _address if key == "address" else _domain
         nodes += _string_leaf(f"{path}.{key}", item, env, False,
@@ -221,7 +221,7 @@ def _recipient(value: Any, path: str, env: Env) -> list[Node]:
 
 
 def _recipients_group(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("count",)).items():
         test = value_range(item, f"{path}.{key}", env, count)
         if test is not None:
@@ -233,7 +233,7 @@ def _header(value: Any, path: str, env: Env) -> list[Node]:
     if not isinstance(value, dict) or not value:
         env.error(path, "must be a table of header names, e.g. header.X-Mailer = \"...\"")
         return []
-    nodes = []
+    nodes: list[Node] = []
     for name, item in value.items():
         if not _HEADER_NAME.match(name):
             env.error(f"{path}.{name}", "not a valid header field name")
@@ -259,7 +259,7 @@ def _size(value: Any, path: str, env: Env) -> list[Node]:
 
 
 def _inspection(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("limit",)).items():
         test = names(item, f"{path}.{key}", env, Limit)
         if test is not None:
@@ -281,7 +281,7 @@ def _virus(value: Any, path: str, env: Env) -> list[Node]:
     if not isinstance(value, dict):
         env.error(path, f"must be true, false or a table {{ name = ... }}, not {type_name(value)}")
         return []
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("name",)).items():
         nodes += _string_leaf(f"{path}.{key}", item, env, False, lambda f, p: _signatures(f))
     return nodes
@@ -347,7 +347,7 @@ def _names_of(value: Any) -> Any:
 
 
 def _dns(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("error",)).items():
         test = names(_names_of(item), f"{path}.{key}", env, DnsCheck)
         if test is not None:
@@ -356,7 +356,7 @@ def _dns(value: Any, path: str, env: Env) -> list[Node]:
 
 
 def _spf(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("result",)).items():
         test = names(_names_of(item), f"{path}.{key}", env, SpfResult)
         if test is not None:
@@ -366,14 +366,14 @@ def _spf(value: Any, path: str, env: Env) -> list[Node]:
 
 
 def _greylist(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("new",)).items():
         nodes += _bool_leaf(f"{path}.{key}", item, env, False, lambda f, p: (bool(f.checks.greylist_new),))
     return nodes
 
 
 def _from(value: Any, path: str, env: Env) -> list[Node]:
-    nodes = []
+    nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("address", "domain", "own_domain")).items():
         where = f"{path}.{key}"
         if key == "own_domain":
@@ -388,7 +388,7 @@ def _from(value: Any, path: str, env: Env) -> list[Node]:
 
 def _sender_own_domain(facts: Facts, part: Part | None) -> tuple[bool, ...]:
     sender = facts.envelope.sender
-    return (bool(sender) and domain_of(sender) in facts.checks.own_domains,)
+    return (sender is not None and sender != "" and domain_of(sender) in facts.checks.own_domains,)
 
 
 def _from_addresses(facts: Facts, part: Part | None = None) -> tuple[str, ...]:
@@ -418,23 +418,29 @@ _MESSAGE: dict[str, Callable[[Any, str, Env], list[Node]]] = {
 
 # --- attachment scope (per part) -----------------------------------------------------------
 
+def _the(part: Part | None) -> Part:
+    """A per-part condition is only ever evaluated with a part (tree.py)."""
+    assert part is not None
+    return part
+
+
 def _part_condition(key: str, value: Any, path: str, env: Env) -> list[Node]:
     if key in PART_STRINGS:
         return _string_leaf(path, value, env, True, lambda f, p, key=key: (getattr(p, key),))
     if key == "filename":
-        return _string_leaf(path, value, env, True, lambda f, p: _filenames(p))
+        return _string_leaf(path, value, env, True, lambda f, p: _filenames(_the(p)))
     if key == "extension":
-        return _string_leaf(path, value, env, True, lambda f, p: _extensions(p),
+        return _string_leaf(path, value, env, True, lambda f, p: _extensions(_the(p)),
                             normalise=lambda text: text.lstrip("."))
     if key in PART_FLAGS:
         return _bool_leaf(path, value, env, True, lambda f, p, key=key: (getattr(p, key),))
     if key == "uninspectable":
         # true (any reason), false (read to the end), or the reasons: ["corrupt", "time"]
         test = names(value, path, env, Uninspectable)
-        return [] if test is None else [_leaf(path, value, True, lambda f, p: (p.uninspectable,), test)]
+        return [] if test is None else [_leaf(path, value, True, lambda f, p: (_the(p).uninspectable,), test)]
     if key == "size":
-        test = value_range(value, path, env, size_value)
-        return [] if test is None else [_leaf(path, value, True, lambda f, p: (p.size,), test)]
+        sized = value_range(value, path, env, size_value)
+        return [] if sized is None else [_leaf(path, value, True, lambda f, p: (_the(p).size,), sized)]
     env.error(path, "unknown attachment condition")
     return []
 
@@ -454,7 +460,7 @@ def _extensions(part: Part) -> tuple[str, ...]:
 
 # --- leaves and value parsers --------------------------------------------------------------
 
-def _leaf(path: str, raw: Any, per_part: bool, values: Callable[[Facts, Part | None], Any],
+def _leaf(path: str, raw: Any, per_part: bool, values: Callable[..., Any],
           test: Callable[[Any], str | None]) -> Leaf:
     # Errors name the full path ("any[2].subject"); reasons name the condition ("subject").
     key = _NESTING.sub("", path)
@@ -462,7 +468,7 @@ def _leaf(path: str, raw: Any, per_part: bool, values: Callable[[Facts, Part | N
 
 
 def _string_leaf(path: str, value: Any, env: Env, per_part: bool,
-                 values: Callable[[Facts, Part | None], Any], *, regex_only: bool = False,
+                 values: Callable[..., Any], *, regex_only: bool = False,
                  normalise: Callable[[str], str] = lambda text: text,
                  show: Callable[[str], str] = lambda text: text) -> list[Node]:
     matcher = strings(value, path, env, regex_only=regex_only, normalise=normalise)
@@ -478,7 +484,7 @@ def _string_leaf(path: str, value: Any, env: Env, per_part: bool,
 
 
 def _bool_leaf(path: str, value: Any, env: Env, per_part: bool,
-               values: Callable[[Facts, Part | None], Any]) -> list[Node]:
+               values: Callable[..., Any]) -> list[Node]:
     if not isinstance(value, bool):
         env.error(path, f"must be true or false, not {type_name(value)}")
         return []

@@ -37,8 +37,12 @@ class Context:
 
 
 class Node(Protocol):
-    per_part: bool
-    spec: str  # the condition as written, for "not (...)" reasons
+    # Read-only (the nodes are frozen dataclasses).
+    @property
+    def per_part(self) -> bool: ...
+
+    @property
+    def spec(self) -> str: ...  # the condition as written, for "not (...)" reasons
 
     def eval(self, ctx: Context, part: Part | None) -> Reasons: ...
 
