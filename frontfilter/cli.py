@@ -220,9 +220,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in error.problems:
             print(line, file=sys.stderr)
         return EXIT_PROBLEMS
+    from frontfilter.delivery.tls import backend_tls_problems
     from frontfilter.smtp.door import front_door_problems
 
-    problems = front_door_problems(config)       # certificate, users file, backend TLS files
+    problems = front_door_problems(config) + backend_tls_problems(config)   # certificate, users, backend TLS
     if config.relay.sender_map is not None:      # the login -> senders map (sendermap.py)
         from frontfilter.sendermap import SenderMapError, load_sender_map
 

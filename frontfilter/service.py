@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from frontfilter import __version__, observe, sdnotify
-from frontfilter.config import BackendMode, Config, HostPort, config_warnings
+from frontfilter.config import BackendMode, Config, ConfigError, HostPort, config_warnings
 from frontfilter.delivery.queue import StoreAndForward
+from frontfilter.delivery.tls import load_client_context, reload_backend_tls
 from frontfilter.health import Health, watch_loop_lag
 from frontfilter.httpd import HttpEndpoint
 from frontfilter.pipeline import Pipeline, RuleBook
@@ -83,7 +84,19 @@ class Service:
         observe.started(__version__, [str(listener.address) for listener in config.listeners], config)
         for key, why in config_warnings(config):
             observe.warning("config_warning", key=key, detail=why)
-        self.door = await open_front_door(config)    # certificate, users: ConfigError if unreadable
+        # The certificate, the users file, the backend TLS files: every one that does not load
+        # is reported, together, and the relay does not start.
+        problems: list[str] = []
+        try:
+            self.door = await open_front_door(config)
+        except ConfigError as error:
+            problems += error.problems
+        try:
+            await load_client_context(config)
+        except ConfigError as error:
+            problems += error.problems
+        if problems:
+            raise ConfigError(problems)
         await self.pipeline.load_sender_map()       # relay.sender_map: ConfigError if unreadable
         observe.set_type_labels(config.metrics.type_labels)
         await self.reload(initial=True)
@@ -149,6 +162,7 @@ class Service:
         await self.reload()
         if self.door is not None:
             await reload_front_door(self.door, self.config)
+        await reload_backend_tls(self.config)
         await self.pipeline.load_sender_map(reload=True)
 
     async def _watch_rules(self) -> None:

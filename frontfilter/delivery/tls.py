@@ -24,12 +24,13 @@ A client certificate (`tls_cert_file` + `tls_key_file`) is presented when config
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import aiosmtplib
 
 from frontfilter import observe
-from frontfilter.config import BackendConfig, BackendTls, HostPort
+from frontfilter.config import BackendConfig, BackendTls, Config, ConfigError, HostPort
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -90,6 +91,34 @@ def build_client_context(config: BackendConfig) -> ssl.SSLContext | None:
                              f"{config.tls_key_file}: "
                              f"{getattr(error, 'reason', None) or getattr(error, 'strerror', None) or error}") from None
     return context
+
+
+async def load_client_context(config: Config) -> None:
+    """At start: the backend's CA and client-certificate files, read off the event loop.
+    Raises ConfigError naming file and key: a relay that cannot reach its backend as
+    configured does not start."""
+    try:
+        await asyncio.to_thread(client_context, config.backend)
+    except ValueError as error:
+        raise ConfigError([f"{config.path}: {error}"]) from None
+
+
+async def reload_backend_tls(config: Config) -> None:
+    """SIGHUP: read the backend TLS files again; what fails to load is logged and the previous
+    context stays in use."""
+    try:
+        await asyncio.to_thread(reload_client_context, config.backend)
+    except ValueError as error:
+        observe.credentials_refused("backend_tls", [str(error)], reload=True)
+
+
+def backend_tls_problems(config: Config) -> list[str]:
+    """What `load_client_context` would refuse, without starting anything (`frontfilter check`)."""
+    try:
+        build_client_context(config.backend)
+    except ValueError as error:
+        return [f"{config.path}: {error}"]
+    return []
 
 
 async def secure(smtp: aiosmtplib.SMTP, config: BackendConfig, server: HostPort) -> str | None:

@@ -5,10 +5,11 @@ all listeners, so a client cannot double its share by using two ports), the AUTH
 its lockout table, the current server certificate (replaced on SIGHUP), and whom to believe
 about PROXY headers. Each `SmtpSession` gets it plus its own `ListenerConfig`.
 
-`open_front_door` reads the certificate, the users file and the backend TLS files at start (a
-file that does not load stops the start, naming file and key); `reload_front_door` reads them
-again on SIGHUP and keeps the previous one of each that fails; `front_door_problems` is the
-same check for `frontfilter check`. All file reading happens in worker threads.
+`open_front_door` reads the certificate and the users file at start (a file that does not load
+stops the start, naming file and key); `reload_front_door` reads them again on SIGHUP and keeps
+the previous one of each that fails; `front_door_problems` is the same check for `frontfilter
+check`. All file reading happens in worker threads. (The backend's TLS files are the delivery
+side's: delivery/tls.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError, TlsMode, credential_files_not_there_yet
-from frontfilter.delivery.tls import build_client_context, client_context, reload_client_context
 from frontfilter.model import IPAddress, Peer
 from frontfilter.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
@@ -82,7 +82,7 @@ NOWHERE = Peer(ip=_UNSPECIFIED, port=0)    # no socket address (yet): before con
 
 
 async def open_front_door(config: Config) -> FrontDoor:
-    """Load the certificate, the users file and the backend TLS files (in a worker thread).
+    """Load the certificate and the users file (in a worker thread).
 
     Raises ConfigError with one `FILE: key: problem` line per problem: a relay whose
     certificate or users cannot be read does not start half-armed.
@@ -102,10 +102,6 @@ async def open_front_door(config: Config) -> FrontDoor:
             authenticator = Authenticator(config.auth, users)
         except UsersFileError as error:
             problems.extend(f"{config.path}: auth.users_file: {p}" for p in error.problems)
-    try:
-        await asyncio.to_thread(client_context, config.backend)
-    except ValueError as error:
-        problems.append(f"{config.path}: {error}")
     if problems:
         raise ConfigError(problems)
     if config.relay.open:
@@ -115,7 +111,7 @@ async def open_front_door(config: Config) -> FrontDoor:
 
 
 async def reload_front_door(door: FrontDoor, config: Config) -> None:
-    """SIGHUP: read the certificate, users and backend TLS files again. Sessions in flight keep
+    """SIGHUP: read the certificate and the users file again. Sessions in flight keep
     what they have; what fails to load is logged and the previous one stays in use."""
     _warn_about_credential_copies(config)
     if door.certificate is not None:
@@ -129,10 +125,6 @@ async def reload_front_door(door: FrontDoor, config: Config) -> None:
             door.authenticator.replace_users(await asyncio.to_thread(_load_users, config.auth.users_file, True))
         except UsersFileError as error:
             observe.credentials_refused("users", error.problems, reload=True)
-    try:
-        await asyncio.to_thread(reload_client_context, config.backend)
-    except ValueError as error:
-        observe.credentials_refused("backend_tls", [str(error)], reload=True)
 
 
 async def _certificate_loaded(config: Config, reload: bool) -> None:
@@ -189,8 +181,4 @@ def front_door_problems(config: Config) -> list[str]:
             load_users(config.auth.users_file)
         except UsersFileError as error:
             problems.extend(f"{config.path}: auth.users_file: {p}" for p in error.problems)
-    try:
-        build_client_context(config.backend)
-    except ValueError as error:
-        problems.append(f"{config.path}: {error}")
     return problems
