@@ -6,7 +6,9 @@ use) ends with readable lines on stderr and a non-zero exit — never a tracebac
 Exit codes: 0 ok; 1 `check` found problems (`queue`: an id found but unreadable);
 2 usage or start-up error;
 `passwd`: 0 done, 2 error; `scan`: 0 accept, 1 reject, 2 error, 3 tempfail, 4 discard, 5 quarantine;
-`test`: 0 every message as expected, 1 some not, 2 the corpus or the config cannot be read.
+`test`: 0 every message as expected, 1 some not, 2 the corpus or the config cannot be read;
+`quarantine`: 0 done, 1 an id not done (not held, busy, refused, not released) or a file
+unreadable, 2 usage error or an unusable quarantine (`show` of an id it cannot show included).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     passwd.set_defaults(run=cmd_passwd)
 
     _queue_parser(sub)
+    _quarantine_parser(sub)
 
     sink = sub.add_parser("sink", help="a local SMTP server that stores mail in a Maildir")
     sink.add_argument("--listen", default="127.0.0.1:2526")
@@ -595,6 +598,51 @@ def cmd_queue(args: argparse.Namespace) -> int:
         raise _Fatal(str(error)) from None
     except OSError as error:
         raise _Fatal(f"{layout.root}: {error.strerror or error}") from None
+
+
+# ---- quarantine ---------------------------------------------------------------------------
+
+def _quarantine_parser(sub: Any) -> None:
+    quarantine = sub.add_parser("quarantine", help="list, show, release, delete or expire held mail "
+                                "(safe while the relay runs)")
+    quarantine.add_argument("--config", "-c", type=Path)
+    common = argparse.ArgumentParser(add_help=False)      # --config after the action too
+    common.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS)
+    actions = quarantine.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", parents=[common], help="every held message, oldest first")
+    listing.add_argument("--json", action="store_true", help="machine-readable output (a JSON array)")
+    show = actions.add_parser("show", parents=[common], help="one message: envelope, rule and reasons, "
+                              "parts, header block")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    release = actions.add_parser("release", parents=[common], help="send messages on, as received, "
+                                 "with one X-Frontfilter-Released field added")
+    release.add_argument("ids", nargs="+", metavar="ID")
+    release.add_argument("--to", action="append", default=[], metavar="ADDRESS",
+                         help="release to this address instead of the original recipients (repeatable; "
+                         "needed for a legacy .eml file)")
+    release.add_argument("--rescan", action="store_true", help="through the current rules first: "
+                         "released (as they would forward it) only if they would forward it")
+    delete = actions.add_parser("delete", parents=[common], help="remove messages for good")
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    actions.add_parser("expire", parents=[common], help="apply quarantine.max_age and max_size now")
+    quarantine.set_defaults(run=cmd_quarantine)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from frontfilter.quarantine import ctl
+
+    if args.config is None:
+        raise _Fatal("quarantine: --config FILE is needed (it says where the quarantine is)")
+    config = _load_config(args.config)
+    ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
+    try:
+        result = ctl.run(config, args.action, ids, to=getattr(args, "to", []),
+                         rescan=getattr(args, "rescan", False), as_json=getattr(args, "json", False))
+    except ctl.QuarantineToolError as error:
+        raise _Fatal(str(error)) from None
+    print("\n".join(result.lines))
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
 # ---- sink ---------------------------------------------------------------------------------

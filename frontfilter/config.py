@@ -353,8 +353,15 @@ class QuarantineOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class QuarantineConfig:
+    """Messages rules set aside (frontfilter/quarantine/), and how long the relay keeps them."""
+
     dir: Path = Path("var/quarantine")
     then: QuarantineOutcome = QuarantineOutcome.REJECT
+    # Retention, applied by the running relay: older messages are removed, then the oldest
+    # while the whole quarantine is over max_size (0: no size bound). A quarantine nobody
+    # reviews must not fill the disk the spool shares.
+    max_age: float = _conv(parse_duration, default=30 * DAYS)
+    max_size: int = _conv(parse_size, default=1 * GiB)
 
 
 class OnError(enum.Enum):
@@ -740,6 +747,8 @@ def _cross_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: server.max_line_length: must be at least 78")
     problems.extend(_hidden_limit_checks(sections, label))
     problems.extend(_spool_checks(sections["backend"], sections["spool"], label))
+    if sections["quarantine"].max_age <= 0:
+        problems.append(f"{label}: quarantine.max_age: must be more than 0s")
     problems.extend(_antivirus_checks(sections["antivirus"], label))
     problems.extend(_reputation_checks(sections, label))
     if len(sections["metrics"].type_labels or ()) > MAX_TYPE_LABELS:

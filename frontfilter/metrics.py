@@ -384,6 +384,32 @@ recipient_verifications = Counter(
 VERIFY_RESULTS = closed(recipient_verifications, result=("valid", "invalid", "unavailable"),
                         source=("cache", "probe"))["result"]
 
+# ---- quarantine (frontfilter/quarantine/) -----------------------------------------------------
+
+# The gauges are set by the one worker that runs the retention (quarantine/expiry.py: slot 0, or
+# the only process); every other worker holds 0, so "livemax" reads that worker's value.
+quarantine_messages = Gauge(
+    "frontfilter_quarantine_messages", "Messages held in the quarantine (as of the last retention pass).",
+    registry=REGISTRY, multiprocess_mode="livemax")
+quarantine_bytes = Gauge(
+    "frontfilter_quarantine_bytes", "Bytes the quarantine's files take (quarantine.max_size bounds it).",
+    registry=REGISTRY, multiprocess_mode="livemax")
+quarantine_oldest = Gauge(
+    "frontfilter_quarantine_oldest_seconds",
+    "Age of the oldest held message, 0 when none (quarantine.max_age bounds it).",
+    registry=REGISTRY, multiprocess_mode="livemax")
+quarantine_released = Counter(
+    "frontfilter_quarantine_released",
+    "Held messages released by an administrator (frontfilter quarantine release), by the rule "
+    "that had held them.",
+    ["rule"], registry=REGISTRY)     # rule: a name of the loaded rule set, else other
+quarantine_expired = Counter(
+    "frontfilter_quarantine_expired",
+    "Held messages removed by the retention, by reason (age: quarantine.max_age; size: "
+    "quarantine.max_size).",
+    ["reason"], registry=REGISTRY)
+EXPIRY_REASONS = closed(quarantine_expired, reason=("age", "size"))["reason"]
+
 # ---- rules ------------------------------------------------------------------------------------
 
 rules_loaded = Gauge(

@@ -588,6 +588,44 @@ def recipient_verified(result: str, cached: bool) -> None:
         source="cache" if cached else "probe").inc()
 
 
+# ---- quarantine (frontfilter/quarantine/) -------------------------------------------------
+
+def quarantine_released(*, queue_id: str, rule: str, known_rules: Iterable[str], **fields: Any) -> None:
+    """A held message was released (by `frontfilter quarantine release`, reported through its
+    ledger record). Counted under its rule when the loaded rule set has it, else `other`: the
+    rule was read from a file, and a label must stay within the administrator's rules."""
+    label = rule if rule in known_rules else metrics.OTHER
+    _series(metrics.quarantine_released, label).inc()
+    _emit(logging.INFO, "quarantine_released", queue_id=queue_id, rule=rule, **fields)
+
+
+def quarantine_expired(*, queue_id: str, reason: str, **fields: Any) -> None:
+    """A held message removed by the retention (`reason` age or size), by the relay or the tool."""
+    _series(metrics.quarantine_expired, metrics.bounded(reason, metrics.EXPIRY_REASONS)).inc()
+    _emit(logging.INFO, "quarantine_expired", queue_id=queue_id, reason=reason, **fields)
+
+
+def quarantine_state(messages: int, size: int, oldest_age_seconds: float) -> None:
+    """What the quarantine holds, after each retention pass."""
+    metrics.quarantine_messages.set(messages)
+    metrics.quarantine_bytes.set(size)
+    metrics.quarantine_oldest.set(oldest_age_seconds)
+
+
+def quarantine_record_unreadable(path: str, problem: str) -> None:
+    """A ledger record the tool left could not be read; it is removed."""
+    _emit(logging.WARNING, "quarantine_record_unreadable", path=path, problem=problem)
+
+
+def quarantine_retention_failed(problem: str) -> None:
+    """The retention cannot read or change the quarantine (logged once per distinct problem)."""
+    _emit(logging.ERROR, "quarantine_retention_failed", problem=problem)
+
+
+def quarantine_retention_recovered(problem: str) -> None:
+    _emit(logging.INFO, "quarantine_retention_recovered", was=problem)
+
+
 # ---- health and the HTTP endpoint -----------------------------------------------------------
 
 def ready_check(check: str, ok: bool) -> None:

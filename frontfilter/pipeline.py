@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 
 from frontfilter import observe, policy, reply
 from frontfilter.antivirus.clamd import ClamdClient
@@ -47,6 +46,7 @@ from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, 
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
 from frontfilter.policy import Address
+from frontfilter.quarantine import store as quarantine_store
 from frontfilter.reputation.checks import Checks, ClientChecks
 from frontfilter.reputation.facts import CheckFacts
 from frontfilter.sendermap import SenderMap, SenderMapError, load_sender_map
@@ -78,6 +78,7 @@ class Transaction:
     refused_recipients: int = 0
     early: Action | None = None    # accept or discard taken by a rule before DATA
     carried: Verdict = field(default_factory=Verdict)   # headers and tags from earlier stages
+    decision: Decision | None = None    # end of DATA: the content decision, once made
 
 
 @dataclass
@@ -305,6 +306,7 @@ class Pipeline:
                           reason="inspection timeout")
             return reply.INSPECTION_TIMEOUT
         decision, spooled = judged
+        txn.decision = decision
         verdict = decision.verdict
         self._count_verdict(decision)
         fired = [m.rule for m in verdict.matches]
@@ -423,22 +425,27 @@ class Pipeline:
 
     async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
                           verdict: Verdict) -> tuple[Reply, str | None]:
-        """Keep a copy (durably, readable by the daemon's user only) and answer as configured;
-        the reply and, when no copy could be kept, why (the client is then told to retry)."""
-        directory = self.config.quarantine.dir
-        envelope = (f"X-Frontfilter-Quarantine: rule={verdict.rule} client={state.peer}\r\n"
-                    f"X-Frontfilter-Envelope-From: <{txn.sender.text}>\r\n"
-                    + "".join(f"X-Frontfilter-Envelope-To: <{r.normalised}>\r\n" for r in txn.recipients))
+        """Hold the message (quarantine/store.py: durably, readable by the daemon's user only,
+        with its envelope, the rules' reasons and the part tree) and answer as configured; the
+        reply and, when no copy could be kept, why (the client is then told to retry)."""
+        if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
+            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
+        else:
+            answer = verdict.reply or reply.REJECTED
+        held = quarantine_store.held(
+            self._envelope(state, txn), arrived=time.time(), auth_user=state.auth_user, tls=state.tls,
+            rule=verdict.rule, reasons=verdict.explain(), reply=answer.wire, size=len(raw),
+            parts=txn.decision.view.parts if txn.decision is not None else ())
         try:
             await asyncio.get_running_loop().run_in_executor(
-                self._executor, _write_private, directory, f"{txn.queue_id}.eml", [envelope.encode(), raw])
+                self._executor, quarantine_store.write, self.config.quarantine.dir, held, raw)
         except OSError as error:
             if safeio.is_disk_full(error):
                 return reply.SPOOL_FULL, "disk full"
             return reply.INTERNAL_ERROR, f"{type(error).__name__}: {error.strerror or error}"
-        if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), None
-        return verdict.reply or reply.REJECTED, None
+        except quarantine_store.QuarantineFormatError as error:     # an envelope too large to record
+            return reply.INTERNAL_ERROR, str(error)
+        return answer, None
 
     def _count_verdict(self, decision: Decision) -> None:
         for match in decision.verdict.matches:
@@ -625,13 +632,6 @@ def _stripped_for_log(decision: Decision) -> list[dict[str, object]]:
 
 def _printable(text: str) -> str:
     return "".join(c if 32 < ord(c) < 127 and c not in "()[]" else "?" for c in text)[:255]
-
-
-def _write_private(directory: Path, name: str, chunks: list[bytes]) -> None:
-    """The spool's durable write (fsynced, renamed, directory fsynced; mode 0600 in a 0700
-    directory it creates): a quarantined message is whole or absent, and private."""
-    safeio.ensure_dir(directory)
-    safeio.write_atomically(directory, directory / name, chunks)
 
 
 @functools.lru_cache(maxsize=1)

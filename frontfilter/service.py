@@ -10,6 +10,8 @@ SIGHUP also reloads the TLS certificate, the AUTH users file and the backend TLS
 With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see httpd.py) starts
 before the SMTP listeners, with the probes that keep readiness fresh (health.py).
 In queue mode the spool is recovered (delivery/queue.py) before the listeners open.
+One process of the service (the only one, or worker 0) runs the quarantine's retention and
+reports what `frontfilter quarantine` did (quarantine/expiry.py).
 Stop (SIGTERM/SIGINT): /readyz turns 503 at once, stop accepting, let sessions in flight
 finish within `server.shutdown_grace`, then close what is left with `421 4.3.2`; deliveries in
 flight get the same grace, what is not delivered stays spooled for the next start.
@@ -33,6 +35,7 @@ from frontfilter.delivery.tls import load_client_context, reload_backend_tls
 from frontfilter.health import Health, watch_loop_lag
 from frontfilter.httpd import HttpEndpoint
 from frontfilter.pipeline import Pipeline, RuleBook
+from frontfilter.quarantine import expiry
 from frontfilter.rules.loader import load_ruleset
 from frontfilter.rules.model import RuleSetError
 from frontfilter.smtp.door import FrontDoor, open_front_door, reload_front_door
@@ -107,7 +110,7 @@ class Service:
         sockets = self._sockets if self._sockets is not None else [bind_listener(l.address) for l in config.listeners]
         self._servers = await start_servers(config, self.handler, self.door,
                                             list(zip(config.listeners, sockets)))
-        for server in self._servers:
+        for listener, server in zip(config.listeners, self._servers, strict=True):
             for sock in server.sockets:
                 name = sock.getsockname()
                 address = f"[{name[0]}]:{name[1]}" if sock.family == socket.AF_INET6 else f"{name[0]}:{name[1]}"
@@ -121,6 +124,10 @@ class Service:
         # out of the cycle collector's sight, a full collection walks only what serving made.
         # It walked all of it before: 20-36 ms with the event loop stopped (bench/README.md).
         gc.freeze()
+
+    def _rule_names(self) -> list[str]:
+        rules = self.rulebook.current
+        return [] if rules is None else [rule.name for rule in rules]
 
     async def _start_http(self, config: Config) -> None:
         """/metrics, /healthz, /readyz, and the probes that keep readiness fresh."""

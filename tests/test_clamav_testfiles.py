@@ -21,7 +21,7 @@ import pytest
 
 from tests.content import fail_closed_corpus as corpus
 from tests.harness import REPO, RecordingSink, Relay
-from tests.test_fail_closed import assert_refused_or_stripped, relay_config, send
+from tests.test_fail_closed import assert_refused_or_stripped, relay_config, send_8bit
 from tests.requires import installed
 
 TESTFILES = Path("/usr/share/clamav-testfiles")
@@ -57,8 +57,7 @@ def test_testfile_is_refused_or_stripped_through_the_relay(relay: Relay, sink: R
     data = (TESTFILES / name).read_bytes()
     message = (as_attachment(data, name, "application/octet-stream") if how == "own-name"
                else as_attachment(data, "report.pdf", "application/pdf"))
-    code, text = send(relay.port, message)
-    assert_refused_or_stripped(code, text, sink, needles(data))
+    assert_refused_or_stripped(send_8bit(relay.port, message), sink, needles(data))
 
 
 DECISION = re.compile(r"^  decision: (\S+) by (\S+)", re.M)

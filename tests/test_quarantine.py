@@ -3,6 +3,7 @@ that could not be kept is never answered as if it had been (issue 22)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import subprocess
@@ -44,13 +45,15 @@ def test_a_quarantined_message_is_kept_whole_and_private(tmp_path: Path) -> None
             line = relay.wait_event("message", verdict="quarantined")
     assert answer.startswith("550 5.7.1 Held for review")
     [kept] = list(quarantine.iterdir())
-    assert kept.name == f"{line['queue_id']}.eml"
+    assert kept.name == f"{line['queue_id']}.held"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert stat.S_IMODE(quarantine.stat().st_mode) == 0o700
-    content = kept.read_bytes()
-    assert content.startswith(b"X-Frontfilter-Quarantine: rule=hold-invoices ")
-    assert b"X-Frontfilter-Envelope-To: <bob@example.org>\r\n" in content
-    assert content.endswith(b"please pay\r\n")
+    magic, metadata, message = kept.read_bytes().split(b"\n", 2)
+    assert magic == b"FRONTFILTER-QUARANTINE 1"
+    held = json.loads(metadata)          # the envelope, apart from what the sender wrote
+    assert (held["id"], held["rule"], held["recipients"]) == (line["queue_id"], "hold-invoices", ["bob@example.org"])
+    assert message == b"Subject: your invoice\r\n\r\nplease pay\r\n"      # whole, as received
+    assert held["size"] == len(message)
     assert sink.messages == []
 
 

@@ -187,12 +187,15 @@ class Layout:
 
 # ---- files (blocking: call from threads) ------------------------------------------------------
 
-def write_message(layout: Layout, envelope: Envelope, data: bytes) -> None:
-    """Write a message durably and let go of it."""
-    write_message_locked(layout, envelope, data).close()
+def write_message(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"",
+                  owner: tuple[int, int] | None = None) -> None:
+    """Write a message durably and let go of it. `owner` (uid, gid): see safeio.write_atomically
+    (a tool run as root, `frontfilter quarantine release`, leaves the file to the daemon's user)."""
+    write_message_locked(layout, envelope, data, head, owner).close()
 
 
-def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"") -> Message:
+def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"",
+                         owner: tuple[int, int] | None = None) -> Message:
     """Write a message durably; it comes back locked and in memory (close it to let go).
 
     `head`, header fields to go on top, is written before `data` (the file holds the whole
@@ -201,7 +204,7 @@ def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: 
     if len(header) > MAX_ENVELOPE_BYTES or b"\n" in header:
         raise SpoolFormatError("envelope too large")
     chunks = (MAGIC, header, b"\n", head, data) if head else (MAGIC, header, b"\n", data)
-    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), chunks)
+    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), chunks, owner)
     return Message.written(layout, envelope, data, lock, stat, head)
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.harness import RecordingSink, Relay, eventually, write_config  # noqa: F401  (eventually: re-exported for older imports)
+from tests.harness import RecordingSink, Relay, write_config
 
 WAIT = 15.0      # bound on every wait here
 

@@ -29,6 +29,10 @@ REQUIRED = {
     "AUTH failures": "AUTH failures",
     "rule reload status": "Last rule reload",
     "build info": "Build info",
+    "quarantine held": "Quarantine held",
+    "quarantine size": "Quarantine size",
+    "quarantine age": "Oldest quarantined message",
+    "quarantine releases and expiries": "Quarantine releases and expiries (time range)",
 }
 LABELS_EVERY_SERIES_HAS = {"job", "instance"}     # added by Prometheus at scrape time
 

@@ -130,6 +130,18 @@ MOVES = [
          "frontfilter_sender_refusals_total", {"reason": "not_own_domain"}),
     Move("frontfilter_recipient_verifications_total", lambda: observe.recipient_verified("invalid", cached=True),
          "frontfilter_recipient_verifications_total", {"result": "invalid", "source": "cache"}),
+    # quarantine (frontfilter/quarantine/)
+    Move("frontfilter_quarantine_messages", lambda: observe.quarantine_state(3, 4096, 61.5),
+         "frontfilter_quarantine_messages", {}, 3),
+    Move("frontfilter_quarantine_bytes", lambda: observe.quarantine_state(3, 4096, 61.5),
+         "frontfilter_quarantine_bytes", {}, 4096),
+    Move("frontfilter_quarantine_oldest_seconds", lambda: observe.quarantine_state(3, 4096, 61.5),
+         "frontfilter_quarantine_oldest_seconds", {}, 61.5),
+    Move("frontfilter_quarantine_released_total",
+         lambda: observe.quarantine_released(queue_id="Q5", rule="hold", known_rules={"hold"}),
+         "frontfilter_quarantine_released_total", {"rule": "hold"}),
+    Move("frontfilter_quarantine_expired_total", lambda: observe.quarantine_expired(queue_id="Q6", reason="size"),
+         "frontfilter_quarantine_expired_total", {"reason": "size"}),
 ]
 
 
@@ -153,6 +165,14 @@ def test_coverage_lists_every_metric() -> None:
 
 
 # ---- bounded labels -------------------------------------------------------------------------
+
+def test_a_released_message_counts_under_its_rule_only_while_the_rule_set_has_it() -> None:
+    """The rule comes from a file: a name the loaded rules do not have is counted as other."""
+    before = value("frontfilter_quarantine_released_total", rule="other")
+    observe.quarantine_released(queue_id="Q7", rule="203.0.113.9", known_rules={"hold"})
+    assert value("frontfilter_quarantine_released_total", rule="other") == before + 1
+    assert value("frontfilter_quarantine_released_total", rule="203.0.113.9") == 0
+
 
 def test_label_values_outside_their_set_are_counted_as_other() -> None:
     before = value("frontfilter_connections_total", result="other")
