@@ -37,6 +37,7 @@ run: system-run $(STAMP)
 	  $(PY) -m frontfilter serve --config dev/frontfilter.toml
 
 test: system-test $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # The differential content fuzz at length (tests/content/test_differential_fuzz.py): a fresh

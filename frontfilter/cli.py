@@ -119,7 +119,7 @@ def _load_config(path: Path) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
-    from frontfilter import supervisor
+    from frontfilter.process import supervisor
 
     # Several workers share their metrics through files: prometheus_client must know before
     # its first import (by observe, just below).
@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None:
     from frontfilter.config import ConfigError
     from frontfilter.delivery.queue import StartError
-    from frontfilter.service import Service
+    from frontfilter.process.service import Service
 
     async def run() -> None:
         await Service(config, sockets=sockets, http_socket=http_socket).run()
@@ -159,8 +159,8 @@ def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None
 def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
     """`server.workers` processes on shared sockets, under a supervisor (supervisor.py)."""
     from frontfilter import observe
-    from frontfilter.service import bind_listener
-    from frontfilter.supervisor import Supervisor
+    from frontfilter.process.service import bind_listener
+    from frontfilter.process.supervisor import Supervisor
 
     try:
         if sockets is None:
@@ -189,7 +189,7 @@ def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
 def _activated_sockets(config: Any) -> list[Any] | None:
     """Listening sockets passed by systemd (frontfilter.socket), one per configured listener
     in the config's order; None when not socket-activated (the service binds them itself)."""
-    from frontfilter import sdnotify
+    from frontfilter.process import sdnotify
 
     try:
         passed = sdnotify.listen_fds()
@@ -228,7 +228,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     problems = front_door_problems(config) + backend_tls_problems(config)   # certificate, users, backend TLS
     if config.relay.sender_map is not None:      # the login -> senders map (sendermap.py)
-        from frontfilter.sendermap import SenderMapError, load_sender_map
+        from frontfilter.policy.sendermap import SenderMapError, load_sender_map
 
         try:
             load_sender_map(config.relay.sender_map)
@@ -268,9 +268,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---- scan ---------------------------------------------------------------------------------
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """The message through the relay's own pipeline (frontfilter.dryrun): every stage, as the
+    """The message through the relay's own pipeline (frontfilter.pipeline.dryrun): every stage, as the
     relay would decide it, with nothing sent or stored."""
-    from frontfilter import dryrun
+    from frontfilter.pipeline import dryrun
 
     if args.dns and args.config is None:
         raise _Fatal("--dns needs --config (the resolvers, lists and SPF settings are there)")
@@ -311,7 +311,7 @@ def as_crlf(raw: bytes) -> bytes:
 
 def _dry_envelope(sender: str, recipients: list[str] | None, client_ip: str, helo: str,
                   auth_user: str | None) -> Any:
-    from frontfilter.dryrun import DryEnvelope
+    from frontfilter.pipeline.dryrun import DryEnvelope
 
     try:
         ipaddress.ip_address(client_ip)
@@ -326,7 +326,7 @@ def _dry_setup(config_path: Path | None, rules_dir: Path | None, envelope: Any,
     """The config a dry run decides with (the relay's; without one, a stand-in that takes the
     recipients' domains as its own), and the rule set."""
     from frontfilter.config import ConfigError, build_config
-    from frontfilter.dryrun import dry_config
+    from frontfilter.pipeline.dryrun import dry_config
     from frontfilter.rules.loader import load_ruleset
     from frontfilter.rules.model import RuleSetError
 
@@ -402,7 +402,7 @@ def _scan_document(result: Any, check_lines: list[str]) -> dict[str, Any]:
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Each message of the corpus through the relay's own pipeline, against its sidecar."""
-    from frontfilter import dryrun
+    from frontfilter.pipeline import dryrun
     from frontfilter.tools import corpus
 
     if args.dns and args.config is None:
@@ -493,7 +493,7 @@ def _print_scan(decision: Any, action: str) -> None:
 # ---- passwd -------------------------------------------------------------------------------
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from frontfilter import passwd
+    from frontfilter.smtp import passwd
 
     problem = passwd.check_name(args.user)
     if problem is not None:
@@ -567,7 +567,7 @@ def _queue_parser(sub: Any) -> None:
 def cmd_queue(args: argparse.Namespace) -> int:
     import time
 
-    from frontfilter import queuectl
+    from frontfilter.tools import queuectl
     from frontfilter.delivery.spool import Layout, SpoolFormatError
 
     if args.config is None:
@@ -630,7 +630,7 @@ def _quarantine_parser(sub: Any) -> None:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from frontfilter.quarantine import ctl
+    from frontfilter.tools import quarantinectl as ctl
 
     if args.config is None:
         raise _Fatal("quarantine: --config FILE is needed (it says where the quarantine is)")
@@ -649,7 +649,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from frontfilter.config import parse_host_port
-    from frontfilter.sink import MaildirSink, sink_protocol
+    from frontfilter.tools.sink import MaildirSink, sink_protocol
     from frontfilter.smtp.server import bind
 
     try:

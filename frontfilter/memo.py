@@ -27,6 +27,8 @@ def remembered(maxsize: int, longest: int) -> Callable[[Callable[[Key], Value]],
             size = len(key) if isinstance(key, str) else sum(map(len, key))
             return cached(key) if size <= longest else function(key)
 
+        # The lru_cache's own inspection, on the wrapper (functions take attributes; mypy does
+        # not know these two).
         answer.cache_info = cached.cache_info      # type: ignore[attr-defined]
         answer.cache_clear = cached.cache_clear    # type: ignore[attr-defined]
         return answer

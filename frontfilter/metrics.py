@@ -54,6 +54,11 @@ GCCollector(registry=REGISTRY)
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+def _fixed(pid: int) -> Callable[[], int]:
+    """The process id a ProcessCollector reads, bound now (not the loop variable's last value)."""
+    return lambda: pid
+
+
 def worker_slot() -> str | None:
     """This worker's slot ("0" ...), None outside a supervisor. Read when asked: the module is
     imported by the supervisor before it forks, and the slot is set in the child."""
@@ -99,7 +104,7 @@ class ProcessTree:
         members = [("supervisor", supervisor), *self._workers(supervisor)]
         families: dict[str, Metric] = {}
         for label, pid in members:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=_fixed(pid), registry=None).collect():
                 merged = families.get(family.name)
                 if merged is None:
                     merged = families[family.name] = Metric(family.name, family.documentation, family.type)
@@ -167,7 +172,7 @@ def closed(metric: MetricWrapperBase, zero: bool = True,
     `observe.bounded()`.
     """
     sets = {name: frozenset(values) | {OTHER} for name, values in labels.items()}
-    family = metric.describe()[0].name + ("_total" if isinstance(metric, Counter) else "")
+    family = next(iter(metric.describe())).name + ("_total" if isinstance(metric, Counter) else "")
     LABEL_VALUES.setdefault(family, {}).update(sets)
     if zero and not isinstance(metric, Histogram):
         combos: list[dict[str, str]] = [{}]
@@ -384,9 +389,9 @@ recipient_verifications = Counter(
 VERIFY_RESULTS = closed(recipient_verifications, result=("valid", "invalid", "unavailable"),
                         source=("cache", "probe"))["result"]
 
-# ---- quarantine (frontfilter/quarantine/) -----------------------------------------------------
+# ---- quarantine (frontfilter/delivery/quarantine/) -----------------------------------------------------
 
-# The gauges are set by the one worker that runs the retention (quarantine/expiry.py: slot 0, or
+# The gauges are set by the one worker that runs the retention (delivery/quarantine/expiry.py: slot 0, or
 # the only process); every other worker holds 0, so "livemax" reads that worker's value.
 quarantine_messages = Gauge(
     "frontfilter_quarantine_messages", "Messages held in the quarantine (as of the last retention pass).",

@@ -200,9 +200,10 @@ def _emit(level: int, event: str, **fields: Any) -> None:
         log.log(level, event, extra={"fields": {"event": event, **_PROCESS_FIELDS, **fields}})
 
 
-def _counts_service_events() -> bool:
-    """A rule load is one event of the service, made by each of its workers: worker 0 counts
-    it (frontfilter_rules_reloads_total), the others only log it."""
+def first_worker() -> bool:
+    """This process is the service's only one, or its worker 0. Events of the whole service
+    (a rule load, made by each worker) are counted here only, and service-wide tasks (the
+    quarantine's retention) run here only."""
     return metrics.worker_slot() in (None, "0")
 
 
@@ -300,7 +301,7 @@ def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: boo
         metrics.rule_matches.labels(rule=name, action=metrics.bounded(action, metrics.RULE_ACTIONS),
                                     mode=metrics.bounded(mode, metrics.RULE_MODES))
     metrics.rules_loaded.set(count)
-    if _counts_service_events():
+    if first_worker():
         metrics.rules_reloads.labels(result="ok").inc()
     metrics.rules_last_reload_successful.set(1)
     metrics.rules_last_reload_success_timestamp.set(time.time())
@@ -309,7 +310,7 @@ def rules_loaded(count: int, fingerprint: str, files: Sequence[str], reload: boo
 
 
 def rules_refused(errors: Sequence[str], reload: bool) -> None:
-    if _counts_service_events():
+    if first_worker():
         metrics.rules_reloads.labels(result="invalid").inc()
     metrics.rules_last_reload_successful.set(0)
     _emit(logging.ERROR, "rules_refused", errors=list(errors), reload=reload,
@@ -588,7 +589,7 @@ def recipient_verified(result: str, cached: bool) -> None:
         source="cache" if cached else "probe").inc()
 
 
-# ---- quarantine (frontfilter/quarantine/) -------------------------------------------------
+# ---- quarantine (frontfilter/delivery/quarantine/) -------------------------------------------------
 
 def quarantine_released(*, queue_id: str, rule: str, known_rules: Iterable[str], **fields: Any) -> None:
     """A held message was released (by `frontfilter quarantine release`, reported through its

@@ -1,5 +1,5 @@
 """The quarantine's files without a relay: the format and its bounds, legacy files, one
-retention pass (quarantine/store.py, quarantine/retention.py, quarantine/ledger.py)."""
+retention pass (delivery/quarantine/store.py, delivery/quarantine/retention.py, delivery/quarantine/ledger.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from frontfilter.delivery import safeio
 from frontfilter.delivery.spool import Envelope
-from frontfilter.quarantine import ledger, retention, store
+from frontfilter.delivery.quarantine import ledger, retention, store
 
 RAW = b"Subject: hello\r\n\r\nbody\r\n"
 
@@ -90,7 +90,7 @@ def test_a_legacy_file_keeps_the_relay_lines_apart_from_the_message_but_trusts_n
     meta, body = store.parse_legacy(raw, "0LEGACY00001", 1.0)
     assert meta.legacy and (meta.rule, meta.sender, meta.client) == ("old", "a@example.net", "192.0.2.7:25")
     assert body == b"Subject: s\r\n\r\nbody\r\n" and meta.size == len(body)
-    from frontfilter.quarantine.release import ReleaseError, recipients_for
+    from frontfilter.tools.release import ReleaseError, recipients_for
 
     with pytest.raises(ReleaseError, match="legacy .* --to"):
         recipients_for(meta, [])
@@ -98,7 +98,7 @@ def test_a_legacy_file_keeps_the_relay_lines_apart_from_the_message_but_trusts_n
 
 
 def test_the_released_field_is_one_line_and_names_rule_and_id() -> None:
-    from frontfilter.quarantine.release import released_field
+    from frontfilter.tools.release import released_field
 
     field = released_field(held(rule='a"b\r\nInjected: x'), 0.0)
     assert field.count(b"\r\n") == 1 and field.endswith(b"\r\n")
@@ -154,7 +154,7 @@ def test_the_relay_reports_each_record_once_and_a_record_cannot_forge_the_line(t
     import logging
 
     from frontfilter.config import QuarantineConfig
-    from frontfilter.quarantine.expiry import Expiry
+    from frontfilter.delivery.quarantine.expiry import Expiry
 
     ledger.record(tmp_path, "released", "0TESTID00001", rule="hold", to=["b@example.org"],
                   worker="x", by="someone")

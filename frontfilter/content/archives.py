@@ -119,7 +119,7 @@ import tnefparse
 
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.members import Listing, Member
-from frontfilter.content.view import Limit, Uninspectable
+from frontfilter.content.facts import Limit, Uninspectable
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -95,7 +95,7 @@ import olefile
 
 from frontfilter.content import active, names
 from frontfilter.content.members import Listing, Member
-from frontfilter.content.view import Limit, Uninspectable
+from frontfilter.content.facts import Limit, Uninspectable
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)   # oletools 0.60 on pyparsing 3

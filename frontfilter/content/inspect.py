@@ -40,7 +40,7 @@ from frontfilter.content.headers import decode_bytes, decode_words, parse_mime_v
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.members import Listing
 from frontfilter.content.mime import header_block, lenient_header_block, split_multipart
-from frontfilter.content.view import Ambiguity, Limit, MessageView, Part, Uninspectable
+from frontfilter.content.facts import Ambiguity, Limit, MessageView, Part, Uninspectable
 
 MAX_READINGS_PER_ENTITY = 4   # Content-Type x boundary readings walked; each rescans the body
 MAX_TEXT_BLOCKS_PER_PART = 100  # more than any real mail; each is a part and counts as one

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frontfilter.content.view import Uninspectable
+from frontfilter.content.facts import Uninspectable
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
-from frontfilter.content.view import MessageView, Part
+from frontfilter.content.facts import MessageView, Part
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit

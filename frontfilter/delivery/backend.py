@@ -198,7 +198,7 @@ class BackendSession:
             return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "not connected", name)
         try:
             if verb == "data":
-                response = await wire.send_data(self._smtp, *args)   # type: ignore[arg-type]
+                response = await wire.send_data(self._smtp, *args)   # type: ignore[arg-type]  # (message, head): bytes, from send()
             else:
                 response = await getattr(self._smtp, verb)(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:

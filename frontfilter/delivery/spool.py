@@ -513,10 +513,6 @@ class Spool:
     def count(self) -> int:
         return len(self._usage.sizes)
 
-    @property
-    def bytes(self) -> int:
-        return self._usage.bytes
-
     def set_contents(self, sizes: dict[str, int]) -> None:
         self._usage.sizes = dict(sizes)
         self._usage.bytes = sum(self._usage.sizes.values())
@@ -590,10 +586,9 @@ class Spool:
         reservation.settled = True
         self._usage.reserved_count -= 1
         self._usage.reserved_bytes -= reservation.size
-        message = spooled.message if spooled is not None else None
-        if message is None:
+        if spooled is None or spooled.message is None:
             return
-        spooled.message = None
+        message, spooled.message = spooled.message, None
         assert message.envelope is not None
         self.track(message.id, message.size)
         if self.on_spooled is not None:

@@ -49,7 +49,7 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> l
     """pyspf's DNS hook: ((name, type), value) pairs, as its dnspython driver returns them."""
     current = _CURRENT.get()
     if current is None:
-        return _PYSPF_LOOKUP(name, qtype, strict, timeout)   # type: ignore[no-any-return]
+        return _PYSPF_LOOKUP(name, qtype, strict, timeout)
     resolver, deadline = current
     if qtype == "SPF":
         return []   # RR type 99 is obsolete (RFC 7208 §3.1); pyspf asks only in "harsh" mode

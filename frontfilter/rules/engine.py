@@ -27,6 +27,7 @@ loop: 1,000 rules of that kind cost about what a dozen cost (bench/README.md).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 from dataclasses import dataclass, field
 
 from frontfilter.model import Stage
@@ -36,6 +37,20 @@ from frontfilter.rules.matchers import AnyOfMatchers
 from frontfilter.rules.model import Action, Match, Mode, Rule, StripRequest, Verdict
 
 GROUP_MIN = 4   # rules on one key before a joined pre-check pays for itself
+
+
+class Rules(Protocol):
+    """What the pipeline asks of a rule set: `RuleSet`, or a stand-in (no rules after an early
+    accept; the dry run's, which notes every evaluation)."""
+
+    @property
+    def stages(self) -> frozenset[Stage]: ...
+
+    def evaluate(self, facts: Facts, *, soft_reject: bool = False) -> Verdict: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Rule]: ...
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from frontfilter.antivirus.result import ScanResult
-from frontfilter.content.view import MessageView
+from frontfilter.content.facts import MessageView
 from frontfilter.model import EnvelopeFacts, SessionFacts, Stage
 from frontfilter.reputation.facts import NO_CHECKS, CheckFacts
 

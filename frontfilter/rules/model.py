@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from frontfilter.content.view import Part
+from frontfilter.content.facts import Part
 from frontfilter import reply as replies
 from frontfilter.model import Stage
 from frontfilter.reply import Reply

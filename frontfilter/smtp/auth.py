@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from frontfilter import observe, reply
 from frontfilter.config import AuthConfig
 from frontfilter.model import Peer
-from frontfilter.passwd import DEFAULT_LOG2_N, DEFAULT_P, DEFAULT_R, HASH_BYTES, SALT_BYTES, ScryptHash
+from frontfilter.smtp.passwd import DEFAULT_LOG2_N, DEFAULT_P, DEFAULT_R, HASH_BYTES, SALT_BYTES, ScryptHash
 from frontfilter.reply import Reply
 from frontfilter.smtp.limits import AuthLockout
 

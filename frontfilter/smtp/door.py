@@ -24,7 +24,7 @@ from pathlib import Path
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError, TlsMode, credential_files_not_there_yet
 from frontfilter.model import IPAddress, Peer
-from frontfilter.passwd import ScryptHash, UsersFileError, load_users
+from frontfilter.smtp.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
 from frontfilter.smtp.limits import ConnectionLimits, Network
 from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, read_certificate, server_context
@@ -72,8 +72,8 @@ def _client_ip(host: str) -> IPAddress:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return _UNSPECIFIED
-    if ip.version == 6 and ip.ipv4_mapped is not None:   # type: ignore[union-attr]
-        return ip.ipv4_mapped                             # type: ignore[union-attr]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
     return ip
 
 

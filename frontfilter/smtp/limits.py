@@ -164,6 +164,6 @@ class AuthLockout:
         return False
 
 
-def _bound(table: OrderedDict) -> None:  # type: ignore[type-arg]
+def _bound(table: OrderedDict) -> None:
     while len(table) > TRACKED_ADDRESSES_MAX:
         table.popitem(last=False)

@@ -125,6 +125,6 @@ def _port(text: bytes) -> int:
 
 
 def _unmapped(ip: IPAddress) -> IPAddress:
-    if ip.version == 6 and ip.ipv4_mapped is not None:   # type: ignore[union-attr]
-        return ip.ipv4_mapped                             # type: ignore[union-attr]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
     return ip

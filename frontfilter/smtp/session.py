@@ -439,7 +439,9 @@ class SmtpSession(asyncio.Protocol):
             refusal = reply.AUTH_UNKNOWN_MECHANISM
         if refusal is not None:
             return refusal
-        user, answer = await self.door.authenticator.authenticate(  # type: ignore[union-attr]
+        authenticator = self.door.authenticator
+        assert authenticator is not None        # AUTH is offered only with an authenticator
+        user, answer = await authenticator.authenticate(
             self._challenge, self.client, words[0].upper(), words[1] if len(words) == 2 else None)
         if user is not None:
             self.core.auth_user = user

@@ -1,1 +1,2 @@
-"""The administrator's tools beside the relay: rule regression tests over a corpus."""
+"""The administrator's tools beside the relay: `corpus` (`frontfilter test`, rule regression
+tests), `queuectl` (`frontfilter queue`), `sink` (`frontfilter sink`, a stand-in backend)."""

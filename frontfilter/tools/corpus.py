@@ -12,7 +12,7 @@ Each `NAME.eml` in the corpus has a sidecar `NAME.toml` with its expected outcom
     helo = "client.example.net"
     auth_user = "alice"
 
-Each message goes through the relay's own pipeline (frontfilter.dryrun), exactly as `scan`
+Each message goes through the relay's own pipeline (frontfilter.pipeline.dryrun), exactly as `scan`
 decides it. A message whose outcome differs is one line: file, expected, got, the rules that
 fired. A strip, a tag or an added field forwards the message: its verdict is `accept`.
 """
@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from frontfilter.dryrun import DryEnvelope, DryResult
+from frontfilter.pipeline.disposition import Disposition
+from frontfilter.pipeline.dryrun import DryEnvelope, DryResult
 
-VERDICTS = ("accept", "reject", "tempfail", "discard", "quarantine")
-# The relay's `message` line names verdicts as participles; a sidecar may use either.
-_RELAY_VERDICTS = {"accepted": "accept", "rejected": "reject", "tempfailed": "tempfail",
-                   "discarded": "discard", "quarantined": "quarantine"}
+VERDICTS = tuple(d.action_word for d in Disposition)      # a sidecar may say "rejected" too
 _ENVELOPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "sender": str, "recipient": (str, list), "client_ip": str, "helo": str, "auth_user": str}
 _KEYS: dict[str, type | tuple[type, ...]] = {
@@ -118,10 +116,10 @@ def _case(message: Path, sidecar: Path, table: dict[str, Any], problems: list[st
             problems.append(f"{sidecar}: {key}: {value!r} has the wrong type")
         elif isinstance(value, list) and not all(isinstance(item, str) for item in value):
             problems.append(f"{sidecar}: {key}: expected a list of strings")
-    verdict = _RELAY_VERDICTS.get(str(table.get("verdict")), table.get("verdict"))
+    disposition = Disposition.of_word(str(table.get("verdict")))
     if "verdict" not in table:
         problems.append(f"{sidecar}: verdict: missing (one of {', '.join(VERDICTS)})")
-    elif verdict not in VERDICTS:
+    elif disposition is None:
         problems.append(f"{sidecar}: verdict: {table['verdict']!r} is not one of {', '.join(VERDICTS)}")
     if len(problems) > found:
         return None
@@ -129,14 +127,16 @@ def _case(message: Path, sidecar: Path, table: dict[str, Any], problems: list[st
     envelope = DryEnvelope(**{k: table[k] for k in ("sender", "client_ip", "helo", "auth_user") if k in table},
                            recipients=(recipients,) if isinstance(recipients, str) else tuple(recipients))
     stripped = table.get("stripped")
-    expected = Expected(str(verdict), tuple(table["rules"]) if "rules" in table else None,
+    assert disposition is not None
+    expected = Expected(disposition.action_word, tuple(table["rules"]) if "rules" in table else None,
                         tuple(stripped) if isinstance(stripped, list) else stripped)
     return Case(message, expected, envelope)
 
 
 def judge(case: Case, result: DryResult) -> Outcome:
     """What the relay decided against what the sidecar expects."""
-    verdict = _RELAY_VERDICTS.get(result.verdict, result.verdict)
+    found = Disposition.of_word(result.verdict)
+    verdict = found.action_word if found is not None else result.verdict
     rules = tuple(dict.fromkeys(m.rule for e in result.evaluations for m in e.verdict.matches))
     stripped = _stripped(result)
     shown = tuple(f"{name} ({path})" if name else path for path, name in stripped)

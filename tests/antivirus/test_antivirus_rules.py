@@ -11,7 +11,7 @@ from frontfilter import reply
 from frontfilter.antivirus.result import ScanResult, ScanStatus
 from frontfilter.config import ConfigError, HostPort, OnError, load_config
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.decision import ON_ERROR, decide
+from frontfilter.pipeline.decision import ON_ERROR, decide
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage
 from frontfilter.rules import Action, RuleSetError, load_ruleset
 from frontfilter.rules.facts import Facts

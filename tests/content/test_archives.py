@@ -28,7 +28,7 @@ from tests.requires import missing
 
 from frontfilter.content import archives, sniff
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.content.view import Limit, Uninspectable
+from frontfilter.content.facts import Limit, Uninspectable
 
 CLAMAV = Path("/usr/share/clamav-testfiles")
 PE = b"MZ" + b"\x90" * 3000 + b"PE\0\0" + bytes(range(256)) * 4

@@ -11,7 +11,7 @@ import pytest
 
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.content.view import Ambiguity, Limit, MessageView
+from frontfilter.content.facts import Ambiguity, Limit, MessageView
 from tests.content import corpus as c
 
 LIMITS = InspectionLimits()

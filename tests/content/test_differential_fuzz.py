@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.decision import decide
+from frontfilter.pipeline.decision import decide
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.loader import load_ruleset

@@ -19,7 +19,7 @@ import pytest
 
 from frontfilter.content import active, archives, embedded, sniff
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.content.view import Limit, Uninspectable
+from frontfilter.content.facts import Limit, Uninspectable
 
 from tests.content import corpus as c
 from tests.requires import installed

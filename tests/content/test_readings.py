@@ -15,7 +15,7 @@ import pytest
 
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
-from frontfilter.content.view import Ambiguity, Uninspectable
+from frontfilter.content.facts import Ambiguity, Uninspectable
 from tests.content import corpus
 
 EXE = corpus.pe()

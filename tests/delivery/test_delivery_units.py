@@ -1,22 +1,18 @@
 """Pure parts of delivery: the retry schedule, folding an attempt into the state, the DSN,
-the new config keys, and the import direction (delivery knows nothing of rules or content)."""
+and the new config keys (the import direction is tests/test_layout.py's)."""
 
 from __future__ import annotations
 
-import ast
 import email
 import email.policy
-import pathlib
 from pathlib import Path
 
 import pytest
 
-import frontfilter.delivery
 from frontfilter.config import BackendMode, ConfigError, SpoolConfig, load_config
 from frontfilter.delivery.backend import BackendReply, Outcome
 from frontfilter.delivery.dsn import MAX_RETURNED_HEADER_BYTES, build_dsn, original_headers
 from frontfilter.delivery.spool import DeliveryState, Envelope, RecipientState, Status
-from tests.imports import imported_names, module_tree
 from frontfilter.delivery.worker import apply_attempt, retry_delay
 from frontfilter.units import DAYS, MINUTES
 
@@ -128,15 +124,6 @@ def test_bad_spool_keys_name_file_and_key(tmp_path: Path, text: str, problem: st
     assert any(line.startswith(f"{path}: {problem}") for line in error.value.problems), error.value.problems
 
 
-def test_delivery_knows_nothing_of_rules_content_or_the_smtp_server() -> None:
-    root = pathlib.Path(frontfilter.delivery.__file__).parent
-    for module in root.glob("*.py"):
-        tree = module_tree(module)
-        assert ast.get_docstring(tree), f"{module.name} has no module docstring"
-        for name in imported_names(tree):
-            assert name.split(".")[0] not in ("aiosmtpd", "prometheus_client"), f"{module.name}: {name}"
-            assert not name.startswith(("frontfilter.rules", "frontfilter.content", "frontfilter.pipeline",
-                                        "frontfilter.smtp", "frontfilter.metrics")), f"{module.name}: {name}"
 
 
 def test_the_dsn_returns_the_added_fields_with_the_header_section_and_no_body() -> None:

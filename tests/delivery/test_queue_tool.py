@@ -8,7 +8,7 @@ import smtplib
 import time
 from pathlib import Path
 
-from frontfilter import queuectl
+from frontfilter.tools import queuectl
 from frontfilter.delivery.spool import Layout
 
 from tests.delivery.support import (

@@ -228,7 +228,7 @@ def test_a_spool_directory_gone_at_run_time_is_logged_once_and_its_return_too(tm
 
 
 def test_a_message_past_the_inspection_deadline_gets_451_and_is_never_delivered(tmp_path: Path) -> None:
-    """Inspection and the spool write share one thread (frontfilter/endofdata.py): whichever
+    """Inspection and the spool write share one thread (frontfilter/pipeline/endofdata.py): whichever
     answer the client gets at the deadline, the spool agrees with it — 451 is never delivered,
     250 always is, once."""
     parts = "".join(

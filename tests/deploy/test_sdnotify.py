@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from frontfilter import sdnotify
+from frontfilter.process import sdnotify
 from tests.harness import REPO, RecordingSink, Relay, free_port, write_config
 from tests.requires import installed
 

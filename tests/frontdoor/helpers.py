@@ -20,7 +20,7 @@ from typing import Any
 
 import trustme
 
-from frontfilter.passwd import hash_password, set_user
+from frontfilter.smtp.passwd import hash_password, set_user
 from tests.harness import RecordingSink, write_config
 from tests.requires import installed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from frontfilter.passwd import (UsersFileError, hash_password, load_users, parse_hash, parse_users,
+from frontfilter.smtp.passwd import (UsersFileError, hash_password, load_users, parse_hash, parse_users,
                                 set_user)
 from tests.harness import REPO
 

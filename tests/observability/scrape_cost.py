@@ -1,6 +1,6 @@
 """Measure what the metrics endpoint costs the SMTP event loop: `python -m tests.observability.scrape_cost`.
 
-Not a test (timings vary by machine); the numbers behind the design notes in frontfilter/httpd.py.
+Not a test (timings vary by machine); the numbers behind the design notes in frontfilter/endpoint/httpd.py.
 The endpoint runs on an event loop with a 1 ms timer whose lateness is sampled (the delay every
 SMTP session of the process would see), while a separate process attacks the endpoint:
 scrapes in a tight loop from 8 connections, with and without the exposition cache, and with 64
@@ -20,8 +20,8 @@ from prometheus_client import generate_latest
 
 from frontfilter import metrics, observe
 from frontfilter.config import HostPort
-from frontfilter.health import Check
-from frontfilter.httpd import HttpEndpoint
+from frontfilter.endpoint.health import Check
+from frontfilter.endpoint.httpd import HttpEndpoint
 
 ATTACK = textwrap.dedent("""
     import socket, sys, threading, time

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from frontfilter import observe
 from frontfilter.config import HostPort, build_config
-from frontfilter.health import BACKEND_STALE_AFTER, PROBE_INTERVAL, Health, probe_smtp, probe_spool
+from frontfilter.endpoint.health import BACKEND_STALE_AFTER, PROBE_INTERVAL, Health, probe_smtp, probe_spool
 from tests.harness import REPO, RawClient, RecordingSink, closed_port, eventually
 from tests.observability.support import http_get, relay_with_endpoint
 

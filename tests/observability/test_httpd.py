@@ -13,8 +13,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from frontfilter import metrics
-from frontfilter.health import Check
-from frontfilter.httpd import HttpEndpoint
+from frontfilter.endpoint.health import Check
+from frontfilter.endpoint.httpd import HttpEndpoint
 from frontfilter.config import HostPort
 
 WAIT = 10.0      # bound on every wait in these tests

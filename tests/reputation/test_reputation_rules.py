@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from frontfilter.content.view import MessageView
+from frontfilter.content.facts import MessageView
 from frontfilter.model import Stage
 from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts, SpfResult
 from frontfilter.rules import Action, Mode, RuleSetError, load_ruleset

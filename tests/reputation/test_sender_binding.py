@@ -16,7 +16,7 @@ import pytest
 from frontfilter import policy
 from frontfilter.config import ConfigError, OutboundSenders, RelayConfig, load_config
 from frontfilter.model import Peer, SessionFacts
-from frontfilter.sendermap import SenderMapError, parse_sender_map
+from frontfilter.policy.sendermap import SenderMapError, parse_sender_map
 from tests.frontdoor.helpers import Pki, connect_from, frontdoor_config, make_pki, read_reply, write_users
 from tests.harness import RecordingSink, Relay, queue_id_in, write_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from frontfilter.content.view import MessageView, Part
+from frontfilter.content.facts import MessageView, Part
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage
 from frontfilter.rules import Facts, RuleSet, load_ruleset
 

@@ -8,7 +8,7 @@ import pytest
 from rules_helpers import body_part, facts, part, ruleset, view
 
 from frontfilter import reply
-from frontfilter.content.view import Ambiguity, Limit
+from frontfilter.content.facts import Ambiguity, Limit
 from frontfilter.model import Stage
 from frontfilter.rules import Action, Mode, RuleSetError, load_ruleset
 
@@ -16,7 +16,7 @@ EXE = "application/x-dosexec"
 
 
 def test_reason_names_the_part_the_fact_and_the_pattern(tmp_path: Path) -> None:
-    rules = ruleset(tmp_path, f'[[rule]]\nname = "exe"\nattachment.detected_type = "application/x-*"\naction = "reject"\n')
+    rules = ruleset(tmp_path, '[[rule]]\nname = "exe"\nattachment.detected_type = "application/x-*"\naction = "reject"\n')
     member = part("2/a.zip/evil.exe", name="evil.exe", declared="application/zip", detected=EXE, in_archive=True)
     verdict = rules.evaluate(facts(message=view(body_part(), part("2", name="a.zip", declared="application/zip"), member)))
     assert verdict.action is Action.REJECT and verdict.rule == "exe"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rules_helpers import SHIPPED_RULES, body_part, facts, part, view
 
-from frontfilter.content.view import Ambiguity, Limit, MessageView
+from frontfilter.content.facts import Ambiguity, Limit, MessageView
 from frontfilter.rules import Action, load_ruleset
 
 RULES = load_ruleset(SHIPPED_RULES)

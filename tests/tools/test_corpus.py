@@ -1,5 +1,5 @@
 """`frontfilter test`: the administrator's rule regression tests, and the dry run they stand on
-(`frontfilter.dryrun`, shared with `scan`) agreeing with the live relay on every test corpus."""
+(`frontfilter.pipeline.dryrun`, shared with `scan`) agreeing with the live relay on every test corpus."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from frontfilter import dryrun
+from frontfilter.pipeline import dryrun
 from frontfilter.cli import as_crlf
 from frontfilter.config import load_config
 from frontfilter.rules.loader import load_ruleset

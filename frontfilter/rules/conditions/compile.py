@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from frontfilter.content.view import Ambiguity, Limit, Part, Uninspectable
+from frontfilter.content.facts import Ambiguity, Limit, Part, Uninspectable
 from frontfilter.memo import remembered
 from frontfilter.model import Stage
 from frontfilter.rules.conditions.tree import AnyOf, Leaf, Node, NotOf, all_of

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from frontfilter.content.view import MessageView, Part
+from frontfilter.content.facts import MessageView, Part
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.matchers import StringMatcher
 
@@ -67,9 +67,8 @@ class Leaf:
 
     def eval(self, ctx: Context, part: Part | None) -> Reasons:
         if not self.per_part:
-            cached = ctx.cache.get(id(self), _MISSING)
-            if cached is not _MISSING:
-                return cached  # type: ignore[return-value]
+            if id(self) in ctx.cache:
+                return ctx.cache[id(self)]
         result: Reasons = None
         for value in self.values(ctx.facts, part):
             tail = self.test(value)
@@ -80,8 +79,6 @@ class Leaf:
             ctx.cache[id(self)] = result
         return result
 
-
-_MISSING = object()
 
 
 def _where(part: Part | None) -> str:

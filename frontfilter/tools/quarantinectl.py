@@ -1,12 +1,12 @@
 """`frontfilter quarantine list | show ID | release ID… | delete ID… | expire`: for administrators.
 
 Safe while the relay runs, with one process or several, and with it stopped: the files are the
-only truth (quarantine/store.py), and every change is made under the file's flock, which the
-relay's retention takes too (quarantine/retention.py). A file someone else holds is skipped
+only truth (delivery/quarantine/store.py), and every change is made under the file's flock, which the
+relay's retention takes too (delivery/quarantine/retention.py). A file someone else holds is skipped
 with a line saying so — never released and deleted both.
 - `list` and `show` only read: a held file never changes once written.
-- `release` puts messages back on their way (quarantine/release.py) and leaves a record for the
-  relay to log and count (quarantine/ledger.py).
+- `release` puts messages back on their way (tools/release.py) and leaves a record for the
+  relay to log and count (delivery/quarantine/ledger.py).
 - `delete` removes messages for good (the sender is not told: the administrator decided).
 - `expire` runs the retention once now, as the relay would, and reports what it removed; the
   relay logs and counts those removals from the tool's records.
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from frontfilter.config import Config
 from frontfilter.delivery import safeio
-from frontfilter.quarantine import ledger, release, retention, store
+from frontfilter.delivery.quarantine import ledger, retention, store
+from frontfilter.tools import release
 
 # `show` prints the message's header block up to this (inspection.max_header_bytes' default).
 MAX_SHOWN_HEADER_BYTES = 256 * 1024

@@ -43,7 +43,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from frontfilter import metrics, observe
 from frontfilter.config import HostPort
-from frontfilter.health import Health
+from frontfilter.endpoint.health import Health
 from frontfilter.units import SECONDS, KiB
 
 MAX_CONNECTIONS = 16             # Prometheus HA pairs, a blackbox probe, an admin's curl: < 16

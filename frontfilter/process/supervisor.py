@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from frontfilter import sdnotify
+from frontfilter.process import sdnotify
 
 RESTART_DELAY = 1.0           # seconds before a dead worker is replaced
 RESTART_BURST = 5             # restarts within RESTART_WINDOW before the supervisor gives up

@@ -70,7 +70,7 @@ class QuarantineFormatError(Exception):
 
 @dataclass(frozen=True)
 class PartSummary:
-    """One part as the inspection saw it (content/view.py Part), for `show`."""
+    """One part as the inspection saw it (content/facts.py Part), for `show`."""
 
     path: str
     filename: str | None
@@ -147,7 +147,7 @@ def _clip(text: str | None) -> str | None:
 
 
 def summarise_parts(parts: Iterable[Any]) -> tuple[PartSummary, ...]:
-    """The part tree of a `MessageView` (content/view.py), as the metadata keeps it."""
+    """The part tree of a `MessageView` (content/facts.py), as the metadata keeps it."""
     return tuple(PartSummary(path=_clip(p.path) or "", filename=_clip(p.filename),
                              declared_type=_clip(p.declared_type) or "",
                              detected_type=_clip(p.detected_type) or "", size=int(p.size),

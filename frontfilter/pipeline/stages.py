@@ -27,10 +27,11 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 
 from frontfilter import observe, policy, reply
 from frontfilter.antivirus.clamd import ClamdClient
@@ -38,21 +39,23 @@ from frontfilter.antivirus.result import ScanResult
 from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
-from frontfilter.decision import Decision, decide
-from frontfilter.endofdata import Claim, Outcome, decide_then_spool
 from frontfilter.delivery import safeio
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
+from frontfilter.delivery.quarantine import store as quarantine_store
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
-from frontfilter.policy import Address
-from frontfilter.quarantine import store as quarantine_store
+from frontfilter.pipeline.decision import Decision, decide
+from frontfilter.pipeline.disposition import Disposition, queued, refusal
+from frontfilter.pipeline.endofdata import Claim, Judged, decide_then_spool
+from frontfilter.policy.relay import Address
+from frontfilter.policy.sendermap import SenderMap, SenderMapError, load_sender_map
+from frontfilter.reply import Reply
 from frontfilter.reputation.checks import Checks, ClientChecks
 from frontfilter.reputation.facts import CheckFacts
-from frontfilter.sendermap import SenderMap, SenderMapError, load_sender_map
-from frontfilter.reply import Reply
 from frontfilter.rules.facts import Facts
-from frontfilter.rules.model import Action, Mode, Verdict
+from frontfilter.rules.engine import Rules
+from frontfilter.rules.model import Action, Mode, Rule, Verdict
 
 # Worker threads for inspection (and, in queue mode, the spool write: endofdata.py). libmagic
 # and big parses must not run on the event loop. Two per process: with more, the threads' Python
@@ -108,7 +111,7 @@ class SessionState:
 class RuleBook:
     """The active rule set. Swapped whole by a reload; a transaction reads it once per stage."""
 
-    def __init__(self, rules: object):
+    def __init__(self, rules: Rules | None):
         self.current = rules
 
 
@@ -270,17 +273,18 @@ class Pipeline:
                                      helo=state.helo, auth_user=state.auth_user, sender=txn.sender.text)
         facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope(),
                       checks=self._check_facts(state))
-        rules = self.rulebook.current
+        rules: Rules | None = self.rulebook.current
+        assert rules is not None          # no session is admitted before a rule set loads
         trace = (self.checks.trace(state.checks, state.peer, txn.sender.text, state.helo)
                  + [("Received", self._received(state, txn))])
-        log = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
+        log: dict[str, Any] = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
                    recipients=[r.normalised for r in txn.recipients], tls=state.tls,
                    auth_user=state.auth_user)
         early = self._bypassed(state)
         if early is Action.DISCARD:
             await self._backend_reset(state)
-            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
-            self._decided(txn, "discarded", len(raw), answer, started, log, decided_by="early discard")
+            answer = queued(txn.queue_id)
+            self._decided(txn, Disposition.DISCARDED, len(raw), answer, started, log, decided_by="early discard")
             return answer
         if early is Action.ACCEPT:
             rules = _NO_RULES
@@ -302,7 +306,7 @@ class Pipeline:
         if judged is None:
             await self._backend_reset(state)
             observe.inspection_limit("time")
-            self._decided(txn, "tempfailed", len(raw), reply.INSPECTION_TIMEOUT, started, log,
+            self._decided(txn, Disposition.TEMPFAILED, len(raw), reply.INSPECTION_TIMEOUT, started, log,
                           reason="inspection timeout")
             return reply.INSPECTION_TIMEOUT
         decision, spooled = judged
@@ -317,26 +321,25 @@ class Pipeline:
                    uninspectable=sorted(r.value for r in decision.view.uninspectable),
                    inspect_ms=round((time.monotonic() - started) * 1000, 2))
 
-        action = verdict.action
-        if action in (Action.REJECT, Action.TEMPFAIL):
+        disposition = Disposition.of_action(verdict.action)
+        if disposition in (Disposition.REJECTED, Disposition.TEMPFAILED):
             await self._backend_reset(state)
-            answer = verdict.reply or (reply.REJECTED if action is Action.REJECT else reply.TEMPFAIL)
-            verdict_name = "rejected" if answer.is_permanent else "tempfailed"
-            self._decided(txn, verdict_name, len(raw), answer, started, log, decided_by=verdict.rule)
+            disposition, answer = refusal(verdict)
+            self._decided(txn, disposition, len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
-        if action is Action.DISCARD:
+        if disposition is Disposition.DISCARDED:
             await self._backend_reset(state)
-            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
-            self._decided(txn, "discarded", len(raw), answer, started, log, decided_by=verdict.rule)
+            answer = queued(txn.queue_id)
+            self._decided(txn, disposition, len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
-        if action is Action.QUARANTINE:
+        if disposition is Disposition.QUARANTINED:
             await self._backend_reset(state)
             answer, failure = await self._quarantine(state, txn, raw, verdict)
             if failure is not None:     # no copy kept: the client keeps the message and retries
-                self._decided(txn, "tempfailed", len(raw), answer, started, log, decided_by=verdict.rule,
-                              delivery=f"quarantine write failed: {failure}")
+                self._decided(txn, Disposition.TEMPFAILED, len(raw), answer, started, log,
+                              decided_by=verdict.rule, delivery=f"quarantine write failed: {failure}")
                 return answer
-            self._decided(txn, "quarantined", len(raw), answer, started, log, decided_by=verdict.rule)
+            self._decided(txn, disposition, len(raw), answer, started, log, decided_by=verdict.rule)
             return answer
 
         forward_started = time.monotonic()
@@ -346,11 +349,8 @@ class Pipeline:
             answer, delivery = await self._forward(state, txn, decision.head, decision.message)
         log.update(delivery=delivery, forwarded_size=len(decision.head) + len(decision.message),
                    forward_ms=round((time.monotonic() - forward_started) * 1000, 2))
-        if answer.is_success:
-            verdict_name = "accepted"
-        else:
-            verdict_name = "tempfailed" if answer.is_transient else "rejected"
-        self._decided(txn, verdict_name, len(raw), answer, started, log, decided_by=verdict.rule)
+        # Forwarded, or refused by the backend or the spool: the client's reply says which.
+        self._decided(txn, Disposition.of_reply(answer), len(raw), answer, started, log, decided_by=verdict.rule)
         return answer
 
     async def _scan(self, raw: bytes, queue_id: str) -> ScanResult | None:
@@ -387,7 +387,7 @@ class Pipeline:
             raise
         if not done and claim.abandon():
             return None
-        outcome: Outcome = await asyncio.shield(job)    # past the deadline only if writing
+        outcome: Judged = await asyncio.shield(job)     # past the deadline only if writing
         return outcome.decision, outcome.spooled if isinstance(reservation, Reservation) else reservation
 
     def _envelope(self, state: SessionState, txn: Transaction) -> Envelope:
@@ -407,14 +407,14 @@ class Pipeline:
             return reply.BACKEND_UNAVAILABLE, "backend connection lost"
         result = await backend.send(message, head)
         if result.ok:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), result.describe()
+            return queued(txn.queue_id), result.describe()
         return self._backend_failure(result, BACKEND_REFUSED_MESSAGE), result.describe()
 
     @staticmethod
     def _spooled(txn: Transaction, spooled: Spooled | Admission | None) -> tuple[Reply, str]:
         """Queue mode: 250 only once the message is durably in the spool (STYLE habit 6)."""
         if isinstance(spooled, Spooled) and spooled.result is Admission.OK:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), f"spooled in {round(spooled.seconds * 1000, 2)} ms"
+            return queued(txn.queue_id), f"spooled in {round(spooled.seconds * 1000, 2)} ms"
         if isinstance(spooled, Admission) or spooled is None:     # refused before the write
             room = spooled if isinstance(spooled, Admission) else Admission.FAILED
             answer = reply.SPOOL_FULL if room is Admission.FULL else reply.INTERNAL_ERROR
@@ -425,13 +425,20 @@ class Pipeline:
 
     async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
                           verdict: Verdict) -> tuple[Reply, str | None]:
-        """Hold the message (quarantine/store.py: durably, readable by the daemon's user only,
-        with its envelope, the rules' reasons and the part tree) and answer as configured; the
-        reply and, when no copy could be kept, why (the client is then told to retry)."""
+        """Hold the message and answer as `quarantine.then` says; the reply and, when no copy
+        could be kept, why (the client is then told to retry)."""
         if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
-            answer = reply.OK.with_text(f"Ok: queued as {txn.queue_id}")
+            answer = queued(txn.queue_id)
         else:
             answer = verdict.reply or reply.REJECTED
+        failure = await self._hold(state, txn, raw, verdict, answer)
+        return failure if failure is not None else (answer, None)
+
+    async def _hold(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict,
+                    answer: Reply) -> tuple[Reply, str] | None:
+        """The copy (delivery/quarantine/store.py: durably, readable by the daemon's user only,
+        with its envelope, the rules' reasons and the part tree); None once it is kept, else
+        the reply to send instead and why."""
         held = quarantine_store.held(
             self._envelope(state, txn), arrived=time.time(), auth_user=state.auth_user, tls=state.tls,
             rule=verdict.rule, reasons=verdict.explain(), reply=answer.wire, size=len(raw),
@@ -445,7 +452,7 @@ class Pipeline:
             return reply.INTERNAL_ERROR, f"{type(error).__name__}: {error.strerror or error}"
         except quarantine_store.QuarantineFormatError as error:     # an envelope too large to record
             return reply.INTERNAL_ERROR, str(error)
-        return answer, None
+        return None
 
     def _count_verdict(self, decision: Decision) -> None:
         for match in decision.verdict.matches:
@@ -457,9 +464,10 @@ class Pipeline:
             part = parts.get(order.mime_path)
             observe.attachment_stripped(part.detected_type if part else "other")
 
-    def _decided(self, txn: Transaction, verdict: str, size: int, answer: Reply, started: float,
+    def _decided(self, txn: Transaction, disposition: Disposition, size: int, answer: Reply, started: float,
                  log: dict, **extra: object) -> None:
-        observe.message_decided(queue_id=txn.queue_id, verdict=verdict, size=size,
+        """The one `message` log line and the message's metrics, for every end of DATA."""
+        observe.message_decided(queue_id=txn.queue_id, verdict=disposition.value, size=size,
                                 reply=answer.wire, ms=round((time.monotonic() - started) * 1000, 2),
                                 **log, **extra)
 
@@ -476,6 +484,7 @@ class Pipeline:
 
     async def _rules(self, stage: Stage, state: SessionState, recipient: str | None = None) -> Reply | None:
         rules = self.rulebook.current
+        assert rules is not None          # no session is admitted before a rule set loads
         if self._bypassed(state) is not None:
             return None
         gathered = await self._gather(stage, state, rules, recipient)
@@ -493,7 +502,7 @@ class Pipeline:
             observe.rules_monitored(str(state.peer), stage.value, monitored,
                                     state.txn.queue_id if state.txn else None)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.QUARANTINE):
-            answer = verdict.reply or (reply.TEMPFAIL if verdict.action is Action.TEMPFAIL else reply.REJECTED)
+            _, answer = refusal(verdict)        # before DATA there is nothing to keep: refused
             self._refused(state, stage, answer, f"rule {verdict.rule}", "rule",
                           rules=[m.rule for m in verdict.matches])
             return answer
@@ -611,11 +620,17 @@ class _NoRules:
     def evaluate(self, facts: Facts, *, soft_reject: bool = False) -> Verdict:
         return Verdict()
 
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(())
+
 
 _NO_RULES = _NoRules()
 
 
-def _retrieve(job: asyncio.Future[object]) -> None:
+def _retrieve(job: asyncio.Future[Any]) -> None:
     """A job nobody may await any more (abandoned at its deadline): its error is not news."""
     if not job.cancelled():
         job.exception()

@@ -118,8 +118,9 @@ class Health:
             if self._clamd_ok_at is not None and now - self._clamd_ok_at <= ANTIVIRUS_STALE_AFTER:
                 checks.append(Check("antivirus", True, "clamd answered"))
             else:
+                assert self._config.antivirus is not None      # a clamd client is made only with one
                 checks.append(Check("antivirus", False, f"{self._clamd_detail} (on_error "
-                                    f"{self._config.antivirus.on_error.value}: mail is refused)"))  # type: ignore[union-attr]
+                                    f"{self._config.antivirus.on_error.value}: mail is refused)"))
         return [*checks, accepting]
 
     @property

@@ -11,7 +11,7 @@ expired — and left out of the size bound's sum meanwhile (it is about to go), 
 what the pass reports as held. The removals are made durable with one
 fsync of the directory at the end (a removal lost in a crash is made again next pass).
 
-Used by the relay's periodic task (quarantine/expiry.py) and by `frontfilter quarantine expire`.
+Used by the relay's periodic task (delivery/quarantine/expiry.py) and by `frontfilter quarantine expire`.
 Blocking: call it from a thread.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frontfilter.delivery import safeio
-from frontfilter.quarantine import store
+from frontfilter.delivery.quarantine import store
 
 
 @dataclass(frozen=True)

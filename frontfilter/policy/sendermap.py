@@ -15,7 +15,7 @@ Rules of the map:
 - addresses are compared without regard to case (local parts included: mail systems behind a
   relay treat them so, and a case trick must not get around the map).
 
-Kept apart from the users file (`auth.users_file`, frontfilter/passwd.py) on purpose: that file
+Kept apart from the users file (`auth.users_file`, frontfilter/smtp/passwd.py) on purpose: that file
 holds secrets and is rewritten by `frontfilter passwd`; this one is policy, edited by hand,
 reviewed like rule files. It is read at start and on reload (SIGHUP); a bad line is an error
 naming the file and line, and the previous map stays in force.

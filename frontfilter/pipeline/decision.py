@@ -20,9 +20,9 @@ from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
 from frontfilter.content.rewrite import (DEFAULT_NOTICE, StripOrder, header_fields,
                                          render_notice, strip_parts)
-from frontfilter.content.view import MessageView
+from frontfilter.content.facts import MessageView
 from frontfilter.rules.facts import Facts
-from frontfilter.rules.loader import RuleSet
+from frontfilter.rules.engine import Rules
 from frontfilter.rules.model import Action, Verdict
 
 
@@ -46,7 +46,7 @@ class Decision:
 ON_ERROR = "[antivirus] on_error"
 
 
-def decide(raw: bytes, facts: Facts, rules: RuleSet, limits: InspectionLimits,
+def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
            on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,

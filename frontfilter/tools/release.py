@@ -2,7 +2,7 @@
 
 What is sent: `released_field` (X-Frontfilter-Released: date; held by rule "R" as ID)
 followed by the message bytes exactly as the client sent them — or, with `--rescan`, as the
-current rules would forward them (frontfilter/dryrun.py: the relay's own pipeline, nothing
+current rules would forward them (frontfilter/pipeline/dryrun.py: the relay's own pipeline, nothing
 sent); a message the rules would not forward now is not released, and says why.
 To whom: the original recipients, or the administrator's `--to` addresses (required for a
 legacy file, whose recipients cannot be trusted: store.py).
@@ -21,7 +21,7 @@ Never lost: the quarantine file is locked for the whole release (the retention a
 concurrent `delete` skip it) and removed (durably) only after the message is safely in the
 spool, or after the backend accepted it for every recipient. A backend that refuses some
 recipients leaves the file in place, with a line naming them (release again with `--to`).
-Before the removal a ledger record (quarantine/ledger.py) is left for the relay, which logs
+Before the removal a ledger record (delivery/quarantine/ledger.py) is left for the relay, which logs
 and counts the release.
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 from frontfilter import policy
 from frontfilter.config import BackendMode, Config
 from frontfilter.delivery.spool import Envelope, Layout, write_message
-from frontfilter.quarantine import ledger, store
+from frontfilter.delivery.quarantine import ledger, store
 from frontfilter.reply import Reply
 
 # A rule name as the loader allows it (rules/loader.py _NAME); anything else in a file is "?",
@@ -89,7 +89,7 @@ def recipients_for(meta: store.Held, to: Sequence[str]) -> tuple[str, ...]:
 def rescanned(config: Config, meta: store.Held, body: bytes, recipients: tuple[str, ...]) -> bytes:
     """The message as the current rules would forward it; ReleaseError saying what they
     decided instead."""
-    from frontfilter import dryrun
+    from frontfilter.pipeline import dryrun
     from frontfilter.rules.loader import load_ruleset
     from frontfilter.rules.model import RuleSetError
 

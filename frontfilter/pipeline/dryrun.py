@@ -23,17 +23,19 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from frontfilter import reply
-from frontfilter.config import Config, QuarantineOutcome
-from frontfilter.decision import Decision
+from frontfilter.config import Config
 from frontfilter.model import Peer, Stage
-from frontfilter.pipeline import Pipeline, RuleBook, SessionState, Transaction
+from frontfilter.pipeline.decision import Decision
+from frontfilter.pipeline.disposition import Disposition, queued
+from frontfilter.pipeline.stages import Pipeline, RuleBook, SessionState, Transaction
 from frontfilter.reply import Reply
 from frontfilter.rules.facts import Facts
-from frontfilter.rules.model import Verdict
+from frontfilter.rules.model import Rule, Verdict
 
 # The log lines of the relay that a dry run keeps (the others are about the process).
 KEPT_EVENTS = frozenset({"message", "refused", "dnsbl", "sender_domain", "rules_monitored",
@@ -87,8 +89,8 @@ class DryResult:
             action = self.decision.verdict.action
             if action is not None:
                 return action.value
-        return {"accepted": "accept", "discarded": "discard", "quarantined": "quarantine",
-                "tempfailed": "tempfail"}.get(self.verdict, "reject")
+        disposition = Disposition.of_word(self.verdict)
+        return disposition.action_word if disposition is not None else "reject"
 
     def early(self) -> list[Evaluation]:
         """The evaluations before DATA in which a rule matched."""
@@ -116,12 +118,22 @@ class RecordingRules:
         self._rules = rules
         self._evaluations = evaluations
 
-    def evaluate(self, facts: Facts, **options: Any) -> Verdict:
-        verdict: Verdict = self._rules.evaluate(facts, **options)
+    @property
+    def stages(self) -> frozenset[Stage]:
+        return self._rules.stages
+
+    def evaluate(self, facts: Facts, *, soft_reject: bool = False) -> Verdict:
+        verdict: Verdict = self._rules.evaluate(facts, soft_reject=soft_reject)
         self._evaluations.append(Evaluation(facts.stage, facts.recipient, verdict))
         return verdict
 
-    def __getattr__(self, name: str) -> Any:     # stages, reads, ...: the rule set's own
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self._rules)
+
+    def __getattr__(self, name: str) -> Any:     # reads, fingerprint, ...: the rule set's own
         return getattr(self._rules, name)
 
 
@@ -146,13 +158,11 @@ class DryPipeline(Pipeline):
     async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
                        ) -> tuple[Reply, str]:
         self.forwarded = head + message
-        return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), "dry run: not forwarded"
+        return queued(txn.queue_id), "dry run: not forwarded"
 
-    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
-                          verdict: Verdict) -> tuple[Reply, str | None]:
-        if self.config.quarantine.then is QuarantineOutcome.ACCEPT:
-            return reply.OK.with_text(f"Ok: queued as {txn.queue_id}"), None
-        return verdict.reply or reply.REJECTED, None
+    async def _hold(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict,
+                    answer: Reply) -> tuple[Reply, str] | None:
+        return None          # the reply is the relay's; nothing is kept
 
 
 class _Capture(logging.Handler):
@@ -250,7 +260,7 @@ def _mail_options(envelope: DryEnvelope, raw: bytes) -> list[str]:
 
 
 def _refused(stage: Stage, answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
-    return DryResult(verdict="tempfailed" if answer.is_transient else "rejected", reply=answer,
+    return DryResult(verdict=Disposition.of_reply(answer).value, reply=answer,
                      stage=stage, decided_by=None, state=state)
 
 

@@ -24,12 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from frontfilter.decision import Decision
+from frontfilter.pipeline.decision import Decision
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
-from frontfilter.rules.model import Action
+from frontfilter.pipeline.disposition import Disposition
 
-# Verdicts after which the message goes on to the backend (strip, add_header and tag included).
-NOT_FORWARDED = frozenset({Action.REJECT, Action.TEMPFAIL, Action.DISCARD, Action.QUARANTINE})
 
 
 class Claim:
@@ -56,13 +54,13 @@ class Claim:
 
 
 @dataclass
-class Outcome:
+class Judged:
     decision: Decision
     spooled: Spooled | None = None     # None: not written (not forwarded, no room, or too late)
 
 
 async def decide_then_spool(decide: Callable[[], Decision], inspect: Executor, claim: Claim, spool: Spool,
-                            reservation: Reservation | Admission, envelope: Envelope) -> Outcome:
+                            reservation: Reservation | Admission, envelope: Envelope) -> Judged:
     """The decision (in `inspect`), then the spool write of a message to be forwarded (in the
     spool's threads). `envelope` is completed here (size, arrival time).
 
@@ -72,14 +70,14 @@ async def decide_then_spool(decide: Callable[[], Decision], inspect: Executor, c
     writing = False
     try:
         decision = await asyncio.get_running_loop().run_in_executor(inspect, decide)
-        if (decision.verdict.action in NOT_FORWARDED or not isinstance(reservation, Reservation)
+        if (not Disposition.of_action(decision.verdict.action).forwarded or not isinstance(reservation, Reservation)
                 or not claim.write()):
-            return Outcome(decision)
+            return Judged(decision)
         size = len(decision.head) + len(decision.message)
         envelope = dataclasses.replace(envelope, size=size, arrived=time.time())
         write = spool.write_soon(reservation, envelope, decision.message, head=decision.head)
         writing = True
-        return Outcome(decision, await asyncio.shield(write))
+        return Judged(decision, await asyncio.shield(write))
     finally:
         if not writing and isinstance(reservation, Reservation):
             spool.settle(reservation, None)

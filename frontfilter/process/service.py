@@ -11,7 +11,7 @@ With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see htt
 before the SMTP listeners, with the probes that keep readiness fresh (health.py).
 In queue mode the spool is recovered (delivery/queue.py) before the listeners open.
 One process of the service (the only one, or worker 0) runs the quarantine's retention and
-reports what `frontfilter quarantine` did (quarantine/expiry.py).
+reports what `frontfilter quarantine` did (delivery/quarantine/expiry.py).
 Stop (SIGTERM/SIGINT): /readyz turns 503 at once, stop accepting, let sessions in flight
 finish within `server.shutdown_grace`, then close what is left with `421 4.3.2`; deliveries in
 flight get the same grace, what is not delivered stays spooled for the next start.
@@ -28,14 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontfilter import __version__, observe, sdnotify
+from frontfilter import __version__, observe
+from frontfilter.process import sdnotify
 from frontfilter.config import BackendMode, Config, ConfigError, HostPort, config_warnings
 from frontfilter.delivery.queue import StoreAndForward
 from frontfilter.delivery.tls import load_client_context, reload_backend_tls
-from frontfilter.health import Health, watch_loop_lag
-from frontfilter.httpd import HttpEndpoint
-from frontfilter.pipeline import Pipeline, RuleBook
-from frontfilter.quarantine import expiry
+from frontfilter.endpoint.health import Health, watch_loop_lag
+from frontfilter.endpoint.httpd import HttpEndpoint
+from frontfilter.pipeline.stages import Pipeline, RuleBook
+from frontfilter.delivery.quarantine import expiry
 from frontfilter.rules.loader import load_ruleset
 from frontfilter.rules.model import RuleSetError
 from frontfilter.smtp.door import FrontDoor, open_front_door, reload_front_door
@@ -108,6 +109,7 @@ class Service:
         if config.metrics.listen is not None:
             await self._start_http(config)
         sockets = self._sockets if self._sockets is not None else [bind_listener(l.address) for l in config.listeners]
+        assert self.door is not None          # opened above, or the start stopped there
         self._servers = await start_servers(config, self.handler, self.door,
                                             list(zip(config.listeners, sockets)))
         for listener, server in zip(config.listeners, self._servers, strict=True):

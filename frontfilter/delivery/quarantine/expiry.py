@@ -5,10 +5,10 @@ Runs in one process of the service: the only one, or the worker in slot 0 with s
 one; see `runs_here`). N workers each sweeping would log and count every expiry N times.
 
 Every LEDGER_POLL it reads the records the `frontfilter quarantine` tool left
-(quarantine/ledger.py): each becomes one log line and one count, then is removed. Every
+(delivery/quarantine/ledger.py): each becomes one log line and one count, then is removed. Every
 `retention_period(max_age)` — about a minute, sooner when `quarantine.max_age` is short, so a
 message outlives its max_age by at most a tenth of it (and at least MIN_PERIOD) — it runs one
-retention pass (quarantine/retention.py): one `quarantine_expired` line and count per removed
+retention pass (delivery/quarantine/retention.py): one `quarantine_expired` line and count per removed
 message, then the gauges (messages, bytes, oldest age). A pass also follows any record, so the
 gauges show a release within LEDGER_POLL rather than a minute.
 
@@ -20,14 +20,12 @@ again when it is back; the relay goes on serving.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterable
 
 from frontfilter import observe
 from frontfilter.config import QuarantineConfig
-from frontfilter.quarantine import ledger, retention
-from frontfilter.supervisor import WORKER_SLOT_ENV
+from frontfilter.delivery.quarantine import ledger, retention
 from frontfilter.units import MINUTES, SECONDS
 
 RETENTION_PERIOD = 1 * MINUTES     # the pass: a scandir and a stat per held message
@@ -46,7 +44,7 @@ def retention_period(max_age: float) -> float:
 
 def runs_here() -> bool:
     """This process is the one of the service that runs the task (slot 0, or alone)."""
-    return os.environ.get(WORKER_SLOT_ENV) in (None, "0")
+    return observe.first_worker()
 
 
 class Expiry:

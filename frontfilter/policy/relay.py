@@ -26,7 +26,7 @@ from frontfilter import reply
 from frontfilter.config import Config, OutboundSenders
 from frontfilter.model import SessionFacts
 from frontfilter.reply import Reply
-from frontfilter.sendermap import SenderMap
+from frontfilter.policy.sendermap import SenderMap
 
 ADDRESS_FORM_REFUSED = Reply(550, "5.7.1", "Recipient address form not accepted")
 NON_ASCII_WITHOUT_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")

@@ -3,7 +3,7 @@
 The tool is a process of its own: its counters would die with it, and the relay's metrics live
 in the relay (in several workers' files with server.workers > 1, in a private directory). So
 each release, and each expiry the tool runs itself, leaves one small record here, written
-durably (safeio, owned by the daemon's user); the relay's periodic task (quarantine/expiry.py)
+durably (safeio, owned by the daemon's user); the relay's periodic task (delivery/quarantine/expiry.py)
 reads the records, logs each as one structured line, counts it
 (`frontfilter_quarantine_released_total{rule}`, `frontfilter_quarantine_expired_total{reason}`)
 and removes it. A record is written before the quarantine file is removed, so a release is
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from frontfilter.delivery import safeio
-from frontfilter.quarantine import store
+from frontfilter.delivery.quarantine import store
 
 EVENTS_DIR = ".events"
 RECORD_SUFFIX = ".json"
