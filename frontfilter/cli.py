@@ -157,7 +157,7 @@ def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None
 
 
 def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
-    """`server.workers` processes on shared sockets, under a supervisor (supervisor.py)."""
+    """`server.workers` processes on shared sockets, under a supervisor (process/supervisor.py)."""
     from frontfilter import observe
     from frontfilter.process.service import bind_listener
     from frontfilter.process.supervisor import Supervisor
@@ -227,7 +227,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from frontfilter.smtp.door import front_door_problems
 
     problems = front_door_problems(config) + backend_tls_problems(config)   # certificate, users, backend TLS
-    if config.relay.sender_map is not None:      # the login -> senders map (sendermap.py)
+    if config.relay.sender_map is not None:      # the login -> senders map (policy/sendermap.py)
         from frontfilter.policy.sendermap import SenderMapError, load_sender_map
 
         try:

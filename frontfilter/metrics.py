@@ -2,7 +2,7 @@
 
 Names are a contract with `grafana/frontfilter.json` and `deploy/prometheus/` (see DESIGN.md);
 `tests/observability/` checks both against a real Prometheus scraping a running relay.
-Business code never touches these objects: `observe.py` moves them, `httpd.py` serves them.
+Business code never touches these objects: `observe.py` moves them, `endpoint/httpd.py` serves them.
 
 Cardinality is bounded by construction. A label takes its values from one of three kinds:
 - a closed set declared below with `closed(...)` — observe maps anything else to `other`;
@@ -44,7 +44,7 @@ ProcessCollector(registry=REGISTRY)
 # collector stops the event loop while it runs; a closed session should leave it nothing.
 GCCollector(registry=REGISTRY)
 
-# Several workers (server.workers > 1, supervisor.py): each writes its values to files in
+# Several workers (server.workers > 1, process/supervisor.py): each writes its values to files in
 # $PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker sums them. A gauge says how: the spool
 # and backend gauges are the same fact seen by every worker ("max"); a rule or readiness gauge
 # is only as good as the worst worker ("min"). process_* are exported for the supervisor and

@@ -208,7 +208,7 @@ def first_worker() -> bool:
 
 
 def set_worker(pid: int) -> None:
-    """In a worker of several (supervisor.py): every line names it, `"worker": pid`, and its
+    """In a worker of several (process/supervisor.py): every line names it, `"worker": pid`, and its
     process metrics are exported under its slot (metrics.ProcessTree)."""
     _PROCESS_FIELDS["worker"] = pid
     metrics.announce_worker()
@@ -651,7 +651,7 @@ def http_request(path: str, code: int, client: str | None = None) -> None:
     _emit(logging.DEBUG, "http_request", path=label, code=code, client=client)
 
 
-# ---- several workers (supervisor.py) -------------------------------------------------------
+# ---- several workers (process/supervisor.py) -------------------------------------------------------
 
 def process_gone(pid: int) -> None:
     """A worker (or, before forking, the supervisor itself) no longer holds live gauges."""

@@ -90,7 +90,7 @@ class ServerConfig:
     session_timeout: float = conv(parse_duration, default=30 * MINUTES)  # whole connection
     shutdown_grace: float = conv(parse_duration, default=30 * SECONDS)
     smtputf8: bool = True
-    # Processes serving SMTP on the same sockets, spool and metrics (supervisor.py); "auto" is
+    # Processes serving SMTP on the same sockets, spool and metrics (process/supervisor.py); "auto" is
     # one per CPU. 1 is a single process, with nothing between systemd and the relay.
     workers: int = conv(parse_workers, default=1)
 

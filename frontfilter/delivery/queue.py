@@ -1,6 +1,6 @@
 """Queue mode, assembled: the spool, the forwarder, the worker and (optionally) verification.
 
-The composition root (`service.py`) builds one `StoreAndForward` in queue mode, starts it before
+The composition root (`process/service.py`) builds one `StoreAndForward` in queue mode, starts it before
 the SMTP listeners (so crash recovery has run before any new message arrives) and stops it after
 they closed. The pipeline gets `spool` (acknowledged writes, back-pressure) and `verifier`.
 

@@ -616,7 +616,7 @@ class Spool:
 
     async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:
         """Reserve, write in a spool thread, settle: for messages that are not inspected
-        first (DSNs). Client mail is written once its verdict is in (endofdata.py)."""
+        first (DSNs). Client mail is written once its verdict is in (pipeline/endofdata.py)."""
         reservation = self.reserve(len(data), force)
         if not isinstance(reservation, Reservation):
             return Spooled(reservation, reason="spool limits")

@@ -3,7 +3,7 @@
 - `GET /metrics`: the Prometheus text format (0.0.4) of `metrics.REGISTRY`.
 - `GET /healthz`: 200 "ok" whenever the event loop runs — it is answered *by* the SMTP event
   loop, so a wedged loop (the failure that matters) shows as a timeout, not as "alive".
-- `GET /readyz`: 200 "ready" or 503 "not ready", then one line per check (see `health.py`).
+- `GET /readyz`: 200 "ready" or 503 "not ready", then one line per check (see `endpoint/health.py`).
   The lines name the check and a short reason, never a path or a backend reply.
 - `HEAD` for each; anything else 404 (unknown path) or 405 (other method).
 

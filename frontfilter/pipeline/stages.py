@@ -57,7 +57,7 @@ from frontfilter.rules.facts import Facts
 from frontfilter.rules.engine import Rules
 from frontfilter.rules.model import Action, Mode, Rule, Verdict
 
-# Worker threads for inspection (and, in queue mode, the spool write: endofdata.py). libmagic
+# Worker threads for inspection (and, in queue mode, the spool write: pipeline/endofdata.py). libmagic
 # and big parses must not run on the event loop. Two per process: with more, the threads' Python
 # work takes the GIL from the event loop and delivery falls behind (bench, 5 KB, one process,
 # 6 interleaved runs each: 347 msgs/s delivered with 2 threads, 318 with 4); one process per

@@ -123,7 +123,7 @@ def own_domains(config: Config) -> frozenset[str]:
 def may_send_as(sender: Address, session: SessionFacts, senders: SenderMap | None,
                 own: frozenset[str] = frozenset()) -> Reply | None:
     """At MAIL: an authenticated user may use only the senders its login owns (a bounce, `<>`,
-    always). With `relay.sender_map`, those the map gives the login (sendermap.py). Without
+    always). With `relay.sender_map`, those the map gives the login (policy/sendermap.py). Without
     one, only itself: a login that is an address, that address; any other login, that name
     in one of our own domains (`own`) — never anyone else's address, so one stolen password
     cannot send as the whole company."""

@@ -7,8 +7,8 @@ set is loaded and validated whole in a worker thread and swapped in atomically b
 an invalid set is refused, logged with file, rule and key, and the old set keeps running.
 SIGHUP also reloads the TLS certificate, the AUTH users file and the backend TLS files
 (smtp/door.py): new handshakes use them, sessions in flight are not touched.
-With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see httpd.py) starts
-before the SMTP listeners, with the probes that keep readiness fresh (health.py).
+With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see endpoint/httpd.py) starts
+before the SMTP listeners, with the probes that keep readiness fresh (endpoint/health.py).
 In queue mode the spool is recovered (delivery/queue.py) before the listeners open.
 One process of the service (the only one, or worker 0) runs the quarantine's retention and
 reports what `frontfilter quarantine` did (delivery/quarantine/expiry.py).

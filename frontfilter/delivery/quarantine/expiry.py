@@ -1,7 +1,7 @@
 """The relay's quarantine task: retention, the tool's ledger, the quarantine gauges.
 
 Runs in one process of the service: the only one, or the worker in slot 0 with several
-(supervisor.py gives a replacement the slot of the worker it replaces, so there is always
+(process/supervisor.py gives a replacement the slot of the worker it replaces, so there is always
 one; see `runs_here`). N workers each sweeping would log and count every expiry N times.
 
 Every LEDGER_POLL it reads the records the `frontfilter quarantine` tool left
