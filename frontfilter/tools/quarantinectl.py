@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from frontfilter.config import Config
 from frontfilter.delivery import safeio
 from frontfilter.delivery.quarantine import ledger, retention, store
 from frontfilter.tools import release
+from frontfilter.tools import show as shown
 
 # `show` prints the message's header block up to this (inspection.max_header_bytes' default).
 MAX_SHOWN_HEADER_BYTES = 256 * 1024
@@ -66,30 +66,10 @@ def run(config: Config, action: str, ids: Sequence[str] = (), to: Sequence[str] 
 
 # ---- formatting ---------------------------------------------------------------------------
 
-def _size(n: int) -> str:
-    if n < 1024:
-        return str(n)
-    value = float(n)
-    for unit in ("K", "M", "G"):
-        value /= 1024
-        if value < 1024 or unit == "G":
-            break
-    return f"{value:.1f}{unit}"
 
 
-def _age(seconds: float) -> str:
-    seconds = int(max(0.0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _addresses(addresses: Sequence[str]) -> str:
@@ -150,10 +130,10 @@ def list_held(root: Path, now: float, as_json: bool = False) -> Result:
     for entry, meta in items:
         rule = (meta.rule or "-") + (" (legacy)" if meta.legacy else "")
         recipients = "(legacy: --to needed)" if meta.legacy else _addresses(meta.recipients)
-        lines.append(printable(f"{entry.id:<22} {_age(now - entry.mtime):>7} {_size(entry.size):>7}  "
+        lines.append(printable(f"{entry.id:<22} {shown.duration(now - entry.mtime):>7} {shown.size(entry.size):>7}  "
                                      f"{rule:<20}  <{meta.sender}> -> {recipients}"))
     total = sum(entry.size for entry, _ in items)
-    lines.append(f"-- {len(items)} message{'s' if len(items) != 1 else ''}, {_size(total)}"
+    lines.append(f"-- {len(items)} message{'s' if len(items) != 1 else ''}, {shown.size(total)}"
                  + (" bytes" if total < 1024 else ""))
     lines.extend(problems)
     return Result(lines, not problems)
@@ -185,7 +165,7 @@ def show(root: Path, queue_id: str, now: float, as_json: bool = False) -> Result
         session.append(f"AUTH {meta.auth_user}")
     lines = [f"quarantine id: {meta.id}" + ("  (legacy file: its envelope is not trusted)" if meta.legacy else ""),
              f"file:          {path}",
-             f"held:          {_when(meta.arrived)} UTC ({_age(now - meta.arrived)} ago)",
+             f"held:          {shown.utc(meta.arrived)} UTC ({shown.duration(now - meta.arrived)} ago)",
              f"client:        {meta.client or '-'} ({', '.join(session)})",
              f"sender:        <{meta.sender}>",
              f"recipients:    {_addresses(meta.recipients)}",
@@ -213,51 +193,43 @@ def show(root: Path, queue_id: str, now: float, as_json: bool = False) -> Result
 # ---- release, delete ----------------------------------------------------------------------------
 
 def release_all(config: Config, ids: Sequence[str], to: Sequence[str], rescan: bool, now: float) -> Result:
-    lines, ok = [], True
-    for queue_id in ids:
-        try:
-            _valid(queue_id)
-            lines.append(release.release_one(config, config.quarantine.dir, queue_id, to, rescan, now))
-        except (QuarantineToolError, release.ReleaseError) as error:
-            ok = False
-            lines.append(str(error))
-        except safeio.Gone:
-            ok = False
-            lines.append(f"{queue_id}: not in the quarantine (released, deleted or expired already?)")
-        except safeio.Busy:
-            ok = False
-            lines.append(f"{queue_id}: busy (another process is releasing, deleting or expiring it): skipped")
-        except store.QuarantineFormatError as error:
-            ok = False
-            lines.append(f"{queue_id}: {error}: not released")
-        except OSError as error:
-            ok = False
-            where = f"{error.filename}: " if error.filename else ""
-            lines.append(f"{queue_id}: {where}{error.strerror or error}: not released (still held)")
-    return Result(lines, ok)
+    return _each(ids, "released", lambda queue_id: release.release_one(
+        config, config.quarantine.dir, queue_id, to, rescan, now))
 
 
 def delete(root: Path, ids: Sequence[str]) -> Result:
     """Remove held messages for good, each under its lock (none waited for)."""
+    def remove(queue_id: str) -> str:
+        path = store.find(root, queue_id)
+        if path is None:
+            raise safeio.Gone(queue_id)
+        with safeio.lock_file(path):
+            safeio.unlink_durably(path)
+        return f"{queue_id}: deleted"
+    return _each(ids, "deleted", remove)
+
+
+def _each(ids: Sequence[str], done: str, act: Callable[[str], str]) -> Result:
+    """`act` on each id (valid ones only), and one line for each: what it did, or what stopped
+    it (the message then stays held)."""
     lines, ok = [], True
     for queue_id in ids:
         try:
             _valid(queue_id)
-            path = store.find(root, queue_id)
-            if path is None:
-                raise safeio.Gone(queue_id)
-            with safeio.lock_file(path):
-                safeio.unlink_durably(path)
-            lines.append(f"{queue_id}: deleted")
-        except QuarantineToolError as error:
-            ok = False
+            lines.append(act(queue_id))
+            continue
+        except (QuarantineToolError, release.ReleaseError) as error:
             lines.append(str(error))
         except safeio.Gone:
-            ok = False
             lines.append(f"{queue_id}: not in the quarantine (released, deleted or expired already?)")
         except safeio.Busy:
-            ok = False
             lines.append(f"{queue_id}: busy (another process is releasing, deleting or expiring it): skipped")
+        except store.QuarantineFormatError as error:
+            lines.append(f"{queue_id}: {error}: not {done}")
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            lines.append(f"{queue_id}: {where}{error.strerror or error}: not {done} (still held)")
+        ok = False
     return Result(lines, ok)
 
 
@@ -271,13 +243,13 @@ def expire(config: Config, now: float) -> Result:
     for removed in swept.removed:
         ledger.record(settings.dir, "expired", removed.id, reason=removed.reason, rule=removed.rule,
                       sender=removed.sender, age=round(removed.age), size=removed.size, legacy=removed.legacy)
-        why = (f"held {_age(removed.age)}, quarantine.max_age is {_age(settings.max_age)}"
-               if removed.reason == "age" else f"quarantine over quarantine.max_size ({_size(settings.max_size)})")
+        why = (f"held {shown.duration(removed.age)}, quarantine.max_age is {shown.duration(settings.max_age)}"
+               if removed.reason == "age" else f"quarantine over quarantine.max_size ({shown.size(settings.max_size)})")
         lines.append(f"{removed.id}: expired ({why}; rule {removed.rule or '-'})")
     for queue_id in swept.busy:
         lines.append(f"{queue_id}: due, but busy (being released or deleted): skipped")
     lines.append(f"-- {len(swept.removed)} removed; {swept.messages} message{'s' if swept.messages != 1 else ''}"
-                 f" held, {_size(swept.bytes)}" + (" bytes" if swept.bytes < 1024 else "")
-                 + (f", oldest {_age(swept.oldest_age)}" if swept.messages else ""))
+                 f" held, {shown.size(swept.bytes)}" + (" bytes" if swept.bytes < 1024 else "")
+                 + (f", oldest {shown.duration(swept.oldest_age)}" if swept.messages else ""))
     return Result(lines, not swept.busy)
 

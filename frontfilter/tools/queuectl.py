@@ -23,13 +23,13 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from frontfilter.delivery import safeio
 from frontfilter.delivery.spool import (
     MAGIC, MAX_ENVELOPE_BYTES, VALID_ID, DeliveryState, Envelope, Layout, SpoolFormatError,
     open_message, parse_envelope, parse_message, read_state, scan)
+from frontfilter.tools import show as shown
 
 # An attempt in flight holds the lock at most a few backend timeouts; waiting this long covers
 # a normal one, and past it the administrator is told to try again rather than left hanging.
@@ -84,19 +84,8 @@ def dead_letter_count(layout: Layout) -> int:
 
 # ---- formatting ---------------------------------------------------------------------------
 
-def _size(n: int) -> str:
-    if n < 1024:
-        return str(n)
-    value = float(n)
-    for unit in ("K", "M", "G"):
-        value /= 1024
-        if value < 1024 or unit == "G":
-            break
-    return f"{value:.1f}{unit}"
 
 
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _relative(seconds: float) -> str:
@@ -120,13 +109,13 @@ def format_list(listed: Sequence[Listed], problems: Sequence[str], dead: int, no
             pending = state.pending()
             next_try = _relative(state.next_attempt - now) if pending else "-"
             sender = f"<{env.sender}>" + (f" (report on {env.dsn_for})" if env.dsn_for else "")
-            lines.append(f"{env.id:<22} {_size(env.size):>7}  {_when(env.arrived):<19}  "
+            lines.append(f"{env.id:<22} {shown.size(env.size):>7}  {shown.utc(env.arrived):<19}  "
                          f"{state.attempts:>5}  {next_try:<10}  {sender}")
             for recipient in state.recipients:
                 last = f": {recipient.detail}" if recipient.detail else ""
                 lines.append(f"    {recipient.status.value:<9} <{recipient.address}>{last}")
         total = sum(item.envelope.size for item in listed)
-        lines.append(f"-- {len(listed)} message{'s' if len(listed) != 1 else ''}, {_size(total)}"
+        lines.append(f"-- {len(listed)} message{'s' if len(listed) != 1 else ''}, {shown.size(total)}"
                      + (" bytes" if total < 1024 else ""))
         lines.extend(f"unreadable: {p}" for p in problems)
     if dead:
@@ -160,12 +149,12 @@ def show(layout: Layout, queue_id: str) -> tuple[list[str], bytes]:
         state = read_state(layout, envelope, dead)
         lines = [f"queue id:   {envelope.id}" + ("  (dead letter)" if dead else ""),
                  f"file:       {path}",
-                 f"arrived:    {_when(envelope.arrived)} UTC from {envelope.client or '-'}"
+                 f"arrived:    {shown.utc(envelope.arrived)} UTC from {envelope.client or '-'}"
                  f" (HELO {envelope.helo or '-'})",
                  f"sender:     <{envelope.sender}>",
                  f"options:    {' '.join(envelope.options) or '-'}",
                  f"size:       {envelope.size} bytes",
-                 f"attempts:   {state.attempts}" + (f", next {_when(state.next_attempt)} UTC"
+                 f"attempts:   {state.attempts}" + (f", next {shown.utc(state.next_attempt)} UTC"
                                                      if state.pending() and not dead else "")]
         if envelope.dsn_for:
             lines.append(f"reports on: {envelope.dsn_for}")
