@@ -112,7 +112,8 @@ def _valid(queue_id: str) -> None:
 # ---- list -----------------------------------------------------------------------------------
 
 def list_held(root: Path, now: float, as_json: bool = False) -> Result:
-    """One line per held message, oldest first: id, age, size, rule, sender -> recipients."""
+    """One line per held message, oldest first: id, age, the message's size, rule, sender ->
+    recipients; then the count and the room the files take on disk (what max_size bounds)."""
     items, problems = [], []
     for entry in store.scan(root):
         try:
@@ -130,11 +131,11 @@ def list_held(root: Path, now: float, as_json: bool = False) -> Result:
     for entry, meta in items:
         rule = (meta.rule or "-") + (" (legacy)" if meta.legacy else "")
         recipients = "(legacy: --to needed)" if meta.legacy else _addresses(meta.recipients)
-        lines.append(printable(f"{entry.id:<22} {shown.duration(now - entry.mtime):>7} {shown.size(entry.size):>7}  "
+        lines.append(printable(f"{entry.id:<22} {shown.duration(now - entry.mtime):>7} {shown.size(meta.size):>7}  "
                                      f"{rule:<20}  <{meta.sender}> -> {recipients}"))
     total = sum(entry.size for entry, _ in items)
     lines.append(f"-- {len(items)} message{'s' if len(items) != 1 else ''}, {shown.size(total)}"
-                 + (" bytes" if total < 1024 else ""))
+                 + (" bytes" if total < 1024 else "") + " on disk")
     lines.extend(problems)
     return Result(lines, not problems)
 
