@@ -153,6 +153,12 @@ class LimitsConfig:
     connection_rate_window: float = conv(parse_duration, default=1 * MINUTES)
     tarpit_after: int = 3               # errors in a session answered at full speed
     tarpit_delay: float = conv(parse_duration, default=1 * SECONDS)    # before each later one
+    # A command line or a message sent slower than this (bytes per second, from its first byte,
+    # once min_data_rate_grace has passed) ends the session: a client dribbling a byte now and
+    # then would hold its slot for command_timeout per byte, data_timeout per message. 500
+    # B/s, Postfix's smtpd_min_data_rate, is slower than any link that still carries mail.
+    min_data_rate: int = 500
+    min_data_rate_grace: float = conv(parse_duration, default=10 * SECONDS)
 
 
 @dataclass(frozen=True)

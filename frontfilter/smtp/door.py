@@ -39,6 +39,8 @@ class FrontDoor:
     proxy_timeout: float = 10.0
     tarpit_after: int = 0          # errors answered at full speed in one session
     tarpit_delay: float = 0.0      # seconds before each later error reply
+    min_data_rate: int = 0         # bytes per second a client's turn may not fall under (0: off)
+    min_data_rate_grace: float = 0.0   # seconds of a turn before its rate is judged
 
     @classmethod
     def from_config(cls, config: Config, certificate: ServerCertificate | None = None,
@@ -51,7 +53,8 @@ class FrontDoor:
                 exempt=config.relay.trusted_networks),
             certificate=certificate, authenticator=authenticator,
             proxy_networks=config.proxy.networks, proxy_timeout=config.proxy.timeout,
-            tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay)
+            tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay,
+            min_data_rate=limits.min_data_rate, min_data_rate_grace=limits.min_data_rate_grace)
 
     def proxy_allowed(self, peer: Peer) -> bool:
         return any(peer.ip in network for network in self.proxy_networks)

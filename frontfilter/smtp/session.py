@@ -12,6 +12,8 @@ it answers and logs it when it refuses or closes.
 
 Bounds, each a reply and a log line: `server.command_timeout` without input (`421 4.4.2`),
 `server.data_timeout` for a whole DATA phase, `server.session_timeout` for the connection,
+`limits.min_data_rate` for what a client sends between two of our replies (a command, a
+message), measured from its first byte once `limits.min_data_rate_grace` has passed,
 `HANDSHAKE_TIMEOUT` for TLS, `proxy.timeout` for the PROXY header. Past `limits.tarpit_after`
 error replies each error waits `limits.tarpit_delay`. Backpressure: a client that pipelines
 faster than it reads our replies stops being read (`pause_reading`) once the transport's write
@@ -78,6 +80,8 @@ class SmtpSession(asyncio.Protocol):
         self._deciding = False        # the handler is deciding a message the client has sent
         self._close_after: tuple[Reply, str] | None = None    # a close held until that decision
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._sending_since: float | None = None    # the client's turn began (its first byte)
+        self._sent = 0                              # bytes of that turn so far
         self._task: asyncio.Task[None] | None = None
 
     # ---- transport callbacks ----------------------------------------------------------------
@@ -91,7 +95,10 @@ class SmtpSession(asyncio.Protocol):
         self._task = self._loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self._loop.time()
+        now = self._last_activity = self._loop.time()
+        if self._too_slow(now, len(data)):
+            self._end(reply.TOO_SLOW, "min_data_rate")
+            return
         if self._tls is not None:
             data = self._decrypt(data)
             if not data:
@@ -101,6 +108,17 @@ class SmtpSession(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _too_slow(self, now: float, size: int) -> bool:
+        """What the client sent since our last reply, from its first byte: under
+        `limits.min_data_rate` once the grace has passed? (Time before the first byte is the
+        client thinking, or waiting for us: not counted; command_timeout bounds it.)"""
+        if self._sending_since is None:
+            self._sending_since, self._sent = now, 0
+        self._sent += size
+        took = now - self._sending_since
+        rate = self.door.min_data_rate
+        return rate > 0 and took > self.door.min_data_rate_grace and self._sent < rate * took
 
     def eof_received(self) -> bool:
         """The client stopped sending: the commands it pipelined before that are still
@@ -475,6 +493,7 @@ class SmtpSession(asyncio.Protocol):
         stage = self.core.stage
         self._write(self.core.send(answer))
         self._last_activity = self._loop.time()
+        self._sending_since = None          # the client's next turn: its rate is measured afresh
         observe.reply_sent(stage, str(answer.code))
         ours = answer is reply.INTERNAL_ERROR or answer is reply.NOT_READY    # our failure, not the client's
         if reason and (answer.code == 421 or (answer.close and answer.code != 221)):
