@@ -7,6 +7,8 @@ and config, decided before any rule.
 """
 
 from frontfilter.policy.relay import (
+    SENDER_NOT_OURS,
+    SENDER_NOT_OWNED,
     Address,
     may_relay,
     may_relay_out_as,
@@ -16,5 +18,5 @@ from frontfilter.policy.relay import (
     parse_sender,
 )
 
-__all__ = ["Address", "may_relay", "may_relay_out_as", "may_send_as", "own_domains", "parse_recipient",
+__all__ = ["SENDER_NOT_OURS", "SENDER_NOT_OWNED", "Address", "may_relay", "may_relay_out_as", "may_send_as", "own_domains", "parse_recipient",
            "parse_sender"]
