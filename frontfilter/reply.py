@@ -99,7 +99,6 @@ INSPECTION_TIMEOUT = Reply(451, "4.3.0", "Message could not be checked in time, 
 # line above). The text does not say which check: the log does.
 SCAN_UNAVAILABLE = Reply(451, "4.3.0", "Message could not be checked, try again later")
 BACKEND_UNAVAILABLE = Reply(451, "4.4.1", "Next hop unavailable, try again later")
-BACKEND_PARTIAL = Reply(451, "4.4.0", "Not all recipients could be handed on, try again later")
 TEMPFAIL = Reply(451, "4.7.1", "Message temporarily refused, try again later")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
@@ -135,7 +134,6 @@ REJECTED = Reply(554, "5.7.1", "Message rejected by policy")
 
 # The front door: STARTTLS (RFC 3207), AUTH (RFC 4954), listener roles.
 TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
-TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available due to temporary reason")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")

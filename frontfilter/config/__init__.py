@@ -18,46 +18,15 @@ Config knows nothing of the other layers: it imports only `units`.
 from frontfilter.config.checks import CREDENTIALS_ROOT, config_warnings, credential_files_not_there_yet
 from frontfilter.config.loader import build_config, load_config
 from frontfilter.config.sections import (
-    OPEN_RELAY_CONFIRMATION,
-    AntivirusConfig,
-    AuthConfig,
-    AuthMode,
-    BackendConfig,
-    BackendMode,
-    BackendTls,
-    Config,
-    DnsblConfig,
-    DnsConfig,
-    GreylistConfig,
-    InspectionConfig,
-    LimitsConfig,
-    ListenerConfig,
-    LogConfig,
-    LogFormat,
-    MetricsConfig,
-    OnError,
-    OutboundSenders,
-    ProxyConfig,
-    QuarantineConfig,
-    QuarantineOutcome,
-    RelayConfig,
-    RulesConfig,
-    ServerConfig,
-    SpfConfig,
-    SpoolConfig,
-    TlsConfig,
-    TlsMode,
-    TlsVersion,
+    OPEN_RELAY_CONFIRMATION, AntivirusConfig, AuthConfig, AuthMode, BackendConfig, BackendMode,
+    BackendTls, Config, DnsblConfig, DnsConfig, GreylistConfig, InspectionConfig, LimitsConfig,
+    ListenerConfig, LogConfig, LogFormat, MetricsConfig, OnError, OutboundSenders, ProxyConfig,
+    QuarantineConfig, QuarantineOutcome, RelayConfig, RulesConfig, ServerConfig, SpfConfig,
+    SpoolConfig, TlsConfig, TlsMode, TlsVersion
 )
 from frontfilter.config.values import (
-    ConfigError,
-    DnsListConfig,
-    HostPort,
-    ReplyCode,
-    parse_dns_list,
-    parse_host_port,
-    parse_network,
-    parse_workers,
+    ConfigError, DnsListConfig, HostPort, ReplyCode, parse_dns_list, parse_host_port, parse_network,
+    parse_workers
 )
 
 __all__ = [

@@ -102,7 +102,7 @@ async def open_connection(config: BackendConfig, server: HostPort, helo_name: st
 class BackendSession:
     """A connection to the first backend that answers, for one client session."""
 
-    def __init__(self, config: BackendConfig, helo_name: str, queue_id_hint: str | None = None):
+    def __init__(self, config: BackendConfig, helo_name: str):
         self._config = config
         self._helo_name = config.helo_name or helo_name
         self._smtp: aiosmtplib.SMTP | None = None

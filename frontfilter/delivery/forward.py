@@ -55,7 +55,6 @@ class Attempt:
 
     backend: str
     results: tuple[BackendReply, ...]
-    data_sent: bool                  # DATA went out: a lost reply may mean a duplicate later
 
 
 @dataclass(frozen=True)
@@ -208,7 +207,7 @@ class Forwarder:
                                         queue_id=queue_id, detail=last.describe())
                 break
         reply = last or self.skipped_because()
-        return Attempt(reply.backend, tuple(reply for _ in recipients), data_sent=False)
+        return Attempt(reply.backend, tuple(reply for _ in recipients))
 
     async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: bytes,
                            options: Sequence[str], head: bytes = b"") -> Attempt | _Failover:
@@ -223,14 +222,14 @@ class Forwarder:
             reply = _from_response(error.code, error.message, name)
             if reply.outcome is Outcome.PERMANENT:
                 await self._reset(conn)
-                return Attempt(name, tuple(reply for _ in recipients), False)
+                return Attempt(name, tuple(reply for _ in recipients))
             await self.release(conn, reusable=False)
             return _Failover(reply, connection_lost=error.code in SESSION_BROKEN)
         except UnicodeEncodeError:
             await self._reset(conn)
             reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7",
                                  "non-ASCII sender and the backend lacks SMTPUTF8", name)
-            return Attempt(name, tuple(reply for _ in recipients), False)
+            return Attempt(name, tuple(reply for _ in recipients))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             await self.release(conn, reusable=False)
             return _Failover(_connection_failure(name, error), connection_lost=True)
@@ -254,7 +253,7 @@ class Forwarder:
                 return _Failover(_connection_failure(name, error), connection_lost=True)
         if all(r is not None for r in results):
             await self._reset(conn)
-            return Attempt(name, tuple(r for r in results if r is not None), False)
+            return Attempt(name, tuple(r for r in results if r is not None))
 
         try:
             response = await wire.send_data(smtp, data, head)
@@ -268,7 +267,7 @@ class Forwarder:
             reusable = False
         await self.release(conn, reusable=reusable)
         final = tuple(outcome if r is None else r for r in results)
-        return Attempt(name, final, data_sent=True)
+        return Attempt(name, final)
 
     async def _reset(self, conn: _Connection) -> None:
         try:

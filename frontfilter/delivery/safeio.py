@@ -248,17 +248,6 @@ def lock_file(path: Path, wait: float = 0.0) -> LockedFile:
         return LockedFile(path, fd)
 
 
-def is_locked(path: Path) -> bool:
-    """True when someone holds the file's lock now (it is being delivered or written)."""
-    try:
-        with lock_file(path):
-            return False
-    except Busy:
-        return True
-    except Gone:
-        return False
-
-
 def discard_stale_temps(temp_dir: Path) -> int:
     """Remove temporary files whose writer is gone (no lock held). Returns how many."""
     removed = 0

@@ -175,9 +175,6 @@ class Worker:
         await self.forwarder.close()
         return cut
 
-    def wake(self) -> None:
-        self._wake.set()
-
     # ---- the index ---------------------------------------------------------------------
 
     def _spooled(self, message: Message) -> None:

@@ -57,10 +57,6 @@ class SenderMap:
             return "@" in login and address == login.lower()
         return address in self.addresses[login] or domain in self.domains[login]
 
-
-EMPTY = SenderMap({}, {})
-
-
 def parse_sender_map(text: str, label: str) -> SenderMap:
     addresses: dict[str, frozenset[str]] = {}
     domains: dict[str, frozenset[str]] = {}

@@ -79,9 +79,6 @@ class RuleSet:
         """Stages that have at least one rule: the pipeline may skip evaluating the others."""
         return frozenset(self._by_stage)
 
-    def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
-        return self._by_stage.get(stage, ())
-
     def reads(self, stage: Stage) -> frozenset[str]:
         """The condition keys (`client.dnsbl_score`, `spf.result`, ...) that the rules of `stage`
         read, monitor rules included: the pipeline gathers costly facts (DNS, greylisting) only

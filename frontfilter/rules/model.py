@@ -136,6 +136,3 @@ class RuleSetError(Exception):
     def __init__(self, errors: list[str]) -> None:
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
-
-
-EMPTY_VERDICT = Verdict()

@@ -29,7 +29,6 @@ from frontfilter.model import CrlfText, DotFreeText
 CRLF = b"\r\n"
 TERMINATOR = b"\r\n.\r\n"
 DOT_LINE = b"\r\n."   # a line starting with a dot: the terminator, or a dot-stuffed line
-CHUNK = 64 * 1024     # read size; the terminator search keeps the last 4 bytes across reads
 
 
 class DataProblem(enum.Enum):

@@ -94,9 +94,6 @@ class ConnectionLimits:
             self._open.pop(key, None)
         self.total = max(0, self.total - 1)
 
-    def open_from(self, ip: IPAddress) -> int:
-        return self._open.get(client_key(ip), 0)
-
     def _note_arrival(self, key: object) -> bool:
         """Record an arrival; False (not recorded) when the window is already full."""
         now = self._clock()
