@@ -171,6 +171,15 @@ def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
 
     # The supervisor's own gauge files would count as a worker that is never ready.
     observe.process_gone(os.getpid())
+    # Sessions per client address, counted for the whole service: made now, inherited by each
+    # worker at its fork; a worker's row is cleared when it ends (smtp/shared_counts.py).
+    from frontfilter.smtp import shared_counts
+
+    counts = shared_counts.create(config.server.workers)
+
+    def worker_ended(pid: int, slot: int) -> None:
+        counts.clear_row(slot)
+        observe.process_gone(pid)
 
     def serve() -> int:                # in each forked worker
         observe.set_worker(os.getpid())
@@ -183,7 +192,7 @@ def _serve_workers(config: Any, sockets: list[Any] | None) -> int:
         return EXIT_OK
 
     return Supervisor(config.server.workers, serve, config.server.shutdown_grace,
-                      log=observe.supervisor_event, on_worker_exit=observe.process_gone).run()
+                      log=observe.supervisor_event, on_worker_exit=worker_ended).run()
 
 
 def _activated_sockets(config: Any) -> list[Any] | None:

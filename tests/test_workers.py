@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.harness import REPO, RecordingSink, Relay, eventually, send, write_config
+from tests.harness import REPO, RawClient, RecordingSink, Relay, eventually, send, write_config
 from tests.observability.promql import dashboard_queries
 from tests.requires import installed
 
@@ -326,3 +326,48 @@ def test_check_names_a_bad_workers_value(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 1
     assert done.stderr.strip().endswith("""server.workers: expected a number of processes or "auto", got 'many'""")
+
+
+PER_IP = 3
+CLIENTS = 40
+
+
+def test_the_per_address_limit_holds_for_the_service_not_each_worker(tmp_path: Path, sink: RecordingSink) -> None:
+    """`limits.max_connections_per_ip` counts a client's sessions in every worker: forty
+    sessions from one address, spread by the kernel over two workers, get three greetings,
+    not three per worker; a session that ends gives its slot back."""
+    relay = start(tmp_path, sink, limits={"max_connections_per_ip": PER_IP, "connection_rate_per_ip": 0})
+    clients: list[RawClient] = []
+    try:
+        greetings = []
+        for _ in range(CLIENTS):
+            client = RawClient(relay.port)
+            clients.append(client)
+            greetings.append(client.read_reply()[:9])
+        assert sorted(greetings) == ["220 mx.te"] * PER_IP + ["421 4.7.0"] * (CLIENTS - PER_IP), greetings
+        def refusals() -> list[dict] | None:
+            found = [e for e in relay.events("connection_refused") if e.get("limit") == "per_ip"]
+            return found if len(found) == CLIENTS - PER_IP else None
+        assert {e["worker"] for e in eventually(refusals)} <= set(worker_pids(relay))     # logged, each
+        for client in clients:
+            client.close()
+        clients.clear()
+        # The slots come back: three new sessions are greeted again.
+        again = eventually(lambda: _greeted(relay.port, clients))
+        assert again == ["220 mx.te"] * PER_IP
+    finally:
+        for client in clients:
+            client.close()
+        relay.stop()
+
+
+def _greeted(port: int, clients: list[RawClient]) -> list[str] | None:
+    """Open PER_IP sessions; their greetings, or None (closed again) while slots are still held."""
+    opened = [RawClient(port) for _ in range(PER_IP)]
+    answers = [client.read_reply()[:9] for client in opened]
+    if all(answer.startswith("220") for answer in answers):
+        clients.extend(opened)
+        return answers
+    for client in opened:
+        client.close()
+    return None

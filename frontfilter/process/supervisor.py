@@ -77,7 +77,7 @@ class Supervisor:
     serve: Callable[[], int]          # runs one worker's service in the forked child; its exit code
     shutdown_grace: float
     log: Callable[..., None]          # (event, **fields): the supervisor's own log lines
-    on_worker_exit: Callable[[int], None] = lambda pid: None
+    on_worker_exit: Callable[[int, int], None] = lambda pid, slot: None     # (pid, its slot)
     workers: dict[int, _Worker] = field(default_factory=dict)
     _stopping: bool = False
     _reloading: bool = False
@@ -172,7 +172,7 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            self.on_worker_exit(pid)
+            self.on_worker_exit(pid, worker.slot)
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 self.log("worker_stopped", pid=pid, exit_code=code)

@@ -26,6 +26,7 @@ from frontfilter.config import Config, ConfigError, TlsMode, credential_files_no
 from frontfilter.model import IPAddress, Peer
 from frontfilter.smtp.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
+from frontfilter.smtp import shared_counts
 from frontfilter.smtp.limits import ConnectionLimits, Network
 from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, read_certificate, server_context
 
@@ -50,7 +51,7 @@ class FrontDoor:
             limits=ConnectionLimits(
                 max_connections=limits.max_connections, max_per_ip=limits.max_connections_per_ip,
                 rate_per_ip=limits.connection_rate_per_ip, rate_window=limits.connection_rate_window,
-                exempt=config.relay.trusted_networks),
+                exempt=config.relay.trusted_networks, shared=shared_counts.for_this_worker()),
             certificate=certificate, authenticator=authenticator,
             proxy_networks=config.proxy.networks, proxy_timeout=config.proxy.timeout,
             tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay,

@@ -18,6 +18,9 @@ Bounds and why:
 - IPv6 clients are counted per /64 (`IPV6_PREFIX`): one host commonly holds a whole /64, so
   counting single addresses would let it take 2**64 slots.
 
+- With several workers, `max_connections_per_ip` holds for the service (the count is shared:
+  smtp/shared_counts.py); `max_connections` and the rate are each worker's.
+
 A limit of 0 means "no limit". Clients in the exempt networks (the relay's trusted networks)
 are never refused by the per-address limits; the total still counts them.
 """
@@ -31,6 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from frontfilter.model import IPAddress
+from frontfilter.smtp.shared_counts import SharedCounts
 
 IPV6_PREFIX = 64
 TRACKED_ADDRESSES_MAX = 100_000
@@ -56,7 +60,8 @@ class Limit(enum.Enum):
 
 class ConnectionLimits:
     def __init__(self, *, max_connections: int, max_per_ip: int, rate_per_ip: int,
-                 rate_window: float, exempt: Iterable[Network] = (), clock: Clock = time.monotonic):
+                 rate_window: float, exempt: Iterable[Network] = (), clock: Clock = time.monotonic,
+                 shared: SharedCounts | None = None):
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
         self.rate_per_ip = rate_per_ip
@@ -66,6 +71,8 @@ class ConnectionLimits:
         self.total = 0
         self._open: dict[object, int] = {}
         self._recent: OrderedDict[object, deque[float]] = OrderedDict()
+        # Several workers: the per-address count is the service's (smtp/shared_counts.py).
+        self._shared = shared
 
     def acquire(self, ip: IPAddress) -> Limit | None:
         """Take a slot for a new session from `ip`: None if admitted, else the limit it hit.
@@ -77,16 +84,25 @@ class ConnectionLimits:
         exempt = any(ip in network for network in self._exempt)
         key = client_key(ip)
         if not exempt:
-            if self.max_per_ip and self._open.get(key, 0) >= self.max_per_ip:
+            if self.max_per_ip and self._sessions_of(key) >= self.max_per_ip:
                 return Limit.PER_IP
             if self.rate_per_ip and not self._note_arrival(key):
                 return Limit.RATE
         self.total += 1
         self._open[key] = self._open.get(key, 0) + 1
+        if self._shared is not None:
+            self._shared.add(self._shared.bucket(key), 1)
         return None
+
+    def _sessions_of(self, key: object) -> int:
+        if self._shared is not None:
+            return self._shared.count(self._shared.bucket(key))
+        return self._open.get(key, 0)
 
     def release(self, ip: IPAddress) -> None:
         key = client_key(ip)
+        if self._shared is not None and key in self._open:
+            self._shared.add(self._shared.bucket(key), -1)
         left = self._open.get(key, 0) - 1
         if left > 0:
             self._open[key] = left
