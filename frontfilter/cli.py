@@ -270,7 +270,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in unanswering_resolvers(config.dns, probe):
             print(f"{config.path}: dns.resolvers: warning: {problem}: the DNS checks would fail "
                   "(dns.error)", file=sys.stderr)
+    from frontfilter.config.checks import memory_bound
+
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
+    print(f"{args.config}: {memory_bound(config)}")
     return EXIT_OK
 
 

@@ -119,7 +119,28 @@ def _hidden_limit_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: limits.max_connections_per_ip: must be less than limits.max_connections "
                         f"({limits.max_connections_per_ip} >= {limits.max_connections}): "
                         f"the total limit is always reached first")
+    # A message of max_message_size must fit, or the largest mail allowed could never be taken.
+    if limits.max_data_in_memory and limits.max_data_in_memory < server.max_message_size:
+        problems.append(f"{label}: limits.max_data_in_memory: must be at least server.max_message_size "
+                        f"({limits.max_data_in_memory} < {server.max_message_size} bytes): the largest "
+                        f"message allowed could never be taken")
     return problems
+
+
+def memory_bound(config: Config) -> str:
+    """The most DATA the relay can hold in memory, for `frontfilter check` (smtp/budget.py)."""
+    workers = config.server.workers
+    per_worker = config.limits.max_data_in_memory
+    if not per_worker:
+        worst = config.limits.max_connections * config.server.max_message_size
+        return (f"DATA in memory: no bound (limits.max_data_in_memory = 0): up to {_mib(worst)} a worker "
+                f"(max_connections x max_message_size)")
+    many = f", {_mib(per_worker * workers)} for {workers} workers" if workers > 1 else ""
+    return f"DATA in memory: at most {_mib(per_worker)} a worker{many} (limits.max_data_in_memory)"
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
 
 
 def _seconds(value: float) -> str:

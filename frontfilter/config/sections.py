@@ -159,6 +159,10 @@ class LimitsConfig:
     # B/s, Postfix's smtpd_min_data_rate, is slower than any link that still carries mail.
     min_data_rate: int = 500
     min_data_rate_grace: float = conv(parse_duration, default=10 * SECONDS)
+    # DATA held in memory by one relay process at once (each message from its first byte to its
+    # verdict); past it a message is drained and answered 452 4.3.1. 0: no bound (then
+    # max_connections x server.max_message_size is the worst case). smtp/budget.py.
+    max_data_in_memory: int = conv(parse_size, default=256 * MiB)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from frontfilter import reply
 from frontfilter.reply import Reply
 from frontfilter.smtp import proxy
+from frontfilter.smtp.budget import DataBudget
 from frontfilter.smtp.data import DataCollector, DataProblem
 from frontfilter.smtp.paths import parse_path
 
@@ -133,6 +134,7 @@ class CoreLimits:
     max_commands: int = 1000            # junk commands per session
     max_errors: int = 10                # error replies since the last message taken
     smtputf8: bool = True
+    budget: DataBudget | None = None    # DATA held in memory by the whole process (budget.py)
 
 
 class SmtpCore:
@@ -155,6 +157,7 @@ class SmtpCore:
         self._pending: Event | None = None     # given out by next_event, not yet answered
         self._queued: Answer | None = None     # a limit's closing reply, due next
         self._collector: DataCollector | None = None
+        self._deciding: DataCollector | None = None    # the message with the handler: its bytes held
         self._skipping = False          # inside an over-long line: dropped up to its LF
         self._skip_bare = False         # a bare CR in what was dropped of it
         self._skip_cr = False           # what was dropped of it ended with a CR
@@ -244,8 +247,10 @@ class SmtpCore:
         message, problem = collector.result()
         self.stage = "data"
         if problem is not None:
+            collector.release()
             return Answer(_DATA_REPLIES[problem], _DATA_VIOLATIONS.get(problem, problem.value))
         assert message is not None
+        self._deciding = collector      # held until its verdict is sent (send, close)
         return Message(message)
 
     def _command(self) -> Event | None:
@@ -394,6 +399,8 @@ class SmtpCore:
             return Answer(reply.NEED_RCPT, "DATA before RCPT")
         if arg:
             return Answer(reply.SYNTAX_ARGUMENT.with_text("Syntax: DATA"), "DATA with an argument")
+        if self.limits.budget is not None and self.limits.budget.spent:
+            return Answer(reply.NO_ROOM_FOR_DATA, "limits.max_data_in_memory spent")
         return Answer(reply.START_DATA)
 
     def _rset(self, arg: str) -> Event:
@@ -447,7 +454,7 @@ class SmtpCore:
         if answer.close or answer.code == 421:
             self.mode = Mode.CLOSED
             self._buffer.clear()
-            self._collector = None
+            self._release()
         elif self.is_error(answer):
             self.errors += 1
         if self.mode is not Mode.CLOSED and self._queued is None:
@@ -479,12 +486,13 @@ class SmtpCore:
         elif isinstance(event, Answer) and event.reply.code == 354 and answer.code == 354:
             self.mode = Mode.DATA
             self._collector = DataCollector(max_size=self.limits.max_message_size,
-                                            max_line=self.limits.max_line_length)
+                                            max_line=self.limits.max_line_length, budget=self.limits.budget)
             if self._buffer:           # the message pipelined behind DATA
                 data = bytes(self._buffer)
                 self._buffer.clear()
                 self._feed_message(data)
         elif isinstance(event, Message) or (isinstance(event, Answer) and self.mode is Mode.DATA):
+            self._release()
             self.mode = Mode.COMMAND
             self.in_transaction, self.recipients = False, 0
             if success:
@@ -519,7 +527,14 @@ class SmtpCore:
     def close(self) -> None:
         self.mode = Mode.CLOSED
         self._buffer.clear()
-        self._collector = None
+        self._release()
+
+    def _release(self) -> None:
+        """The message being read, or decided, is no longer held: its bytes leave the budget."""
+        for collector in (self._collector, self._deciding):
+            if collector is not None:
+                collector.release()
+        self._collector = self._deciding = None
 
 
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")     # esmtp-keyword, RFC 5321 §4.1.2
@@ -567,6 +582,7 @@ _DATA_REPLIES = {
     DataProblem.BARE_NEWLINE: reply.BARE_NEWLINE_DATA,
     DataProblem.LINE_TOO_LONG: reply.LINE_TOO_LONG,
     DataProblem.NUL: reply.NUL_DATA,
+    DataProblem.NO_ROOM: reply.NO_ROOM_FOR_DATA,
 }
 # The problems that say the client is broken or smuggling, not just over a bound.
 _DATA_VIOLATIONS = {

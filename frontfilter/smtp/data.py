@@ -12,7 +12,8 @@ no single check holds the event loop for long, whatever the message size):
                                            (RFC 6152 §3), BINARYMIME is not offered, and a
                                            reader that stops at NUL sees another message;
 - a line longer than the limit          -> refused (`500 5.5.6`, RFC 5321 §4.5.3.1.6);
-- more bytes than `max_size`            -> the rest is drained without being kept, then `552`.
+- more bytes than `max_size`            -> the rest is drained without being kept, then `552`;
+- more than the process's `budget`      -> drained the same way, then `452 4.3.1` (budget.py).
 
 Only one terminator is honoured: `<CRLF>.<CRLF>`. Everything after it in the last block is handed
 back to the command reader (PIPELINING), so whatever follows is read as commands, never as data.
@@ -25,6 +26,7 @@ import io
 from dataclasses import dataclass
 
 from frontfilter.model import CrlfText, DotFreeText
+from frontfilter.smtp.budget import DataBudget
 
 CRLF = b"\r\n"
 TERMINATOR = b"\r\n.\r\n"
@@ -36,6 +38,7 @@ class DataProblem(enum.Enum):
     BARE_NEWLINE = "bare_newline"
     NUL = "nul"
     LINE_TOO_LONG = "line_too_long"
+    NO_ROOM = "no_room"              # limits.max_data_in_memory: try again later
 
 
 @dataclass
@@ -44,9 +47,11 @@ class DataCollector:
 
     max_size: int
     max_line: int
+    budget: DataBudget | None = None
     size: int = 0
     done: bool = False
     too_big: bool = False
+    charged: int = 0                 # bytes of the body charged to `budget` (give them back: release)
 
     def __post_init__(self) -> None:
         # The message is kept in a BytesIO: its getvalue() hands over its buffer without a copy,
@@ -98,14 +103,30 @@ class DataCollector:
             return
         if self.size > self.max_size + len(TERMINATOR):
             self.too_big = True
-            self._body = None        # free it now: an oversize body is drained, never kept
+            self._drop()             # free it now: an oversize body is drained, never kept
             return
         if self._body is None:       # refused already (bare newline, long line): drained too
             return
+        if self.budget is not None:
+            if not self.budget.take(len(block)):
+                self._problem = DataProblem.NO_ROOM
+                self._drop()
+                return
+            self.charged += len(block)
         self._body.write(block)
         self._check(block)
         if self._problem is not None:
-            self._body = None        # refused whatever follows: nothing more is kept
+            self._drop()             # refused whatever follows: nothing more is kept
+
+    def _drop(self) -> None:
+        self._body = None
+        self.release()
+
+    def release(self) -> None:
+        """The body is no longer held (dropped, or its verdict sent): its bytes go back."""
+        if self.budget is not None and self.charged:
+            self.budget.give(self.charged)
+        self.charged = 0
 
     def _check(self, block: bytes) -> None:
         """Check the lines the block completes, and the one it leaves begun.

@@ -27,6 +27,7 @@ from frontfilter.model import IPAddress, Peer
 from frontfilter.smtp.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
 from frontfilter.smtp import shared_counts
+from frontfilter.smtp.budget import DataBudget
 from frontfilter.smtp.limits import ConnectionLimits, Network
 from frontfilter.smtp.tls import CertificateProblem, ServerCertificate, read_certificate, server_context
 
@@ -42,6 +43,7 @@ class FrontDoor:
     tarpit_delay: float = 0.0      # seconds before each later error reply
     min_data_rate: int = 0         # bytes per second a client's turn may not fall under (0: off)
     min_data_rate_grace: float = 0.0   # seconds of a turn before its rate is judged
+    data_budget: DataBudget | None = None   # DATA held in memory by this process (smtp/budget.py)
 
     @classmethod
     def from_config(cls, config: Config, certificate: ServerCertificate | None = None,
@@ -55,7 +57,8 @@ class FrontDoor:
             certificate=certificate, authenticator=authenticator,
             proxy_networks=config.proxy.networks, proxy_timeout=config.proxy.timeout,
             tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay,
-            min_data_rate=limits.min_data_rate, min_data_rate_grace=limits.min_data_rate_grace)
+            min_data_rate=limits.min_data_rate, min_data_rate_grace=limits.min_data_rate_grace,
+            data_budget=DataBudget(limits.max_data_in_memory) if limits.max_data_in_memory else None)
 
     def proxy_allowed(self, peer: Peer) -> bool:
         return any(peer.ip in network for network in self.proxy_networks)

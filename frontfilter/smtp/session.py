@@ -62,7 +62,8 @@ class SmtpSession(asyncio.Protocol):
         self.server = server
         self.core = SmtpCore(CoreLimits(
             max_line_length=server.max_line_length, max_message_size=server.max_message_size,
-            max_commands=server.max_commands, max_errors=server.max_errors, smtputf8=server.smtputf8),
+            max_commands=server.max_commands, max_errors=server.max_errors, smtputf8=server.smtputf8,
+            budget=door.data_budget),
             expect_proxy=listener.proxy_protocol)
         self.client: Peer = NOWHERE          # the real client: set at connect, after PROXY
         self.state: Any = None               # the handler's per-connection state, once admitted

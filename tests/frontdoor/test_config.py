@@ -233,3 +233,19 @@ def test_port_0_is_a_port_to_listen_on_but_not_a_backend(tmp_path: Path) -> None
     (tmp_path / "backend.toml").write_text('[backend]\nservers = ["127.0.0.1:0"]\n')
     with pytest.raises(ConfigError, match=r"backend.servers: item 1: '127.0.0.1:0' is not host:port"):
         load_config(tmp_path / "backend.toml")
+
+
+def test_check_says_how_much_data_the_relay_may_hold_and_refuses_a_bound_below_one_message(tmp_path: Path) -> None:
+    rules = REPO / "rules"
+    good = tmp_path / "good.toml"
+    good.write_text(BASE + f'[server]\nworkers = 2\n[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = "64MiB"\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(good)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"{good}: DATA in memory: at most 64 MiB a worker, 128 MiB for 2 workers" in done.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BASE + f'[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = "1MiB"\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(bad)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1
+    assert "limits.max_data_in_memory: must be at least server.max_message_size" in done.stderr

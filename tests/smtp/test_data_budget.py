@@ -1,0 +1,70 @@
+"""`limits.max_data_in_memory`: DATA one relay process holds at once is bounded (smtp/budget.py);
+a message past it is drained and answered 452 4.3.1, and its bytes go back once it is decided."""
+
+from __future__ import annotations
+
+from frontfilter import reply
+from frontfilter.smtp.budget import DataBudget
+from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
+from tests.smtp.core_driver import GREETING, drive, replies
+
+HELLO = b"HELO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+
+
+def message(size: int) -> bytes:
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: big\r\n\r\n" + line * (size // len(line)) + b".\r\n"
+
+
+def core(budget: DataBudget) -> SmtpCore:
+    return SmtpCore(CoreLimits(max_message_size=1024 * 1024, budget=budget))
+
+
+def test_a_message_past_the_budget_is_drained_and_told_to_come_back_later() -> None:
+    budget = DataBudget(64 * 1024)
+    driver = drive(core(budget), [HELLO + b"DATA\r\n" + message(100 * 1024) + b"QUIT\r\n"])
+    said = replies(bytes(driver.output))
+    assert said[-2:] == ["452 4.3.1 Insufficient system storage, try again later", "221 2.0.0 Bye"]
+    assert budget.held == 0                 # nothing kept of it
+
+
+def held_message(budget: DataBudget) -> SmtpCore:
+    """A session whose message is with the handler: read, its verdict not sent yet."""
+    session = core(budget)
+    session.send(GREETING)
+    session.receive(HELLO + b"DATA\r\n" + message(100 * 1024))
+    for _ in range(10):                     # HELO, MAIL, RCPT, DATA: answered; then the message
+        event = session.next_event()
+        if isinstance(event, Message):
+            return session
+        assert event is not None
+        session.send(event.reply if isinstance(event, Answer) else reply.OK)
+    raise AssertionError("no message")
+
+
+def test_the_budget_is_shared_and_given_back_when_the_message_is_decided() -> None:
+    budget = DataBudget(150 * 1024)
+    first = held_message(budget)
+    assert budget.held > 100_000               # the message, held while it is decided
+    # A second session meanwhile: its message does not fit beside the first.
+    second = drive(core(budget), [HELLO + b"DATA\r\n" + message(100 * 1024)])
+    assert replies(bytes(second.output))[-1].startswith("452 4.3.1")
+    # The first one's verdict is sent: its bytes go back, and the next message fits.
+    first.send(reply.OK)
+    assert budget.held == 0
+    third = drive(core(budget), [HELLO + b"DATA\r\n" + message(100 * 1024)])
+    assert replies(bytes(third.output))[-1] == "250 2.0.0 OK"
+    assert budget.held == 0
+
+
+def test_a_session_that_ends_while_its_message_is_decided_gives_its_bytes_back() -> None:
+    budget = DataBudget(150 * 1024)
+    held_message(budget).close()
+    assert budget.held == 0
+
+
+def test_data_is_refused_at_once_when_the_budget_is_spent() -> None:
+    budget = DataBudget(10)
+    budget.take(10)
+    said = replies(bytes(drive(core(budget), [HELLO + b"DATA\r\n"]).output))
+    assert said[-1] == "452 4.3.1 Insufficient system storage, try again later"
