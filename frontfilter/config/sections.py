@@ -195,6 +195,9 @@ class BackendConfig:
     verify_recipients: bool = False
     verify_positive_ttl: float = conv(parse_duration, default=1 * HOURS)
     verify_negative_ttl: float = conv(parse_duration, default=10 * MINUTES)
+    # Tell a backend that advertises XFORWARD (Postfix: smtpd_authorized_xforward_hosts) who the
+    # real client was: its address, port, HELO (delivery/xforward.py). Never sent unasked.
+    forward_client: bool = True
 
 
 @dataclass(frozen=True)

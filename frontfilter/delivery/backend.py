@@ -26,7 +26,8 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
-from frontfilter.delivery import tls as backend_tls, wire
+from frontfilter.delivery import tls as backend_tls, wire, xforward
+from frontfilter.delivery.xforward import ClientFacts
 
 
 class Outcome(enum.Enum):
@@ -121,8 +122,9 @@ class BackendSession:
         self.backend = greeting.backend
         return greeting
 
-    async def begin(self, sender: str, options: Sequence[str]) -> BackendReply:
-        """Open a transaction (MAIL FROM) on the first backend that takes it."""
+    async def begin(self, sender: str, options: Sequence[str], client: ClientFacts | None = None) -> BackendReply:
+        """Open a transaction (MAIL FROM) on the first backend that takes it; first, to a backend
+        that asks, who the client was (XFORWARD)."""
         if self.connected and self._in_transaction:
             await self.reset()
         last: BackendReply | None = None
@@ -135,7 +137,9 @@ class BackendSession:
                     observe.forward_attempt(last.backend, last.outcome.value,
                                             time.monotonic() - started, detail=last.describe())
                     continue
-            reply = await self._command("mail", sender, options=self._mail_options(options))
+            reply = await self._command("xforward", client)
+            if reply.ok:
+                reply = await self._command("mail", sender, options=self._mail_options(options))
             if reply.ok:
                 self._in_transaction = True
                 return reply
@@ -199,6 +203,12 @@ class BackendSession:
         try:
             if verb == "data":
                 response = await wire.send_data(self._smtp, *args)   # type: ignore[arg-type]  # (message, head): bytes, from send()
+            elif verb == "xforward":
+                client = args[0]
+                assert client is None or isinstance(client, ClientFacts)
+                if self._config.forward_client:
+                    await xforward.send(self._smtp, client, self._config.timeout)
+                return BackendReply(Outcome.OK, 250, None, "", name)
             else:
                 response = await getattr(self._smtp, verb)(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:

@@ -34,7 +34,8 @@ import aiosmtplib
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
-from frontfilter.delivery import wire
+from frontfilter.delivery import wire, xforward
+from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
                                           _from_response, open_connection)
 
@@ -172,7 +173,7 @@ class Forwarder:
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes,
                       options: Sequence[str], queue_id: str | None = None, head: bytes = b"",
-                      every_backend: bool = False) -> Attempt:
+                      every_backend: bool = False, client: ClientFacts | None = None) -> Attempt:
         """`head` + `data` to the first usable backend: header fields on top, then the message.
         `every_backend`: those marked down a moment ago too (a retry the administrator asked for)."""
         last: BackendReply | None = None
@@ -187,7 +188,7 @@ class Forwarder:
                                             queue_id=queue_id, detail=conn.describe())
                     break
                 try:
-                    outcome = await self._transaction(conn, sender, recipients, data, options, head)
+                    outcome = await self._transaction(conn, sender, recipients, data, options, head, client)
                 except asyncio.CancelledError:
                     conn.smtp.close()       # mid-command: never back into the pool
                     raise
@@ -210,13 +211,17 @@ class Forwarder:
         return Attempt(reply.backend, tuple(reply for _ in recipients))
 
     async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: bytes,
-                           options: Sequence[str], head: bytes = b"") -> Attempt | _Failover:
-        """MAIL, RCPT each, DATA. Returns the attempt, or why the next backend should be tried."""
+                           options: Sequence[str], head: bytes = b"",
+                           client: ClientFacts | None = None) -> Attempt | _Failover:
+        """XFORWARD (to a backend that asks), MAIL, RCPT each, DATA. Returns the attempt, or why
+        the next backend should be tried."""
         smtp, name = conn.smtp, conn.name
         utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports_extension("smtputf8")
         encoding = "utf-8" if utf8 else "ascii"
         mail_options = self._mail_options(smtp, options, len(head) + len(data))
         try:
+            if self.config.forward_client:
+                await xforward.send(smtp, client, self.config.timeout)
             await wire.send_mail(smtp, sender, mail_options, encoding)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)

@@ -39,6 +39,7 @@ from frontfilter.config import Config, SpoolConfig
 from frontfilter.delivery import dsn, safeio
 from frontfilter.delivery.backend import BackendReply, Outcome
 from frontfilter.delivery.forward import Attempt, Forwarder
+from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.spool import (
     NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
     read_state_file, remove_delivered, scan, state_stamp)
@@ -381,7 +382,7 @@ class Worker:
         recipients = [envelope.recipients[i] for i in pending]
         sending = asyncio.ensure_future(self.forwarder.deliver(
             envelope.sender, recipients, body, envelope.options, queue_id=envelope.id, head=head,
-            every_backend=every_backend))
+            every_backend=every_backend, client=ClientFacts.from_peer(envelope.client, envelope.helo)))
         self._sending[envelope.id] = sending
         try:
             return await sending

@@ -44,6 +44,7 @@ from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
 from frontfilter.delivery.quarantine import store as quarantine_store
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
+from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
 from frontfilter.pipeline.decision import Decision, decide
 from frontfilter.pipeline.disposition import Disposition, queued, refusal
@@ -579,7 +580,8 @@ class Pipeline:
             state.backend = BackendSession(self.config.backend, self.config.server.hostname)
         backend = state.backend
         if not txn.recipients:   # the first recipient opens the backend transaction
-            opened = await backend.begin(txn.sender.text, txn.options)
+            opened = await backend.begin(txn.sender.text, txn.options, ClientFacts(
+                str(state.peer.ip), state.peer.port, state.helo))
             if not opened.ok:
                 answer = self._backend_failure(opened, BACKEND_REFUSED_RECIPIENT)
                 self._refused(state, Stage.RCPT, answer, f"backend MAIL: {opened.describe()}", "backend")
