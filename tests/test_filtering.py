@@ -252,8 +252,9 @@ def test_scan_json_names_the_parts_not_read_and_why(tmp_path: Path) -> None:
 
 
 def test_scan_output_carries_the_fields_the_rules_add_on_top(tmp_path: Path) -> None:
-    """`scan --output` writes the message as the relay would forward it: its Received trace and
-    the added fields (here the shipped mime-sloppy tag, for a missing closing boundary) on top."""
+    """`scan --output` writes the message as the relay would forward it: its trace fields
+    (Authentication-Results, Received) and the added fields (here the shipped mime-sloppy tag,
+    for a missing closing boundary) on top."""
     sloppy = (b"From: a@example.net\nTo: b@example.org\nSubject: sloppy\nMIME-Version: 1.0\n"
               b"Content-Type: multipart/mixed; boundary=\"x\"\n\n--x\nContent-Type: text/plain\n\nhi\n")
     (tmp_path / "sloppy.eml").write_bytes(sloppy)
@@ -263,7 +264,8 @@ def test_scan_output_carries_the_fields_the_rules_add_on_top(tmp_path: Path) -> 
     original = sloppy.replace(b"\n", b"\r\n")
     assert written.endswith(original)
     added = written[:-len(original)]
-    assert added.startswith(b"Received: from client.example.net ([192.0.2.1]) by ")   # the relay's trace
+    assert added.startswith(b"Authentication-Results: localhost; none\r\n"        # the relay's trace
+                            b"Received: from client.example.net ([192.0.2.1]) by ")
     assert added.endswith(b"X-Frontfilter-Tags: mime-sloppy\r\n")
 
 

@@ -32,13 +32,17 @@ def simple(subject: str = "hello", body: str = "Hello there.\r\n") -> bytes:
 
 
 def strip_received(data: bytes) -> bytes:
-    """The message as the client sent it: our Received field (first, possibly folded) removed."""
-    assert data.startswith(b"Received: "), data[:80]
-    end = 0
-    while True:
-        end = data.index(b"\r\n", end) + 2
-        if data[end:end + 1] not in (b" ", b"\t"):
-            return data[end:]
+    """The message as the client sent it: the trace fields the relay puts on top (its
+    Authentication-Results, then its Received, each possibly folded) removed."""
+    for name in (b"Authentication-Results: ", b"Received: "):
+        assert data.startswith(name), (name, data[:80])
+        end = 0
+        while True:
+            end = data.index(b"\r\n", end) + 2
+            if data[end:end + 1] not in (b" ", b"\t"):
+                data = data[end:]
+                break
+    return data
 
 
 # ---- relay access ----------------------------------------------------------------------------

@@ -73,6 +73,9 @@ class BackendTls(enum.Enum):
 @dataclass(frozen=True)
 class ServerConfig:
     hostname: str = "localhost"
+    # The name in the Authentication-Results field the relay adds (RFC 8601): the backend trusts
+    # fields with it, so the same name in a field from outside is removed. Default: hostname.
+    authserv_id: str = ""
     listen: tuple[HostPort, ...] = conv(parse_listen_address, default=(HostPort("127.0.0.1", 2525),))
     # RFC 5321 §4.5.3.1.7 asks servers to take at least 100 recipients.
     max_message_size: int = conv(parse_size, default=25 * MiB)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from frontfilter import reply
 from frontfilter.antivirus.result import ScanResult, ScanStatus
 from frontfilter.config import OnError
+from frontfilter.content import authresults
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
@@ -50,7 +51,7 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
            on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,
-           deadline: float | None = None) -> Decision:
+           deadline: float | None = None, authserv_id: str | None = None) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
     `carried` holds the headers and tags that rules at earlier stages added.
 
@@ -73,14 +74,15 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
         assert antivirus is not None
         answer = reply.INSPECTION_TIMEOUT if antivirus.status is ScanStatus.TIMEOUT else reply.SCAN_UNAVAILABLE
         verdict = dataclasses.replace(verdict, action=Action.TEMPFAIL, rule=ON_ERROR, reply=answer)
-    return Decision(view, verdict, *apply(raw, view, verdict, trace), antivirus, unscanned)
+    return Decision(view, verdict, *apply(raw, view, verdict, trace, authserv_id), antivirus, unscanned)
 
 
-def apply(raw: bytes, view: MessageView, verdict: Verdict,
-          trace: Sequence[tuple[str, str]] = ()) -> tuple[bytes, bytes, tuple[StripOrder, ...]]:
+def apply(raw: bytes, view: MessageView, verdict: Verdict, trace: Sequence[tuple[str, str]] = (),
+          authserv_id: str | None = None) -> tuple[bytes, bytes, tuple[StripOrder, ...]]:
     """The forwarded form of the message, (head, message, orders): parts stripped (a notice in
-    place of each); the trace headers, then the headers and tags the rules added, in `head`, to
-    go on top; nothing else changes."""
+    place of each), Authentication-Results fields from outside that claim our `authserv_id`
+    removed; the trace headers, then the headers and tags the rules added, in `head`, to go on
+    top; nothing else changes."""
     if verdict.action is not None and verdict.action is not Action.ACCEPT:
         return b"", raw, ()
     orders = tuple(
@@ -89,6 +91,8 @@ def apply(raw: bytes, view: MessageView, verdict: Verdict,
         for request in verdict.strip
     )
     message = strip_parts(raw, view, orders) if orders else raw
+    if authserv_id:
+        message = authresults.remove_claims(message, authserv_id)
     headers = list(trace) + list(verdict.headers)
     if verdict.tags:
         headers.append(("X-Frontfilter-Tags", " ".join(dict.fromkeys(verdict.tags))))

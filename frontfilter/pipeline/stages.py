@@ -37,6 +37,7 @@ from frontfilter import observe, policy, reply
 from frontfilter.antivirus.clamd import ClamdClient
 from frontfilter.antivirus.result import ScanResult
 from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
+from frontfilter.content import authresults
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
 from frontfilter.delivery import safeio
@@ -134,6 +135,7 @@ class Pipeline:
         self.on_scan_error = config.antivirus.on_error if config.antivirus else OnError.TEMPFAIL
         self.checks = Checks(config)          # reputation: DNS lists, SPF, greylisting
         self.senders: SenderMap | None = None  # relay.sender_map, see load_sender_map
+        self.authserv_id = config.server.authserv_id or config.server.hostname    # RFC 8601
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -276,7 +278,8 @@ class Pipeline:
                       checks=self._check_facts(state))
         rules: Rules | None = self.rulebook.current
         assert rules is not None          # no session is admitted before a rule set loads
-        trace = (self.checks.trace(state.checks, state.peer, txn.sender.text, state.helo)
+        trace = ([("Authentication-Results", self._authentication_results(state, txn))]
+                 + self.checks.trace(state.checks, state.peer, txn.sender.text, state.helo)
                  + [("Received", self._received(state, txn))])
         log: dict[str, Any] = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
                    recipients=[r.normalised for r in txn.recipients], tls=state.tls,
@@ -301,7 +304,7 @@ class Pipeline:
         deadline = time.monotonic() + self.config.inspection.timeout * WALK_SHARE_OF_TIMEOUT
         judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
                                   txn.carried, antivirus=scan, on_error=self.on_scan_error,
-                                  types=self.types, deadline=deadline)
+                                  types=self.types, deadline=deadline, authserv_id=self.authserv_id)
         judged = await self._judge(state, txn, judge, len(raw))
         observe.type_cache_lookups(*self.types.take_counts())
         if judged is None:
@@ -471,6 +474,13 @@ class Pipeline:
         observe.message_decided(queue_id=txn.queue_id, verdict=disposition.value, size=size,
                                 reply=answer.wire, ms=round((time.monotonic() - started) * 1000, 2),
                                 **log, **extra)
+
+    def _authentication_results(self, state: SessionState, txn: Transaction) -> str:
+        """RFC 8601, on top: what the relay found about this message's client and sender."""
+        found = self.checks.results(state.checks, txn.sender.text, state.helo)
+        if state.auth_user is not None:
+            found.append(f"auth=pass smtp.auth={''.join(c if 32 < ord(c) < 127 and c not in ';()' else '?' for c in state.auth_user)[:255]}")
+        return authresults.field_value(self.authserv_id, found)
 
     def _received(self, state: SessionState, txn: Transaction) -> str:
         # RFC 5321 §4.4; "with" keyword per RFC 3848 (ESMTPS, ESMTPA, ESMTPSA).
