@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "smtp": {"pipeline"},                      # the wire; the handler calls the pipeline
     "endpoint": {"antivirus"},                 # /metrics, /readyz (a clamd ping)
     "process": {"pipeline", "smtp", "delivery", "endpoint", "rules"},
-    "tools": {"pipeline", "delivery", "policy", "rules"},
+    "tools": {"pipeline", "delivery", "policy", "rules", "content"},
     "cli": {"process", "pipeline", "smtp", "delivery", "policy", "reputation", "rules", "tools"},
     "__main__": {"cli"},
 }

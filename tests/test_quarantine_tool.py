@@ -203,6 +203,20 @@ def test_a_release_repeated_after_it_reached_the_spool_is_not_queued_twice(tmp_p
         assert not (tmp_path / "held" / f"{queue_id}.held").exists()
 
 
+def test_a_release_drops_a_forged_authentication_results_field_as_the_relay_does(tmp_path: Path) -> None:
+    """The backend trusts Authentication-Results fields with the relay's authserv-id: one that
+    came with the held message is not released with it; the rest is the message as received."""
+    forged = b"Authentication-Results: mx.test; spf=pass smtp.mailfrom=bank.example\r\n"
+    with RecordingSink() as sink:
+        config = config_for(tmp_path, sink, "queue")
+        with Relay(config) as relay:
+            queue_id = hold(relay, forged + MESSAGE)
+            assert quarantine(config, "release", queue_id).returncode == 0
+            [received] = sink.wait_for(1, WAIT)
+    field = RELEASED.match(received.data)
+    assert field is not None and received.data[field.end():] == MESSAGE
+
+
 def test_the_relay_expires_old_mail_by_itself_and_counts_it(tmp_path: Path) -> None:
     with RecordingSink() as sink:
         config = config_for(tmp_path, sink, "queue", metrics=True, workers=2, max_age="3s")

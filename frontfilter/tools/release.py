@@ -1,7 +1,8 @@
 """Releasing a held message: back on its way, as received, with one field on top.
 
 What is sent: `released_field` (X-Frontfilter-Released: date; held by rule "R" as ID)
-followed by the message bytes exactly as the client sent them — or, with `--rescan`, as the
+followed by the message bytes exactly as the client sent them (but for an
+Authentication-Results field claiming the relay's authserv-id, removed as from all it forwards) — or, with `--rescan`, as the
 current rules would forward them (frontfilter/pipeline/dryrun.py: the relay's own pipeline, nothing
 sent); a message the rules would not forward now is not released, and says why.
 To whom: the original recipients, or the administrator's `--to` addresses (required for a
@@ -38,6 +39,7 @@ from typing import Any
 
 from frontfilter import policy
 from frontfilter.config import BackendMode, Config
+from frontfilter.content import authresults
 from frontfilter.delivery.spool import Envelope, Layout, write_message
 from frontfilter.delivery.quarantine import ledger, store
 from frontfilter.reply import Reply
@@ -165,7 +167,10 @@ def release_one(config: Config, root: Any, queue_id: str, to: Sequence[str], res
     with store.open_locked(root, queue_id) as held:
         meta = held.meta
         recipients = recipients_for(meta, to)
-        data = rescanned(config, meta, held.body, recipients) if rescan else held.body
+        # As received, but for an Authentication-Results field that claims our authserv-id: the
+        # backend would trust it (the relay removes it from everything it forwards).
+        data = (rescanned(config, meta, held.body, recipients) if rescan else
+                authresults.remove_claims(held.body, config.server.authserv_id or config.server.hostname))
         when = time.time() if now is None else now
         head = released_field(meta, when)
         if config.backend.mode is BackendMode.QUEUE:
