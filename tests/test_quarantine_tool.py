@@ -378,7 +378,7 @@ def test_rescan_releases_what_the_current_rules_forward_and_keeps_what_they_hold
         assert field is not None
         rest = received.data[field.end():]
         # As the relay forwards it now: its own trace on top of the message, nothing else changed.
-        assert rest.startswith(b"Received: from ") and rest.endswith(MESSAGE)
+        assert rest.startswith(b"Authentication-Results: mx.test; none\r\nReceived: from ") and rest.endswith(MESSAGE)
         assert not (tmp_path / "held" / f"{queue_id}.held").exists()
 
 

@@ -277,11 +277,11 @@ class SizeRecordingSink(RecordingSink):
 
 
 def test_the_size_declared_to_the_backend_is_the_size_of_what_it_receives(tmp_path: Path) -> None:
-    """SIZE counts the fields frontfilter adds on top (Received), which travel apart from the
+    """SIZE counts the fields frontfilter adds on top (Authentication-Results, Received), which travel apart from the
     client's message until they are sent."""
     with SizeRecordingSink() as sink, Relay(queue_config(tmp_path, [sink.port])) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             send_one(client, "alice@example.net", ["bob@example.org"], message("sized"))
         [received] = sink.wait_for(1)
-    assert received.data.startswith(b"Received:")
+    assert received.data.startswith(b"Authentication-Results: mx.test; none\r\nReceived:")   # the relay's, on top
     assert sink.declared == [len(received.data)]
