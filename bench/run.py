@@ -147,7 +147,10 @@ def direct(sink: Sink) -> Iterator[Contender]:
 
 
 @contextmanager
-def postfix(sink: Sink, workdir: Path) -> Iterator[Contender]:
+def postfix(sink: Sink, workdir: Path, extra: str = "") -> Iterator[Contender]:
+    """A throw-away Postfix (its own directories under `workdir`, which its processes must be
+    able to reach; loopback ports; its log in `workdir`/postfix/maillog) relaying to `sink`.
+    `extra`: more main.cf lines (the tests add XFORWARD trust)."""
     base = workdir / "postfix"
     for sub in ("etc", "spool", "data"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
-""")
+""" + extra)
     master = Path("/etc/postfix/master.cf").read_text()
     master = re.sub(r"(?m)^smtp\s+inet.*$", f"127.0.0.1:{port} inet n - y - - smtpd", master)
     (base / "etc" / "master.cf").write_text(master)

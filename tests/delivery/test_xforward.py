@@ -3,11 +3,11 @@ Postfix with `smtpd_authorized_xforward_hosts`, as deploy/README.md tells the ad
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
 import shutil
 import smtplib
-import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 
 from frontfilter.delivery.xforward import ClientFacts, commands, xtext
-from tests.harness import Answer, RecordingSink, Relay, eventually, free_port, write_config
+from tests.harness import REPO, Answer, RecordingSink, Relay, eventually, write_config
 from tests.requires import installed
 
 POSTFIX = shutil.which("postfix")
+_spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+assert _spec is not None and _spec.loader is not None
+BENCH = importlib.util.module_from_spec(_spec)
+sys.modules["bench_run"] = BENCH                # dataclasses look their module up there
+_spec.loader.exec_module(BENCH)
 CLIENT_ADDRESS = "127.0.0.2"          # the test's client: the relay itself reaches Postfix from 127.0.0.1
 
 
@@ -34,54 +39,17 @@ def test_xforward_says_only_what_the_backend_asks_for_in_xtext() -> None:
 
 
 @pytest.fixture
-def postfix(tmp_path: Path) -> Iterator[tuple[int, Path, RecordingSink]]:
-    """A throw-away Postfix (its own directories, loopback ports) that relays to a recording
-    sink and trusts XFORWARD from loopback, as deploy/README.md says."""
+def postfix() -> Iterator[tuple[int, Path, RecordingSink]]:
+    """The benchmark's throw-away Postfix (bench/run.py), relaying to a recording sink and
+    trusting XFORWARD from loopback, as deploy/README.md says."""
     # Postfix's own processes (user postfix) must reach its directories: not under pytest's
     # private temporary root.
     home = Path(tempfile.mkdtemp(prefix="frontfilter-postfix-"))
-    os.chmod(home, 0o755)
-    base = home / "postfix"
-    for sub in ("etc", "spool", "data"):
-        (base / sub).mkdir(parents=True)
-    shutil.chown(base / "data", "postfix")
-    port = free_port()                      # Postfix cannot say which port it got
-    with RecordingSink() as sink:
-        (base / "etc" / "main.cf").write_text(f"""
-compatibility_level = 3.6
-queue_directory = {base}/spool
-data_directory = {base}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = backend.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = example.org
-relayhost = [127.0.0.1]:{sink.port}
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-maillog_file = {base}/maillog
-maillog_file_prefixes = {base}
-alias_maps =
-alias_database =
-local_recipient_maps =
-smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_authorized_xforward_hosts = 127.0.0.0/8
-""")
-        master = Path("/etc/postfix/master.cf").read_text()
-        master = re.sub(r"(?m)^smtp\s+inet.*$", f"127.0.0.1:{port} inet n - y - - smtpd", master)
-        (base / "etc" / "master.cf").write_text(master)
-        proc = subprocess.Popen(["postfix", "-c", str(base / "etc"), "start-fg"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            eventually(lambda: (base / "maillog").exists() and b"daemon started" in (base / "maillog").read_bytes())
-            yield port, base / "maillog", sink
-        finally:
-            subprocess.run(["postfix", "-c", str(base / "etc"), "stop"], capture_output=True, timeout=30)
-            proc.wait(20)
-            shutil.rmtree(home, ignore_errors=True)
+    try:
+        with RecordingSink() as sink, BENCH.postfix(sink, home, "smtpd_authorized_xforward_hosts = 127.0.0.0/8\n") as running:
+            yield running.port, home / "postfix" / "maillog", sink
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def clients_postfix_logged(maillog: Path) -> list[str]:
