@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,10 @@ class DryPipeline(Pipeline):
         super().__init__(config, RuleBook(RecordingRules(rules, self.evaluations)))
         self.decision: Decision | None = None
         self.forwarded: bytes | None = None
+        # What the relay decided, taken where it decides it (the same calls log it):
+        self.disposition: Disposition | None = None       # end of DATA, and who decided
+        self.decided_by: str | None = None
+        self.refusals: dict[Stage, tuple[str, bool]] = {}  # stage -> (why, by a rule) of the last refusal
 
     async def _backend_recipient(self, state: SessionState, recipient: Any) -> Reply | None:
         return None
@@ -163,6 +167,18 @@ class DryPipeline(Pipeline):
     async def _hold(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict,
                     answer: Reply) -> tuple[Reply, str] | None:
         return None          # the reply is the relay's; nothing is kept
+
+    def _decided(self, txn: Transaction, disposition: Disposition, size: int, answer: Reply, started: float,
+                 log: dict[str, Any], **extra: object) -> None:
+        decided_by = extra.get("decided_by")
+        self.disposition, self.decided_by = disposition, str(decided_by) if decided_by is not None else None
+        super()._decided(txn, disposition, size, answer, started, log, **extra)
+
+    def _refused(self, state: SessionState, stage: Stage, answer: Reply, reason: str, kind: str,
+                 rules: Sequence[str] = ()) -> None:
+        by_rule = kind == "rule"          # the reason then reads "rule NAME"
+        self.refusals[stage] = (reason.removeprefix("rule ") if by_rule else reason, by_rule)
+        super()._refused(state, stage, answer, reason, kind, rules)
 
 
 class _Capture(logging.Handler):
@@ -198,7 +214,6 @@ async def run_async(config: Config, rules: Any, raw: bytes, envelope: DryEnvelop
         logger.propagate = propagate
     result.evaluations, result.events = pipeline.evaluations, events
     result.own_domains = pipeline.checks.own_domains
-    _explain(result)
     return result
 
 
@@ -234,25 +249,16 @@ async def _drive(pipeline: DryPipeline, raw: bytes, envelope: DryEnvelope) -> Dr
         result.refused_recipients = refusals
         return result
     finally:
-        await _finish_lookups(state)
+        # The client's DNS lists are awaited by the first stage whose rules read them: a message
+        # decided before it leaves them unanswered. The administrator is shown them anyway.
+        await pipeline.checks.settle_listing(state.checks)
         await pipeline.close(state)
-
-
-async def _finish_lookups(state: SessionState) -> None:
-    """The client's DNS lists, looked up from connect on, are awaited by the first stage whose
-    rules read them: a message decided before that stage would leave them unanswered. The
-    administrator asking is shown them anyway (they decided nothing)."""
-    checks = state.checks
-    if checks.listing_task is not None and checks.listing is None:
-        found = await checks.listing_task
-        checks.listing_task = None
-        checks.listing, checks.listing_failed = found.facts, found.failed
 
 
 def _mail_options(envelope: DryEnvelope, raw: bytes) -> list[str]:
     """MAIL parameters a client would have given for this envelope and message."""
     options = []
-    if any(not b < 0x80 for b in raw):
+    if not raw.isascii():
         options.append("BODY=8BITMIME")
     if not (envelope.sender + "".join(envelope.recipients)).isascii():
         options.append("SMTPUTF8")
@@ -260,29 +266,13 @@ def _mail_options(envelope: DryEnvelope, raw: bytes) -> list[str]:
 
 
 def _refused(stage: Stage, answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
-    return DryResult(verdict=Disposition.of_reply(answer).value, reply=answer,
-                     stage=stage, decided_by=None, state=state)
+    """Refused before the message: by a rule of that stage (named), or by relay policy."""
+    why, by_rule = pipeline.refusals.get(stage, (None, False))
+    return DryResult(verdict=Disposition.of_reply(answer).value, reply=answer, stage=stage,
+                     decided_by=why, refused_by_policy=not by_rule, state=state)
 
 
 def _decided(answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
-    return DryResult(verdict="", reply=answer, stage=Stage.DATA, decided_by=None,
+    disposition = pipeline.disposition or Disposition.of_reply(answer)
+    return DryResult(verdict=disposition.value, reply=answer, stage=Stage.DATA, decided_by=pipeline.decided_by,
                      decision=pipeline.decision, forwarded=pipeline.forwarded, state=state)
-
-
-def _explain(result: DryResult) -> None:
-    """Who decided, from the lines the relay logged: the `message` line at end of DATA; before
-    it, the `refused` line of the deciding stage (a rule, or relay policy and its reason)."""
-    line = result.event("message") if result.stage is Stage.DATA else None
-    if line is not None:
-        result.verdict, result.decided_by = str(line["verdict"]), line.get("decided_by")
-        return
-    refused = [e for e in result.events if e.get("event") == "refused" and e.get("stage") == result.stage.value]
-    if not refused:
-        result.refused_by_policy = True
-        return
-    line = refused[-1]
-    rules = line.get("rules") or []
-    if str(line.get("reason", "")).startswith("rule ") and rules:
-        result.decided_by = str(line["reason"])[len("rule "):]
-    else:
-        result.decided_by, result.refused_by_policy = str(line.get("reason", "")), True

@@ -144,10 +144,8 @@ class Checks:
             domain = domain_of(sender)
             if domain and (session.sender_domain is None or session.sender_domain.domain != domain):
                 session.sender_domain_task = asyncio.ensure_future(self._sender_domain(domain))
-        if DNSBL in now and session.listing_task is not None:
-            result = await session.listing_task
-            session.listing_task = None
-            session.listing, session.listing_failed = result.facts, result.failed
+        if DNSBL in now:
+            await self.settle_listing(session)
         if SPF in now and session.spf_task is not None:
             session.spf = await session.spf_task
             session.spf_task = None
@@ -212,6 +210,13 @@ class Checks:
         if self.spf is None or not self.config.spf.header or spf is None or session.spf_for != (sender, helo):
             return []
         return [("Received-SPF", received_spf(spf, self.config.server.hostname, peer.ip, sender, helo))]
+
+    async def settle_listing(self, session: ClientChecks) -> None:
+        """The client's DNS lists, once their lookup (started at connect) has answered."""
+        if session.listing_task is not None:
+            result = await session.listing_task
+            session.listing_task = None
+            session.listing, session.listing_failed = result.facts, result.failed
 
     def results(self, session: ClientChecks, sender: str, helo: str | None) -> list[str]:
         """What was found, as Authentication-Results methods (RFC 8601 §2.7): the SPF result of
