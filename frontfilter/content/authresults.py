@@ -14,16 +14,18 @@ empty line, fields begun by a line that does not start with white space.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 FIELD = b"authentication-results"
 _COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
+_NAMED = re.compile(rb"(?i)authentication-results")
 
 
 def remove_claims(raw: bytes, authserv_id: str) -> bytes:
     """`raw` without the Authentication-Results fields that claim `authserv_id`."""
     end = raw.find(b"\r\n\r\n")
     header = raw[:end + 2] if end >= 0 else raw
-    if FIELD not in header.lower():        # the common case: one search, no copy
+    if not _NAMED.search(header):          # the common case: one search, no copy
         return raw
     ours = authserv_id.lower().encode()
     kept: list[bytes] = []
@@ -58,7 +60,14 @@ def _authserv_id(value: bytes) -> bytes:
     return words[0].lower() if words else b""
 
 
-def field_value(authserv_id: str, results: list[str]) -> str:
-    """The value of the field the relay adds: its authserv-id, then each method's result, or
-    `none` when no method was evaluated."""
+def field_value(authserv_id: str, methods: Sequence[tuple[str, str, Mapping[str, str]]]) -> str:
+    """The value of the field the relay adds: its authserv-id, then each method's result and
+    properties, or `none` when no method was evaluated. Property values come from clients
+    (a sender's domain, a login): printable ASCII only, nothing that would end or comment."""
+    results = [" ".join([f"{method}={result}", *(f"{key}={_value(value)}" for key, value in properties.items())])
+               for method, result, properties in methods]
     return "; ".join([authserv_id, *(results or ["none"])])
+
+
+def _value(text: str) -> str:
+    return "".join(c if 32 < ord(c) < 127 and c not in ';()\\"' else "?" for c in text)[:255] or "?"

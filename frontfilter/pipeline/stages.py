@@ -479,7 +479,7 @@ class Pipeline:
         """RFC 8601, on top: what the relay found about this message's client and sender."""
         found = self.checks.results(state.checks, txn.sender.text, state.helo)
         if state.auth_user is not None:
-            found.append(f"auth=pass smtp.auth={''.join(c if 32 < ord(c) < 127 and c not in ';()' else '?' for c in state.auth_user)[:255]}")
+            found.append(("auth", "pass", {"smtp.auth": state.auth_user}))
         return authresults.field_value(self.authserv_id, found)
 
     def _received(self, state: SessionState, txn: Transaction) -> str:

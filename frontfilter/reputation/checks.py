@@ -49,6 +49,8 @@ SENDER_DOMAIN_KEYS = frozenset({"sender.domain_exists"})
 DNS_ERROR = "dns.error"
 
 DNSBL, SPF, GREYLIST, SENDER_DOMAIN = "dnsbl", "spf", "greylist", "sender_domain"
+# One Authentication-Results method: (method, result, {ptype.property: value}); RFC 8601 §2.7.
+Method = tuple[str, str, dict[str, str]]
 
 
 @dataclass
@@ -218,18 +220,18 @@ class Checks:
             session.listing_task = None
             session.listing, session.listing_failed = result.facts, result.failed
 
-    def results(self, session: ClientChecks, sender: str, helo: str | None) -> list[str]:
+    def results(self, session: ClientChecks, sender: str, helo: str | None) -> list[Method]:
         """What was found, as Authentication-Results methods (RFC 8601 §2.7): the SPF result of
         this sender, and the DNS lists (`dnsbl`: fail when the client's score reached the
         threshold). Only what was evaluated: a check not made says nothing."""
-        found = []
+        found: list[Method] = []
         spf = session.spf
         if spf is not None and session.spf_for == (sender, helo):
-            found.append(f"spf={spf.result.value} smtp.{spf.identity}={_result_value(spf.domain)}")
+            found.append(("spf", spf.result.value, {f"smtp.{spf.identity}": spf.domain}))
         listing = session.listing
         if listing is not None:
-            listed = f" policy.listed={_result_value(','.join(listing.listed_on))}" if listing.listed_on else ""
-            found.append(f"dnsbl={'fail' if listing.over_threshold else 'pass'}{listed}")
+            listed = {"policy.listed": ",".join(listing.listed_on)} if listing.listed_on else {}
+            found.append(("dnsbl", "fail" if listing.over_threshold else "pass", listed))
         return found
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -248,11 +250,6 @@ class Checks:
             self._greylist_thread.shutdown(wait=True)
         if self.greylist is not None:
             self.greylist.close()
-
-
-def _result_value(text: str) -> str:
-    """A property value safe in the field: printable ASCII without what would end it."""
-    return "".join(c if 32 < ord(c) < 127 and c not in ";()\\\"" else "?" for c in text)[:255] or "?"
 
 
 def _probe(greylist: Greylist, config: Config) -> None:

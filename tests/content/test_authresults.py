@@ -29,7 +29,11 @@ def test_a_message_without_any_is_not_copied_and_the_body_is_never_read() -> Non
 
 def test_the_field_says_none_when_nothing_was_evaluated() -> None:
     assert field_value("mx.test", []) == "mx.test; none"
-    assert field_value("mx.test", ["spf=pass smtp.mailfrom=example.net"]) == "mx.test; spf=pass smtp.mailfrom=example.net"
+    assert field_value("mx.test", [("spf", "pass", {"smtp.mailfrom": "example.net"})]) == \
+        "mx.test; spf=pass smtp.mailfrom=example.net"
+    # A login or domain from a client cannot add a method, a comment or a property of its own.
+    assert field_value("mx.test", [("auth", "pass", {"smtp.auth": "eve; dkim=pass (x)"})]) == \
+        "mx.test; auth=pass smtp.auth=eve??dkim=pass??x?"
 
 
 def test_a_forged_field_with_our_name_does_not_reach_the_backend(tmp_path: Path) -> None:
