@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib import SMTPResponse
 
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
@@ -137,9 +138,13 @@ class BackendSession:
                     observe.forward_attempt(last.backend, last.outcome.value,
                                             time.monotonic() - started, detail=last.describe())
                     continue
-            reply = await self._command("xforward", client)
-            if reply.ok:
-                reply = await self._command("mail", sender, options=self._mail_options(options))
+            told = None
+            if client is not None and self._config.forward_client:    # to a backend that asks
+                told = await self._command(lambda smtp: xforward.send(smtp, client, self._config.timeout))
+            if told is None or told.ok:
+                reply = await self._command(lambda smtp: smtp.mail(sender, options=self._mail_options(options)))
+            else:
+                reply = told
             if reply.ok:
                 self._in_transaction = True
                 return reply
@@ -164,12 +169,12 @@ class BackendSession:
         return wanted
 
     async def add_recipient(self, recipient: str) -> BackendReply:
-        return await self._command("rcpt", recipient)
+        return await self._command(lambda smtp: smtp.rcpt(recipient))
 
     async def send(self, message: bytes, head: bytes = b"") -> BackendReply:
         """Send the message of the open transaction, `head` on top. The transaction ends either way."""
         started = time.monotonic()
-        reply = await self._command("data", message, head)
+        reply = await self._command(lambda smtp: wire.send_data(smtp, message, head))
         self._in_transaction = False
         observe.forward_attempt(reply.backend, reply.outcome.value, time.monotonic() - started,
                                 detail=None if reply.ok else reply.describe())
@@ -177,7 +182,7 @@ class BackendSession:
 
     async def reset(self) -> None:
         if self.connected and self._in_transaction:
-            reply = await self._command("rset")
+            reply = await self._command(lambda smtp: smtp.rset())
             if not reply.ok:
                 await self.close()
         self._in_transaction = False
@@ -195,22 +200,17 @@ class BackendSession:
         finally:
             smtp.close()
 
-    async def _command(self, verb: str, *args: object, **kwargs: object) -> BackendReply:
+    async def _command(self, step: Callable[[aiosmtplib.SMTP], Awaitable[SMTPResponse | None]]) -> BackendReply:
+        """One step of the conversation on the open connection, its answer classified; a step
+        with no answer of its own (XFORWARD: its lines are checked as they go) is OK once done."""
         name = self.backend or "-"
         if self._smtp is None or not self._smtp.is_connected:
             self._smtp = None
             return BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "not connected", name)
         try:
-            if verb == "data":
-                response = await wire.send_data(self._smtp, *args)   # type: ignore[arg-type]  # (message, head): bytes, from send()
-            elif verb == "xforward":
-                client = args[0]
-                assert client is None or isinstance(client, ClientFacts)
-                if self._config.forward_client:
-                    await xforward.send(self._smtp, client, self._config.timeout)
+            response = await step(self._smtp)
+            if response is None:
                 return BackendReply(Outcome.OK, 250, None, "", name)
-            else:
-                response = await getattr(self._smtp, verb)(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)
             if error.code in SESSION_BROKEN:

@@ -83,20 +83,21 @@ class ConnectionLimits:
             return Limit.TOTAL
         exempt = any(ip in network for network in self._exempt)
         key = client_key(ip)
+        bucket = self._shared.bucket(key) if self._shared is not None else None
         if not exempt:
-            if self.max_per_ip and self._sessions_of(key) >= self.max_per_ip:
+            if self.max_per_ip and self._sessions_of(key, bucket) >= self.max_per_ip:
                 return Limit.PER_IP
             if self.rate_per_ip and not self._note_arrival(key):
                 return Limit.RATE
         self.total += 1
         self._open[key] = self._open.get(key, 0) + 1
-        if self._shared is not None:
-            self._shared.add(self._shared.bucket(key), 1)
+        if self._shared is not None and bucket is not None:
+            self._shared.add(bucket, 1)
         return None
 
-    def _sessions_of(self, key: object) -> int:
-        if self._shared is not None:
-            return self._shared.count(self._shared.bucket(key))
+    def _sessions_of(self, key: object, bucket: int | None) -> int:
+        if self._shared is not None and bucket is not None:
+            return self._shared.count(bucket)
         return self._open.get(key, 0)
 
     def release(self, ip: IPAddress) -> None:
