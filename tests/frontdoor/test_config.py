@@ -243,6 +243,12 @@ def test_check_says_how_much_data_the_relay_may_hold_and_refuses_a_bound_below_o
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"{good}: DATA in memory: at most 64 MiB a worker, 128 MiB for 2 workers" in done.stdout
+    unbounded = tmp_path / "unbounded.toml"
+    unbounded.write_text(BASE + f'[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = 0\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(unbounded)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert f"{unbounded}: DATA in memory: no bound (limits.max_data_in_memory = 0): up to 12500 MiB a worker" \
+        in done.stdout          # 500 connections x 25 MiB
     bad = tmp_path / "bad.toml"
     bad.write_text(BASE + f'[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = "1MiB"\n')
     done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(bad)],

@@ -3,9 +3,12 @@ a message past it is drained and answered 452 4.3.1, and its bytes go back once 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from frontfilter import reply
 from frontfilter.smtp.budget import DataBudget
 from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
+from tests.harness import RawClient, RecordingSink, Relay, write_config
 from tests.smtp.core_driver import GREETING, drive, replies
 
 HELLO = b"HELO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
@@ -68,3 +71,20 @@ def test_data_is_refused_at_once_when_the_budget_is_spent() -> None:
     budget.take(10)
     said = replies(bytes(drive(core(budget), [HELLO + b"DATA\r\n"]).output))
     assert said[-1] == "452 4.3.1 Insufficient system storage, try again later"
+
+
+def test_a_relay_refuses_a_message_that_does_not_fit_beside_one_being_read(tmp_path: Path) -> None:
+    """Through a running relay: one client's message half sent holds its share; another's,
+    which would take the process past limits.max_data_in_memory, gets 452 4.3.1 and comes back
+    later; the first one is taken."""
+    half = message(600 * 1024)
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], server={"max_message_size": "1MiB"},
+                              limits={"max_data_in_memory": "1MiB", "connection_rate_per_ip": 0})
+        with Relay(config) as relay, RawClient(relay.port) as first, RawClient(relay.port) as second:
+            first.begin_data()
+            first.send(half[:-len(b".\r\n")])             # all but its end: held
+            second.begin_data()
+            assert second.command(half[:-2]) == "452 4.3.1 Insufficient system storage, try again later"
+            assert first.command(b".").startswith("250 2.0.0")
+        assert len(sink.wait_for(1)) == 1

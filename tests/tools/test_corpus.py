@@ -79,6 +79,12 @@ def test_a_corpus_that_cannot_be_read_is_one_line_per_problem(tmp_path: Path) ->
                      "tempfail, discard, quarantine"]
 
 
+def test_dns_lookups_need_the_config_that_names_the_resolvers(tmp_path: Path) -> None:
+    done = frontfilter_test(str(SHIPPED), "--dns")
+    assert (done.returncode, done.stderr.strip()) == (
+        2, "frontfilter: --dns needs --config (the resolvers, lists and SPF settings are there)")
+
+
 def test_expected_strips_and_envelopes_are_checked(tmp_path: Path) -> None:
     macro = c.message(c.attachment(c.docx(macros=True), "application/octet-stream", "invoice.docm"))
     (tmp_path / "m.eml").write_bytes(macro)
