@@ -67,8 +67,7 @@ class Evaluation:
 
 @dataclass
 class DryResult:
-    verdict: str                  # as the relay's `message` line: accepted, rejected, tempfailed,
-                                  # discarded, quarantined
+    disposition: Disposition      # what became of the message, as the relay's `message` line says
     reply: Reply                  # the client's last answer (the one that decided)
     stage: Stage                  # where it was decided: DATA, or an earlier stage that refused
     decided_by: str | None        # the rule, or for a refusal before any rule, its reason
@@ -82,6 +81,11 @@ class DryResult:
     own_domains: frozenset[str] = frozenset()
 
     @property
+    def verdict(self) -> str:
+        """The relay's word for it: accepted, rejected, tempfailed, discarded, quarantined."""
+        return self.disposition.value
+
+    @property
     def action(self) -> str:
         """The deciding rule action, as `scan` reports it and its exit status says: accept,
         reject, tempfail, discard, quarantine (strip, tag and add_header by name)."""
@@ -89,8 +93,7 @@ class DryResult:
             action = self.decision.verdict.action
             if action is not None:
                 return action.value
-        disposition = Disposition.of_word(self.verdict)
-        return disposition.action_word if disposition is not None else "reject"
+        return self.disposition.action_word
 
     def early(self) -> list[Evaluation]:
         """The evaluations before DATA in which a rule matched."""
@@ -268,11 +271,11 @@ def _mail_options(envelope: DryEnvelope, raw: bytes) -> list[str]:
 def _refused(stage: Stage, answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
     """Refused before the message: by a rule of that stage (named), or by relay policy."""
     why, by_rule = pipeline.refusals.get(stage, (None, False))
-    return DryResult(verdict=Disposition.of_reply(answer).value, reply=answer, stage=stage,
+    return DryResult(disposition=Disposition.of_reply(answer), reply=answer, stage=stage,
                      decided_by=why, refused_by_policy=not by_rule, state=state)
 
 
 def _decided(answer: Reply, state: SessionState, pipeline: DryPipeline) -> DryResult:
     disposition = pipeline.disposition or Disposition.of_reply(answer)
-    return DryResult(verdict=disposition.value, reply=answer, stage=Stage.DATA, decided_by=pipeline.decided_by,
+    return DryResult(disposition=disposition, reply=answer, stage=Stage.DATA, decided_by=pipeline.decided_by,
                      decision=pipeline.decision, forwarded=pipeline.forwarded, state=state)

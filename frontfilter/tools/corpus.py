@@ -135,8 +135,7 @@ def _case(message: Path, sidecar: Path, table: dict[str, Any], problems: list[st
 
 def judge(case: Case, result: DryResult) -> Outcome:
     """What the relay decided against what the sidecar expects."""
-    found = Disposition.of_word(result.verdict)
-    verdict = found.action_word if found is not None else result.verdict
+    verdict = result.disposition.action_word
     rules = tuple(dict.fromkeys(m.rule for e in result.evaluations for m in e.verdict.matches))
     stripped = _stripped(result)
     shown = tuple(f"{name} ({path})" if name else path for path, name in stripped)
@@ -163,7 +162,7 @@ def judge(case: Case, result: DryResult) -> Outcome:
 def _stripped(result: DryResult) -> list[tuple[str, str | None]]:
     """(MIME part path, file name) of each part the rules stripped from a forwarded message."""
     decision = result.decision
-    if decision is None or result.verdict != "accepted":
+    if decision is None or not result.disposition.forwarded:
         return []
     parts = {p.mime_path: p for p in decision.view.parts if not p.in_archive}
     return [(order.mime_path, parts[order.mime_path].filename if order.mime_path in parts else None)

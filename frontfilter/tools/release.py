@@ -105,7 +105,7 @@ def rescanned(config: Config, meta: store.Held, body: bytes, recipients: tuple[s
     # Never greylisting (a release must not record triplets); the DNS checks the rules read, yes.
     result = dryrun.run(dryrun.dry_config(config, lookups=True), rules, body, envelope)
     refused = result.refused_recipients
-    if result.verdict == "accepted" and result.forwarded is not None and not refused:
+    if result.disposition.forwarded and result.forwarded is not None and not refused:
         return result.forwarded
     if refused:       # all or none: a release never quietly drops a recipient
         names = ", ".join(f"<{r}> ({answer.wire})" for r, answer in refused)
