@@ -47,10 +47,17 @@ class Listed:
     file_size: int
 
 
-def _check_spool(layout: Layout) -> None:
+def spool_problem(layout: Layout) -> str | None:
+    """Why there is no spool to work on here (the tools that write or read it say so), or None."""
     if not layout.queue.is_dir():
-        raise QueueToolError(f"{layout.queue}: no spool here (is backend.mode \"queue\" and has "
-                             "the relay run once?)")
+        return f"{layout.queue}: no spool here (is backend.mode \"queue\" and has the relay run once?)"
+    return None
+
+
+def _check_spool(layout: Layout) -> None:
+    problem = spool_problem(layout)
+    if problem is not None:
+        raise QueueToolError(problem)
 
 
 def read_envelope(path: Any) -> Envelope:

@@ -41,6 +41,7 @@ from frontfilter import policy
 from frontfilter.config import BackendMode, Config
 from frontfilter.content import authresults
 from frontfilter.delivery.spool import Envelope, Layout, write_message
+from frontfilter.tools import queuectl
 from frontfilter.delivery.quarantine import ledger, store
 from frontfilter.reply import Reply
 
@@ -120,8 +121,9 @@ def to_spool(config: Config, meta: store.Held, head: bytes, data: bytes,
              recipients: tuple[str, ...], now: float) -> Released:
     """Queue mode: durably in the spool, for the relay's delivery worker."""
     layout = Layout(config.spool.dir)
-    if not layout.queue.is_dir():
-        raise ReleaseError(f"{layout.queue}: no spool here (has the relay run once in queue mode?)")
+    problem = queuectl.spool_problem(layout)
+    if problem is not None:
+        raise ReleaseError(problem)
     if layout.msg(meta.id).exists():      # an earlier release got this far: idempotent
         return Released(recipients, spool_id=meta.id, already_queued=True)
     envelope = Envelope(id=meta.id, sender=meta.sender, recipients=recipients, arrived=now,
