@@ -233,9 +233,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return EXIT_PROBLEMS
     from frontfilter.delivery.tls import backend_tls_problems
+    from frontfilter.pipeline.sealing import sealing_key_problems
     from frontfilter.smtp.door import front_door_problems
 
     problems = front_door_problems(config) + backend_tls_problems(config)   # certificate, users, backend TLS
+    arc_problems, arc_key = sealing_key_problems(config)          # the ARC sealing key
+    problems += arc_problems
     if config.relay.sender_map is not None:      # the login -> senders map (policy/sendermap.py)
         from frontfilter.policy.sendermap import SenderMapError, load_sender_map
 
@@ -262,7 +265,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     for key, why in config_warnings(config):
         print(f"{config.path}: {key}: warning: {why}", file=sys.stderr)
-    if config.dnsbl.lists or config.spf.enabled or config.dns.check_sender_domain:   # DNS matters
+    if (config.dnsbl.lists or config.spf.enabled or config.dkim.enabled or config.dmarc.enabled
+            or config.dns.check_sender_domain):   # DNS matters
         from frontfilter.reputation.resolver import unanswering_resolvers
 
         # A list's own test entry (RFC 5782 §5: 127.0.0.2 is listed) where there is one.
@@ -274,7 +278,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
     print(f"{args.config}: {memory_bound(config)}")
+    if arc_key is not None:
+        _print_arc_key(args.config, config, arc_key)
     return EXIT_OK
+
+
+def _print_arc_key(path: Path, config: Any, key: Any) -> None:
+    """What a receiver needs to check the relay's ARC seals: the record to publish."""
+    from frontfilter.pipeline.sealing import dns_record, weak_key
+
+    weak = weak_key(key)
+    if weak is not None:
+        print(f"{config.path}: arc.key_file: warning: {weak}", file=sys.stderr)
+    print(f"{path}: arc: sealing as d={key.domain} s={key.selector} with a {key.bits}-bit key "
+          f"(seal = \"{config.arc.seal.value}\"); publish this record in DNS:")
+    print(dns_record(key))
 
 
 # ---- scan ---------------------------------------------------------------------------------

@@ -296,6 +296,13 @@ message_size = Histogram(
     "frontfilter_message_size_bytes", "Size of messages received, in bytes.",
     buckets=_SIZE_BUCKETS, registry=REGISTRY)
 
+arc_seals = Counter(
+    "frontfilter_arc_seals",
+    "Forwarded messages [arc] was to seal (RFC 8617), by outcome (failed: forwarded unsealed; "
+    "the message's log line says why in arc_seal).",
+    ["outcome"], registry=REGISTRY)
+ARC_SEAL_OUTCOMES = closed(arc_seals, outcome=("sealed", "failed"))["outcome"]
+
 # ---- antivirus --------------------------------------------------------------------------------
 
 antivirus_scans = Counter(
@@ -333,12 +340,37 @@ spf_results = Counter(
 SPF_RESULTS = closed(spf_results, result=(   # reputation.facts.SpfResult, checked by a test
     "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"))["result"]
 
+dkim_results = Counter(
+    "frontfilter_dkim_results",
+    "DKIM verifications of received messages, by the message's result (RFC 8601: pass when a "
+    "signature verified; none: not signed).",
+    ["result"], registry=REGISTRY)
+DKIM_RESULTS = closed(dkim_results, result=(   # reputation.facts.DkimResult, checked by a test
+    "pass", "fail", "none", "temperror", "permerror"))["result"]
+
+arc_results = Counter(
+    "frontfilter_arc_results",
+    "ARC chains of received messages, by chain validation status (RFC 8617; none: no chain).",
+    ["result"], registry=REGISTRY)
+ARC_RESULTS = closed(arc_results, result=("pass", "fail", "none"))["result"]   # reputation.facts.ArcResult
+
+dmarc_results = Counter(
+    "frontfilter_dmarc_results",
+    "DMARC evaluations of the From: domain, by result and by the policy the domain publishes "
+    "(none: no record).",
+    ["result", "policy"], registry=REGISTRY)
+_DMARC_CLOSED = closed(dmarc_results,    # reputation.facts.DmarcResult and DmarcPolicy, checked by a test
+                       result=("pass", "fail", "none", "temperror", "permerror"),
+                       policy=("none", "quarantine", "reject"))
+DMARC_RESULTS, DMARC_POLICIES = _DMARC_CLOSED["result"], _DMARC_CLOSED["policy"]
+
 dns_check_seconds = Histogram(
     "frontfilter_dns_check_seconds",
-    "Time for one reputation check: all DNS lists of a client, one SPF evaluation, or the "
-    "lookup of a sender's domain.",
+    "Time for one reputation check: all DNS lists of a client, one SPF evaluation, the "
+    "lookup of a sender's domain, the DKIM and ARC verification of a message (its key lookups "
+    "included), one DMARC evaluation.",
     ["check"], buckets=_TIME_BUCKETS, registry=REGISTRY)
-DNS_CHECKS = closed(dns_check_seconds, check=("dnsbl", "spf", "sender_domain"))["check"]
+DNS_CHECKS = closed(dns_check_seconds, check=("dnsbl", "spf", "sender_domain", "dkim", "dmarc"))["check"]
 
 greylist_checks = Counter(
     "frontfilter_greylist_checks",

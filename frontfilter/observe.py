@@ -365,8 +365,8 @@ def protocol_violation(client: str, what: str) -> None:
 
 
 def credentials_loaded(what: str, reload: bool, **fields: Any) -> None:
-    """The TLS certificate, the AUTH users file or the backend TLS files were (re)loaded;
-    `what` is tls_certificate, users or backend_tls (the event is `<what>_loaded`)."""
+    """A credential was (re)loaded: `what` is tls_certificate, users, backend_tls, sender_map
+    or arc_key (the event is `<what>_loaded`)."""
     _emit(logging.INFO, f"{what}_loaded", reload=reload, **fields)
 
 
@@ -377,7 +377,8 @@ def tls_certificate_expires(listeners: Iterable[str], not_after: float) -> None:
 
 
 def credentials_refused(what: str, problems: Sequence[str], reload: bool) -> None:
-    """A reload found a bad certificate, users file or backend TLS file: the old one stays."""
+    """A credential (as `credentials_loaded` lists them) did not load: at a reload the old one
+    stays."""
     _emit(logging.ERROR, f"{what}_refused", problems=list(problems), reload=reload,
           kept_previous=reload)
 
@@ -420,6 +421,12 @@ def type_cache_lookups(hits: int, misses: int) -> None:
 
 def attachment_stripped(detected_type: str) -> None:
     metrics.attachments_stripped.labels(type=metrics.bounded(detected_type, _type_labels)).inc()
+
+
+def arc_sealed(sealed: bool) -> None:
+    """[arc] sealed a forwarded message, or could not (then it went unsealed); the `message`
+    line carries the outcome and why (`arc_seal`)."""
+    _series(metrics.arc_seals, "sealed" if sealed else "failed").inc()
 
 
 def message_decided(*, queue_id: str, verdict: str, size: int, **fields: Any) -> None:
@@ -467,6 +474,31 @@ def client_listing(client: str, score: int, listed_on: Sequence[str],
 def spf_checked(result: str, seconds: float) -> None:
     metrics.spf_results.labels(result=metrics.bounded(result, metrics.SPF_RESULTS)).inc()
     metrics.dns_check_seconds.labels(check="spf").observe(seconds)
+
+
+def dkim_verified(queue_id: str, result: str, domains: tuple[str, ...], problems: list[str],
+                  arc: str | None, arc_detail: str, seconds: float) -> None:
+    """A signed message's DKIM signatures (and ARC chain) were checked (reputation.dkimcheck).
+    Its results are in the `message` line too; this line says why a signature did not pass."""
+    metrics.dkim_results.labels(result=metrics.bounded(result, metrics.DKIM_RESULTS)).inc()
+    if arc is not None:
+        metrics.arc_results.labels(result=metrics.bounded(arc, metrics.ARC_RESULTS)).inc()
+    metrics.dns_check_seconds.labels(check="dkim").observe(seconds)
+    _emit(logging.INFO, "dkim", queue_id=queue_id, result=result, domains=list(domains),
+          problems=problems, arc=arc, arc_detail=arc_detail or None, ms=round(seconds * 1000, 2))
+
+
+def not_signed(arc: str | None) -> None:
+    """A message without DKIM signature or ARC set: counted, nothing looked up."""
+    metrics.dkim_results.labels(result="none").inc()
+    if arc is not None:
+        metrics.arc_results.labels(result=metrics.bounded(arc, metrics.ARC_RESULTS)).inc()
+
+
+def dmarc_evaluated(result: str, policy: str | None, seconds: float) -> None:
+    metrics.dmarc_results.labels(result=metrics.bounded(result, metrics.DMARC_RESULTS),
+                                 policy=metrics.bounded(policy or "none", metrics.DMARC_POLICIES)).inc()
+    metrics.dns_check_seconds.labels(check="dmarc").observe(seconds)
 
 
 def greylist_checked(result: str) -> None:

@@ -18,8 +18,8 @@ Config knows nothing of the other layers: it imports only `units`.
 from frontfilter.config.checks import CREDENTIALS_ROOT, config_warnings, credential_files_not_there_yet
 from frontfilter.config.loader import build_config, load_config
 from frontfilter.config.sections import (
-    OPEN_RELAY_CONFIRMATION, AntivirusConfig, AuthConfig, AuthMode, BackendConfig, BackendMode,
-    BackendTls, Config, DnsblConfig, DnsConfig, GreylistConfig, InspectionConfig, LimitsConfig,
+    OPEN_RELAY_CONFIRMATION, AntivirusConfig, ArcConfig, ArcSeal, AuthConfig, AuthMode, BackendConfig, BackendMode,
+    BackendTls, Config, DkimConfig, DmarcConfig, DnsblConfig, DnsConfig, GreylistConfig, InspectionConfig, LimitsConfig,
     ListenerConfig, LogConfig, LogFormat, MetricsConfig, OnError, OutboundSenders, ProxyConfig,
     QuarantineConfig, QuarantineOutcome, RelayConfig, RulesConfig, ServerConfig, SpfConfig,
     SpoolConfig, TlsConfig, TlsMode, TlsVersion
@@ -30,8 +30,8 @@ from frontfilter.config.values import (
 )
 
 __all__ = [
-    "CREDENTIALS_ROOT", "OPEN_RELAY_CONFIRMATION", "AntivirusConfig", "AuthConfig", "AuthMode", "BackendConfig",
-    "BackendMode", "BackendTls", "Config", "ConfigError", "DnsConfig", "DnsListConfig", "DnsblConfig",
+    "CREDENTIALS_ROOT", "OPEN_RELAY_CONFIRMATION", "AntivirusConfig", "ArcConfig", "ArcSeal", "AuthConfig", "AuthMode", "BackendConfig",
+    "BackendMode", "BackendTls", "Config", "ConfigError", "DkimConfig", "DmarcConfig", "DnsConfig", "DnsListConfig", "DnsblConfig",
     "GreylistConfig", "HostPort", "InspectionConfig", "LimitsConfig", "ListenerConfig", "LogConfig", "LogFormat",
     "MetricsConfig", "OnError", "OutboundSenders", "ProxyConfig", "QuarantineConfig", "QuarantineOutcome",
     "RelayConfig", "ReplyCode", "RulesConfig", "ServerConfig", "SpfConfig", "SpoolConfig", "TlsConfig", "TlsMode",

@@ -9,11 +9,13 @@ from typing import Any
 from frontfilter.config.sections import (
     LOG_LEVELS,
     AntivirusConfig,
+    ArcConfig,
     AuthMode,
     BackendConfig,
     BackendMode,
     BackendTls,
     Config,
+    DkimConfig,
     DnsblConfig,
     DnsConfig,
     GreylistConfig,
@@ -40,7 +42,7 @@ def credential_files_not_there_yet(config: Config) -> list[tuple[str, Path]]:
     guide hands the key and the users file over that way, and systemd makes them only when it
     starts the service — `frontfilter check` before the first start cannot read them."""
     files = [("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),
-             ("auth.users_file", config.auth.users_file)]
+             ("auth.users_file", config.auth.users_file), ("arc.key_file", config.arc.key_file)]
     return [(key, path) for key, path in files
             if path is not None and path.is_relative_to(CREDENTIALS_ROOT) and not path.exists()]
 
@@ -79,6 +81,7 @@ def cross_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: quarantine.max_age: must be more than 0s")
     problems.extend(_antivirus_checks(sections["antivirus"], label))
     problems.extend(_reputation_checks(sections, label))
+    problems.extend(_arc_checks(sections["arc"], label))
     if len(sections["metrics"].type_labels or ()) > MAX_TYPE_LABELS:
         problems.append(f"{label}: metrics.type_labels: at most {MAX_TYPE_LABELS} types")
     if sections["log"].level not in LOG_LEVELS:
@@ -163,6 +166,16 @@ def _reputation_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: spf.timeout: must be more than 0s")
     if spf.concurrency < 1:
         problems.append(f"{label}: spf.concurrency: must be at least 1")
+    for name in ("dkim", "dmarc"):
+        if sections[name].timeout <= 0:
+            problems.append(f"{label}: {name}.timeout: must be more than 0s")
+    dkim: DkimConfig = sections["dkim"]
+    if dkim.concurrency < 1:
+        problems.append(f"{label}: dkim.concurrency: must be at least 1")
+    if not 1 <= dkim.max_signatures <= 50:
+        problems.append(f"{label}: dkim.max_signatures: must be between 1 and 50")
+    if not 512 <= dkim.min_key_bits <= 16384:
+        problems.append(f"{label}: dkim.min_key_bits: must be between 512 and 16384 (RFC 8301: 1024)")
     greylist: GreylistConfig = sections["greylist"]
     if not 8 <= greylist.ipv4_prefix <= 32:
         problems.append(f"{label}: greylist.ipv4_prefix: must be between 8 and 32")
@@ -170,6 +183,30 @@ def _reputation_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: greylist.ipv6_prefix: must be between 16 and 128")
     if greylist.expiry < greylist.delay + greylist.retry_window:
         problems.append(f"{label}: greylist.expiry: must be at least delay + retry_window")
+    return problems
+
+
+# RFC 1035 §2.3.4: a whole DNS name is at most 255 octets on the wire, 253 characters written.
+MAX_DNS_NAME = 253
+
+
+def _arc_checks(arc: ArcConfig, label: str) -> list[str]:
+    """A key needs its selector and domain; they mean nothing without one. (The key file
+    itself is read where it is used: pipeline/sealing.py, at start, reload and check.)"""
+    problems = []
+    if arc.key_file is not None:
+        for key in ("selector", "domain"):
+            if not getattr(arc, key):
+                problems.append(f"{label}: arc.{key}: missing (arc.key_file is set: the key is "
+                                f"published at SELECTOR._domainkey.DOMAIN)")
+        name = f"{arc.selector}._domainkey.{arc.domain}"
+        if len(name) > MAX_DNS_NAME:
+            problems.append(f"{label}: arc.selector: {name} is longer than a DNS name may be "
+                            f"({MAX_DNS_NAME} characters)")
+    else:
+        for key in ("selector", "domain"):
+            if getattr(arc, key):
+                problems.append(f"{label}: arc.{key}: has no effect without arc.key_file")
     return problems
 
 

@@ -15,9 +15,12 @@ from typing import Any
 from frontfilter.config.checks import cross_checks, front_door_checks
 from frontfilter.config.sections import (
     AntivirusConfig,
+    ArcConfig,
     AuthConfig,
     BackendConfig,
     Config,
+    DkimConfig,
+    DmarcConfig,
     DnsblConfig,
     DnsConfig,
     GreylistConfig,
@@ -57,7 +60,10 @@ _SECTIONS: dict[str, type] = {
     "dns": DnsConfig,
     "dnsbl": DnsblConfig,
     "spf": SpfConfig,
+    "dkim": DkimConfig,
+    "dmarc": DmarcConfig,
     "greylist": GreylistConfig,
+    "arc": ArcConfig,
 }
 
 
@@ -116,7 +122,7 @@ def build_config(raw: dict[str, Any], path: Path) -> Config:
         sections[name] = dataclasses.replace(sections[name], dir=_resolve(base, sections[name].dir))
     for name in ("tls", "auth", "backend"):
         sections[name] = _resolve_files(base, sections[name])
-    for name in ("relay", "greylist"):      # relay.sender_map, greylist.database
+    for name in ("relay", "greylist", "arc"):      # relay.sender_map, greylist.database, arc.key_file
         sections[name] = _resolve_files(base, sections[name])
     sections["antivirus"] = _resolve_antivirus(base, sections["antivirus"], sections["server"])
     return Config(path=path.resolve(), listeners=listeners, **sections)

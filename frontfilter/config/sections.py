@@ -21,6 +21,7 @@ from frontfilter.config.values import (
     parse_mime_type,
     parse_network,
     parse_resolver,
+    parse_selector,
     parse_workers,
 )
 from frontfilter.units import DAYS, HOURS, MINUTES, GiB, MiB, SECONDS, parse_duration, parse_size
@@ -198,8 +199,9 @@ class BackendConfig:
     verify_recipients: bool = False
     verify_positive_ttl: float = conv(parse_duration, default=1 * HOURS)
     verify_negative_ttl: float = conv(parse_duration, default=10 * MINUTES)
-    # Tell a backend that advertises XFORWARD (Postfix: smtpd_authorized_xforward_hosts) who the
-    # real client was: its address, port, HELO (delivery/xforward.py). Never sent unasked.
+    # Tell a backend that advertises XFORWARD (Postfix: smtpd_authorized_xforward_hosts), or else
+    # XCLIENT (smtpd_authorized_xclient_hosts), who the real client was: its address, port, HELO
+    # and, with XCLIENT, its AUTH login (delivery/xforward.py). Never sent unasked.
     forward_client: bool = True
 
 
@@ -350,6 +352,25 @@ class SpfConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    """[dkim]: verify the DKIM signatures and ARC chain of received mail (RFC 6376, 8617)."""
+
+    enabled: bool = False
+    timeout: float = conv(parse_duration, default=5 * SECONDS)    # a message's key lookups and checks
+    max_signatures: int = 5             # verified per message, top down (RFC 6376 §6.1)
+    min_key_bits: int = 1024            # shorter keys: permerror (RFC 8301 §3.2)
+    concurrency: int = 2                # verifications at once (each holds a worker thread)
+
+
+@dataclass(frozen=True)
+class DmarcConfig:
+    """[dmarc]: evaluate the From: domain's DMARC policy and alignment (RFC 7489)."""
+
+    enabled: bool = False
+    timeout: float = conv(parse_duration, default=5 * SECONDS)    # the record lookups of a message
+
+
+@dataclass(frozen=True)
 class GreylistConfig:
     """[greylist]: tempfail the first try of an unknown (client net, sender, recipient)."""
 
@@ -363,6 +384,27 @@ class GreylistConfig:
     whitelist_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = conv(
         parse_network, default=())
     whitelist_domains: tuple[str, ...] = conv(parse_domain, default=())   # sender domains (and subdomains)
+
+
+class ArcSeal(enum.Enum):
+    """Which forwarded messages `[arc]` seals."""
+
+    # Those the relay changed where a DKIM signature may cover it: a part stripped, a field a
+    # rule added (tags too), a forged Authentication-Results removed. Not its own trace fields
+    # on top (Received, Authentication-Results, Received-SPF): signers do not sign those.
+    CHANGED = "changed"
+    ALWAYS = "always"      # every forwarded message
+
+
+@dataclass(frozen=True)
+class ArcConfig:
+    """[arc]: seal forwarded mail (RFC 8617) so the backend can trust the relay's
+    Authentication-Results after a change broke the sender's DKIM signature (pipeline/sealing.py)."""
+
+    key_file: Path | None = None        # PEM RSA private key; unset (or no [arc]): no sealing
+    selector: str = conv(parse_selector, default="")   # s=: the key is at SELECTOR._domainkey.DOMAIN
+    domain: str = conv(parse_domain, default="")       # d=: the signing domain
+    seal: ArcSeal = ArcSeal.CHANGED
 
 
 @dataclass(frozen=True)
@@ -386,4 +428,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     dnsbl: DnsblConfig = DnsblConfig()
     spf: SpfConfig = SpfConfig()
+    dkim: DkimConfig = DkimConfig()
+    dmarc: DmarcConfig = DmarcConfig()
     greylist: GreylistConfig = GreylistConfig()
+    arc: ArcConfig = ArcConfig()

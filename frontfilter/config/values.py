@@ -82,6 +82,19 @@ def parse_domain(value: object) -> str:
     return domain
 
 
+# RFC 6376 §3.1: a selector is one or more DNS labels (letters, digits, inner hyphens).
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def parse_selector(value: object) -> str:
+    """A DKIM selector (s=), as published under `SELECTOR._domainkey.DOMAIN`."""
+    if not isinstance(value, str) or not _SELECTOR.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a selector (DNS labels: letters, digits, inner "
+                         "hyphens, e.g. \"edge2025\")")
+    return value.strip()
+
+
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 

@@ -63,11 +63,22 @@ def _authserv_id(value: bytes) -> bytes:
 def field_value(authserv_id: str, methods: Sequence[tuple[str, str, Mapping[str, str]]]) -> str:
     """The value of the field the relay adds: its authserv-id, then each method's result and
     properties, or `none` when no method was evaluated. Property values come from clients
-    (a sender's domain, a login): printable ASCII only, nothing that would end or comment."""
+    (a sender's domain, a login): printable ASCII only, and a value that is not a token or an
+    address (a list of DNS list names, a signature's `b=` prefix) is a quoted string, as the
+    RFC's grammar asks: a parser that meets a bare comma stops reading the field there (ARC
+    sealing reads it this way)."""
     results = [" ".join([f"{method}={result}", *(f"{key}={_value(value)}" for key, value in properties.items())])
                for method, result, properties in methods]
     return "; ".join([authserv_id, *(results or ["none"])])
 
 
+# RFC 2045 token (RFC 8601 §2.2 value), and the [local-part "@"] domain-name form of pvalue.
+_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
+_ADDRESS = re.compile(r"(?:[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]*@)?[0-9A-Za-z](?:[0-9A-Za-z.-]*[0-9A-Za-z])?")
+
+
 def _value(text: str) -> str:
-    return "".join(c if 32 < ord(c) < 127 and c not in ';()\\"' else "?" for c in text)[:255] or "?"
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:255] or "?"
+    if _TOKEN.fullmatch(text) or _ADDRESS.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

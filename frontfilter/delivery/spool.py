@@ -82,6 +82,7 @@ class Envelope:
     options: tuple[str, ...] = ()     # MAIL parameters kept for the backend: BODY=, SMTPUTF8
     client: str = ""
     helo: str = ""
+    login: str = ""                   # the client's AUTH login, for a backend that takes XCLIENT
     dsn_for: str = ""                 # for a DSN we generated: the queue id it reports on
 
     def to_json(self) -> bytes:
@@ -96,6 +97,7 @@ class Envelope:
                    arrived=float(data["arrived"]), size=int(data["size"]),
                    options=tuple(str(o) for o in data.get("options", ())),
                    client=str(data.get("client", "")), helo=str(data.get("helo", "")),
+                   login=str(data.get("login", "")),
                    dsn_for=str(data.get("dsn_for", "")))
 
     @property

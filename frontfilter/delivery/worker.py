@@ -382,7 +382,7 @@ class Worker:
         recipients = [envelope.recipients[i] for i in pending]
         sending = asyncio.ensure_future(self.forwarder.deliver(
             envelope.sender, recipients, body, envelope.options, queue_id=envelope.id, head=head,
-            every_backend=every_backend, client=ClientFacts.from_peer(envelope.client, envelope.helo)))
+            every_backend=every_backend, client=ClientFacts.from_peer(envelope.client, envelope.helo, envelope.login)))
         self._sending[envelope.id] = sending
         try:
             return await sending

@@ -1,15 +1,27 @@
-"""XFORWARD: the backend learns who the real client was (Postfix's XFORWARD_README).
+"""XFORWARD and XCLIENT: the backend learns who the real client was (Postfix's XFORWARD_README,
+XCLIENT_README).
 
 Behind frontfilter, the backend sees the DMZ host as every message's client: its logs, its
-milters and its spam filter lose the client's address and HELO. A backend that trusts us
-(Postfix: `smtpd_authorized_xforward_hosts`) advertises XFORWARD in its EHLO reply; then, with
-`backend.forward_client` (default true), each transaction is preceded by
-`XFORWARD ADDR=... PORT=... NAME=[UNAVAILABLE] HELO=... PROTO=... SOURCE=REMOTE`, sending only
-the attributes the backend lists. A backend that does not advertise it is never sent it.
+milters and its spam filter lose the client's address and HELO. A backend that trusts us says
+so in its EHLO reply; then, with `backend.forward_client` (default true), each transaction is
+preceded by what it offers:
 
-Values are xtext (RFC 1891 §5): `+`, `=`, controls and non-ASCII as `+XX`. Each command stays
-under XFORWARD_LINE_MAX (Postfix's limit is 512 octets a line); what does not fit goes in the
-next. NAME is `[UNAVAILABLE]`: the relay does not look up clients' reverse DNS names.
+- XFORWARD (Postfix: `smtpd_authorized_xforward_hosts`), preferred: `XFORWARD ADDR=... PORT=...
+  NAME=[UNAVAILABLE] HELO=... PROTO=... SOURCE=REMOTE`. It changes the backend's logs and what
+  its filters see, not its access decisions: made for a content filter in front.
+- XCLIENT (`smtpd_authorized_xclient_hosts`), when XFORWARD is not offered: the same facts and
+  the AUTH login (`LOGIN=`), and the backend then decides as if the real client had connected
+  (its own access rules apply to it: that is what an administrator turns it on for). It
+  answers with a new greeting, so the relay says EHLO again before MAIL. Its attributes last
+  for the connection (a connection carries several messages): every attribute the backend
+  lists is sent for every message, `[UNAVAILABLE]` where not known, so nothing of one message's
+  client is left over for the next.
+
+Only the attributes the backend lists are sent; a backend that offers neither is sent nothing.
+Values are xtext (RFC 1891 §5): `+`, `=`, controls and non-ASCII as `+XX`; an IPv6 address is
+`IPV6:`-prefixed, as both READMEs ask. Each command stays under LINE_MAX (Postfix's limit is
+512 octets a line); what does not fit goes in the next. NAME is `[UNAVAILABLE]`: the relay does
+not look up clients' reverse DNS names.
 """
 
 from __future__ import annotations
@@ -19,8 +31,9 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-XFORWARD_LINE_MAX = 500
+LINE_MAX = 500
 UNAVAILABLE = "[UNAVAILABLE]"
+XCLIENT_OK = (220, 250)        # 220: the new greeting (Postfix 2.x said 250)
 
 
 @dataclass(frozen=True)
@@ -31,14 +44,19 @@ class ClientFacts:
     port: int | None = None
     helo: str | None = None
     protocol: str = "ESMTP"       # SMTP (HELO), ESMTP (EHLO)
+    login: str | None = None      # the AUTH login (XCLIENT only: XFORWARD has no attribute for it)
 
     @classmethod
-    def from_peer(cls, peer: str, helo: str | None) -> ClientFacts | None:
+    def from_peer(cls, peer: str, helo: str | None, login: str | None = None) -> ClientFacts | None:
         """From "ip:port" or "[v6]:port" as the envelope and the logs write it."""
         host, _, port = peer.rpartition(":")
         if not host:
             return None
-        return cls(host.strip("[]"), int(port) if port.isdigit() else None, helo or None)
+        return cls(host.strip("[]"), int(port) if port.isdigit() else None, helo or None, login=login or None)
+
+    @property
+    def wire_address(self) -> str:
+        return f"IPV6:{self.address}" if ":" in self.address else self.address
 
 
 def xtext(value: str) -> str:
@@ -48,30 +66,43 @@ def xtext(value: str) -> str:
 
 def commands(client: ClientFacts, offered: Iterable[str]) -> list[str]:
     """The XFORWARD lines for `client`, with only the attributes the backend `offered`."""
+    return _lines("XFORWARD", [
+        ("ADDR", client.wire_address), ("PORT", str(client.port) if client.port else None),
+        ("NAME", UNAVAILABLE), ("HELO", client.helo), ("PROTO", client.protocol), ("SOURCE", "REMOTE")], offered)
+
+
+def xclient_commands(client: ClientFacts, offered: Iterable[str]) -> list[str]:
+    """The XCLIENT lines for `client`: every attribute the backend `offered` that we know of,
+    `[UNAVAILABLE]` for the rest (they outlive the message on this connection)."""
+    return _lines("XCLIENT", [
+        ("ADDR", client.wire_address), ("PORT", str(client.port) if client.port else UNAVAILABLE),
+        ("NAME", UNAVAILABLE), ("HELO", client.helo or UNAVAILABLE), ("PROTO", client.protocol),
+        ("LOGIN", client.login or UNAVAILABLE)], offered)
+
+
+def _lines(verb: str, attributes: list[tuple[str, str | None]], offered: Iterable[str]) -> list[str]:
     wanted = {name.upper() for name in offered}
-    attributes = [("ADDR", client.address), ("PORT", str(client.port) if client.port else None),
-                  ("NAME", UNAVAILABLE), ("HELO", client.helo), ("PROTO", client.protocol),
-                  ("SOURCE", "REMOTE")]
     lines: list[str] = []
-    line = "XFORWARD"
+    line = verb
     for name, value in attributes:
         if value is None or name not in wanted:
             continue
         item = f" {name}={xtext(value)[:255]}"
-        if len(line) + len(item) > XFORWARD_LINE_MAX and line != "XFORWARD":
+        if len(line) + len(item) > LINE_MAX and line != verb:
             lines.append(line)
-            line = "XFORWARD"
+            line = verb
         line += item
-    if line != "XFORWARD":
+    if line != verb:
         lines.append(line)
     return lines
 
 
-def offered(smtp: aiosmtplib.SMTP) -> Sequence[str]:
-    """The attributes the backend lists after XFORWARD in its EHLO reply ([] if it does not)."""
-    if not smtp.supports_extension("xforward"):
+def offered(smtp: aiosmtplib.SMTP, extension: str = "xforward") -> Sequence[str]:
+    """The attributes the backend lists after XFORWARD (or XCLIENT) in its EHLO reply ([] if
+    it does not offer it)."""
+    if not smtp.supports_extension(extension):
         return []
-    return smtp.esmtp_extensions.get("xforward", "").split()
+    return smtp.esmtp_extensions.get(extension, "").split()
 
 
 async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float) -> None:
@@ -79,7 +110,20 @@ async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float
     any command (an error reply, a lost connection): the transaction is then not begun."""
     if client is None:
         return
-    for line in commands(client, offered(smtp)):
+    if offered(smtp):
+        for line in commands(client, offered(smtp)):
+            response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
+            if response.code >= 400:
+                raise aiosmtplib.SMTPResponseException(response.code, response.message)
+        return
+    lines = xclient_commands(client, offered(smtp, "xclient"))
+    for line in lines:
         response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
-        if response.code >= 400:
+        if response.code not in XCLIENT_OK:
+            raise aiosmtplib.SMTPResponseException(response.code, response.message)
+    if lines:
+        # The backend started over as if the client had just connected: greet it again (the
+        # name is the relay's own; the client's HELO went in the XCLIENT line).
+        response = await smtp.ehlo(timeout=timeout)
+        if response.code != 250:
             raise aiosmtplib.SMTPResponseException(response.code, response.message)

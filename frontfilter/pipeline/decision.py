@@ -4,6 +4,9 @@ Shared by the pipeline (which runs it in a worker thread, under a deadline) and 
 `frontfilter scan` (which prints it), so a dry run shows exactly what the relay would do.
 No asyncio, no sockets, no metrics here: the antivirus scan is done by the caller (it is I/O)
 and handed in as a fact; what a failed scan means (`[antivirus] on_error`) is decided here.
+With `[arc]` the pipeline hands in its sealer (pipeline/sealing.py): a message to be forwarded
+is sealed last, over the bytes exactly as they go out, the ARC set put on top of `head`; what
+the seal did is `Decision.arc`, for the caller to log and count (`scan` passes no sealer).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.sniff import TypeCache
 from frontfilter.content.rewrite import (DEFAULT_NOTICE, StripOrder, header_fields,
                                          render_notice, strip_parts)
+from frontfilter.content.arcseal import Seal
 from frontfilter.content.facts import MessageView
+from frontfilter.pipeline.disposition import Disposition
+from frontfilter.pipeline.sealing import Sealer
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.engine import Rules
 from frontfilter.rules.model import Action, Verdict
@@ -40,6 +46,7 @@ class Decision:
     stripped: tuple[StripOrder, ...]
     antivirus: ScanResult | None = None   # the scan the rules saw; None: no scan was made
     unscanned: bool = False               # the verdict is on_error's: the scan failed
+    arc: Seal | None = None               # [arc]: the seal, or why none; None: not to be sealed
 
 
 # `Verdict.rule` of a message tempfailed because it could not be scanned: the config key that
@@ -51,7 +58,8 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
            on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,
-           deadline: float | None = None, authserv_id: str | None = None) -> Decision:
+           deadline: float | None = None, authserv_id: str | None = None,
+           sealer: Sealer | None = None) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
     `carried` holds the headers and tags that rules at earlier stages added.
 
@@ -59,7 +67,8 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
     tempfail, a message the rules would pass is tempfailed instead; a refusal by the rules
     stands (a 5xx is final: the client need not come back for it). `types`: libmagic's
     answers remembered across messages (`sniff.TypeCache`). `deadline` (a `time.monotonic()`
-    value) stops the inspection itself: past it the view records `Limit.TIME`."""
+    value) stops the inspection itself: past it the view records `Limit.TIME`; past it too, a
+    message is not sealed (`sealer`: [arc], with `authserv_id` the field it seals)."""
     view = inspect(raw, limits, deadline=deadline, types=types)
     facts = Facts(stage=facts.stage, session=facts.session, envelope=facts.envelope,
                   recipient=facts.recipient, message=view, antivirus=antivirus,
@@ -74,7 +83,17 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
         assert antivirus is not None
         answer = reply.INSPECTION_TIMEOUT if antivirus.status is ScanStatus.TIMEOUT else reply.SCAN_UNAVAILABLE
         verdict = dataclasses.replace(verdict, action=Action.TEMPFAIL, rule=ON_ERROR, reply=answer)
-    return Decision(view, verdict, *apply(raw, view, verdict, trace, authserv_id), antivirus, unscanned)
+    head, message, orders = apply(raw, view, verdict, trace, authserv_id)
+    arc = None
+    if sealer is not None and authserv_id and Disposition.of_action(verdict.action) is Disposition.ACCEPTED:
+        # Changed where a DKIM signature may cover it: a part stripped or a forged field
+        # removed (the bytes differ; `!=` on the same object is one pointer test), or a field
+        # the rules add (their headers, the tags). Not the trace fields: signers leave them out.
+        changed = message != raw or bool(verdict.headers or verdict.tags)
+        arc = sealer.seal(head, message, authserv_id, changed, deadline)
+        if arc is not None and arc.sealed:
+            head = arc.fields + head
+    return Decision(view, verdict, head, message, orders, antivirus, unscanned, arc)
 
 
 def apply(raw: bytes, view: MessageView, verdict: Verdict, trace: Sequence[tuple[str, str]] = (),

@@ -111,6 +111,9 @@ def dry_config(config: Config, lookups: bool) -> Config:
     return dataclasses.replace(
         config, dnsbl=dataclasses.replace(config.dnsbl, lists=()),
         spf=dataclasses.replace(config.spf, enabled=False),
+        dkim=dataclasses.replace(config.dkim, enabled=False),
+        dmarc=dataclasses.replace(config.dmarc, enabled=False),
+        arc=dataclasses.replace(config.arc, key_file=None),     # a key turns on chain verification
         dns=dataclasses.replace(config.dns, check_sender_domain=False))
 
 

@@ -50,10 +50,11 @@ from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queu
 from frontfilter.pipeline.decision import Decision, decide
 from frontfilter.pipeline.disposition import Disposition, queued, refusal
 from frontfilter.pipeline.endofdata import Claim, Judged, decide_then_spool
+from frontfilter.pipeline.sealing import Sealer
 from frontfilter.policy.relay import Address
 from frontfilter.policy.sendermap import SenderMap, SenderMapError, load_sender_map
 from frontfilter.reply import Reply
-from frontfilter.reputation.checks import Checks, ClientChecks
+from frontfilter.reputation.checks import NOT_CHECKED, Checks, ClientChecks, Found
 from frontfilter.reputation.facts import CheckFacts
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.engine import Rules
@@ -84,6 +85,7 @@ class Transaction:
     early: Action | None = None    # accept or discard taken by a rule before DATA
     carried: Verdict = field(default_factory=Verdict)   # headers and tags from earlier stages
     decision: Decision | None = None    # end of DATA: the content decision, once made
+    found: Found = NOT_CHECKED          # end of DATA: DKIM, ARC and DMARC of the message as received
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Pipeline:
         self.checks = Checks(config)          # reputation: DNS lists, SPF, greylisting
         self.senders: SenderMap | None = None  # relay.sender_map, see load_sender_map
         self.authserv_id = config.server.authserv_id or config.server.hostname    # RFC 8601
+        self.sealer: Sealer | None = None     # [arc]: set by the service once the key loads
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -274,6 +277,11 @@ class Pipeline:
         if self._bypassed(state) is None:   # SPF for Received-SPF and data rules (reputation)
             await self.checks.gather(Stage.DATA, self.rulebook.current, state.checks, peer=state.peer,
                                      helo=state.helo, auth_user=state.auth_user, sender=txn.sender.text)
+            # Before any change (a stripped part breaks the body hash), for the rules and the
+            # Authentication-Results field.
+            txn.found = await self.checks.authenticate(raw, state.checks, queue_id=txn.queue_id,
+                                                       sender=txn.sender.text, helo=state.helo,
+                                                       auth_user=state.auth_user)
         facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope(),
                       checks=self._check_facts(state))
         rules: Rules | None = self.rulebook.current
@@ -283,7 +291,7 @@ class Pipeline:
                  + [("Received", self._received(state, txn))])
         log: dict[str, Any] = dict(client=str(state.peer), helo=state.helo, sender=txn.sender.text,
                    recipients=[r.normalised for r in txn.recipients], tls=state.tls,
-                   auth_user=state.auth_user)
+                   auth_user=state.auth_user, **txn.found.log_fields())
         early = self._bypassed(state)
         if early is Action.DISCARD:
             await self._backend_reset(state)
@@ -304,7 +312,8 @@ class Pipeline:
         deadline = time.monotonic() + self.config.inspection.timeout * WALK_SHARE_OF_TIMEOUT
         judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
                                   txn.carried, antivirus=scan, on_error=self.on_scan_error,
-                                  types=self.types, deadline=deadline, authserv_id=self.authserv_id)
+                                  types=self.types, deadline=deadline, authserv_id=self.authserv_id,
+                                  sealer=self.sealer)
         judged = await self._judge(state, txn, judge, len(raw))
         observe.type_cache_lookups(*self.types.take_counts())
         if judged is None:
@@ -324,6 +333,8 @@ class Pipeline:
                    ambiguities=sorted(a.value for a in decision.view.ambiguities),
                    uninspectable=sorted(r.value for r in decision.view.uninspectable),
                    inspect_ms=round((time.monotonic() - started) * 1000, 2))
+        if decision.arc is not None:      # [arc]: "sealed i=N", or why not (pipeline/sealing.py)
+            log["arc_seal"] = decision.arc.describe()
 
         disposition = Disposition.of_action(verdict.action)
         if disposition in (Disposition.REJECTED, Disposition.TEMPFAILED):
@@ -401,7 +412,7 @@ class Pipeline:
             recipients=tuple(dict.fromkeys(r.normalised for r in txn.recipients)),
             arrived=0.0, size=0,
             options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
-            client=str(state.peer), helo=state.helo or "")
+            client=str(state.peer), helo=state.helo or "", login=state.auth_user or "")
 
     async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
                        ) -> tuple[Reply, str]:
@@ -467,6 +478,8 @@ class Pipeline:
         for order in decision.stripped:
             part = parts.get(order.mime_path)
             observe.attachment_stripped(part.detected_type if part else "other")
+        if decision.arc is not None:
+            observe.arc_sealed(decision.arc.sealed)
 
     def _decided(self, txn: Transaction, disposition: Disposition, size: int, answer: Reply, started: float,
                  log: dict, **extra: object) -> None:
@@ -477,7 +490,7 @@ class Pipeline:
 
     def _authentication_results(self, state: SessionState, txn: Transaction) -> str:
         """RFC 8601, on top: what the relay found about this message's client and sender."""
-        found = self.checks.results(state.checks, txn.sender.text, state.helo)
+        found = self.checks.results(state.checks, txn.sender.text, state.helo, txn.found)
         if state.auth_user is not None:
             found.append(("auth", "pass", {"smtp.auth": state.auth_user}))
         return authresults.field_value(self.authserv_id, found)
@@ -553,7 +566,8 @@ class Pipeline:
         txn = state.txn
         return self.checks.facts(state.checks, sender=txn.sender.text if txn else None, helo=state.helo,
                                  recipient=recipient,
-                                 recipients=tuple(r.normalised for r in txn.recipients) if txn else ())
+                                 recipients=tuple(r.normalised for r in txn.recipients) if txn else (),
+                                 found=txn.found if txn else NOT_CHECKED)
 
     @staticmethod
     def _bypassed(state: SessionState) -> Action | None:
@@ -591,7 +605,7 @@ class Pipeline:
         backend = state.backend
         if not txn.recipients:   # the first recipient opens the backend transaction
             opened = await backend.begin(txn.sender.text, txn.options, ClientFacts(
-                str(state.peer.ip), state.peer.port, state.helo))
+                str(state.peer.ip), state.peer.port, state.helo, login=state.auth_user))
             if not opened.ok:
                 answer = self._backend_failure(opened, BACKEND_REFUSED_RECIPIENT)
                 self._refused(state, Stage.RCPT, answer, f"backend MAIL: {opened.describe()}", "backend")

@@ -6,7 +6,8 @@ filter never runs without its rules. Reload (SIGHUP, or a rule file changing on 
 set is loaded and validated whole in a worker thread and swapped in atomically between messages;
 an invalid set is refused, logged with file, rule and key, and the old set keeps running.
 SIGHUP also reloads the TLS certificate, the AUTH users file and the backend TLS files
-(smtp/door.py): new handshakes use them, sessions in flight are not touched.
+(smtp/door.py): new handshakes use them, sessions in flight are not touched; and the ARC
+sealing key (pipeline/sealing.py): messages decided from then on are sealed with it.
 With `[metrics] listen`, the HTTP endpoint (/metrics, /healthz, /readyz; see endpoint/httpd.py) starts
 before the SMTP listeners, with the probes that keep readiness fresh (endpoint/health.py).
 In queue mode the spool is recovered (delivery/queue.py) before the listeners open.
@@ -35,6 +36,7 @@ from frontfilter.delivery.queue import StoreAndForward
 from frontfilter.delivery.tls import load_client_context, reload_backend_tls
 from frontfilter.endpoint.health import Health, watch_loop_lag
 from frontfilter.endpoint.httpd import HttpEndpoint
+from frontfilter.pipeline.sealing import load_sealer, reload_sealer
 from frontfilter.pipeline.stages import Pipeline, RuleBook
 from frontfilter.delivery.quarantine import expiry
 from frontfilter.rules.loader import load_ruleset
@@ -88,8 +90,8 @@ class Service:
         observe.started(__version__, [str(listener.address) for listener in config.listeners], config)
         for key, why in config_warnings(config):
             observe.warning("config_warning", key=key, detail=why)
-        # The certificate, the users file, the backend TLS files: every one that does not load
-        # is reported, together, and the relay does not start.
+        # The certificate, the users file, the backend TLS files, the ARC key: every one that
+        # does not load is reported, together, and the relay does not start.
         problems: list[str] = []
         try:
             self.door = await open_front_door(config)
@@ -97,6 +99,10 @@ class Service:
             problems += error.problems
         try:
             await load_client_context(config)
+        except ConfigError as error:
+            problems += error.problems
+        try:
+            self.pipeline.sealer = await load_sealer(config)
         except ConfigError as error:
             problems += error.problems
         if problems:
@@ -166,12 +172,13 @@ class Service:
         return True
 
     async def hangup(self) -> None:
-        """SIGHUP: the rules, then the certificate, users and backend TLS files; running
+        """SIGHUP: the rules, then the certificate, users, backend TLS files and ARC key; running
         sessions keep what they have, new connections and handshakes get the new."""
         await self.reload()
         if self.door is not None:
             await reload_front_door(self.door, self.config)
         await reload_backend_tls(self.config)
+        await reload_sealer(self.pipeline.sealer, self.config)
         await self.pipeline.load_sender_map(reload=True)
 
     async def _watch_rules(self) -> None:

@@ -15,6 +15,10 @@ DNSBL query. What each stage needs is worked out once per rule set (`RuleSet.rea
   authenticated or trusted clients, nor for the null sender.
 - Greylisting: at RCPT, for the recipient being decided, when a rule reads `greylist.new`.
   Never for authenticated or trusted clients.
+- DKIM and ARC (`[dkim] enabled`, or an `[arc]` key: a chain is judged before it is continued), DMARC (`[dmarc] enabled`): at end of DATA, on the message
+  as received (reputation.dkimcheck, reputation.dmarc), for every message from a client that is
+  not ours, whether or not a rule reads them: the relay's Authentication-Results field carries
+  them to the backend. DMARC needs SPF: with `[dmarc]`, SPF is evaluated at DATA too.
 - `dns.error` reads the failures of the checks the rule set uses: a stage whose rules read it
   waits for those of them that are known by then.
 
@@ -36,7 +40,9 @@ from frontfilter import observe
 from frontfilter.config import Config, ConfigError
 from frontfilter.model import Peer, Stage
 from frontfilter.reputation import dnsbl
-from frontfilter.reputation.facts import CheckFacts, DnsCheck, ListingFacts, domain_of
+from frontfilter.reputation.dkimcheck import DkimVerifier, Verified
+from frontfilter.reputation.dmarc import Dmarc, DmarcOutcome
+from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
 from frontfilter.reputation import senderdomain
 from frontfilter.reputation.resolver import Resolver
@@ -51,6 +57,45 @@ DNS_ERROR = "dns.error"
 DNSBL, SPF, GREYLIST, SENDER_DOMAIN = "dnsbl", "spf", "greylist", "sender_domain"
 # One Authentication-Results method: (method, result, {ptype.property: value}); RFC 8601 §2.7.
 Method = tuple[str, str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one message's signatures and From: domain said (None: that check is off)."""
+
+    dkim: Verified | None = None
+    dmarc: DmarcOutcome | None = None
+
+    def facts(self) -> Authenticity:
+        dkim, dmarc = self.dkim, self.dmarc
+        return Authenticity(dkim=dkim.result if dkim else None, dkim_domains=dkim.passed_domains if dkim else (),
+                            arc=dkim.arc if dkim else None, dmarc=dmarc.result if dmarc else None,
+                            dmarc_policy=dmarc.policy if dmarc else None)
+
+    def dns_errors(self) -> set[DnsCheck]:
+        errors = set()
+        if self.dkim is not None and self.dkim.key_lookup_failed:
+            errors.add(DnsCheck.DKIM)
+        if self.dmarc is not None and self.dmarc.result is DmarcResult.TEMPERROR:
+            errors.add(DnsCheck.DMARC)
+        return errors
+
+    def log_fields(self) -> dict[str, object]:
+        """For the message's log line."""
+        fields: dict[str, object] = {}
+        if self.dkim is not None:
+            fields["dkim"] = self.dkim.result.value
+            if self.dkim.passed_domains:
+                fields["dkim_domains"] = list(self.dkim.passed_domains)
+            if self.dkim.arc is not None:
+                fields["arc"] = self.dkim.arc.value
+        if self.dmarc is not None:
+            fields["dmarc"] = self.dmarc.result.value
+            fields["dmarc_policy"] = self.dmarc.policy.value if self.dmarc.policy else None
+        return fields
+
+
+NOT_CHECKED = Found()
 
 
 @dataclass
@@ -87,6 +132,11 @@ class Checks:
         if self.greylist is not None:
             _probe(self.greylist, config)
         self._greylist_thread = ThreadPoolExecutor(1, thread_name_prefix="greylist") if self.greylist else None
+        # Sealing ([arc]) continues a chain only once it is judged (RFC 8617 §5.1: the seal's cv
+        # is the verdict): with a key, chains are verified even without [dkim].
+        sealing = config.arc.key_file is not None
+        self.dkim = DkimVerifier(self.resolver, config.dkim, arc=True) if config.dkim.enabled or sealing else None
+        self.dmarc = Dmarc(self.resolver, config.dmarc.timeout) if config.dmarc.enabled else None
         self._plan_cache: tuple[object, _Plan] | None = None
 
     # ---- what a rule set needs where --------------------------------------------------------
@@ -98,7 +148,9 @@ class Checks:
         reads = {stage: (reads_of(stage) if reads_of else frozenset()) for stage in Stage}
         used = frozenset().union(*reads.values())
         uses_dnsbl = bool(self.lists) and bool(used & DNSBL_KEYS)
-        uses_spf = self.spf is not None and (bool(used & SPF_KEYS) or self.config.spf.header)
+        # DMARC reads the SPF result at DATA: no rule need ask for it.
+        at_data = self.config.spf.header or self.dmarc is not None
+        uses_spf = self.spf is not None and (bool(used & SPF_KEYS) or at_data)
         uses_domain = self.config.dns.check_sender_domain and bool(used & SENDER_DOMAIN_KEYS)
         now: dict[Stage, frozenset[str]] = {}
         for stage in Stage:
@@ -107,7 +159,7 @@ class Checks:
                 needs.add(DNSBL)
             if uses_spf and stage.order >= Stage.MAIL.order and (
                     reads[stage] & SPF_KEYS or DNS_ERROR in reads[stage]
-                    or (stage is Stage.DATA and self.config.spf.header)):
+                    or (stage is Stage.DATA and at_data)):
                 needs.add(SPF)
             if uses_domain and stage.order >= Stage.MAIL.order and (
                     reads[stage] & SENDER_DOMAIN_KEYS or DNS_ERROR in reads[stage]):
@@ -157,6 +209,20 @@ class Checks:
         if GREYLIST in now and recipient is not None and sender is not None and not ours:
             session.greylisted[(sender, recipient)] = await self._greylist(peer, sender, recipient)
 
+    async def authenticate(self, raw: bytes, session: ClientChecks, *, queue_id: str, sender: str,
+                           helo: str | None, auth_user: str | None) -> Found:
+        """DKIM, ARC and DMARC of a message as received (`gather(Stage.DATA)` first: DMARC reads
+        the SPF result). Not for our own clients (trusted or authenticated): nothing to prove."""
+        if (self.dkim is None and self.dmarc is None) or session.trusted or auth_user is not None:
+            return NOT_CHECKED
+        verified = await self.dkim.verify(raw, queue_id) if self.dkim is not None else None
+        dmarc = None
+        if self.dmarc is not None:
+            spf = session.spf if session.spf is not None and session.spf_for == (sender, helo) else None
+            dmarc = await self.dmarc.evaluate(raw, (spf.result, spf.domain) if spf else None,
+                                              verified.passed_domains if verified else ())
+        return Found(verified, dmarc)
+
     async def _listing(self, peer: Peer) -> dnsbl.ListingCheck:
         started = time.monotonic()
         result = await dnsbl.check(self.resolver, self.lists, self.config.dnsbl.threshold, peer.ip,
@@ -183,7 +249,8 @@ class Checks:
     # ---- what the rules see ---------------------------------------------------------------------
 
     def facts(self, session: ClientChecks, *, sender: str | None, helo: str | None,
-              recipient: str | None = None, recipients: tuple[str, ...] = ()) -> CheckFacts:
+              recipient: str | None = None, recipients: tuple[str, ...] = (),
+              found: Found = NOT_CHECKED) -> CheckFacts:
         spf = session.spf if session.spf is not None and session.spf_for == (sender, helo) else None
         if recipient is not None:
             new = session.greylisted.get((sender or "", recipient))
@@ -191,20 +258,21 @@ class Checks:
             seen = [session.greylisted[(sender or "", r)] for r in recipients
                     if (sender or "", r) in session.greylisted]
             new = any(seen) if seen else None
-        errors = set()
+        errors = found.dns_errors()
         if session.listing_failed:
             errors.add(DnsCheck.DNSBL)
         if spf is not None and spf.dns_failed:
             errors.add(DnsCheck.SPF)
-        found = session.sender_domain
-        if found is not None and (not sender or domain_of(sender) != found.domain):
-            found = None             # about an earlier transaction's sender
-        if found is not None and found.exists is None:
+        domain = session.sender_domain
+        if domain is not None and (not sender or domain_of(sender) != domain.domain):
+            domain = None            # about an earlier transaction's sender
+        if domain is not None and domain.exists is None:
             errors.add(DnsCheck.SENDER_DOMAIN)
         return CheckFacts(trusted=session.trusted, own_domains=self.own_domains,
                           listing=session.listing, spf=spf.result if spf else None,
                           greylist_new=new, dns_errors=frozenset(errors),
-                          sender_domain_exists=found.exists if found is not None else None)
+                          sender_domain_exists=domain.exists if domain is not None else None,
+                          authenticity=found.facts())
 
     def trace(self, session: ClientChecks, peer: Peer, sender: str, helo: str | None) -> list[tuple[str, str]]:
         """Trace fields for the forwarded message: Received-SPF, when SPF was evaluated."""
@@ -220,14 +288,25 @@ class Checks:
             session.listing_task = None
             session.listing, session.listing_failed = result.facts, result.failed
 
-    def results(self, session: ClientChecks, sender: str, helo: str | None) -> list[Method]:
+    def results(self, session: ClientChecks, sender: str, helo: str | None,
+                message: Found = NOT_CHECKED) -> list[Method]:
         """What was found, as Authentication-Results methods (RFC 8601 §2.7): the SPF result of
-        this sender, and the DNS lists (`dnsbl`: fail when the client's score reached the
-        threshold). Only what was evaluated: a check not made says nothing."""
+        this sender, each DKIM signature (RFC 6008's `header.b` tells two of one domain apart),
+        the ARC chain, DMARC, and the DNS lists (`dnsbl`: fail when the client's score reached
+        the threshold). Only what was evaluated: a check not made says nothing."""
         found: list[Method] = []
         spf = session.spf
         if spf is not None and session.spf_for == (sender, helo):
             found.append(("spf", spf.result.value, {f"smtp.{spf.identity}": spf.domain}))
+        if message.dkim is not None:
+            found += [("dkim", s.result.value, {"header.d": s.domain, "header.s": s.selector, "header.b": s.prefix}
+                       if s.domain else {}) for s in message.dkim.signatures] or [("dkim", DkimResult.NONE.value, {})]
+            if message.dkim.arc is not None:
+                found.append(("arc", message.dkim.arc.value, {}))
+        if message.dmarc is not None:
+            dmarc = message.dmarc
+            found.append(("dmarc", dmarc.result.value, ({"header.from": dmarc.domain} if dmarc.domain else {})
+                          | ({"policy.dmarc": dmarc.policy.value} if dmarc.policy else {})))
         listing = session.listing
         if listing is not None:
             listed = {"policy.listed": ",".join(listing.listed_on)} if listing.listed_on else {}
@@ -246,6 +325,8 @@ class Checks:
     def close(self) -> None:
         if self.spf is not None:
             self.spf.close()
+        if self.dkim is not None:
+            self.dkim.close()
         if self._greylist_thread is not None:
             self._greylist_thread.shutdown(wait=True)
         if self.greylist is not None:

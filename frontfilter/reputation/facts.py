@@ -6,7 +6,8 @@ did not run never makes a condition on it hold, except the "not" forms: `client.
 holds when no allow list said otherwise.
 
 Names here are a contract with rule files (rules/README.md): the values of `SpfResult` are the
-words of RFC 7208 §2.6, the values of `DnsCheck` the words of `dns.error = [...]`.
+words of RFC 7208 §2.6, those of `DkimResult`, `DmarcResult` and `ArcResult` the words of
+RFC 8601 for each method, the values of `DnsCheck` the words of `dns.error = [...]`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,50 @@ class SpfResult(enum.Enum):
     PERMERROR = "permerror"
 
 
+class DkimResult(enum.Enum):
+    """RFC 8601 §2.7.1: the message's DKIM result, the best of its signatures' (a pass wins)."""
+
+    PASS = "pass"
+    FAIL = "fail"            # a signature that does not verify (body or header hash, signature)
+    NONE = "none"            # not signed
+    TEMPERROR = "temperror"  # a signing key could not be looked up (timeout, SERVFAIL)
+    PERMERROR = "permerror"  # malformed signature, no key published, key unusable or too small
+
+
+class DmarcResult(enum.Enum):
+    """RFC 7489 §11.2 (through RFC 8601): the From: domain's DMARC evaluation."""
+
+    PASS = "pass"            # an aligned SPF or DKIM pass
+    FAIL = "fail"            # the domain publishes DMARC and nothing aligned passed
+    NONE = "none"            # the domain publishes no DMARC record
+    TEMPERROR = "temperror"  # its record could not be looked up
+    PERMERROR = "permerror"  # no single From: domain to evaluate (RFC 7489 §6.6.1)
+
+
+class DmarcPolicy(enum.Enum):
+    """What the From: domain asks receivers to do with mail that fails (p=, or sp=)."""
+
+    NONE = "none"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+
+
+class ArcResult(enum.Enum):
+    """RFC 8617 §4.4: the chain validation status of an ARC chain the message arrived with."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NONE = "none"            # no ARC chain
+
+
 class DnsCheck(enum.Enum):
     """Which DNS-based check could not be completed (timeout, SERVFAIL, no resolver answered)."""
 
     DNSBL = "dnsbl"   # a block or allow list lookup of the client address
     SPF = "spf"       # the SPF evaluation (its result is then temperror)
     SENDER_DOMAIN = "sender_domain"   # the lookup of the envelope sender's domain
+    DKIM = "dkim"     # a signing key lookup (its result is then temperror)
+    DMARC = "dmarc"   # the lookup of the From: domain's DMARC record
 
 
 @dataclass(frozen=True)
@@ -49,6 +88,18 @@ class ListingFacts:
 
 
 @dataclass(frozen=True)
+class Authenticity:
+    """What the message's own signatures and its From: domain say, checked before any change
+    (reputation.dkimcheck, reputation.dmarc). None in a field: that check was not made."""
+
+    dkim: DkimResult | None = None
+    dkim_domains: tuple[str, ...] = ()          # d= of each signature that verified
+    arc: ArcResult | None = None
+    dmarc: DmarcResult | None = None
+    dmarc_policy: DmarcPolicy | None = None     # None: no record (or not evaluated)
+
+
+@dataclass(frozen=True)
 class CheckFacts:
     trusted: bool = False                      # client in relay.trusted_networks
     own_domains: frozenset[str] = frozenset()  # relay.sender_domains (or relay.domains), A-labels
@@ -57,6 +108,7 @@ class CheckFacts:
     greylist_new: bool | None = None           # None: greylisting not consulted
     sender_domain_exists: bool | None = None   # None: not looked up, or the lookup failed
     dns_errors: frozenset[DnsCheck] = frozenset()
+    authenticity: Authenticity = Authenticity()   # at DATA: DKIM, ARC, DMARC
 
 
 NO_CHECKS = CheckFacts()

@@ -128,7 +128,7 @@ def to_spool(config: Config, meta: store.Held, head: bytes, data: bytes,
         return Released(recipients, spool_id=meta.id, already_queued=True)
     envelope = Envelope(id=meta.id, sender=meta.sender, recipients=recipients, arrived=now,
                         size=len(head) + len(data), options=meta.options, client=meta.client,
-                        helo=meta.helo)
+                        helo=meta.helo, login=meta.auth_user or "")
     write_message(layout, envelope, data, head=head, owner=store.owner_of(layout.root))
     return Released(recipients, spool_id=meta.id)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import authres
+
 from frontfilter.content.authresults import field_value, remove_claims
 from tests.harness import RecordingSink, Relay, send, write_config
 
@@ -31,9 +33,14 @@ def test_the_field_says_none_when_nothing_was_evaluated() -> None:
     assert field_value("mx.test", []) == "mx.test; none"
     assert field_value("mx.test", [("spf", "pass", {"smtp.mailfrom": "example.net"})]) == \
         "mx.test; spf=pass smtp.mailfrom=example.net"
-    # A login or domain from a client cannot add a method, a comment or a property of its own.
-    assert field_value("mx.test", [("auth", "pass", {"smtp.auth": "eve; dkim=pass (x)"})]) == \
-        "mx.test; auth=pass smtp.auth=eve??dkim=pass??x?"
+    # A login or domain from a client cannot add a method, a comment or a property of its own:
+    # a value that is not a token is a quoted string, read back as one value by a parser.
+    forged = field_value("mx.test", [("auth", "pass", {"smtp.auth": 'eve"; dkim=pass (x)\\'})])
+    assert forged == 'mx.test; auth=pass smtp.auth="eve\\"; dkim=pass (x)\\\\"'
+    parsed = authres.AuthenticationResultsHeader.parse_value(forged)
+    assert [(r.method, r.result) for r in parsed.results] == [("auth", "pass")]
+    assert field_value("mx.test", [("dnsbl", "fail", {"policy.listed": "zen,bl2"})]) == \
+        'mx.test; dnsbl=fail policy.listed="zen,bl2"'
 
 
 def test_a_forged_field_with_our_name_does_not_reach_the_backend(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""XFORWARD: a backend that trusts the relay learns the real client — tried against a real
-Postfix with `smtpd_authorized_xforward_hosts`, as deploy/README.md tells the administrator."""
+"""XFORWARD and XCLIENT: a backend that trusts the relay learns the real client — tried against
+a real Postfix with `smtpd_authorized_xforward_hosts` (or `smtpd_authorized_xclient_hosts`), as
+deploy/README.md tells the administrator."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from frontfilter.delivery.xforward import ClientFacts, commands, xtext
+from frontfilter.delivery.xforward import ClientFacts, commands, xclient_commands, xtext
 from tests.harness import REPO, Answer, RecordingSink, Relay, eventually, write_config
 from tests.requires import installed
 
@@ -30,7 +31,7 @@ CLIENT_ADDRESS = "127.0.0.2"          # the test's client: the relay itself reac
 def test_xforward_says_only_what_the_backend_asks_for_in_xtext() -> None:
     client = ClientFacts("2001:db8::7", 40001, "mail+out=1.example", "ESMTP")
     assert commands(client, ["ADDR", "HELO", "SOURCE"]) == [
-        "XFORWARD ADDR=2001:db8::7 HELO=mail+2Bout+3D1.example SOURCE=REMOTE"]
+        "XFORWARD ADDR=IPV6:2001:db8::7 HELO=mail+2Bout+3D1.example SOURCE=REMOTE"]   # as Postfix reads v6
     assert commands(client, []) == []                           # not advertised: nothing sent
     assert xtext("a b\u00e9") == "a+20b+C3+A9"
     long_helo = ClientFacts("192.0.2.1", 25, "h" * 300)
@@ -38,18 +39,42 @@ def test_xforward_says_only_what_the_backend_asks_for_in_xtext() -> None:
     assert all(len(line) <= 500 for line in lines) and "".join(lines).count("HELO=") == 1
 
 
-@pytest.fixture
-def postfix() -> Iterator[tuple[int, Path, RecordingSink]]:
-    """The benchmark's throw-away Postfix (bench/run.py), relaying to a recording sink and
-    trusting XFORWARD from loopback, as deploy/README.md says."""
+def test_xclient_resets_what_it_does_not_know_for_the_next_message_on_the_connection() -> None:
+    offered = ["NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR"]
+    with_login = ClientFacts("192.0.2.7", 4242, "laptop.example", login="alice@example.org")
+    assert xclient_commands(with_login, offered) == [
+        "XCLIENT ADDR=192.0.2.7 PORT=4242 NAME=[UNAVAILABLE] HELO=laptop.example PROTO=ESMTP LOGIN=alice@example.org"]
+    # The next message's client did not log in, nor say HELO: the attributes would otherwise
+    # carry over to it on the same connection.
+    assert xclient_commands(ClientFacts("198.51.100.1"), offered) == [
+        "XCLIENT ADDR=198.51.100.1 PORT=[UNAVAILABLE] NAME=[UNAVAILABLE] HELO=[UNAVAILABLE] PROTO=ESMTP "
+        "LOGIN=[UNAVAILABLE]"]
+    assert xclient_commands(with_login, []) == []
+
+
+def running_postfix(extra: str) -> Iterator[tuple[int, Path, RecordingSink]]:
+    """The benchmark's throw-away Postfix (bench/run.py), relaying to a recording sink, with
+    `extra` main.cf lines."""
     # Postfix's own processes (user postfix) must reach its directories: not under pytest's
     # private temporary root.
     home = Path(tempfile.mkdtemp(prefix="frontfilter-postfix-"))
     try:
-        with RecordingSink() as sink, BENCH.postfix(sink, home, "smtpd_authorized_xforward_hosts = 127.0.0.0/8\n") as running:
+        with RecordingSink() as sink, BENCH.postfix(sink, home, extra) as running:
             yield running.port, home / "postfix" / "maillog", sink
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def postfix() -> Iterator[tuple[int, Path, RecordingSink]]:
+    """Trusting XFORWARD from loopback, as deploy/README.md says."""
+    yield from running_postfix("smtpd_authorized_xforward_hosts = 127.0.0.0/8\n")
+
+
+@pytest.fixture
+def postfix_xclient() -> Iterator[tuple[int, Path, RecordingSink]]:
+    """Trusting XCLIENT (and not XFORWARD) from loopback."""
+    yield from running_postfix("smtpd_authorized_xclient_hosts = 127.0.0.0/8\n")
 
 
 def clients_postfix_logged(maillog: Path) -> list[str]:
@@ -82,6 +107,23 @@ def test_with_forward_client_off_postfix_sees_the_relay(tmp_path: Path, postfix:
         sink.wait_for(1, timeout=30)
     logged = eventually(lambda: clients_postfix_logged(maillog), timeout=30)
     assert logged == ["client=unknown[127.0.0.1]"], logged
+
+
+@installed(POSTFIX is not None, "Postfix is installed by `make test` (Debian package postfix)")
+def test_a_backend_that_takes_only_xclient_sees_each_real_client(
+        tmp_path: Path, postfix_xclient: tuple[int, Path, RecordingSink]) -> None:
+    port, maillog, sink = postfix_xclient
+    # Queue mode: one backend connection carries both messages, XCLIENT before each.
+    config = write_config(tmp_path, [port], backend={"mode": "queue"})
+    with Relay(config) as relay:
+        assert send_from(relay.port, CLIENT_ADDRESS).ok
+        sink.wait_for(1, timeout=30)
+        assert send_from(relay.port, "127.0.0.3").ok
+        sink.wait_for(2, timeout=30)
+    logged = eventually(lambda: len(clients_postfix_logged(maillog)) == 2 and clients_postfix_logged(maillog),
+                        timeout=30)
+    # Postfix decided and logged as if each real client had connected to it.
+    assert logged == [f"client=unknown[{CLIENT_ADDRESS}]", "client=unknown[127.0.0.3]"], logged
 
 
 def send_from(port: int, source: str) -> Answer:

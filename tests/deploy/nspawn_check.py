@@ -205,12 +205,14 @@ def plain_unit(bundle: Path) -> bool:
     text = CONFIG.read_text()
     text = set_key(text, "backend", "servers", f'["{SINK}"]')
     text = set_key(text, "rules", "watch", "false")        # only `systemctl reload` may load a rule
-    # The container has no network, so no DNS: the example's DNS lists, SPF and sender-domain
-    # lookup would only wait for a resolver that is not there (as the guide says: turn them off).
+    # The container has no network, so no DNS: the example's DNS lists, SPF, DKIM, DMARC and
+    # sender-domain lookup would only wait for a resolver that is not there (as the guide says:
+    # turn them off).
     if "[dnsbl]" in text:
         text = set_key(text, "dnsbl", "lists", "[]")
-    if "[spf]" in text:
-        text = set_key(text, "spf", "enabled", "false")
+    for section in ("spf", "dkim", "dmarc"):
+        if f"[{section}]" in text:
+            text = set_key(text, section, "enabled", "false")
     if "check_sender_domain" in text:
         text = set_key(text, "dns", "check_sender_domain", "false")
     CONFIG.write_text(text)

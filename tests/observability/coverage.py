@@ -25,6 +25,7 @@ COVERAGE: dict[str, str] = {
     "frontfilter_inspection_limits_total": E2E,
     "frontfilter_type_cache_lookups_total": E2E,
     "frontfilter_message_size_bytes": E2E,
+    "frontfilter_arc_seals_total": "e2e: tests/test_arc_sealing.py",     # a relay with [arc], scraped
     "frontfilter_forward_attempts_total": E2E,
     "frontfilter_forward_seconds": E2E,
     "frontfilter_backend_up": E2E,
@@ -55,6 +56,9 @@ COVERAGE: dict[str, str] = {
     "frontfilter_dns_queries_total": UNIT,
     "frontfilter_dnsbl_lookups_total": UNIT,
     "frontfilter_spf_results_total": UNIT,
+    "frontfilter_dkim_results_total": "e2e: tests/reputation/test_dkim_dmarc.py",   # scraped from a relay
+    "frontfilter_arc_results_total": "e2e: tests/reputation/test_dkim_dmarc.py",
+    "frontfilter_dmarc_results_total": "e2e: tests/reputation/test_dkim_dmarc.py",
     "frontfilter_dns_check_seconds": UNIT,
     "frontfilter_greylist_checks_total": UNIT,
     "frontfilter_sender_refusals_total": UNIT,

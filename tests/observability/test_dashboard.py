@@ -33,6 +33,7 @@ REQUIRED = {
     "quarantine size": "Quarantine size",
     "quarantine age": "Oldest quarantined message",
     "quarantine releases and expiries": "Quarantine releases and expiries (time range)",
+    "DKIM/DMARC outcomes and ARC seals": "DKIM, ARC and DMARC",
 }
 LABELS_EVERY_SERIES_HAS = {"job", "instance"}     # added by Prometheus at scrape time
 

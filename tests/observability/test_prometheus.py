@@ -70,6 +70,7 @@ PENDING = {
     "Antivirus scans": "needs clamd",
     "DNS block lists": "needs a DNS list",
     "SPF results": "needs SPF checks",
+    "DKIM, ARC and DMARC": "needs [dkim], [dmarc] or [arc] (their counters: tests/reputation/test_dkim_dmarc.py)",
     "Greylisting": "needs greylisting",
     "Antivirus scan time": "needs clamd",
     "DNS check time (p99)": "needs a DNS list or SPF checks",

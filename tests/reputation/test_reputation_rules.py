@@ -75,7 +75,7 @@ tag = "x"
     ('stage = "helo"\nspf.result = "fail"', "spf.result: not known at stage helo (known from stage mail)"),
     ('stage = "rcpt"\nfrom.own_domain = true', "from.own_domain: not known at stage rcpt (known from stage data)"),
     ('spf.result = ["fail", "hardfail"]', "spf.result: unknown name 'hardfail' (one of pass, fail, softfail"),
-    ('dns.error = ["dnsbl", "mx"]', "dns.error: unknown name 'mx' (one of dnsbl, spf, sender_domain)"),
+    ('dns.error = ["dnsbl", "mx"]', "dns.error: unknown name 'mx' (one of dnsbl, spf, sender_domain, dkim, dmarc)"),
     ('client.dnsbl_score = { over = "three" }', "client.dnsbl_score.over: must be a whole number"),
     ('client.dnswl = "yes"', "client.dnswl: must be true or false"),
     ('client.blacklisted = true', "client.blacklisted: unknown condition"),

@@ -11,7 +11,8 @@ Keys and their scopes (see rules/README.md for the administrator's view):
   inspection.limit, ambiguity, virus, virus.name, attachment.<...>, any, not;
   and the reputation facts (frontfilter.reputation): client.dnsbl, client.dnsbl_score,
   client.listed_on, client.dnswl, client.trusted, dns.error, sender.own_domain, spf.result,
-  greylist.new, from.address, from.domain, from.own_domain;
+  greylist.new, from.address, from.domain, from.own_domain, dkim.result, dkim.domain,
+  arc.result, dmarc.result, dmarc.policy;
 - attachment scope (inside `attachment`): declared_type, detected_type, disposition, filename,
   extension, size, the part flags (`PART_FLAGS`), uninspectable (true, false or reasons), any,
   not.
@@ -43,7 +44,7 @@ from frontfilter.rules.conditions.values import (
 )
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.matchers import NetworkMatcher
-from frontfilter.reputation.facts import DnsCheck, SpfResult, domain_of
+from frontfilter.reputation.facts import ArcResult, DkimResult, DmarcPolicy, DmarcResult, DnsCheck, SpfResult, domain_of
 
 # Boolean facts of a part, each a `Part` field of the same name.
 PART_FLAGS = (
@@ -74,11 +75,14 @@ KNOWN_FROM = {
     "spf": Stage.MAIL,
     "greylist": Stage.RCPT,      # the triplet needs the recipient
     "from": Stage.DATA,          # the From: header field
+    "dkim": Stage.DATA,          # the message's signatures, checked at end of DATA
+    "arc": Stage.DATA,
+    "dmarc": Stage.DATA,
 }
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 §3.6.8 ftext
 _GROUPS = frozenset({"client", "auth", "sender", "recipient", "recipients", "header", "inspection",
-                     "dns", "spf", "greylist", "from",
+                     "dns", "spf", "greylist", "from", "dkim", "arc", "dmarc",
                      "virus", "attachment"})
 _MAX_SPEC = 80  # characters of a condition quoted in a "not (...)" reason
 _NESTING = re.compile(r"(?:any\[\d+\]\.|not\.)")  # path steps that reasons leave out
@@ -358,10 +362,43 @@ def _dns(value: Any, path: str, env: Env) -> list[Node]:
 def _spf(value: Any, path: str, env: Env) -> list[Node]:
     nodes: list[Node] = []
     for key, item in _subtable(value, path, env, ("result",)).items():
-        test = names(_names_of(item), f"{path}.{key}", env, SpfResult)
-        if test is not None:
-            nodes.append(_leaf(f"{path}.{key}", item, False, lambda f, p: (
-                frozenset({f.checks.spf}) if f.checks.spf is not None else frozenset(),), test))
+        nodes += _one_of(item, f"{path}.{key}", env, SpfResult, lambda f: f.checks.spf)
+    return nodes
+
+
+def _one_of(value: Any, path: str, env: Env, kind: type[enum.Enum], read: Callable[[Facts], Any]) -> list[Node]:
+    """A fact that is one word of `kind` (or not known: then no condition on it holds)."""
+    test = names(_names_of(value), path, env, kind)
+    if test is None:
+        return []
+    return [_leaf(path, value, False, lambda f, p: (
+        frozenset({read(f)}) if read(f) is not None else frozenset(),), test)]
+
+
+def _dkim(value: Any, path: str, env: Env) -> list[Node]:
+    nodes: list[Node] = []
+    for key, item in _subtable(value, path, env, ("result", "domain")).items():
+        if key == "result":
+            nodes += _one_of(item, f"{path}.{key}", env, DkimResult, lambda f: f.checks.authenticity.dkim)
+        else:     # the signing domains (d=) of the signatures that verified
+            nodes += _string_leaf(f"{path}.{key}", item, env, False, lambda f, p: f.checks.authenticity.dkim_domains)
+    return nodes
+
+
+def _arc(value: Any, path: str, env: Env) -> list[Node]:
+    nodes: list[Node] = []
+    for key, item in _subtable(value, path, env, ("result",)).items():
+        nodes += _one_of(item, f"{path}.{key}", env, ArcResult, lambda f: f.checks.authenticity.arc)
+    return nodes
+
+
+def _dmarc(value: Any, path: str, env: Env) -> list[Node]:
+    nodes: list[Node] = []
+    for key, item in _subtable(value, path, env, ("result", "policy")).items():
+        if key == "result":
+            nodes += _one_of(item, f"{path}.{key}", env, DmarcResult, lambda f: f.checks.authenticity.dmarc)
+        else:
+            nodes += _one_of(item, f"{path}.{key}", env, DmarcPolicy, lambda f: f.checks.authenticity.dmarc_policy)
     return nodes
 
 
@@ -413,6 +450,7 @@ _MESSAGE: dict[str, Callable[[Any, str, Env], list[Node]]] = {
     "subject": _subject, "body": _body, "size": _size, "inspection": _inspection,
     "ambiguity": _ambiguity, "virus": _virus, "attachment": _attachment,
     "dns": _dns, "spf": _spf, "greylist": _greylist, "from": _from,
+    "dkim": _dkim, "arc": _arc, "dmarc": _dmarc,
 }
 
 
