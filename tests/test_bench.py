@@ -4,7 +4,8 @@ is frontfilter's own SMTP session relaying.
 
 No speed is asserted here (speed belongs to bench/README.md): only that every contender and
 every rule set got all its mail to the sink, that the table a reader compares has a row for
-each, against a scripted server on loopback what the generator puts on the wire, and that the
+each, that the large messages went through and the crowd (bench/crowd.py) was held beside the
+load, against a scripted server on loopback what the generator puts on the wire, and that the
 floor serves SMTP with frontfilter's session and relays what it is given unchanged.
 """
 
@@ -58,7 +59,17 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     assert len(report["rules"]) == 3 and all(row["rate"] > 0 for row in report["rules"])
     assert set(report["latency_ms"]) == set(contenders) - {"limit"}
     assert all("loaded_p99" in got for got in report["latency_ms"].values())
-    assert report["memory"]["peak_mib"] >= report["memory"]["idle_mib"] > 0
+    large = report["large"]
+    assert set(large) == {f"{name}, {kind}" for name in ("postfix", "ff-queue") for kind in ("octet-stream", "zip")}
+    assert not [got for got in large.values() if "failed" in got]
+    assert all(large[f"ff-queue, {kind}"]["peak_mib"] >= large[f"ff-queue, {kind}"]["idle_mib"] > 0
+               for kind in ("octet-stream", "zip"))
+    crowd = report["crowd"]
+    assert set(crowd) == {"postfix", "ff-queue"}
+    # the relay held the whole (small) crowd from its many addresses and served the load beside it
+    assert crowd["ff-queue"]["opened"] == crowd["ff-queue"]["held_at_end"] == crowd["ff-queue"]["sessions"]
+    assert crowd["ff-queue"]["rate_crowd"] > 0 and crowd["ff-queue"]["rss_load_mib"] > 0
+    assert "| crowd of 50 " in done.stdout and "| large message (" in done.stdout
     for contender in ("postfix", "ff-queue", "ff-sync"):
         assert f"| {contender} | 5KB plain |" in done.stdout
         assert f"| {contender} | 5KB pipelined |" in done.stdout
