@@ -35,10 +35,6 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-import dkim
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 MIN_KEY_BITS = 1024
 MAX_KEY_BITS = 4096
@@ -89,8 +85,15 @@ class SealingKey:
         return f"v=DKIM1; k=rsa; p={self.public}"
 
 
+# dkimpy and cryptography are imported where a key is read or a message sealed: a relay without
+# [arc] does not carry them (8 MiB per process, bench/README.md "Memory of a worker").
+
 def read_key(pem: bytes, selector: str, domain: str) -> SealingKey:
     """The key in `pem`, checked; raises KeyProblem."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:             # cryptography: "Password was not given but private key is encrypted"
@@ -131,6 +134,8 @@ class Seal:
 def seal(message: bytes, key: SealingKey, authserv_id: str, timestamp: int | None = None) -> Seal:
     """The ARC set for `message` (exactly as it is forwarded, our Authentication-Results on
     top), signed with `key`; or, when dkimpy cannot seal it, why. `timestamp`: t=, default now."""
+    import dkim
+
     try:
         fields = dkim.arc_sign(message, key.selector.encode(), key.domain.encode(), key.pem,
                                authserv_id.encode(), include_headers=list(_SIGNED), timestamp=timestamp)

@@ -2,8 +2,12 @@
 
 Guarantees: `detect` classifies the whole decoded payload (libmagic itself reads at most
 ~7 MiB of it); it never raises — a libmagic failure answers "" (unknown), which is not a
-mismatch but is visible to rules. One `magic.Magic` per thread, created under a lock: a
-libmagic cookie is not thread-safe and creating cookies concurrently has crashed elsewhere.
+mismatch but is visible to rules. One `magic.Magic` per process, created under a lock and used
+under python-magic's own lock: a libmagic cookie is not thread-safe, and creating cookies
+concurrently has crashed elsewhere. One, not one per inspection thread: each cookie maps the
+compiled database and compiles its regexes (7-8 MiB a cookie, bench/README.md "Memory of a
+worker"), and with one worker process per core the threads of one process gain little from
+typing in parallel (most of a message's parts are answered by `TypeCache` anyway).
 `TypeCache` remembers libmagic's answers by content digest (see there why that is exact).
 
 The benign pairs (`BENIGN` below) are declared/detected disagreements that are normal in real
@@ -12,21 +16,30 @@ mail and carry no risk; anything else is a `type_mismatch`.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import magic
 
-_local = threading.local()
 _create_lock = threading.Lock()
+_cookie_of: tuple[int, magic.Magic] | None = None    # (pid, cookie): a forked child makes its own
 
 
 def _cookie() -> magic.Magic:
-    cookie = getattr(_local, "cookie", None)
-    if cookie is None:
-        with _create_lock:
-            cookie = magic.Magic(mime=True)
-        _local.cookie = cookie
-    return cookie
+    global _cookie_of
+    held = _cookie_of
+    if held is not None and held[0] == os.getpid():
+        return held[1]
+    with _create_lock:
+        if _cookie_of is None or _cookie_of[0] != os.getpid():
+            _cookie_of = (os.getpid(), magic.Magic(mime=True))
+        return _cookie_of[1]
+
+
+def prepare() -> None:
+    """Make this process's cookie now (a worker at start): loading the database and its first
+    call cost 6-8 MiB and some milliseconds, not the first message's."""
+    detect(b"prepare")
 
 
 def detect(payload: bytes) -> str:

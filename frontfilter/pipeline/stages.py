@@ -39,6 +39,7 @@ from frontfilter.antivirus.result import ScanResult
 from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content import authresults
 from frontfilter.content.limits import InspectionLimits
+from frontfilter.content import sniff
 from frontfilter.content.sniff import TypeCache
 from frontfilter.delivery import safeio
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
@@ -139,6 +140,11 @@ class Pipeline:
         self.senders: SenderMap | None = None  # relay.sender_map, see load_sender_map
         self.authserv_id = config.server.authserv_id or config.server.hostname    # RFC 8601
         self.sealer: Sealer | None = None     # [arc]: set by the service once the key loads
+
+    async def prepare(self) -> None:
+        """At start, in the process that serves: what the first message would otherwise wait
+        for (libmagic's database, content/sniff.py)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, sniff.prepare)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

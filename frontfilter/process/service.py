@@ -108,6 +108,7 @@ class Service:
         if problems:
             raise ConfigError(problems)
         await self.pipeline.load_sender_map()       # relay.sender_map: ConfigError if unreadable
+        await self.pipeline.prepare()
         observe.set_type_labels(config.metrics.type_labels)
         await self.reload(initial=True)
         if self.queue is not None:     # crash recovery before the first new message

@@ -34,19 +34,23 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError
 from frontfilter.model import Peer, Stage
 from frontfilter.reputation import dnsbl
-from frontfilter.reputation.dkimcheck import DkimVerifier, Verified
-from frontfilter.reputation.dmarc import Dmarc, DmarcOutcome
 from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
 from frontfilter.reputation import senderdomain
 from frontfilter.reputation.resolver import Resolver
-from frontfilter.reputation.spfcheck import SpfChecker, SpfOutcome, received_spf
+
+if TYPE_CHECKING:
+    # Imported where the check is switched on: their libraries (pyspf, dkimpy, the public
+    # suffix list) cost a process 3-9 MiB each, for checks that are off by default.
+    from frontfilter.reputation.dkimcheck import DkimVerifier, Verified
+    from frontfilter.reputation.dmarc import Dmarc, DmarcOutcome
+    from frontfilter.reputation.spfcheck import SpfChecker, SpfOutcome
 
 DNSBL_KEYS = frozenset({"client.dnsbl", "client.dnsbl_score", "client.listed_on", "client.dnswl"})
 SPF_KEYS = frozenset({"spf.result"})
@@ -127,7 +131,10 @@ class Checks:
         self.own_domains = frozenset(relay.sender_domains or relay.domains)
         self.resolver = Resolver(config.dns)
         self.lists = config.dnsbl.lists
-        self.spf = SpfChecker(self.resolver, config.spf, config.server.hostname) if config.spf.enabled else None
+        self.spf: SpfChecker | None = None
+        if config.spf.enabled:
+            from frontfilter.reputation.spfcheck import SpfChecker
+            self.spf = SpfChecker(self.resolver, config.spf, config.server.hostname)
         self.greylist = Greylist(config.greylist) if config.greylist.enabled else None
         if self.greylist is not None:
             _probe(self.greylist, config)
@@ -135,8 +142,16 @@ class Checks:
         # Sealing ([arc]) continues a chain only once it is judged (RFC 8617 §5.1: the seal's cv
         # is the verdict): with a key, chains are verified even without [dkim].
         sealing = config.arc.key_file is not None
-        self.dkim = DkimVerifier(self.resolver, config.dkim, arc=True) if config.dkim.enabled or sealing else None
-        self.dmarc = Dmarc(self.resolver, config.dmarc.timeout) if config.dmarc.enabled else None
+        self.dkim: DkimVerifier | None = None
+        if config.dkim.enabled or sealing:
+            from frontfilter.reputation.dkimcheck import DkimVerifier
+            self.dkim = DkimVerifier(self.resolver, config.dkim, arc=True)
+        self.dmarc: Dmarc | None = None
+        if config.dmarc.enabled:
+            from frontfilter.reputation.dmarc import Dmarc
+            self.dmarc = Dmarc(self.resolver, config.dmarc.timeout)
+        if self.lists or self.spf or self.dkim or self.dmarc or config.dns.check_sender_domain:
+            self.resolver.prepare()
         self._plan_cache: tuple[object, _Plan] | None = None
 
     # ---- what a rule set needs where --------------------------------------------------------
@@ -279,6 +294,7 @@ class Checks:
         spf = session.spf
         if self.spf is None or not self.config.spf.header or spf is None or session.spf_for != (sender, helo):
             return []
+        from frontfilter.reputation.spfcheck import received_spf     # loaded with self.spf
         return [("Received-SPF", received_spf(spf, self.config.server.hostname, peer.ip, sender, helo))]
 
     async def settle_listing(self, session: ClientChecks) -> None:

@@ -29,17 +29,16 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING, Any
 
 from frontfilter import observe
 from frontfilter.config import DnsConfig
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
+# dnspython is imported by the first resolver that is set up (`Resolver.prepare`, at start when
+# a check that asks DNS is configured): a relay with no DNS check does not carry it (3 MiB).
 
 MAX_NAME = 253            # characters of a name in text form without the final dot (RFC 1035)
 ATTEMPT_TIMEOUT = 2.0     # seconds per resolver per try, inside the lookup's deadline
@@ -79,21 +78,26 @@ class Resolver:
         self._clock = clock
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._setup_error = ""
-        self._cache: OrderedDict[tuple[str, int], tuple[float, Lookup]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Lookup]] = OrderedDict()
         self._cache_lock = threading.Lock()          # worker threads read it too
-        self._inflight: dict[tuple[str, int], asyncio.Task[Lookup]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Lookup]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- the async side ----------------------------------------------------------------------
 
-    def _forget(self, key: tuple[str, int], _task: object) -> None:
+    def prepare(self) -> None:
+        """Set the resolver up now (at start, off the message path): dnspython is imported and
+        /etc/resolv.conf read; a setup failure is logged once, here."""
+        self._get_resolver()
+
+    def _forget(self, key: tuple[str, str], _task: object) -> None:
         self._inflight.pop(key, None)
 
     async def lookup(self, name: str, rdtype: str, deadline: float) -> Lookup:
         """Records of `rdtype` ("A", "TXT", ...) at `name` (absolute, no search list)."""
         self._loop = asyncio.get_running_loop()
         name = name.rstrip(".").lower()
-        kind = dns.rdatatype.from_text(rdtype)
+        kind = rdtype.upper()
         if not name or len(name) > MAX_NAME:
             return Lookup(Outcome.NXDOMAIN, detail="not a valid name")
         key = (name, kind)
@@ -115,7 +119,12 @@ class Resolver:
         except TimeoutError:
             return Lookup(Outcome.TIMEOUT, detail="deadline passed")
 
-    async def _query(self, name: str, kind: dns.rdatatype.RdataType, deadline: float) -> Lookup:
+    async def _query(self, name: str, kind: str, deadline: float) -> Lookup:
+        import dns.exception
+        import dns.name
+        import dns.rdatatype
+        import dns.resolver
+
         resolver = self._get_resolver()
         if resolver is None:
             result = Lookup(Outcome.ERROR, detail=self._setup_error)
@@ -124,7 +133,7 @@ class Resolver:
         lifetime = max(0.001, deadline - self._clock())
         ttl = self.config.negative_ttl
         try:
-            answer = await resolver.resolve(dns.name.from_text(name), kind, search=False,
+            answer = await resolver.resolve(dns.name.from_text(name), dns.rdatatype.from_text(kind), search=False,
                                             raise_on_no_answer=False, lifetime=lifetime)
         except dns.resolver.NXDOMAIN:
             result = Lookup(Outcome.NXDOMAIN)
@@ -148,6 +157,10 @@ class Resolver:
     def _get_resolver(self) -> dns.asyncresolver.Resolver | None:
         if self._resolver is not None or self._setup_error:
             return self._resolver
+        import dns.asyncresolver
+        import dns.exception
+        import dns.nameserver
+
         try:
             if self.config.resolvers:
                 resolver = dns.asyncresolver.Resolver(configure=False)
@@ -166,7 +179,7 @@ class Resolver:
 
     # ---- the cache -----------------------------------------------------------------------------
 
-    def _cached(self, key: tuple[str, int]) -> Lookup | None:
+    def _cached(self, key: tuple[str, str]) -> Lookup | None:
         with self._cache_lock:
             entry = self._cache.get(key)
             if entry is None:
@@ -178,7 +191,7 @@ class Resolver:
             self._cache.move_to_end(key)
             return result
 
-    def _store(self, key: tuple[str, int], result: Lookup, ttl: float) -> None:
+    def _store(self, key: tuple[str, str], result: Lookup, ttl: float) -> None:
         if self.config.cache_size <= 0:
             return
         with self._cache_lock:
@@ -223,6 +236,7 @@ def unanswering_resolvers(config: DnsConfig, probe_name: str) -> list[str]:
     """Each configured resolver (or /etc/resolv.conf's) asked for `probe_name` A once: the ones
     that do not answer, or answer REFUSED or SERVFAIL, with why. NOERROR and NXDOMAIN are
     answers. Blocking: for `frontfilter check`, never the relay."""
+    import dns.exception
     import dns.message
     import dns.query
     import dns.rcode
