@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from frontfilter.observe import setup_logging
 
     setup_logging(config.log.format.value, config.log.level)
+    _open_files(config)                  # before the workers fork: they inherit it
     sockets = _activated_sockets(config)
     if metrics_dir is None:
         _use_uvloop()
@@ -136,6 +138,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(config, sockets)
     finally:
         supervisor.cleanup_metrics_dir(metrics_dir)
+
+
+def _open_files(config: Any) -> None:
+    """The soft RLIMIT_NOFILE raised to what the config needs (process/openfiles.py); a
+    warning when even the hard limit is short of it."""
+    from frontfilter import observe
+    from frontfilter.process.openfiles import raise_limit, shortfall
+
+    want, soft, _hard = raise_limit(config)
+    short = shortfall(want, soft)
+    if short is not None:
+        observe.warning("config_warning", key="limits.max_connections", detail=short)
 
 
 def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None:
@@ -278,6 +292,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     print(f"{args.config}: OK ({len(rules)} rules from {rules_dir})")
     print(f"{args.config}: {memory_bound(config)}")
+    from frontfilter.process.openfiles import needed, shortfall
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    print(f"{args.config}: open files: up to {needed(config)} a worker; `serve` raises its soft limit "
+          f"to that, within the hard limit ({'unlimited' if hard == resource.RLIM_INFINITY else hard} here)")
+    short = shortfall(needed(config), hard)
+    if short is not None:
+        print(f"{config.path}: limits.max_connections: warning: {short}", file=sys.stderr)
     if arc_key is not None:
         _print_arc_key(args.config, config, arc_key)
     return EXIT_OK
