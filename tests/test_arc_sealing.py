@@ -150,6 +150,36 @@ def test_a_stripped_signed_message_verifies_through_its_arc_chain(changed: Seali
     assert eventually(lambda: scraped(changed.relay, "sealed") >= 1, timeout=WAIT_TIMEOUT)
 
 
+def test_a_p_reject_domains_message_stripped_here_is_vouched_for_by_the_seal(
+        tmp_path: Path, sink: RecordingSink, resolver: DnsServer) -> None:
+    """The issue's acceptance: example.net publishes p=reject; the relay checks DKIM and DMARC
+    before it strips, so the receiver finds a broken signature (a DMARC check of its own would
+    refuse the message) and a valid ARC chain whose results say DMARC passed at the edge."""
+    resolver.txt(f"_dmarc.{SIGNER_DOMAIN}", "v=DMARC1; p=reject")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-strip.toml").write_text(RULES)
+    (rules / "45-reputation.toml").write_text((REPO / "rules" / "45-reputation.toml").read_text())  # dmarc-reject
+    key_file = tmp_path / "arc.key"
+    key_file.write_bytes(new_key(2048))
+    config = write_config(tmp_path, [sink.port], rules_dir=rules, dns={"resolvers": [resolver.address]},
+                          dkim={"enabled": True}, dmarc={"enabled": True},
+                          arc={"key_file": str(key_file), "selector": SELECTOR, "domain": DOMAIN})
+    with Relay(config) as relay:
+        answer = send(relay.port, signed(with_attachment("update.bin")), sender="alice@example.net")
+        assert answer.ok, answer
+        [received] = sink.wait_for(1)
+        line = relay.wait_event("message", queue_id=answer.queue_id)
+    assert (line["dkim"], line["dmarc"], line["dmarc_policy"], line["arc_seal"]) == \
+        ("pass", "pass", "reject", "sealed i=1")
+    assert not dkim.verify(received.data, dnsfunc=dns(**{SIGNER_RECORD_NAME: record(SIGNER_KEY)}))
+    cv, sets, reason = arc_of(received.data, key_file)
+    assert (cv, reason) == (dkim.CV_Pass, "success"), sets
+    results = sets[0]["aar-value"]
+    assert b"dkim=pass header.d=example.net" in results
+    assert b"dmarc=pass header.from=example.net policy.dmarc=reject" in results
+
+
 def test_a_message_the_relay_did_not_change_is_not_sealed(changed: Sealing, sink: RecordingSink) -> None:
     original = signed(with_attachment("notes.txt"))
     answer = send(changed.relay.port, original, sender="alice@example.net")
