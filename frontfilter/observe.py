@@ -255,7 +255,13 @@ def internal_error(where: str, queue_id: str | None = None, **fields: Any) -> No
 # location is fine to log, its contents are not). PEM blocks are masked under any name.
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)|(^|_)pass($|_)|secret|token|credential|private|psk"
                          r"|(^|_)keys?($|_)", re.IGNORECASE)
+# ... but not a measure of one: `dkim.min_key_bits` is a bound an administrator must see.
+_MEASURE = re.compile(r"^(min|max)_|_(bits|size|count)$", re.IGNORECASE)
 MASK = "***"
+
+
+def _secret(name: str) -> bool:
+    return bool(_SECRET_KEY.search(name)) and not _MEASURE.search(name)
 
 
 def masked_config(config: Any) -> Any:
@@ -272,10 +278,10 @@ def _masked(value: Any, secret: bool) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if type(value).__str__ is not object.__str__:     # a value type (HostPort): its text
             return MASK if secret else str(value)
-        return {f.name: _masked(getattr(value, f.name), bool(_SECRET_KEY.search(f.name)))
+        return {f.name: _masked(getattr(value, f.name), _secret(f.name))
                 for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): _masked(v, bool(_SECRET_KEY.search(str(k)))) for k, v in value.items()}
+        return {str(k): _masked(v, _secret(str(k))) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_masked(v, secret) for v in value]
     if isinstance(value, PurePath):

@@ -301,5 +301,6 @@ def test_real_config_logs_plainly(tmp_path: Path) -> None:
     assert shown["metrics"]["listen"] == "127.0.0.1:9425"
     assert shown["backend"]["servers"] == ["127.0.0.1:2526"]
     assert shown["spool"]["dir"] == str(tmp_path / "var" / "spool")
+    assert shown["dkim"]["min_key_bits"] == 1024        # a bound on keys, not a key: shown
 
 
