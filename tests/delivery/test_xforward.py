@@ -110,11 +110,12 @@ def test_with_forward_client_off_postfix_sees_the_relay(tmp_path: Path, postfix:
 
 
 @installed(POSTFIX is not None, "Postfix is installed by `make test` (Debian package postfix)")
+@pytest.mark.parametrize("mode", ["sync", "queue"])
 def test_a_backend_that_takes_only_xclient_sees_each_real_client(
-        tmp_path: Path, postfix_xclient: tuple[int, Path, RecordingSink]) -> None:
+        tmp_path: Path, postfix_xclient: tuple[int, Path, RecordingSink], mode: str) -> None:
     port, maillog, sink = postfix_xclient
-    # Queue mode: one backend connection carries both messages, XCLIENT before each.
-    config = write_config(tmp_path, [port], backend={"mode": "queue"})
+    # In queue mode one backend connection may carry both messages: XCLIENT before each.
+    config = write_config(tmp_path, [port], backend={"mode": mode})
     with Relay(config) as relay:
         assert send_from(relay.port, CLIENT_ADDRESS).ok
         sink.wait_for(1, timeout=30)
