@@ -98,7 +98,7 @@ class DkimVerifier:
         try:
             fields = dkim.rfc822_parse(header + b"\r\n")[0]
         except dkim.DKIMException as error:
-            return self._unreadable(str(error), started)
+            return self._unreadable(str(error), started, queue_id)
         signatures = [value for name, value in fields if name.lower() == SIGNATURE][:self.config.max_signatures]
         arc_sets = [value for name, value in fields if name.lower() in ARC_FIELDS] if self.arc else []
         arc_keys = frozenset(name for value in arc_sets if (name := _key_name(value)))
@@ -122,11 +122,11 @@ class DkimVerifier:
                               time.monotonic() - started)
         return verified
 
-    def _unreadable(self, why: str, started: float) -> Verified:
+    def _unreadable(self, why: str, started: float, queue_id: str) -> Verified:
         """A header block dkimpy cannot read: no signature of it can verify."""
         verified = Verified((Signature("", "", DkimResult.PERMERROR, why[:200]),),
                             ArcResult.FAIL if self.arc else None, why[:200])
-        observe.dkim_verified("", DkimResult.PERMERROR.value, (), [why[:200]],
+        observe.dkim_verified(queue_id, DkimResult.PERMERROR.value, (), [why[:200]],
                               verified.arc.value if verified.arc else None, why[:200],
                               time.monotonic() - started)
         return verified

@@ -186,6 +186,17 @@ def test_a_key_that_cannot_be_looked_up_is_temperror_not_fail(
     assert line["dkim"] == "temperror"
 
 
+def test_a_header_dkimpy_cannot_read_is_a_permerror_not_a_pass_or_a_crash(
+        relay: Relay, sink: RecordingSink, signer: Signer) -> None:
+    signed = signer.sign(message("junk line"), "signed.example")
+    broken = signed.replace(b"Subject:", b"this line is no field\r\nSubject:", 1)
+    answer = send(relay.port, broken, sender="bounces@mailer.example")
+    line = message_line(relay, answer.text)
+    assert line["dkim"] == "permerror" and line["dmarc"] == "fail"
+    # p=reject and nothing aligned passed: refused, as for any unverifiable signature.
+    assert answer.said.startswith("550 5.7.26")
+
+
 def test_a_second_from_domain_is_a_dmarc_permerror(relay: Relay, sink: RecordingSink) -> None:
     two = message("two authors").replace(b"From: news@signed.example",
                                          b"From: news@signed.example, x@elsewhere.example")
