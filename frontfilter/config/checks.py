@@ -139,7 +139,10 @@ def memory_bound(config: Config) -> str:
         return (f"DATA in memory: no bound (limits.max_data_in_memory = 0): up to {_mib(worst)} a worker "
                 f"(max_connections x max_message_size)")
     many = f", {_mib(per_worker * workers)} for {workers} workers" if workers > 1 else ""
-    return f"DATA in memory: at most {_mib(per_worker)} a worker{many} (limits.max_data_in_memory)"
+    spill = config.limits.data_spill_size
+    received = (f"; a message being received holds at most {_mib(spill)} of it, the rest is in a file in "
+                f"the spool directory (limits.data_spill_size)") if spill else ""
+    return f"DATA in memory: at most {_mib(per_worker)} a worker{many} (limits.max_data_in_memory){received}"
 
 
 def _mib(size: int) -> str:

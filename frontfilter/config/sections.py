@@ -167,6 +167,10 @@ class LimitsConfig:
     # verdict); past it a message is drained and answered 452 4.3.1. 0: no bound (then
     # max_connections x server.max_message_size is the worst case). smtp/budget.py.
     max_data_in_memory: int = conv(parse_size, default=256 * MiB)
+    # DATA past this size, while it is being received, goes to a file of its own in the spool's
+    # directory (unnamed: it leaves nothing behind): a crowd of slow big uploads holds disk,
+    # not memory. Read back for its verdict (then charged to max_data_in_memory). 0: never.
+    data_spill_size: int = conv(parse_size, default=1 * MiB)
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from frontfilter import reply
 from frontfilter.reply import Reply
 from frontfilter.smtp import proxy
 from frontfilter.smtp.budget import DataBudget
-from frontfilter.smtp.data import DataCollector, DataProblem
+from frontfilter.smtp.data import DataCollector, DataProblem, SpilledBody
 from frontfilter.smtp.paths import parse_path
 
 COMMAND_LINE_MAX = 512          # octets with CRLF (RFC 5321 §4.5.3.1.4)
@@ -84,7 +86,7 @@ class Rcpt:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    content: bytes          # unstuffed, every line checked (smtp.data)
+    content: bytes | SpilledBody    # unstuffed, every line checked (smtp.data); or in its spill file
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,8 @@ class CoreLimits:
     max_errors: int = 10                # error replies since the last message taken
     smtputf8: bool = True
     budget: DataBudget | None = None    # DATA held in memory by the whole process (budget.py)
+    spill_size: int = 0                 # DATA past this goes to `spill()`'s file (smtp/data.py)
+    spill: Callable[[], IO[bytes]] | None = None
 
 
 class SmtpCore:
@@ -248,7 +252,7 @@ class SmtpCore:
         self.stage = "data"
         if problem is not None:
             collector.release()
-            return Answer(_DATA_REPLIES[problem], _DATA_VIOLATIONS.get(problem, problem.value))
+            return Answer(*data_refusal(problem))
         assert message is not None
         self._deciding = collector      # held until its verdict is sent (send, close)
         return Message(message)
@@ -486,7 +490,8 @@ class SmtpCore:
         elif isinstance(event, Answer) and event.reply.code == 354 and answer.code == 354:
             self.mode = Mode.DATA
             self._collector = DataCollector(max_size=self.limits.max_message_size,
-                                            max_line=self.limits.max_line_length, budget=self.limits.budget)
+                                            max_line=self.limits.max_line_length, budget=self.limits.budget,
+                                            spill_size=self.limits.spill_size, spill=self.limits.spill)
             if self._buffer:           # the message pipelined behind DATA
                 data = bytes(self._buffer)
                 self._buffer.clear()
@@ -533,7 +538,7 @@ class SmtpCore:
         """The message being read, or decided, is no longer held: its bytes leave the budget."""
         for collector in (self._collector, self._deciding):
             if collector is not None:
-                collector.release()
+                collector.discard()
         self._collector = self._deciding = None
 
 
@@ -576,6 +581,11 @@ _COMMANDS = {
 # The metric label of each command's reply; RSET is MAIL's (it ends or replaces a transaction).
 _STAGE_OF = {"HELO": "helo", "EHLO": "helo", "MAIL": "mail", "RSET": "mail", "RCPT": "rcpt",
              "DATA": "data", "STARTTLS": "starttls", "AUTH": "auth", "QUIT": "quit"}
+
+def data_refusal(problem: DataProblem) -> tuple[Reply, str]:
+    """The reply to a message refused for what its DATA was, and the violation to log."""
+    return _DATA_REPLIES[problem], _DATA_VIOLATIONS.get(problem, problem.value)
+
 
 _DATA_REPLIES = {
     DataProblem.TOO_BIG: reply.MESSAGE_TOO_BIG,

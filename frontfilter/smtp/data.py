@@ -15,6 +15,11 @@ no single check holds the event loop for long, whatever the message size):
 - more bytes than `max_size`            -> the rest is drained without being kept, then `552`;
 - more than the process's `budget`      -> drained the same way, then `452 4.3.1` (budget.py).
 
+A message past `spill_size` goes on into the file `spill()` opens (given by the shell) and leaves
+the budget while it is being received; `result` hands over a `SpilledBody`, which the shell
+charges to the budget again (no room then: `452 4.3.1`) and reads back off the event loop. A
+spill that cannot be opened (no space, no directory) keeps the message in memory.
+
 Only one terminator is honoured: `<CRLF>.<CRLF>`. Everything after it in the last block is handed
 back to the command reader (PIPELINING), so whatever follows is read as commands, never as data.
 """
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import enum
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from frontfilter.model import CrlfText, DotFreeText
 from frontfilter.smtp.budget import DataBudget
@@ -48,6 +55,8 @@ class DataCollector:
     max_size: int
     max_line: int
     budget: DataBudget | None = None
+    spill_size: int = 0              # past this many bytes, into `spill()`'s file (0: never)
+    spill: Callable[[], IO[bytes]] | None = None
     size: int = 0
     done: bool = False
     too_big: bool = False
@@ -58,6 +67,7 @@ class DataCollector:
         # where a bytearray must be copied into bytes at the end (two copies of a 25 MB message
         # at once: a 25 MB message's peak memory was within 1 % of its bound).
         self._body: io.BytesIO | None = io.BytesIO()
+        self._file: IO[bytes] | None = None     # the body, once spilled
         # The virtual CRLF before the first line lets ".\r\n" right after DATA end it, and makes
         # "\r\n." the one pattern for dot-stuffed lines.
         self._tail = b"\r\n"   # the last 4 bytes seen, kept even while draining an oversize body
@@ -103,23 +113,54 @@ class DataCollector:
             return
         if self.size > self.max_size + len(TERMINATOR):
             self.too_big = True
-            self._drop()             # free it now: an oversize body is drained, never kept
+            self.discard()             # free it now: an oversize body is drained, never kept
             return
-        if self._body is None:       # refused already (bare newline, long line): drained too
+        if self._body is None and self._file is None:   # refused already (bare newline, long line): drained too
             return
-        if self.budget is not None:
-            if not self.budget.take(len(block)):
+        if self._file is None and self.spill is not None and self.spill_size and self.size > self.spill_size:
+            self._spill()            # this block goes to the file too: never charged
+        if self._file is not None:
+            try:
+                self._file.write(block)
+            except OSError:          # the disk filled up under it: 452, the client retries
                 self._problem = DataProblem.NO_ROOM
-                self._drop()
+                self.discard()
                 return
-            self.charged += len(block)
-        self._body.write(block)
+        else:
+            assert self._body is not None
+            if self.budget is not None:
+                if not self.budget.take(len(block)):
+                    self._problem = DataProblem.NO_ROOM
+                    self.discard()
+                    return
+                self.charged += len(block)
+            self._body.write(block)
         self._check(block)
         if self._problem is not None:
-            self._drop()             # refused whatever follows: nothing more is kept
+            self.discard()             # refused whatever follows: nothing more is kept
 
-    def _drop(self) -> None:
+    def _spill(self) -> None:
+        """From memory to the spill file: what was received so far, and from now on every block."""
+        assert self.spill is not None and self._body is not None
+        try:
+            spilled = self.spill()
+        except OSError:
+            return                   # no room on disk: it stays in memory, under the budget
+        try:
+            spilled.write(self._body.getbuffer())
+        except OSError:
+            spilled.close()
+            return
+        self._file, self._body = spilled, None
+        self.release()
+
+    def discard(self) -> None:
+        """Nothing of the body is kept any more (refused, drained, or the session ended in
+        the middle of it): its memory and its spill file go, its bytes leave the budget."""
         self._body = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self.release()
 
     def release(self) -> None:
@@ -169,25 +210,74 @@ class DataCollector:
             self._problem = DataProblem.LINE_TOO_LONG
         return self._problem is not None
 
-    def result(self) -> tuple[bytes | None, DataProblem | None]:
-        """The unstuffed message, or the problem that refuses it."""
+    def result(self) -> tuple[bytes | SpilledBody | None, DataProblem | None]:
+        """The unstuffed message (or, spilled, what reads it back), or the problem that refuses it."""
         assert self.done
         if self.too_big:
             return None, DataProblem.TOO_BIG
         if self._problem is not None:
             return None, self._problem
+        if self._file is not None:
+            # Kept here too: whatever becomes of the SpilledBody, `discard` (the verdict sent,
+            # the session gone) closes the file.
+            return SpilledBody(self, self._file, self.size - 3, self._dotted), None   # ".\r\n"
         body, self._body = self._body, None
         assert body is not None
         body.truncate(self.size - 3)  # ".\r\n"; what is left ends with the last line's CRLF
-        data = body.getvalue()        # the buffer itself, not a copy
-        if self._dotted:
+        return self.finished(body.getvalue(), self._dotted)      # the buffer itself, not a copy
+
+    def finished(self, data: bytes, dotted: bool) -> tuple[bytes | None, DataProblem | None]:
+        """`data` as received (the terminator off) unstuffed and marked, or why not."""
+        if dotted:
             if data.startswith(b"."):    # the first line's dot: its CRLF is the virtual one
                 data = data[1:]
             data = data.replace(DOT_LINE, b"\r\n")
         if len(data) > self.max_size:
             return None, DataProblem.TOO_BIG
         # Every line was checked above; unstuffed, a dotted line still starts with a dot.
-        return (CrlfText if self._dotted else DotFreeText).marked(data), None
+        return (CrlfText if dotted else DotFreeText).marked(data), None
+
+    def charge(self, size: int) -> bool:
+        """Charge `size` bytes read back from a spill to the budget (False: no room)."""
+        if self.budget is None:
+            return True
+        if not self.budget.take(size):
+            return False
+        self.charged += size
+        return True
+
+
+@dataclass
+class SpilledBody:
+    """A message received into its spill file. The shell, not the core, reads it back: `reserve`
+    on the event loop (the budget is the loop's), then `read` in a worker thread (25 MiB take
+    about 18 ms to read: not the event loop's to wait for). Either closes the file in the end."""
+
+    collector: DataCollector
+    file: IO[bytes]
+    length: int
+    dotted: bool
+
+    def reserve(self) -> bool:
+        """Room in the memory budget for the message read back; False closes the file."""
+        if self.collector.charge(self.length):
+            return True
+        self.file.close()
+        return False
+
+    def read(self) -> tuple[bytes | None, DataProblem | None]:
+        """In a worker thread: the message, unstuffed as `result` gives it, or why not (a file
+        that cannot be read back whole is never passed on in part)."""
+        try:
+            self.file.seek(0)
+            data = self.file.read(self.length)
+        except (OSError, ValueError):     # ValueError: closed meanwhile (the session ended)
+            return None, DataProblem.NO_ROOM
+        finally:
+            self.file.close()
+        if len(data) != self.length:
+            return None, DataProblem.NO_ROOM
+        return self.collector.finished(data, self.dotted)
 
 
 # Fewer lines of one length than this are left to the split: the columns cost a fixed overhead.

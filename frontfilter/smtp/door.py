@@ -18,8 +18,10 @@ import asyncio
 import functools
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError, TlsMode, credential_files_not_there_yet
@@ -44,6 +46,14 @@ class FrontDoor:
     min_data_rate: int = 0         # bytes per second a client's turn may not fall under (0: off)
     min_data_rate_grace: float = 0.0   # seconds of a turn before its rate is judged
     data_budget: DataBudget | None = None   # DATA held in memory by this process (smtp/budget.py)
+    spill_size: int = 0            # DATA past this goes to a file of its own (smtp/data.py)
+    spill_dir: Path | None = None  # where: the spool's directory (None: the system's temp dir)
+
+    def spill(self) -> IO[bytes]:
+        """A file for one message's DATA: unnamed where the system allows (O_TMPFILE), so
+        nothing is left behind by a crash; readable by the relay's user only."""
+        where = self.spill_dir if self.spill_dir is not None and self.spill_dir.is_dir() else None
+        return tempfile.TemporaryFile(dir=where, prefix="data-")
 
     @classmethod
     def from_config(cls, config: Config, certificate: ServerCertificate | None = None,
@@ -58,7 +68,9 @@ class FrontDoor:
             proxy_networks=config.proxy.networks, proxy_timeout=config.proxy.timeout,
             tarpit_after=limits.tarpit_after, tarpit_delay=limits.tarpit_delay,
             min_data_rate=limits.min_data_rate, min_data_rate_grace=limits.min_data_rate_grace,
-            data_budget=DataBudget(limits.max_data_in_memory) if limits.max_data_in_memory else None)
+            data_budget=DataBudget(limits.max_data_in_memory) if limits.max_data_in_memory else None,
+            spill_size=limits.data_spill_size,
+            spill_dir=config.spool.dir)
 
     def proxy_allowed(self, peer: Peer) -> bool:
         return any(peer.ip in network for network in self.proxy_networks)

@@ -44,7 +44,9 @@ from frontfilter.model import Peer
 from frontfilter.reply import Reply
 from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.core import (PAUSE_READING_AT, Answer, Auth, AuthAnswer, BadProxyHeader, CoreLimits, Event,
-                                   Hello, Mail, Message, Mode, ProxyHeader, Rcpt, Reset, SmtpCore, StartTls)
+                                   Hello, Mail, Message, Mode, ProxyHeader, Rcpt, Reset, SmtpCore, StartTls,
+                                   data_refusal)
+from frontfilter.smtp.data import DataProblem, SpilledBody
 from frontfilter.smtp.door import NOWHERE, FrontDoor, peer_from
 from frontfilter.smtp.tls import HANDSHAKE_TIMEOUT
 from frontfilter.smtp.tls_layer import TlsClosed, TlsLayer
@@ -63,7 +65,7 @@ class SmtpSession(asyncio.Protocol):
         self.core = SmtpCore(CoreLimits(
             max_line_length=server.max_line_length, max_message_size=server.max_message_size,
             max_commands=server.max_commands, max_errors=server.max_errors, smtputf8=server.smtputf8,
-            budget=door.data_budget),
+            budget=door.data_budget, spill_size=door.spill_size, spill=door.spill),
             expect_proxy=listener.proxy_protocol)
         self.client: Peer = NOWHERE          # the real client: set at connect, after PROXY
         self.state: Any = None               # the handler's per-connection state, once admitted
@@ -304,7 +306,16 @@ class SmtpSession(asyncio.Protocol):
             # 421 (the client would send it again).
             self._deciding = True
             try:
-                return await self.handler.data(self, event.content), ""
+                content = event.content
+                if isinstance(content, SpilledBody):
+                    if not content.reserve():
+                        return data_refusal(DataProblem.NO_ROOM)
+                    read, problem = await asyncio.get_running_loop().run_in_executor(None, content.read)
+                    if read is None:
+                        assert problem is not None
+                        return data_refusal(problem)
+                    content = read
+                return await self.handler.data(self, content), ""
             finally:
                 self._deciding = False
         if isinstance(event, Reset):

@@ -1,0 +1,121 @@
+"""`limits.data_spill_size`: DATA past it is received into a file of its own (smtp/data.py), so
+messages being received hold disk, not the memory budget; read back for the verdict, they are
+charged to it again. The message reaches the backend byte for byte as sent."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from frontfilter.smtp.budget import DataBudget
+from frontfilter import reply
+from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
+from frontfilter.smtp.data import SpilledBody
+from tests.harness import RawClient, RecordingSink, Relay, eventually, write_config
+from tests.smtp.core_driver import GREETING, Decider, drive, replies
+from tests.smtp.test_data_budget import HELLO, message
+
+
+class SpillFiles:
+    """The spill files the core opened, in a directory of the test's."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.opened: list[IO[bytes]] = []
+
+    def __call__(self) -> IO[bytes]:
+        spilled = tempfile.TemporaryFile(dir=self.directory)
+        self.opened.append(spilled)
+        return spilled
+
+
+def open_files(pid: int) -> list[str]:
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.append(str(fd.readlink()))
+        except OSError:
+            pass
+    return found
+
+
+def core(budget: DataBudget, files: SpillFiles) -> SmtpCore:
+    return SmtpCore(CoreLimits(max_message_size=1024 * 1024, budget=budget, spill_size=64 * 1024, spill=files))
+
+
+def test_a_message_being_received_past_the_spill_size_leaves_the_budget(tmp_path: Path) -> None:
+    budget, files = DataBudget(150 * 1024), SpillFiles(tmp_path)
+    pending = core(budget, files)
+    drive(pending, [HELLO + b"DATA\r\n" + message(300 * 1024)[:-3]])      # all but its end
+    assert len(files.opened) == 1 and budget.held == 0       # on disk, not in memory
+    # Meanwhile another message, bigger than the budget's room would be without the spill.
+    decider = Decider()
+    other = drive(core(budget, files), [HELLO + b"DATA\r\n" + message(120 * 1024)], decider)
+    assert replies(bytes(other.output))[-1] == "250 2.0.0 OK"
+    [taken] = [e for e in decider.events if isinstance(e, Message)]
+    assert isinstance(taken.content, SpilledBody)          # the shell reads it back, off the loop
+    assert budget.held == 0
+    pending.close()                     # the client went away in the middle of its message
+    assert budget.held == 0 and files.opened[0].closed
+
+
+def spilled(budget: DataBudget, files: SpillFiles, wire: bytes) -> SpilledBody:
+    """A whole message received into its spill file, as the core hands it over: its verdict
+    not sent yet (the core's release on the verdict closes the file)."""
+    session = core(budget, files)
+    session.send(GREETING)
+    session.receive(HELLO + b"DATA\r\n" + wire)
+    for _ in range(10):
+        event = session.next_event()
+        if isinstance(event, Message):
+            assert isinstance(event.content, SpilledBody)
+            return event.content
+        assert event is not None
+        session.send(event.reply if isinstance(event, Answer) else reply.OK)
+    raise AssertionError("no message")
+
+
+def test_a_spilled_message_reads_back_byte_for_byte_charged_to_the_budget(tmp_path: Path) -> None:
+    budget, files = DataBudget(150 * 1024), SpillFiles(tmp_path)
+    body = spilled(budget, files, message(100 * 1024))
+    assert body.reserve() and budget.held == body.length
+    data, problem = body.read()
+    assert problem is None and data == message(100 * 1024)[:-3]     # the terminator aside
+    assert files.opened[0].closed
+    # No room beside it for another: refused (452 4.3.1 at the shell), its file closed.
+    other = spilled(budget, files, message(100 * 1024))
+    assert not other.reserve() and files.opened[1].closed
+    body.collector.release()
+    assert budget.held == 0
+
+
+def test_a_spilled_message_is_unstuffed_as_one_held_in_memory(tmp_path: Path) -> None:
+    dotted = b"Subject: dots\r\n\r\n" + b"..a line that began with a dot\r\n" * 5000 + b".\r\n"
+    body = spilled(DataBudget(0), SpillFiles(tmp_path), dotted)
+    assert body.reserve()
+    data, _ = body.read()
+    assert data == dotted[:-3].replace(b"\r\n..", b"\r\n.")
+
+
+def test_through_a_relay_a_big_message_being_received_does_not_crowd_out_another(tmp_path: Path) -> None:
+    """The relay test of limits.max_data_in_memory, with the spill on: the second message,
+    which would not fit in memory beside the first one being received, is taken at once."""
+    half = message(600 * 1024)
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], server={"max_message_size": "1MiB"},
+                              limits={"max_data_in_memory": "1MiB", "data_spill_size": "64KiB",
+                                      "connection_rate_per_ip": 0},
+                              backend={"mode": "queue"})
+        with Relay(config) as relay, RawClient(relay.port) as first, RawClient(relay.port) as second:
+            first.begin_data()
+            first.send(half[:-len(b".\r\n")])             # all but its end: received into a file
+            assert relay.proc is not None
+            # ... in the spool's directory, unnamed (O_TMPFILE): a crash leaves nothing there.
+            eventually(lambda: any(target.startswith(str(tmp_path / "spool" / "#")) for target in open_files(relay.proc.pid)))
+            second.begin_data()
+            assert second.command(half[:-2]).startswith("250 2.0.0")
+            assert first.command(b".").startswith("250 2.0.0")
+        received = sink.wait_for(2)
+    body = half[len(b"Subject: big\r\n\r\n"):-3]
+    assert all(r.data.endswith(body) for r in received)
