@@ -140,7 +140,7 @@ class BackendSession:
                     continue
             told = None
             if client is not None and self._config.forward_client:    # to a backend that asks
-                told = await self._command(lambda smtp: xforward.send(smtp, client, self._config.timeout))
+                told = await self._command(lambda smtp: self._tell(smtp, client))
             if told is None or told.ok:
                 reply = await self._command(lambda smtp: smtp.mail(sender, options=self._mail_options(options)))
             else:
@@ -154,6 +154,10 @@ class BackendSession:
             await self.close()
         assert last is not None or not candidates
         return last or BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "no backend", "-")
+
+    async def _tell(self, smtp: aiosmtplib.SMTP, client: ClientFacts) -> None:
+        # This connection is this session's alone: an XCLIENT binding it to its client is right.
+        await xforward.send(smtp, client, self._config.timeout)
 
     def _mail_options(self, options: Sequence[str]) -> list[str]:
         assert self._smtp is not None

@@ -73,6 +73,7 @@ class _Connection:
     name: str
     idle_since: float = 0.0
     reused: bool = False
+    bound: bool = False     # XCLIENT sent: it speaks as one client now, never pooled again
 
 
 class Forwarder:
@@ -133,7 +134,7 @@ class Forwarder:
 
     async def release(self, conn: _Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(conn.server, [])
-        if reusable and conn.smtp.is_connected and len(idle) < POOL_IDLE_PER_BACKEND:
+        if reusable and not conn.bound and conn.smtp.is_connected and len(idle) < POOL_IDLE_PER_BACKEND:
             conn.idle_since = self._clock()
             idle.append(conn)
         else:
@@ -221,7 +222,7 @@ class Forwarder:
         mail_options = self._mail_options(smtp, options, len(head) + len(data))
         try:
             if self.config.forward_client:
-                await xforward.send(smtp, client, self.config.timeout)
+                conn.bound = await xforward.send(smtp, client, self.config.timeout)
             await wire.send_mail(smtp, sender, mail_options, encoding)
         except aiosmtplib.SMTPResponseException as error:
             reply = _from_response(error.code, error.message, name)

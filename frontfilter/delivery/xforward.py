@@ -80,6 +80,14 @@ def xclient_commands(client: ClientFacts, offered: Iterable[str]) -> list[str]:
         ("LOGIN", client.login or UNAVAILABLE)], offered)
 
 
+def _clip(encoded: str, most: int = 255) -> str:
+    """At most `most` characters of xtext, never ending inside a `+XX` escape (Postfix
+    refuses the line: 501)."""
+    cut = encoded[:most]
+    plus = cut.rfind("+", len(cut) - 2)
+    return cut[:plus] if plus >= 0 and len(encoded) > most else cut
+
+
 def _lines(verb: str, attributes: list[tuple[str, str | None]], offered: Iterable[str]) -> list[str]:
     wanted = {name.upper() for name in offered}
     lines: list[str] = []
@@ -87,7 +95,7 @@ def _lines(verb: str, attributes: list[tuple[str, str | None]], offered: Iterabl
     for name, value in attributes:
         if value is None or name not in wanted:
             continue
-        item = f" {name}={xtext(value)[:255]}"
+        item = f" {name}={_clip(xtext(value))}"
         if len(line) + len(item) > LINE_MAX and line != verb:
             lines.append(line)
             line = verb
@@ -105,17 +113,21 @@ def offered(smtp: aiosmtplib.SMTP, extension: str = "xforward") -> Sequence[str]
     return smtp.esmtp_extensions.get(extension, "").split()
 
 
-async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float) -> None:
-    """Before MAIL: tell the backend who the client was, if it asks to be told. Raises like
-    any command (an error reply, a lost connection): the transaction is then not begun."""
+async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float) -> bool:
+    """Before MAIL: tell the backend who the client was, if it asks to be told. True when that
+    was XCLIENT: the connection now speaks as that client for good (Postfix then judges even
+    a next XCLIENT by the client's address, which it does not authorise), so it must not carry
+    another message or a recipient probe. Raises like any command (an error reply, a lost
+    connection): the transaction is then not begun."""
     if client is None:
-        return
-    if offered(smtp):
-        for line in commands(client, offered(smtp)):
+        return False
+    xforward = offered(smtp)
+    if xforward:
+        for line in commands(client, xforward):
             response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
             if response.code >= 400:
                 raise aiosmtplib.SMTPResponseException(response.code, response.message)
-        return
+        return False
     lines = xclient_commands(client, offered(smtp, "xclient"))
     for line in lines:
         response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
@@ -127,3 +139,4 @@ async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float
         response = await smtp.ehlo(timeout=timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPResponseException(response.code, response.message)
+    return bool(lines)
