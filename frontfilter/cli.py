@@ -35,12 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    from frontfilter.config import ConfigError
+
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
         return EXIT_ERROR
     except _Fatal as error:
         error.report()
+        return EXIT_ERROR
+    except ConfigError as error:      # found past the config's own load: a sender map, say
+        _Fatal(*error.problems).report()
         return EXIT_ERROR
 
 
@@ -279,8 +284,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     for key, why in config_warnings(config):
         print(f"{config.path}: {key}: warning: {why}", file=sys.stderr)
-    if (config.dnsbl.lists or config.spf.enabled or config.dkim.enabled or config.dmarc.enabled
-            or config.dns.check_sender_domain):   # DNS matters
+    from frontfilter.reputation.checks import asks_dns
+
+    if asks_dns(config):
         from frontfilter.reputation.resolver import unanswering_resolvers
 
         # A list's own test entry (RFC 5782 §5: 127.0.0.2 is listed) where there is one.

@@ -27,11 +27,11 @@ def with_limit(soft: int, hard: int):   # type: ignore[no-untyped-def]
 
 
 def test_serve_raises_its_soft_limit_to_fit_max_connections(tmp_path: Path, sink: RecordingSink) -> None:
-    # 700 sessions in sync mode: 2 descriptors each, the queue's 10, 64 more: 1,474.
+    # 700 sessions in sync mode: 3 descriptors each (a spill file), the queue's 10, 64 more: 2,174.
     config = write_config(tmp_path, [sink.port], limits={"max_connections": 700})
     with Relay(config, prefix=["prlimit", "--nofile=256:4096", "--"]) as relay:
         assert relay.proc is not None
-        assert open_files_limit(relay.proc.pid) == (1474, 4096)
+        assert open_files_limit(relay.proc.pid) == (2174, 4096)
         assert send(relay.port, MESSAGE).ok
         assert not [e for e in relay.events("config_warning") if e.get("key") == "limits.max_connections"]
 
@@ -42,10 +42,10 @@ def test_a_hard_limit_below_the_need_is_a_warning_at_start_and_in_check(tmp_path
         assert relay.proc is not None
         assert open_files_limit(relay.proc.pid) == (1000, 1000)        # as far as it may go
         warning = relay.wait_event("config_warning", key="limits.max_connections")
-        assert "open files limited to 1000, the config may need 1474" in warning["detail"]
+        assert "open files limited to 1000, the config may need 2174" in warning["detail"]
     checked = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(config)],
                              cwd=REPO, capture_output=True, text=True, timeout=60,
                              preexec_fn=with_limit(256, 1000))
     assert checked.returncode == 0, checked.stderr      # a warning, not a refusal
-    assert "open files: up to 1474 a worker" in checked.stdout
+    assert "open files: up to 2174 a worker" in checked.stdout
     assert "limits.max_connections: warning: open files limited to 1000" in checked.stderr

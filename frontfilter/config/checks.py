@@ -117,10 +117,14 @@ def _hidden_limit_checks(sections: dict[str, Any], label: str) -> list[str]:
         problems.append(f"{label}: limits.tarpit_after: must be less than server.max_errors "
                         f"({limits.tarpit_after} >= {server.max_errors}): the session is closed "
                         f"before the tarpit starts")
-    # The total is checked first and one address's sessions are among the total.
-    if limits.max_connections and limits.max_connections_per_ip >= limits.max_connections:
-        problems.append(f"{label}: limits.max_connections_per_ip: must be less than limits.max_connections "
-                        f"({limits.max_connections_per_ip} >= {limits.max_connections}): "
+    # The total is checked first and one address's sessions are among the total. The per-address
+    # count is the whole service's (smtp/shared_counts.py), max_connections each worker's.
+    workers = max(1, server.workers)
+    total = limits.max_connections * workers
+    if limits.max_connections and limits.max_connections_per_ip >= total:
+        of = "limits.max_connections" + (" x server.workers" if workers > 1 else "")
+        problems.append(f"{label}: limits.max_connections_per_ip: must be less than {of} "
+                        f"({limits.max_connections_per_ip} >= {total}): "
                         f"the total limit is always reached first")
     # A message of max_message_size must fit, or the largest mail allowed could never be taken.
     if limits.max_data_in_memory and limits.max_data_in_memory < server.max_message_size:

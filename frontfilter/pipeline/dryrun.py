@@ -212,6 +212,7 @@ async def run_async(config: Config, rules: Any, raw: bytes, envelope: DryEnvelop
     logger.propagate = False
     pipeline = DryPipeline(config, rules)
     try:
+        await pipeline.load_sender_map()     # relay.sender_map: MAIL decided as the relay decides it
         result = await _drive(pipeline, raw, envelope)
     finally:
         pipeline.shutdown()

@@ -1,6 +1,7 @@
 """Open files: what the relay may need at once, and the process limit raised to fit it.
 
-Every SMTP session holds a socket; in sync mode each also holds one to the backend; the queue
+Every SMTP session holds a socket, and one more while a big message waits in its spill file; in
+sync mode each also holds one to the backend; the queue
 opens up to `backend.concurrency` backend connections and a few spool files; the listeners,
 the HTTP endpoint, logs and libraries take a few dozen more. A process over its RLIMIT_NOFILE
 gets EMFILE on accept(): new clients hang in the listen queue with no reply and no log line
@@ -21,6 +22,8 @@ OVERHEAD = 64       # listeners, the HTTP endpoint, the event loop, logs, librar
 def needed(config: Config) -> int:
     """Descriptors one worker may hold at once with this config."""
     per_session = 2 if config.backend.mode is BackendMode.SYNC else 1
+    if config.limits.data_spill_size:
+        per_session += 1         # the spill file of a message being received (smtp/data.py)
     return config.limits.max_connections * per_session + config.backend.concurrency + OVERHEAD
 
 
@@ -44,5 +47,5 @@ def shortfall(want: int, soft: int) -> str | None:
     if soft == resource.RLIM_INFINITY or soft >= want:
         return None
     return (f"open files limited to {soft}, the config may need {want} a worker "
-            f"(limits.max_connections, one descriptor a session, two in sync mode): raise "
+            f"(limits.max_connections: a descriptor a session, one more in sync mode and for a spill file): raise "
             f"LimitNOFILE= in the unit, or lower limits.max_connections")

@@ -40,7 +40,7 @@ from frontfilter import observe
 from frontfilter.config import Config, ConfigError
 from frontfilter.model import Peer, Stage
 from frontfilter.reputation import dnsbl
-from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of
+from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of, header_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
 from frontfilter.reputation import senderdomain
 from frontfilter.reputation.resolver import Resolver
@@ -61,6 +61,12 @@ DNS_ERROR = "dns.error"
 DNSBL, SPF, GREYLIST, SENDER_DOMAIN = "dnsbl", "spf", "greylist", "sender_domain"
 # One Authentication-Results method: (method, result, {ptype.property: value}); RFC 8601 §2.7.
 Method = tuple[str, str, dict[str, str]]
+
+
+def asks_dns(config: Config) -> bool:
+    """Does a configured check ask DNS? (An [arc] key does: incoming chains are verified.)"""
+    return bool(config.dnsbl.lists or config.spf.enabled or config.dkim.enabled or config.dmarc.enabled
+                or config.arc.key_file is not None or config.dns.check_sender_domain)
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,7 @@ class Found:
             fields["dkim"] = self.dkim.result.value
             if self.dkim.passed_domains:
                 fields["dkim_domains"] = list(self.dkim.passed_domains)
-            if self.dkim.arc is not None:
-                fields["arc"] = self.dkim.arc.value
+            fields["arc"] = self.dkim.arc.value
         if self.dmarc is not None:
             fields["dmarc"] = self.dmarc.result.value
             fields["dmarc_policy"] = self.dmarc.policy.value if self.dmarc.policy else None
@@ -145,12 +150,12 @@ class Checks:
         self.dkim: DkimVerifier | None = None
         if config.dkim.enabled or sealing:
             from frontfilter.reputation.dkimcheck import DkimVerifier
-            self.dkim = DkimVerifier(self.resolver, config.dkim, arc=True)
+            self.dkim = DkimVerifier(self.resolver, config.dkim)
         self.dmarc: Dmarc | None = None
         if config.dmarc.enabled:
             from frontfilter.reputation.dmarc import Dmarc
             self.dmarc = Dmarc(self.resolver, config.dmarc.timeout)
-        if self.lists or self.spf or self.dkim or self.dmarc or config.dns.check_sender_domain:
+        if asks_dns(config):
             self.resolver.prepare()
         self._plan_cache: tuple[object, _Plan] | None = None
 
@@ -230,11 +235,12 @@ class Checks:
         the SPF result). Not for our own clients (trusted or authenticated): nothing to prove."""
         if (self.dkim is None and self.dmarc is None) or session.trusted or auth_user is not None:
             return NOT_CHECKED
-        verified = await self.dkim.verify(raw, queue_id) if self.dkim is not None else None
+        header = header_of(raw)          # read once, for both
+        verified = await self.dkim.verify(raw, header, queue_id) if self.dkim is not None else None
         dmarc = None
         if self.dmarc is not None:
             spf = session.spf if session.spf is not None and session.spf_for == (sender, helo) else None
-            dmarc = await self.dmarc.evaluate(raw, (spf.result, spf.domain) if spf else None,
+            dmarc = await self.dmarc.evaluate(header, (spf.result, spf.domain) if spf else None,
                                               verified.passed_domains if verified else ())
         return Found(verified, dmarc)
 
@@ -317,8 +323,7 @@ class Checks:
         if message.dkim is not None:
             found += [("dkim", s.result.value, {"header.d": s.domain, "header.s": s.selector, "header.b": s.prefix}
                        if s.domain else {}) for s in message.dkim.signatures] or [("dkim", DkimResult.NONE.value, {})]
-            if message.dkim.arc is not None:
-                found.append(("arc", message.dkim.arc.value, {}))
+            found.append(("arc", message.dkim.arc.value, {}))
         if message.dmarc is not None:
             dmarc = message.dmarc
             found.append(("dmarc", dmarc.result.value, ({"header.from": dmarc.domain} if dmarc.domain else {})

@@ -38,8 +38,8 @@ from frontfilter.reputation.resolver import Outcome, Resolver
 
 SIGNATURE = b"dkim-signature"
 ARC_FIELDS = (b"arc-seal", b"arc-message-signature")
-_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _SIGNED = re.compile(rb"(?im)^(?:dkim-signature|arc-seal)[ \t]*:")
+_ARC_SEAL = re.compile(rb"(?im)^arc-seal[ \t]*:")
 _BODY_HASH = "body hash mismatch"
 
 
@@ -57,7 +57,7 @@ class Signature:
 @dataclass(frozen=True)
 class Verified:
     signatures: tuple[Signature, ...] = ()
-    arc: ArcResult | None = None     # None: ARC not checked
+    arc: ArcResult = ArcResult.NONE  # the chain the message came with (none: no ARC set)
     arc_detail: str = ""
     key_lookup_failed: bool = False
 
@@ -76,31 +76,26 @@ class Verified:
         return tuple(dict.fromkeys(s.domain for s in self.signatures if s.result is DkimResult.PASS and s.domain))
 
 
-NOT_SIGNED = Verified()
-
-
 class DkimVerifier:
-    def __init__(self, resolver: Resolver, config: DkimConfig, arc: bool):
+    def __init__(self, resolver: Resolver, config: DkimConfig):
         self.resolver = resolver
         self.config = config
-        self.arc = arc        # check ARC chains too: the relay seals, or DKIM is on
         self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="dkim")
 
-    async def verify(self, raw: bytes, queue_id: str) -> Verified:
-        """Every signature of `raw` checked, by `dkim.timeout` (the thread's work included)."""
+    async def verify(self, raw: bytes, header: bytes, queue_id: str) -> Verified:
+        """Every signature of `raw` (whose header block is `header`, facts.header_of) and its
+        ARC chain checked, by `dkim.timeout` (the thread's work included)."""
         started = time.monotonic()
-        header = _header_block(raw)
         if not _SIGNED.search(header):              # the common case: nothing signed, no parse
-            verified = Verified(arc=ArcResult.NONE if self.arc else None)
-            observe.not_signed(verified.arc.value if verified.arc else None)
-            return verified
+            observe.not_signed(ArcResult.NONE.value)
+            return Verified()
         deadline = started + self.config.timeout
         try:
             fields = dkim.rfc822_parse(header + b"\r\n")[0]
         except dkim.DKIMException as error:
-            return self._unreadable(str(error), started, queue_id)
+            return self._unreadable(str(error), header, started, queue_id)
         signatures = [value for name, value in fields if name.lower() == SIGNATURE][:self.config.max_signatures]
-        arc_sets = [value for name, value in fields if name.lower() in ARC_FIELDS] if self.arc else []
+        arc_sets = [value for name, value in fields if name.lower() in ARC_FIELDS]
         arc_keys = frozenset(name for value in arc_sets if (name := _key_name(value)))
         names = arc_keys | {name for value in signatures if (name := _key_name(value))}
         answers = dict(zip(names, await asyncio.gather(*(self._key(name, deadline) for name in names))))
@@ -111,25 +106,23 @@ class DkimVerifier:
             verified = await asyncio.wait_for(work, max(0.001, deadline - time.monotonic()) + 1.0)
         except TimeoutError:
             verified = Verified(tuple(Signature("", "", DkimResult.TEMPERROR, "verification timed out")
-                                      for _ in signatures), ArcResult.FAIL if arc_sets else None,
+                                      for _ in signatures), ArcResult.FAIL if arc_sets else ArcResult.NONE,
                                 "verification timed out")
-        if self.arc and not arc_sets:
-            verified = Verified(verified.signatures, ArcResult.NONE, "", verified.key_lookup_failed)
+        return self._logged(verified, queue_id, started)
+
+    @staticmethod
+    def _logged(verified: Verified, queue_id: str, started: float) -> Verified:
         observe.dkim_verified(queue_id, verified.result.value, verified.passed_domains,
                               [f"{s.domain}/{s.selector}: {s.result.value} {s.detail}".strip()
                                for s in verified.signatures if s.result is not DkimResult.PASS],
-                              verified.arc.value if verified.arc else None, verified.arc_detail,
-                              time.monotonic() - started)
+                              verified.arc.value, verified.arc_detail, time.monotonic() - started)
         return verified
 
-    def _unreadable(self, why: str, started: float, queue_id: str) -> Verified:
+    def _unreadable(self, why: str, header: bytes, started: float, queue_id: str) -> Verified:
         """A header block dkimpy cannot read: no signature of it can verify."""
-        verified = Verified((Signature("", "", DkimResult.PERMERROR, why[:200]),),
-                            ArcResult.FAIL if self.arc else None, why[:200])
-        observe.dkim_verified(queue_id, DkimResult.PERMERROR.value, (), [why[:200]],
-                              verified.arc.value if verified.arc else None, why[:200],
-                              time.monotonic() - started)
-        return verified
+        chain = ArcResult.FAIL if _ARC_SEAL.search(header) else ArcResult.NONE
+        return self._logged(Verified((Signature("", "", DkimResult.PERMERROR, why[:200]),), chain,
+                                     why[:200]), queue_id, started)
 
     async def _key(self, name: str, deadline: float) -> _Key:
         lookup = await self.resolver.lookup(name, "TXT", deadline)
@@ -150,11 +143,6 @@ class _Key:
     record: bytes | None
     failed: bool = False
     detail: str = ""
-
-
-def _header_block(raw: bytes) -> bytes:
-    end = _END_OF_HEADER.search(raw)
-    return raw[:end.start()] if end else raw
 
 
 def _tags(value: bytes) -> Mapping[bytes, bytes]:
@@ -179,8 +167,8 @@ def _key_name(value: bytes) -> str:
 def _verify_all(raw: bytes, count: int, arc_keys: frozenset[str] | None, answers: dict[str, _Key],
                 min_key_bits: int) -> Verified:
     """In a worker thread: each signature, then the ARC chain (`arc_keys`: the keys its sets
-    name; None: no chain to check), with the keys looked up."""
-    arc = arc_keys is not None
+    name; None: the message has none), with the keys looked up. dkimpy parses the message
+    once: its chain is checked on the same parse."""
     def dnsfunc(name: Any, timeout: float = 0) -> bytes | None:
         key = answers.get(name.decode("ascii", "replace").rstrip(".").lower() if isinstance(name, bytes)
                           else str(name).rstrip(".").lower())
@@ -193,15 +181,14 @@ def _verify_all(raw: bytes, count: int, arc_keys: frozenset[str] | None, answers
     except Exception as error:      # a message dkimpy cannot read: no signature of it verifies
         why = f"{type(error).__name__}: {error}"[:200]
         return Verified(tuple(Signature("", "", DkimResult.PERMERROR, why) for _ in range(count)),
-                        ArcResult.FAIL if arc else None, why)
+                        ArcResult.NONE if arc_keys is None else ArcResult.FAIL, why)
     values = [value for name, value in signer.headers if name.lower() == SIGNATURE]
     signatures = tuple(_verify_one(signer, index, value, dnsfunc, answers) for index, value in enumerate(values[:count]))
-    if not arc:
-        return Verified(signatures, None, "", any(s.result is DkimResult.TEMPERROR for s in signatures))
-    assert arc_keys is not None
+    if arc_keys is None:
+        return Verified(signatures, ArcResult.NONE, "", any(s.result is DkimResult.TEMPERROR for s in signatures))
     failed = [answers[name].detail for name in arc_keys if answers[name].failed]
     # RFC 8617 §5.2: a chain that cannot be validated fails; the log says it was the lookup.
-    arc_result, arc_detail = (ArcResult.FAIL, failed[0]) if failed else _verify_arc(raw, dnsfunc, min_key_bits)
+    arc_result, arc_detail = (ArcResult.FAIL, failed[0]) if failed else _verify_arc(signer, dnsfunc, min_key_bits)
     return Verified(signatures, arc_result, arc_detail,
                     any(s.result is DkimResult.TEMPERROR for s in signatures) or bool(failed))
 
@@ -233,9 +220,11 @@ def _verify_one(signer: dkim.DKIM, index: int, value: bytes, dnsfunc: Any, answe
     return Signature(domain, selector, DkimResult.FAIL, "signature does not verify", prefix)
 
 
-def _verify_arc(raw: bytes, dnsfunc: Any, min_key_bits: int) -> tuple[ArcResult, str]:
+def _verify_arc(parsed: dkim.DKIM, dnsfunc: Any, min_key_bits: int) -> tuple[ArcResult, str]:
+    chain = dkim.ARC(None, minkey=min_key_bits)
+    chain.headers, chain.body = parsed.headers, parsed.body      # what set_message would parse again
     try:
-        status, _sets, reason = dkim.ARC(raw, minkey=min_key_bits).verify(dnsfunc=dnsfunc)
+        status, _sets, reason = chain.verify(dnsfunc=dnsfunc)
     except Exception as error:     # dkimpy raises on some malformed sets: a failed chain
         return ArcResult.FAIL, f"{type(error).__name__}: {error}"[:200]
     if status == dkim.CV_Pass:

@@ -31,7 +31,6 @@ from frontfilter.reputation.facts import DmarcPolicy, DmarcResult, SpfResult, no
 from frontfilter.reputation.resolver import Outcome, Resolver
 
 _FROM = re.compile(rb"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -67,19 +66,19 @@ class Dmarc:
             return domain == from_domain
         return self.organizational(domain) == self.organizational(from_domain)
 
-    async def evaluate(self, raw: bytes, spf: tuple[SpfResult, str] | None,
+    async def evaluate(self, header: bytes, spf: tuple[SpfResult, str] | None,
                        dkim_domains: tuple[str, ...]) -> DmarcOutcome:
-        """`spf`: the SPF result and the domain it is for; `dkim_domains`: d= of each signature
-        that verified."""
+        """`header`: the message's header block (facts.header_of); `spf`: the SPF result and
+        the domain it is for; `dkim_domains`: d= of each signature that verified."""
         started = time.monotonic()
-        outcome = await self._evaluate(raw, spf, dkim_domains, started + self.timeout)
+        outcome = await self._evaluate(header, spf, dkim_domains, started + self.timeout)
         observe.dmarc_evaluated(outcome.result.value, outcome.policy.value if outcome.policy else None,
                                 time.monotonic() - started)
         return outcome
 
-    async def _evaluate(self, raw: bytes, spf: tuple[SpfResult, str] | None,
+    async def _evaluate(self, header: bytes, spf: tuple[SpfResult, str] | None,
                         dkim_domains: tuple[str, ...], deadline: float) -> DmarcOutcome:
-        domain, why = from_domain(raw)
+        domain, why = from_domain(header)
         if not domain:
             return DmarcOutcome(DmarcResult.PERMERROR, "", detail=why)
         organizational = self.organizational(domain)
@@ -144,10 +143,8 @@ def _policy(word: str) -> DmarcPolicy | None:
         return None
 
 
-def from_domain(raw: bytes) -> tuple[str, str]:
-    """The one domain of the message's From: field(s), or "" and why there is none."""
-    end = _END_OF_HEADER.search(raw)
-    header = raw[:end.start()] if end else raw
+def from_domain(header: bytes) -> tuple[str, str]:
+    """The one domain of the From: field(s) of a header block, or "" and why there is none."""
     values = [match.group(1).decode("utf-8", "replace") for match in _FROM.finditer(header)]
     if not values:
         return "", "no From: field"

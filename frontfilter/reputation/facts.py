@@ -114,6 +114,19 @@ class CheckFacts:
 NO_CHECKS = CheckFacts()
 
 
+# What of a message's header block the DKIM and DMARC checks read on the event loop: the key
+# names and the From: field. A message without an empty line would otherwise be all header
+# (25 MB scanned on the loop); signatures and From: fields past this are not looked for.
+MAX_HEADER_SCAN = 256 * 1024
+
+
+def header_of(raw: bytes) -> bytes:
+    """The header block of a message as received (CRLF-only: DATA refuses bare line ends), at
+    most MAX_HEADER_SCAN bytes of it."""
+    end = raw.find(b"\r\n\r\n", 0, MAX_HEADER_SCAN)
+    return raw[:end] if end >= 0 else raw[:MAX_HEADER_SCAN]
+
+
 @remembered(maxsize=4096, longest=300)
 def normalise_domain(domain: str) -> str:
     """Lower case, no trailing dot, A-label form; "" when it cannot be a domain.

@@ -142,8 +142,9 @@ class DataCollector:
     def _spill(self) -> None:
         """From memory to the spill file: what was received so far, and from now on every block."""
         assert self.spill is not None and self._body is not None
+        spill, self.spill = self.spill, None     # tried once: a failure is not retried each block
         try:
-            spilled = self.spill()
+            spilled = spill()
         except OSError:
             return                   # no room on disk: it stays in memory, under the budget
         try:

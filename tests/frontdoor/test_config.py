@@ -147,6 +147,10 @@ PROXY_LISTENER = '[proxy]\nnetworks = ["10.0.0.5/32"]\n[[listener]]\naddress = "
     ('[limits]\nmax_connections = 10\nmax_connections_per_ip = 10\n',
      "limits.max_connections_per_ip: must be less than limits.max_connections (10 >= 10): "
      "the total limit is always reached first"),
+    # The per-address count is the service's, the total each worker's: with 2 workers, 20.
+    ('[server]\nworkers = 2\n[limits]\nmax_connections = 10\nmax_connections_per_ip = 20\n',
+     "limits.max_connections_per_ip: must be less than limits.max_connections x server.workers (20 >= 20): "
+     "the total limit is always reached first"),
     (PROXY_LISTENER + '[server]\ncommand_timeout = "10s"\n',
      "proxy.timeout: must be less than server.command_timeout (10s >= 10s): it could never fire"),
     ('[server]\nmax_errors = 0\n', "server.max_errors: must be at least 1"),
@@ -166,6 +170,8 @@ def test_check_refuses_a_limit_that_another_always_beats(tmp_path: Path, text: s
     '[limits]\ntarpit_after = 10\ntarpit_delay = "0s"\n',       # no tarpit: nothing hidden
     '[limits]\nmax_connections = 0\nmax_connections_per_ip = 20\n',   # 0: no total limit
     '[limits]\nmax_connections = 20\nmax_connections_per_ip = 0\n',
+    # 4 workers of 100 sessions: an address's 150 (counted for the service) can still bite.
+    '[server]\nworkers = 4\n[limits]\nmax_connections = 100\nmax_connections_per_ip = 150\n',
     '[proxy]\ntimeout = "10m"\n',                               # no PROXY listener: unused
 ])
 def test_limits_that_do_not_hide_each_other_are_accepted(tmp_path: Path, text: str) -> None:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from frontfilter.config import DnsConfig, HostPort
 from frontfilter.reputation.dmarc import Dmarc, from_domain, parse_record
-from frontfilter.reputation.facts import DmarcPolicy
+from frontfilter.reputation.facts import MAX_HEADER_SCAN, DmarcPolicy, header_of
 from frontfilter.reputation.resolver import Resolver
 from tests.harness import RecordingSink, Relay, eventually, queue_id_in, send, write_config
 from tests.reputation.dnsserver import DnsServer
@@ -192,7 +192,9 @@ def test_a_header_dkimpy_cannot_read_is_a_permerror_not_a_pass_or_a_crash(
     broken = signed.replace(b"Subject:", b"this line is no field\r\nSubject:", 1)
     answer = send(relay.port, broken, sender="bounces@mailer.example")
     line = message_line(relay, answer.text)
-    assert line["dkim"] == "permerror" and line["dmarc"] == "fail"
+    assert line["dkim"] == "permerror" and line["dmarc"] == "fail" and line["arc"] == "none"
+    checked = relay.wait_event("dkim", queue_id=answer.queue_id)
+    assert checked["result"] == "permerror" and checked["problems"]
     # p=reject and nothing aligned passed: refused, as for any unverifiable signature.
     assert answer.said.startswith("550 5.7.26")
 
@@ -256,9 +258,17 @@ def test_relaxed_alignment_uses_the_organizational_domain_from_the_public_suffix
 
 
 def test_the_from_domain_is_the_one_domain_of_the_from_field() -> None:
-    assert from_domain(b"From: \"A\" <a@Example.ORG>\r\n\r\nbody") == ("example.org", "")
+    assert from_domain(b"From: \"A\" <a@Example.ORG>\r\nSubject: hi") == ("example.org", "")
     assert from_domain(b"Subject: x\r\n\r\n")[0] == ""
     assert from_domain(b"From: a@x.example\r\nFrom: b@x.example\r\n\r\n")[0] == ""
+
+
+def test_the_header_block_read_on_the_event_loop_is_bounded() -> None:
+    assert header_of(b"From: a@x.example\r\nSubject: s\r\n\r\nFrom: b@y.example\r\n") == \
+        b"From: a@x.example\r\nSubject: s"
+    endless = b"X-Junk: " + b"y" * (2 * MAX_HEADER_SCAN) + b"\r\nFrom: a@x.example\r\n\r\nbody"
+    assert len(header_of(endless)) == MAX_HEADER_SCAN
+    assert from_domain(header_of(endless))[0] == ""       # not looked for past the bound
 
 
 def test_a_subdomain_without_a_record_gets_the_organizational_domains_sp(dns: DnsServer) -> None:

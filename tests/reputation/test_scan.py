@@ -70,3 +70,16 @@ def test_scan_applies_the_relay_policy_before_the_rules(tmp_path: Path) -> None:
                 "--recipient", "x@foreign.example", "--json")
     assert done.returncode == 1
     assert json.loads(done.stdout)["reply"].startswith("554 5.7.1")
+
+
+def test_scan_binds_an_authenticated_sender_as_the_relay_sender_map_does(tmp_path: Path) -> None:
+    (tmp_path / "m.eml").write_bytes(b"From: shop@example.org\nSubject: order\n\nthanks\n")
+    (tmp_path / "senders").write_text("webshop: orders@example.org\n")
+    config = write_config(tmp_path, [25], relay={"sender_map": str(tmp_path / "senders")})
+    done = scan(str(tmp_path / "m.eml"), "--config", str(config), "--auth-user", "webshop",
+                "--sender", "orders@example.org", "--recipient", "x@foreign.example")
+    assert done.returncode == 0 and "relay policy" not in done.stdout, done.stdout + done.stderr
+    (tmp_path / "senders").write_text("webshop orders@example.org\n")      # no colon: unreadable
+    done = scan(str(tmp_path / "m.eml"), "--config", str(config), "--auth-user", "webshop",
+                "--sender", "orders@example.org", "--recipient", "x@foreign.example")
+    assert done.returncode == 2 and "relay.sender_map" in done.stderr and "Traceback" not in done.stderr

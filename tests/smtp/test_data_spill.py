@@ -5,14 +5,15 @@ charged to it again. The message reaches the backend byte for byte as sent."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from frontfilter.smtp.budget import DataBudget
 from frontfilter import reply
 from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
 from frontfilter.smtp.data import SpilledBody
-from tests.harness import RawClient, RecordingSink, Relay, eventually, write_config
+from tests.harness import WAIT_TIMEOUT, RawClient, RecordingSink, Relay, SinkBehaviour, eventually, write_config
 from tests.smtp.core_driver import GREETING, Decider, drive, replies
 from tests.smtp.test_data_budget import HELLO, message
 
@@ -119,3 +120,56 @@ def test_through_a_relay_a_big_message_being_received_does_not_crowd_out_another
         received = sink.wait_for(2)
     body = half[len(b"Subject: big\r\n\r\n"):-3]
     assert all(r.data.endswith(body) for r in received)
+
+
+class HoldingSink(RecordingSink):
+    """A backend slow to answer a message, saying when one is in its hands."""
+
+    def __init__(self) -> None:
+        super().__init__(behaviour=SinkBehaviour(data_delay=3.0))
+        self.holding = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.holding.set()
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_spilled_message_without_room_to_be_read_back_is_told_to_come_back_later(tmp_path: Path) -> None:
+    """Sync mode: the first message, read back, is in memory until the backend answers; the
+    second, received into its file beside it, has no room to be read back: 452 4.3.1, and
+    nothing of it is forwarded."""
+    big = message(900 * 1024)
+    with HoldingSink() as sink:
+        config = write_config(tmp_path, [sink.port], server={"max_message_size": "1MiB"},
+                              limits={"max_data_in_memory": "1MiB", "data_spill_size": "64KiB",
+                                      "connection_rate_per_ip": 0})
+        with Relay(config) as relay, RawClient(relay.port) as first, RawClient(relay.port) as second:
+            first.begin_data()
+            first.send(big)
+            assert sink.holding.wait(WAIT_TIMEOUT)          # the first is with the backend
+            second.begin_data()
+            refused = second.command(big[:-2])
+            assert refused.startswith("452 4.3.1 Insufficient system storage, try again later"), refused
+            assert first.read_reply().startswith("250 2.0.0")
+            line = relay.wait_event("refused", stage="data")
+            assert line["reply"].startswith("452 4.3.1")
+        assert len(sink.messages) == 1
+
+
+def test_a_spill_that_cannot_be_opened_is_tried_once_and_the_message_kept_in_memory() -> None:
+    tries: list[int] = []
+
+    def no_room() -> IO[bytes]:
+        tries.append(1)
+        raise OSError(28, "No space left on device")
+
+    decider = Decider()
+    session = SmtpCore(CoreLimits(max_message_size=8 * 1024 * 1024, budget=DataBudget(16 * 1024 * 1024),
+                                  spill_size=64 * 1024, spill=no_room))
+    wire = message(3 * 1024 * 1024)
+    blocks = [wire[i:i + 65536] for i in range(0, len(wire), 65536)]
+    driver = drive(session, [HELLO + b"DATA\r\n", *blocks], decider)
+    assert replies(bytes(driver.output))[-1] == "250 2.0.0 OK"
+    assert len(tries) == 1
+    [taken] = [e for e in decider.events if isinstance(e, Message)]
+    assert taken.content == wire[:-3]
