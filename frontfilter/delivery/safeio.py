@@ -14,7 +14,7 @@ Guarantees (the Postfix `mail_stream.c` / chasquid `safeio` recipe: no 250 befor
   stale lock behind, and no lock files need cleaning up.
 
 Everything here blocks (open, write, fsync, rename): call it from a worker thread, never on the
-event loop. Temporary and final directories must be on one filesystem (rename is atomic only
+event loop — except `begin_write` of a small file, which only fills the page cache. Temporary and final directories must be on one filesystem (rename is atomic only
 within one).
 """
 
@@ -26,7 +26,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -131,15 +132,59 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     held from the temporary's creation on, so no other process can take the file between the
     rename and the caller's first use of it (the spool hands a just-written message to its
     delivery worker this way, without reopening it)."""
+    pending = begin_write(temp_dir, final, chunks, owner)
+    try:
+        os.fsync(pending.fd)
+        os.rename(pending.temp, final)
+        pending.renamed = True
+        # Not durable until this returns: on failure the caller refuses the message (4xx) and
+        # the client sends it again, so a copy left under its final name would go out twice.
+        fsync_dir_shared(final.parent)
+    except BaseException:
+        pending.discard()
+        raise
+    return pending.stat, pending.locked()
+
+
+@dataclass
+class Pending:
+    """A file written under a temporary name and locked by its writer, not yet durable: the
+    first half of `write_locked`, for `commit_group` to finish together with others."""
+
+    fd: int
+    temp: Path
+    final: Path
+    stat: os.stat_result
+    renamed: bool = False             # under its final name (not yet durable before commit ends)
+    error: OSError | None = None      # set by commit_group: the file is gone, its lock let go
+
+    def locked(self) -> LockedFile:
+        """Once committed without error: the file under its final name, still locked."""
+        return LockedFile(self.final, self.fd)
+
+    def discard(self, error: OSError | None = None) -> None:
+        """Give up on the file: its name removed (the temporary's, or the final one once
+        renamed: never a file that was there before), the descriptor closed, the lock with it."""
+        self.error = error or self.error
+        try:
+            (self.final if self.renamed else self.temp).unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
+def begin_write(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+                owner: tuple[int, int] | None = None) -> Pending:
+    """Write `chunks` to a new temporary for `final`, locked from its creation on: no fsync,
+    nothing blocks but the page cache (the spool does this on the event loop for small
+    messages, measured at tens of µs for 5 KB)."""
     fd, temp = _create_temp(temp_dir, final.name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)       # ours alone from birth: recovery leaves it be
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
         _write_all(fd, list(chunks))
-        os.fsync(fd)
         stat = os.fstat(fd)
-        os.rename(temp, final)
     except BaseException:
         os.close(fd)
         try:
@@ -147,19 +192,32 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
         except OSError:
             pass
         raise
-    locked = LockedFile(final, fd)
-    try:
-        fsync_dir_shared(final.parent)
-    except BaseException:
-        # Not durable, so the caller refuses the message (4xx) and the client sends it
-        # again: a copy left under its final name would be delivered a second time.
+    return Pending(fd, temp, final, stat)
+
+
+def commit_group(group: Sequence[Pending]) -> None:
+    """Make every file of `group` durable under its final name (the second half of
+    `write_locked`, for many at once): each one fsynced then renamed, then one fsync of each
+    final directory for the whole group. A file that fails has `error` set and is discarded;
+    the others stay open and locked (`Pending.locked`). Nothing is durable before this returns."""
+    renamed: list[Pending] = []
+    for pending in group:
         try:
-            final.unlink()
-        except OSError:
-            pass
-        locked.close()
-        raise
-    return stat, locked
+            os.fsync(pending.fd)
+            os.rename(pending.temp, pending.final)
+        except OSError as error:
+            pending.discard(error)
+        else:
+            pending.renamed = True
+            renamed.append(pending)
+    for directory in dict.fromkeys(pending.final.parent for pending in renamed):
+        try:
+            fsync_dir(directory)
+        except OSError as error:
+            # Not durable: the client is refused (4xx) and sends it again, so no copy may stay.
+            for pending in renamed:
+                if pending.final.parent == directory:
+                    pending.discard(error)
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,28 @@ def test_connections_taken_while_the_pool_is_pruned_are_never_handed_out_twice(t
     oks, received = asyncio.run(scenario())
     assert oks == [True] * 6
     assert received == 6
+
+
+def test_bursts_at_full_concurrency_reuse_their_connections(tmp_path: Path) -> None:
+    """backend.concurrency deliveries at once, again and again, on as many connections."""
+    async def scenario() -> tuple[int, int]:
+        backend = Backend()
+        port = await backend.start()
+        config = dataclasses.replace(config_for(tmp_path, port).backend, concurrency=12)
+        forwarder = Forwarder(config, "mx.test")
+        try:
+            for _ in range(5):
+                attempts = await asyncio.gather(*(forwarder.deliver("alice@example.net", ["bob@example.org"],
+                                                                    MESSAGE, ()) for _ in range(12)))
+                assert all(reply.ok for attempt in attempts for reply in attempt.results)
+            return len(backend.protocols), len(backend.received)
+        finally:
+            await forwarder.close()
+            await backend.stop()
+
+    connections, received = asyncio.run(scenario())
+    assert received == 60
+    assert connections == 12
 
 
 class OutOfStepOnce(Backend):
