@@ -62,7 +62,7 @@ class Reply:
         return replace(self, code=self.code - 100, enhanced="4" + self.enhanced[1:])
 
     def with_text(self, text: str) -> Reply:
-        return replace(self, text=text)
+        return Reply(self.code, self.enhanced, text, self.close, self.more)   # not replace(): 3x the cost
 
     @classmethod
     def parse(cls, line: str) -> Reply:

@@ -17,7 +17,6 @@ answering 451 for a message that ends up spooled would deliver it twice.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +73,7 @@ async def decide_then_spool(decide: Callable[[], Decision], inspect: Executor, c
                 or not claim.write()):
             return Judged(decision)
         size = len(decision.head) + len(decision.message)
-        envelope = dataclasses.replace(envelope, size=size, arrived=time.time())
+        envelope = envelope.received(size, time.time())
         write = spool.write_soon(reservation, envelope, decision.message, head=decision.head)
         writing = True
         return Judged(decision, await asyncio.shield(write))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -133,3 +135,13 @@ def test_a_short_write_still_writes_every_chunk_in_order(tmp_path: Path, monkeyp
     finally:
         os.close(fd)
     assert calls == [5] and target.read_bytes() == b"".join(chunks)
+
+
+def test_the_envelope_line_carries_every_field_and_reads_back_the_same() -> None:
+    """A field added to Envelope and forgotten in to_json (written field by field) or in
+    `received` would be lost on disk or between end of DATA and the spool."""
+    full = dataclasses.replace(envelope(), login="alice", dsn_for="2Q3DWBBBBBBBBBBBBBBBB")
+    assert all(getattr(full, f.name) != f.default for f in dataclasses.fields(Envelope))
+    assert set(json.loads(full.to_json())) == {f.name for f in dataclasses.fields(Envelope)}
+    assert Envelope.from_json(full.to_json()) == full
+    assert full.received(42, 1_800_000_000.25) == dataclasses.replace(full, size=42, arrived=1_800_000_000.25)
