@@ -148,6 +148,19 @@ def test_ledger_records_are_read_in_order_and_a_bad_one_is_reported(tmp_path: Pa
     assert json.loads(json.dumps(good))          # plain JSON values, ready for a log line
 
 
+def test_retention_clears_event_records_a_killed_tool_left_half_written(tmp_path: Path) -> None:
+    ledger.record(tmp_path, "released", "0TESTID00001", rule="hold", to=["b@example.org"])
+    events = tmp_path / ".events"
+    (events / f"released-0TESTID00002-1.json.{os.getpid()}{safeio.TEMP_SUFFIX}").write_text('{"ev')
+    being_written = events / f"released-0TESTID00003-1.json.1{safeio.TEMP_SUFFIX}"
+    being_written.write_text("")
+    with safeio.lock_file(being_written):                       # a tool writing it right now
+        retention.sweep(tmp_path, max_age=3600, max_size=0, now=time.time())
+        assert sorted(p.name for p in events.iterdir()) == sorted(
+            [being_written.name, *(p.name for p in events.glob("*.json"))])
+    assert [r.fields["id"] for r in ledger.take(tmp_path) if r.fields] == ["0TESTID00001"]
+
+
 def test_the_relay_reports_each_record_once_and_a_record_cannot_forge_the_line(tmp_path: Path,
                                                                                 caplog: pytest.LogCaptureFixture) -> None:
     import asyncio

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frontfilter.delivery import safeio
-from frontfilter.delivery.quarantine import store
+from frontfilter.delivery.quarantine import ledger, store
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def sweep(root: Path, max_age: float, max_size: int, now: float) -> Sweep:
         safeio.fsync_dir(root)
     if root.is_dir():
         safeio.discard_stale_temps(root)              # writes a crash cut short: never answered
+        ledger.discard_stale_temps(root)              # the same for the tool's event records
     result.messages = len(kept)
     result.bytes = sum(entry.size for entry in kept)
     result.oldest_age = max(0.0, now - kept[0].mtime) if kept else 0.0
