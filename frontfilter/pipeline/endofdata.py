@@ -1,9 +1,11 @@
 """Queue mode's end of DATA: decide in an inspection thread, then spool what is to be forwarded.
 
 The verdict is reached in one of the pipeline's two inspection threads (CPU: they share the
-GIL with the event loop); the durable write (two fsyncs, no CPU) goes to the spool's I/O
-threads, so that the inspection threads are not held by the disk. The spool hands the written
-message, still locked and in memory, to the delivery worker (spool.Spool.settle).
+GIL with the event loop); the durable write goes to the spool (`Spool.write_soon`: a small
+message is written on the event loop and made durable by the group commit's thread, a large one
+in a spool I/O thread), so that the inspection threads are not held by the disk. The spool
+hands the written message, still locked and in memory, to the delivery worker
+(spool.Spool.settle).
 (It once ran in one hop, both in the inspection thread, to spare a thread hand-over; then at
 most two fsyncs per process were ever in flight and the 5 KB bench waited on the disk with
 the event loop a third busy.)
