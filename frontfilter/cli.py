@@ -169,7 +169,7 @@ def _serve_one(config: Any, sockets: list[Any] | None, http_socket: Any) -> None
         asyncio.run(run())
     except ConfigError as error:      # a certificate or users file that does not load
         raise _Fatal(*error.problems) from None
-    except StartError as error:       # the spool directory, backend TLS files
+    except StartError as error:       # the spool directory
         raise _Fatal(str(error)) from None
     except OSError as error:
         raise _Fatal(f"cannot listen: {error.strerror or error}") from None

@@ -16,7 +16,6 @@ import asyncio
 
 from frontfilter import observe
 from frontfilter.config import Config
-from frontfilter.delivery import tls as backend_tls
 from frontfilter.delivery.forward import Forwarder
 from frontfilter.delivery.spool import Spool
 from frontfilter.delivery.verify import RecipientVerifier
@@ -24,7 +23,8 @@ from frontfilter.delivery.worker import Worker
 
 
 class StartError(Exception):
-    """Queue mode cannot start (spool directory, TLS files): one readable line, naming the key."""
+    """Queue mode cannot start (the spool directory): one readable line, naming the key. (The
+    backend's TLS files are read by Service.start, with the relay's other files.)"""
 
 
 class StoreAndForward:
@@ -42,10 +42,6 @@ class StoreAndForward:
         except OSError as error:
             raise StartError(f"cannot use the spool {self.spool.layout.root} (spool.dir): "
                              f"{error.strerror or error}") from None
-        try:      # CA and client certificate files are read now, not on the first delivery
-            await asyncio.to_thread(backend_tls.client_context, self.forwarder.config)
-        except ValueError as error:
-            raise StartError(str(error)) from None
         observe.spool_recovered(recovery.messages, recovery.temps_discarded, recovery.orphan_states)
         await self.worker.start()
 
