@@ -133,10 +133,6 @@ class Held:
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise QuarantineFormatError(f"metadata unreadable: {error}") from None
 
-    @property
-    def smtputf8(self) -> bool:
-        return any(o.upper() == "SMTPUTF8" for o in self.options)
-
 
 def _optional(value: Any) -> str | None:
     return None if value is None else str(value)
