@@ -261,3 +261,22 @@ def test_check_says_how_much_data_the_relay_may_hold_and_refuses_a_bound_below_o
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 1
     assert "limits.max_data_in_memory: must be at least server.max_message_size" in done.stderr
+
+
+def test_check_names_every_bad_dkim_dmarc_and_spf_setting_at_once(tmp_path: Path) -> None:
+    """The authentication checks' bounds, as an administrator meets them: one line per key,
+    all of them in one run, and exit 1."""
+    path = tmp_path / "frontfilter.toml"
+    path.write_text(BASE + '[dkim]\nenabled = true\ntimeout = "0s"\nconcurrency = 0\nmax_signatures = 51\n'
+                           'min_key_bits = 256\n[dmarc]\nenabled = true\ntimeout = "0s"\n'
+                           '[spf]\nenabled = true\nconcurrency = 0\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert sorted(done.stderr.splitlines()) == sorted(f"{path}: {line}" for line in (
+        "dkim.timeout: must be more than 0s",
+        "dmarc.timeout: must be more than 0s",
+        "dkim.concurrency: must be at least 1",
+        "dkim.max_signatures: must be between 1 and 50",
+        "dkim.min_key_bits: must be between 512 and 16384 (RFC 8301: 1024)",
+        "spf.concurrency: must be at least 1"))
