@@ -44,9 +44,13 @@ class GroupCommit:
         with self._changed:
             if self._closing:
                 raise RuntimeError("the spool is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                # Started here, and again should it ever have ended: a message waiting for a
+                # thread that is not there would wait for ever. A thread that cannot start
+                # (the process's thread limit) raises: this message is refused (451).
+                thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+                thread.start()
+                self._thread = thread
             self._waiting.append((pending, loop, done))
             self._changed.notify()
 
@@ -68,16 +72,22 @@ class GroupCommit:
                     return
                 group, self._waiting = self._waiting, []
             try:
-                commit_group([pending for pending, _, _ in group])
-            except Exception as error:      # not an OSError (commit_group takes those per file)
-                for pending, _, _ in group:
-                    if pending.error is None:
-                        pending.discard(OSError(f"group commit failed: {error!r}"))
-            try:
-                self._after_group()
-            except OSError:
-                pass
-            self._hand_back(group)
+                self._commit(group)
+            finally:
+                # Whatever happened above, every message of the group gets its answer.
+                self._hand_back(group)
+
+    def _commit(self, group: list[tuple[Pending, asyncio.AbstractEventLoop, Done]]) -> None:
+        try:
+            commit_group([pending for pending, _, _ in group])
+        except Exception as error:      # not an OSError (commit_group takes those per file)
+            for pending, _, _ in group:
+                if pending.error is None:
+                    pending.discard(OSError(f"group commit failed: {error!r}"))
+        try:
+            self._after_group()         # before the hand-back: the free space, then the room
+        except Exception:
+            pass                        # the last figure stays; the next group tries again
 
     @staticmethod
     def _hand_back(group: list[tuple[Pending, asyncio.AbstractEventLoop, Done]]) -> None:

@@ -135,6 +135,7 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     pending = begin_write(temp_dir, final, chunks, owner)
     try:
         os.fsync(pending.fd)
+        pending.replaces = os.path.lexists(final)
         os.rename(pending.temp, final)
         pending.renamed = True
         # Not durable until this returns: on failure the caller refuses the message (4xx) and
@@ -156,6 +157,7 @@ class Pending:
     final: Path
     stat: os.stat_result
     renamed: bool = False             # under its final name (not yet durable before commit ends)
+    replaces: bool = False            # the rename replaced a file of that name (a state file)
     error: OSError | None = None      # set by commit_group: the file is gone, its lock let go
 
     def locked(self) -> LockedFile:
@@ -163,13 +165,16 @@ class Pending:
         return LockedFile(self.final, self.fd)
 
     def discard(self, error: OSError | None = None) -> None:
-        """Give up on the file: its name removed (the temporary's, or the final one once
-        renamed: never a file that was there before), the descriptor closed, the lock with it."""
+        """Give up on the file: the descriptor closed, the lock with it, and its name removed
+        — the temporary's, or the final one once renamed. Not a final name that replaced a
+        file (a state file whose directory fsync failed): the old content is gone already,
+        and the new one, perhaps not durable, is better than none."""
         self.error = error or self.error
-        try:
-            (self.final if self.renamed else self.temp).unlink()
-        except OSError:
-            pass
+        if not (self.renamed and self.replaces):
+            try:
+                (self.final if self.renamed else self.temp).unlink()
+            except OSError:
+                pass
         os.close(self.fd)
 
 
@@ -180,7 +185,10 @@ def begin_write(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     messages, measured at tens of µs for 5 KB)."""
     fd, temp = _create_temp(temp_dir, final.name)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)       # ours alone from birth: recovery leaves it be
+        # Ours alone from birth: recovery leaves it be. Never waited for (this may run on the
+        # event loop): held already, it is a recovery scan taking our new file for a stale one
+        # and about to remove it, so this write fails (BlockingIOError) and the client retries.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
         _write_all(fd, list(chunks))

@@ -41,7 +41,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,10 +93,13 @@ class Envelope:
     def to_json(self) -> bytes:
         # Field by field, not dataclasses.asdict (its deep copy was 2.3 % of a 5 KB message's
         # time on the event loop); tests/delivery/test_spool_files.py checks every field.
+        # A HELO name or address that was not UTF-8 holds surrogates (surrogateescape): they
+        # go out as JSON's \udcXX escapes, which read back as the same string; encoded
+        # strictly they made every such message a 451 for ever.
         return json.dumps({"id": self.id, "sender": self.sender, "recipients": list(self.recipients),
                            "arrived": self.arrived, "size": self.size, "options": list(self.options),
                            "client": self.client, "helo": self.helo, "login": self.login,
-                           "dsn_for": self.dsn_for}, ensure_ascii=False).encode()
+                           "dsn_for": self.dsn_for}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
     def received(self, size: int, arrived: float) -> Envelope:
         """This envelope with the message's size and arrival time, as it is written."""
@@ -488,6 +491,13 @@ class _Full(Exception):
     pass
 
 
+def _let_go_if_cancelled(job: asyncio.Future[Spooled], written: Future[Spooled]) -> None:
+    if job.cancelled() and not written.cancelled() and written.exception() is None:
+        message = written.result().message
+        if message is not None:
+            message.close()
+
+
 def _not_written(error: OSError, started: float) -> Spooled:
     if safeio.is_disk_full(error):
         return Spooled(Admission.FULL, time.monotonic() - started, "disk full")
@@ -567,8 +577,9 @@ class Spool:
             return Admission.FULL
         if usage.bytes + usage.reserved_bytes + size > config.max_size:
             return Admission.FULL
-        # The free-space figure comes from the last write or scan (statvfs stays off the event
-        # loop: on a network filesystem it can block); the write checks it afresh anyway.
+        # The free-space figure comes from the last write, group commit or scan (statvfs stays
+        # off the event loop: on a network filesystem it can block). A large message's write
+        # checks it afresh; a small one's uses the last group's figure (_write_grouped).
         if self._free is not None and self._free - usage.reserved_bytes - size < config.min_free_space:
             return Admission.FULL
         return Admission.OK
@@ -645,10 +656,15 @@ class Spool:
             job = self._write_grouped(reservation, envelope, data, head)
         else:
             try:
-                job = loop.run_in_executor(self._executor, self.write, reservation, envelope, data, head)
+                written = self._executor.submit(self.write, reservation, envelope, data, head)
             except RuntimeError as error:       # shut down: this message is refused, not lost
                 job = loop.create_future()
                 job.set_result(Spooled(Admission.FAILED, 0.0, str(error)))
+            else:
+                job = asyncio.wrap_future(written, loop=loop)
+                # A write that ends after its future was cancelled: nobody takes the message,
+                # so its lock is let go and the worker finds it on a scan.
+                written.add_done_callback(lambda done: loop.call_soon_threadsafe(_let_go_if_cancelled, job, done))
         self.settle_when_done(reservation, job)
         return job
 
@@ -668,7 +684,7 @@ class Spool:
         except OSError as error:
             job.set_result(_not_written(error, started))
             return job
-        except SpoolFormatError as error:     # raised by the job, as `write` raises it
+        except Exception as error:     # SpoolFormatError and the like: raised by the job, as `write` does
             job.set_exception(error)
             return job
 

@@ -8,12 +8,13 @@ import asyncio
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 from frontfilter.config import SpoolConfig
-from frontfilter.delivery import safeio
+from frontfilter.delivery import groupcommit, safeio
 from frontfilter.delivery.spool import (GROUPED_WRITE_MAX, Admission, Envelope, Message, Reservation, Spool,
                                         open_message,
                                         parse_message)
@@ -76,23 +77,121 @@ def test_a_message_that_cannot_be_committed_is_refused_and_leaves_no_file(tmp_pa
     asyncio.run(main())
 
 
-def test_an_unsynced_directory_refuses_the_whole_group_and_removes_its_files(
+def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing disk cannot be made here: the directory fsync is made to fail (EIO)."""
-    def failing_fsync_dir(directory: Path) -> None:
-        raise OSError(errno.EIO, "injected I/O error")
+    """A failing disk cannot be made here: the first directory fsync is made to fail (EIO).
+    Every message renamed in that group is refused and removed; those committed after it are
+    not touched."""
+    real_fsync_dir, real_commit_group = safeio.fsync_dir, groupcommit.commit_group
+    failed_once: list[Path] = []
+    groups: list[list[str]] = []
+
+    def fsync_dir_failing_once(directory: Path) -> None:
+        if not failed_once:
+            failed_once.append(directory)
+            raise OSError(errno.EIO, "injected I/O error")
+        real_fsync_dir(directory)
+
+    def recording_commit_group(group: list[safeio.Pending]) -> None:
+        groups.append([pending.final.stem for pending in group])
+        real_commit_group(group)
 
     async def main() -> None:
         spool, handed = await open_spool(tmp_path)
-        monkeypatch.setattr(safeio, "fsync_dir", failing_fsync_dir)
+        monkeypatch.setattr(safeio, "fsync_dir", fsync_dir_failing_once)
+        monkeypatch.setattr(groupcommit, "commit_group", recording_commit_group)
+        envelopes = [envelope(len(body(n))) for n in range(12)]
         try:
-            results = await asyncio.gather(*(spool.submit(envelope(len(body(n))), body(n)) for n in range(5)))
-            assert {r.result for r in results} == {Admission.FAILED}
-            assert handed == [] and os.listdir(spool.layout.queue) == [] and os.listdir(spool.layout.tmp) == []
+            results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
+            outcome = {e.id: r.result for e, r in zip(envelopes, results, strict=True)}
+            assert {outcome[queue_id] for queue_id in groups[0]} == {Admission.FAILED}
+            assert {outcome[queue_id] for group in groups[1:] for queue_id in group} <= {Admission.OK}
+            assert sorted(os.listdir(spool.layout.queue)) == sorted(
+                f"{queue_id}.msg" for group in groups[1:] for queue_id in group)
+            assert os.listdir(spool.layout.tmp) == [] and len(handed) == 12 - len(groups[0])
+        finally:
+            for message in handed:
+                message.close()
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
+def test_a_commit_thread_that_cannot_start_refuses_that_message_and_the_next_one_starts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's thread limit cannot be reached safely in a test: Thread.start is made to
+    fail once, as it does there (RuntimeError)."""
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start_failing_once(thread: threading.Thread) -> None:
+        if thread.name == "spool-commit" and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+        try:
+            first = await spool.submit(envelope(len(body(1))), body(1))
+            assert first.result is Admission.FAILED and "can't start new thread" in first.reason
+            second = await asyncio.wait_for(spool.submit(envelope(len(body(2))), body(2)), 10)
+            assert second.result is Admission.OK and len(handed) == 1
+            assert os.listdir(spool.layout.tmp) == [] and spool.admit() is Admission.OK
+        finally:
+            for message in handed:
+                message.close()
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [4000, GROUPED_WRITE_MAX + 1])
+def test_a_write_whose_caller_gave_up_leaves_the_message_for_the_worker(tmp_path: Path, size: int) -> None:
+    """Its future cancelled while the write goes on: the message is spooled (it may have been
+    answered 250 by the time) and not left locked, so the worker's scan can take it."""
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        sent = envelope(size)
+        try:
+            reservation = spool.reserve(size)
+            assert isinstance(reservation, Reservation)
+            job = spool.write_soon(reservation, sent, b"z" * size)
+            job.cancel()
+            for _ in range(200):                   # bounded: 10 s
+                await asyncio.sleep(0.05)
+                try:
+                    with open_message(spool.layout, sent.id) as message:
+                        assert message.body == b"z" * size
+                    break
+                except (safeio.Gone, safeio.Busy):
+                    continue
+            else:
+                pytest.fail("the message never became free for the worker")
+            assert reservation.settled and handed == []
         finally:
             await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
+
+
+def test_a_replaced_file_is_kept_when_its_directory_cannot_be_synced_a_new_one_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_atomically over a state file: removing the new one would lose both (the old is
+    replaced already), and the next attempt would deliver again to every recipient."""
+    def failing_fsync_dir(directory: Path) -> None:
+        raise OSError(errno.EIO, "injected I/O error")
+
+    (tmp_path / "tmp").mkdir()
+    state = tmp_path / "ID.state"
+    state.write_bytes(b"old")
+    monkeypatch.setattr(safeio, "fsync_dir", failing_fsync_dir)
+    for final in (state, tmp_path / "ID.msg"):
+        with pytest.raises(OSError, match="injected"):
+            safeio.write_atomically(tmp_path / "tmp", final, (b"new",))
+    assert state.read_bytes() == b"new" and not (tmp_path / "ID.msg").exists()
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 def test_space_that_ran_out_since_the_reservation_is_452_without_a_write(tmp_path: Path) -> None:
