@@ -60,8 +60,10 @@ class ClientFacts:
 
 
 def xtext(value: str) -> str:
-    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
-                   for c in value)
+    # surrogateescape: a HELO name or login that was not UTF-8 goes out as the bytes the client
+    # sent (encoded strictly, it made the message bounce as "non-ASCII sender").
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else
+                   "".join(f"+{b:02X}" for b in c.encode("utf-8", "surrogateescape")) for c in value)
 
 
 def commands(client: ClientFacts, offered: Iterable[str]) -> list[str]:

@@ -104,6 +104,24 @@ def test_postfix_logs_the_real_client_of_mail_through_frontfilter(tmp_path: Path
 
 
 @installed(POSTFIX is not None, "Postfix is installed by `make test` (Debian package postfix)")
+def test_a_helo_name_that_is_not_utf8_is_spooled_and_forwarded_not_refused_or_bounced(
+        tmp_path: Path, postfix: tuple[int, Path, RecordingSink]) -> None:
+    """The relay reads such a name with surrogateescape; the spool's envelope line and XFORWARD
+    once encoded it strictly: every such message was a 451 for ever, and once spooled, a bounce
+    ("non-ASCII sender")."""
+    port, maillog, sink = postfix
+    config = write_config(tmp_path, [port], backend={"mode": "queue"})
+    with Relay(config) as relay:
+        answer = send_from(relay.port, CLIENT_ADDRESS, helo=b"h\xff\xfe.example")
+        assert answer.ok, answer
+        [received] = sink.wait_for(1, timeout=30)
+        assert b"Subject: through" in received.data
+        assert not relay.events("dead_letter") and not relay.events("dsn_queued")
+    logged = eventually(lambda: clients_postfix_logged(maillog), timeout=30)
+    assert logged == [f"client=unknown[127.0.0.1], orig_client=unknown[{CLIENT_ADDRESS}]"], logged
+
+
+@installed(POSTFIX is not None, "Postfix is installed by `make test` (Debian package postfix)")
 def test_with_forward_client_off_postfix_sees_the_relay(tmp_path: Path, postfix: tuple[int, Path, RecordingSink]) -> None:
     port, maillog, sink = postfix
     config = write_config(tmp_path, [port], backend={"mode": "sync", "forward_client": False})
@@ -140,10 +158,12 @@ def test_a_backend_that_takes_only_xclient_sees_each_real_client(
     assert logged == [f"client=unknown[{CLIENT_ADDRESS}]", "client=unknown[127.0.0.3]"], clients_postfix_logged(maillog)
 
 
-def send_from(port: int, source: str) -> Answer:
+def send_from(port: int, source: str, helo: bytes = b"client.example.net") -> Answer:
     """One message to the relay from `source` (a loopback address of its own)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
-        client.ehlo("client.example.net")
+        client.send(b"EHLO " + helo + b"\r\n")         # bytes: smtplib's ehlo() takes ASCII only
+        code, _ = client.getreply()
+        assert code == 250
         client.mail("alice@example.net")
         code, text = client.rcpt("bob@example.org")
         if code != 250:
