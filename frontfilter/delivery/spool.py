@@ -156,7 +156,10 @@ class DeliveryState:
         data = asdict(self)
         for recipient in data["recipients"]:
             recipient["status"] = recipient["status"].value
-        return json.dumps(data, ensure_ascii=False, indent=1).encode() + b"\n"
+        # A backend's answer that was not UTF-8 (aiosmtplib reads it with surrogateescape)
+        # goes out as JSON escapes, as in Envelope.to_json: encoded strictly, the state could
+        # not be saved and the delivered recipients were sent the message again on each retry.
+        return json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8", "backslashreplace") + b"\n"
 
     @classmethod
     def from_json(cls, raw: bytes, envelope: Envelope) -> DeliveryState:
@@ -491,8 +494,18 @@ class _Full(Exception):
     pass
 
 
-def _let_go_if_cancelled(job: asyncio.Future[Spooled], written: Future[Spooled]) -> None:
-    if job.cancelled() and not written.cancelled() and written.exception() is None:
+def _when_written(loop: asyncio.AbstractEventLoop, job: asyncio.Future[Spooled], written: Future[Spooled]) -> None:
+    """In the spool thread, a large message's write over: if nobody will take the message (its
+    future cancelled, or the event loop closed), its lock is let go and the worker finds it on
+    a scan. On the loop, after `job` got its state (wrap_future's callback came first)."""
+    try:
+        loop.call_soon_threadsafe(_let_go_if_cancelled, job, written)
+    except RuntimeError:                # the loop is closed: nobody answers for it
+        _let_go_if_cancelled(None, written)
+
+
+def _let_go_if_cancelled(job: asyncio.Future[Spooled] | None, written: Future[Spooled]) -> None:
+    if (job is None or job.cancelled()) and not written.cancelled() and written.exception() is None:
         message = written.result().message
         if message is not None:
             message.close()
@@ -662,9 +675,7 @@ class Spool:
                 job.set_result(Spooled(Admission.FAILED, 0.0, str(error)))
             else:
                 job = asyncio.wrap_future(written, loop=loop)
-                # A write that ends after its future was cancelled: nobody takes the message,
-                # so its lock is let go and the worker finds it on a scan.
-                written.add_done_callback(lambda done: loop.call_soon_threadsafe(_let_go_if_cancelled, job, done))
+                written.add_done_callback(functools.partial(_when_written, loop, job))
         self.settle_when_done(reservation, job)
         return job
 

@@ -145,3 +145,19 @@ def test_the_envelope_line_carries_every_field_and_reads_back_the_same() -> None
     assert set(json.loads(full.to_json())) == {f.name for f in dataclasses.fields(Envelope)}
     assert Envelope.from_json(full.to_json()) == full
     assert full.received(42, 1_800_000_000.25) == dataclasses.replace(full, size=42, arrived=1_800_000_000.25)
+
+
+def test_a_backend_answer_that_is_not_utf8_is_saved_in_the_state_and_read_back(layout: Layout) -> None:
+    """aiosmtplib reads replies with surrogateescape; a state that could not be saved made the
+    delivered recipients get the message again on every retry."""
+    write_message(layout, envelope(), b"")
+    latin1 = "451 4.3.0 R\udce9essayez plus tard"
+    with open_message(layout, QUEUE_ID) as message:
+        assert message.state is not None
+        message.state.recipients[0].status = Status.DELIVERED
+        message.state.recipients[1].detail = latin1
+        message.state.attempts = 1
+        message.save(message.state)
+    with open_message(layout, QUEUE_ID) as message:
+        assert message.state is not None and message.state.recipients[1].detail == latin1
+        assert message.state.pending() == [1] and message.state.attempts == 1
