@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import ipaddress
 import json
 import os
@@ -30,6 +31,7 @@ SCAN_EXIT = {"accept": 0, "reject": 1, "tempfail": 3, "discard": 4, "quarantine"
 
 
 def main(argv: list[str] | None = None) -> int:
+    _escape_undecodable_output()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -47,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:      # found past the config's own load: a sender map, say
         _Fatal(*error.problems).report()
         return EXIT_ERROR
+
+
+def _escape_undecodable_output() -> None:
+    """What clients and backends sent that was not UTF-8 is held as surrogates
+    (surrogateescape): a HELO name, a backend's answer in the queue's state. Printed, it died
+    with a traceback in a UTF-8 locale, or came out as raw bytes that no JSON reader takes in
+    the C locale. Written as `\\udcXX` it reads as what was sent — and in a JSON string it is
+    the right escape."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 class _Fatal(Exception):

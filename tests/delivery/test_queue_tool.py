@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import smtplib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from frontfilter.tools import queuectl
-from frontfilter.delivery.spool import Layout
+from frontfilter.delivery.spool import Envelope, Layout, open_message, write_message
 
 from tests.delivery.support import (
     DRAIN_TIMEOUT, dead_port, message, message_ids, queue_config, run_cli, send_one, spooled)
-from tests.harness import RecordingSink, Relay, eventually
+from tests.harness import REPO, RecordingSink, Relay, eventually
 
 
 def test_queue_list_show_retry_delete_on_a_running_daemon(tmp_path: Path) -> None:
@@ -128,3 +131,29 @@ def test_retry_run_twice_before_the_daemon_looks_is_not_lost(tmp_path: Path) -> 
             assert eventually(lambda: not spooled(tmp_path), DRAIN_TIMEOUT), queuectl.format_list(
                 *queuectl.list_queue(layout), dead=0, now=time.time())
             assert message_ids(sink.messages) == {"twice@test": 1}
+
+
+def test_queue_list_and_show_print_a_backend_answer_in_latin1_in_any_locale(tmp_path: Path) -> None:
+    """aiosmtplib keeps a reply's bytes that are not UTF-8 as surrogates. `queue list --json`
+    printed them raw (JSON no reader takes) or, in a UTF-8 locale, died with a traceback."""
+    config = queue_config(tmp_path, [dead_port()])
+    layout = Layout(tmp_path / "spool")
+    layout.create()
+    sent = Envelope(id="2Q3DWAAAAAAAAAAAAAAAA", sender="alice@example.net", recipients=("bob@example.org",),
+                    arrived=time.time(), size=0)
+    write_message(layout, sent, b"")
+    with open_message(layout, sent.id) as spooled_message:
+        assert spooled_message.state is not None
+        spooled_message.state.recipients[0].detail = "451 4.3.0 R\udce9essayez plus tard"
+        spooled_message.save(spooled_message.state)
+    for encoding in ("utf-8:strict", "utf-8:surrogateescape"):      # a UTF-8 locale; the C locale
+        done = subprocess.run([sys.executable, "-m", "frontfilter", "queue", "list", "--config", str(config),
+                               "--json"], capture_output=True, cwd=REPO, timeout=60,
+                              env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+        [listed] = json.loads(done.stdout.decode("utf-8"))      # strict: valid UTF-8
+        assert listed["recipients"][0]["last"] == "451 4.3.0 R\udce9essayez plus tard"
+        shown = subprocess.run([sys.executable, "-m", "frontfilter", "queue", "show", "--config", str(config),
+                                sent.id], capture_output=True, cwd=REPO, timeout=60,
+                               env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert shown.returncode == 0 and b"last: 451 4.3.0 R\\udce9essayez" in shown.stdout, shown
