@@ -10,6 +10,7 @@ import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from frontfilter.config import ConfigError, OutboundSenders, RelayConfig, load_c
 from frontfilter.model import Peer, SessionFacts
 from frontfilter.policy.sendermap import SenderMapError, parse_sender_map
 from tests.frontdoor.helpers import Pki, connect_from, frontdoor_config, make_pki, read_reply, write_users
-from tests.harness import RecordingSink, Relay, queue_id_in, write_config
+from tests.harness import RecordingSink, Relay, eventually, queue_id_in, write_config
 
 PASSWORD = "correct horse battery"
 
@@ -235,17 +236,42 @@ def test_spoofing_our_domain_from_outside_is_only_logged_in_monitor_mode(bound: 
     assert "spoofed-from-header" in line["monitor"]
 
 
-def test_sender_map_is_reloaded_on_sighup(bound: Bound) -> None:
-    bound.senders.write_text(SENDER_MAP.replace("alice@example.org,", "alice@example.org, bob@example.org,"))
+def reload_senders(bound: Bound, text: str, outcome: str) -> dict[str, Any]:
+    """Write the sender map, SIGHUP, and wait for this reload's `outcome` line (the relay's
+    log keeps every earlier one: the test after must not start before this reload is over)."""
+    before = len(bound.relay.events(outcome))
+    bound.senders.write_text(text)
     bound.relay.signal(signal.SIGHUP)
-    assert bound.relay.wait_event("sender_map_loaded", reload=True)["logins"] == 1
+    line: dict[str, Any] = eventually(lambda: (bound.relay.events(outcome)[before:] or [None])[0])
+    return line
+
+
+def test_sender_map_is_reloaded_on_sighup(bound: Bound) -> None:
+    loaded = reload_senders(bound, SENDER_MAP.replace("alice@example.org,", "alice@example.org, bob@example.org,"),
+                            "sender_map_loaded")
+    assert loaded["reload"] is True and loaded["logins"] == 1
     try:
         with logged_in(bound, "alice") as client:
             client.sendmail("bob@example.org", ["someone@foreign.example"], message("bob@example.org", "reloaded"))
         assert bound.sink.wait_for(1)[0].sender == "bob@example.org"
     finally:
-        bound.senders.write_text(SENDER_MAP)
-        bound.relay.signal(signal.SIGHUP)
+        reload_senders(bound, SENDER_MAP, "sender_map_loaded")
+
+
+def test_a_sender_map_broken_on_sighup_is_refused_and_the_old_one_stays(bound: Bound) -> None:
+    try:
+        # Line 2 would let alice send as bob: taken in part, the map would show it.
+        broken = SENDER_MAP.replace("alice@example.org,", "alice@example.org, bob@example.org,")
+        refused = reload_senders(bound, broken + "bob: not-an-address\n", "sender_map_refused")
+        assert refused["reload"] is True and refused["kept_previous"] is True
+        assert refused["problems"] == [f"{bound.senders}:3: 'not-an-address' is not an address or *@domain"], refused
+        with logged_in(bound, "alice") as client:       # the old map: alice, not bob
+            assert client.mail("bob@example.org")[0] == 553
+            client.rset()
+            client.sendmail("alice@example.org", ["someone@foreign.example"], message("alice@example.org", "kept"))
+        assert bound.sink.wait_for(1)[0].sender == "alice@example.org"
+    finally:
+        reload_senders(bound, SENDER_MAP, "sender_map_loaded")
 
 
 def test_check_reports_a_bad_sender_map(tmp_path: Path) -> None:
