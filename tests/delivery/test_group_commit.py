@@ -10,14 +10,14 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from frontfilter.config import SpoolConfig
 from frontfilter.delivery import groupcommit, safeio
 from frontfilter.delivery.spool import (GROUPED_WRITE_MAX, Admission, Envelope, Message, Reservation, Spool,
-                                        open_message,
-                                        parse_message)
+                                        Spooled, open_message, parse_message)
 from frontfilter.model import new_queue_id
 
 MESSAGES = 40
@@ -154,10 +154,22 @@ def test_a_write_whose_caller_gave_up_leaves_the_message_for_the_worker(tmp_path
     async def main() -> None:
         spool, handed = await open_spool(tmp_path)
         sent = envelope(size)
+        started = threading.Event()
+        whole_write = spool.write
+
+        def write(*args: Any) -> Spooled:
+            started.set()
+            return whole_write(*args)
+
+        setattr(spool, "write", write)          # the same write, telling when it has begun
         try:
             reservation = spool.reserve(size)
             assert isinstance(reservation, Reservation)
             job = spool.write_soon(reservation, sent, b"z" * size)
+            if size > GROUPED_WRITE_MAX:
+                # Cancelled before a thread took it, it is simply never written (nothing to
+                # let go): wait until the write is under way, the case this test is about.
+                assert await asyncio.to_thread(started.wait, 10)
             job.cancel()
             for _ in range(200):                   # bounded: 10 s
                 await asyncio.sleep(0.05)
