@@ -128,12 +128,10 @@ class DataCollector:
                 return
         else:
             assert self._body is not None
-            if self.budget is not None:
-                if not self.budget.take(len(block)):
-                    self._problem = DataProblem.NO_ROOM
-                    self.discard()
-                    return
-                self.charged += len(block)
+            if not self.charge(len(block)):
+                self._problem = DataProblem.NO_ROOM
+                self.discard()
+                return
             self._body.write(block)
         self._check(block)
         if self._problem is not None:
@@ -239,7 +237,8 @@ class DataCollector:
         return (CrlfText if dotted else DotFreeText).marked(data), None
 
     def charge(self, size: int) -> bool:
-        """Charge `size` bytes read back from a spill to the budget (False: no room)."""
+        """Charge `size` bytes held in memory (received, or read back from a spill) to the
+        budget (False: no room)."""
         if self.budget is None:
             return True
         if not self.budget.take(size):

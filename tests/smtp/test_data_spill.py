@@ -41,14 +41,16 @@ def open_files(pid: int) -> list[str]:
     return found
 
 
-def core(budget: DataBudget, files: SpillFiles) -> SmtpCore:
-    return SmtpCore(CoreLimits(max_message_size=1024 * 1024, budget=budget, spill_size=64 * 1024, spill=files))
+def core(budget: DataBudget, files: SpillFiles, spill_size: int = 64 * 1024) -> SmtpCore:
+    return SmtpCore(CoreLimits(max_message_size=1024 * 1024, budget=budget, spill_size=spill_size, spill=files))
 
 
 def test_a_message_being_received_past_the_spill_size_leaves_the_budget(tmp_path: Path) -> None:
     budget, files = DataBudget(150 * 1024), SpillFiles(tmp_path)
     pending = core(budget, files)
-    drive(pending, [HELLO + b"DATA\r\n" + message(300 * 1024)[:-3]])      # all but its end
+    first = message(300 * 1024)
+    # In two pieces: the first 60 KiB held in memory (charged), the rest past the spill size.
+    drive(pending, [HELLO + b"DATA\r\n" + first[:60 * 1024], first[60 * 1024:-3]])      # all but its end
     assert len(files.opened) == 1 and budget.held == 0       # on disk, not in memory
     # Meanwhile another message, bigger than the budget's room would be without the spill.
     decider = Decider()
@@ -57,6 +59,13 @@ def test_a_message_being_received_past_the_spill_size_leaves_the_budget(tmp_path
     [taken] = [e for e in decider.events if isinstance(e, Message)]
     assert isinstance(taken.content, SpilledBody)          # the shell reads it back, off the loop
     assert budget.held == 0
+    # And one held in memory (no spill), which fits only if the pending message holds none:
+    # 120 KiB of a 150 KiB budget, where its 64 KiB kept would leave 86.
+    decider = Decider()
+    held = drive(core(budget, files, spill_size=0), [HELLO + b"DATA\r\n" + message(120 * 1024)], decider)
+    assert replies(bytes(held.output))[-1] == "250 2.0.0 OK"
+    [taken] = [e for e in decider.events if isinstance(e, Message)]
+    assert not isinstance(taken.content, SpilledBody) and len(files.opened) == 2
     pending.close()                     # the client went away in the middle of its message
     assert budget.held == 0 and files.opened[0].closed
 
