@@ -253,15 +253,15 @@ def internal_error(where: str, queue_id: str | None = None, **fields: Any) -> No
 
 # Key names whose values are secrets: shown as "***" unless the value is a path (a key file's
 # location is fine to log, its contents are not). PEM blocks are masked under any name.
+# "key" only as the whole name, its first word or its last (`key`, `api_key`, `key_data`): in
+# the middle it names a measure of one (`dkim.min_key_bits`), which an administrator must see.
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)|(^|_)pass($|_)|secret|token|credential|private|psk"
-                         r"|(^|_)keys?($|_)", re.IGNORECASE)
-# ... but not a measure of one: `dkim.min_key_bits` is a bound an administrator must see.
-_MEASURE = re.compile(r"^(min|max)_|_(bits|size|count)$", re.IGNORECASE)
+                         r"|^keys?(_|$)|_keys?$", re.IGNORECASE)
 MASK = "***"
 
 
 def _secret(name: str) -> bool:
-    return bool(_SECRET_KEY.search(name)) and not _MEASURE.search(name)
+    return bool(_SECRET_KEY.search(name))
 
 
 def masked_config(config: Any) -> Any:
