@@ -249,6 +249,16 @@ def test_check_says_how_much_data_the_relay_may_hold_and_refuses_a_bound_below_o
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"{good}: DATA in memory: at most 64 MiB a worker, 128 MiB for 2 workers" in done.stdout
+    assert (f"{good}: DATA in memory: at most 64 MiB a worker, 128 MiB for 2 workers (limits.max_data_in_memory);"
+            " a message being received holds at most 1 MiB of it, the rest is in a file in the spool directory"
+            " (limits.data_spill_size)") in done.stdout.splitlines()
+    no_spill = tmp_path / "no-spill.toml"
+    no_spill.write_text(BASE + f'[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = "64MiB"\n'
+                        'data_spill_size = 0\n')
+    done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(no_spill)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert f"{no_spill}: DATA in memory: at most 64 MiB a worker (limits.max_data_in_memory)" \
+        in done.stdout.splitlines()        # no spill: the whole message may be held
     unbounded = tmp_path / "unbounded.toml"
     unbounded.write_text(BASE + f'[rules]\ndir = "{rules}"\n[limits]\nmax_data_in_memory = 0\n')
     done = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(unbounded)],
