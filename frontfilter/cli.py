@@ -313,10 +313,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: {memory_bound(config)}")
     from frontfilter.process.openfiles import needed, shortfall
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    print(f"{args.config}: open files: up to {needed(config)} a worker; `serve` raises its soft limit "
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed(config)
+    print(f"{args.config}: open files: up to {want} a worker; `serve` raises its soft limit "
           f"to that, within the hard limit ({'unlimited' if hard == resource.RLIM_INFINITY else hard} here)")
-    short = shortfall(needed(config), hard)
+    short = shortfall(want, hard)
     if short is not None:
         print(f"{config.path}: limits.max_connections: warning: {short}", file=sys.stderr)
     if arc_key is not None:
