@@ -93,13 +93,10 @@ class Envelope:
     def to_json(self) -> bytes:
         # Field by field, not dataclasses.asdict (its deep copy was 2.3 % of a 5 KB message's
         # time on the event loop); tests/delivery/test_spool_files.py checks every field.
-        # A HELO name or address that was not UTF-8 holds surrogates (surrogateescape): they
-        # go out as JSON's \udcXX escapes, which read back as the same string; encoded
-        # strictly they made every such message a 451 for ever.
-        return json.dumps({"id": self.id, "sender": self.sender, "recipients": list(self.recipients),
-                           "arrived": self.arrived, "size": self.size, "options": list(self.options),
-                           "client": self.client, "helo": self.helo, "login": self.login,
-                           "dsn_for": self.dsn_for}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        return _json_bytes({"id": self.id, "sender": self.sender, "recipients": list(self.recipients),
+                            "arrived": self.arrived, "size": self.size, "options": list(self.options),
+                            "client": self.client, "helo": self.helo, "login": self.login,
+                            "dsn_for": self.dsn_for})
 
     def received(self, size: int, arrived: float) -> Envelope:
         """This envelope with the message's size and arrival time, as it is written."""
@@ -120,6 +117,15 @@ class Envelope:
     @property
     def smtputf8(self) -> bool:
         return any(o.upper() == "SMTPUTF8" for o in self.options)
+
+
+def _json_bytes(value: Any, indent: int | None = None) -> bytes:
+    """A spool file's JSON. What a client or a backend sent that was not UTF-8 is held as
+    surrogates (surrogateescape: a HELO name, a backend's answer); they go out as JSON's
+    \\udcXX escapes, which read back as the same string. Encoded strictly, such a message was
+    a 451 for ever, and such an answer left the state unsaved: the recipients delivered in
+    that attempt were sent the message again on every retry."""
+    return json.dumps(value, ensure_ascii=False, indent=indent).encode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -156,10 +162,7 @@ class DeliveryState:
         data = asdict(self)
         for recipient in data["recipients"]:
             recipient["status"] = recipient["status"].value
-        # A backend's answer that was not UTF-8 (aiosmtplib reads it with surrogateescape)
-        # goes out as JSON escapes, as in Envelope.to_json: encoded strictly, the state could
-        # not be saved and the delivered recipients were sent the message again on each retry.
-        return json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8", "backslashreplace") + b"\n"
+        return _json_bytes(data, indent=1) + b"\n"
 
     @classmethod
     def from_json(cls, raw: bytes, envelope: Envelope) -> DeliveryState:
