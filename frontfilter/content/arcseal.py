@@ -59,7 +59,7 @@ SIGNED_FIELDS: tuple[bytes, ...] = (
 _SIGNED = SIGNED_FIELDS + (b"from",)
 
 _INSTANCE = re.compile(rb"\bi\s*=\s*(\d+)")
-ARC_SEAL_FIELD = re.compile(rb"(?im)^arc-seal[ \t]*:")   # a header line that starts an ARC set
+_ARC_SEAL = re.compile(rb"(?im)^arc-seal\s*:")
 
 
 class KeyProblem(ValueError):
@@ -151,6 +151,6 @@ def seal(message: bytes, key: SealingKey, authserv_id: str, timestamp: int | Non
 def _why_nothing(message: bytes) -> str:
     """dkimpy returns no set, without saying why, in two cases (dkim.ARC.sign)."""
     end = message.find(b"\r\n\r\n")
-    if ARC_SEAL_FIELD.search(message[:end] if end >= 0 else message):
+    if _ARC_SEAL.search(message[:end] if end >= 0 else message):
         return "the message came with an ARC chain and our Authentication-Results has no arc= result for it"
     return "no Authentication-Results field of ours that could be read"

@@ -33,13 +33,13 @@ import dkim.util
 
 from frontfilter import observe
 from frontfilter.config import DkimConfig
-from frontfilter.content.arcseal import ARC_SEAL_FIELD
 from frontfilter.reputation.facts import ArcResult, DkimResult, normalise_domain
 from frontfilter.reputation.resolver import Outcome, Resolver
 
 SIGNATURE = b"dkim-signature"
 ARC_FIELDS = (b"arc-seal", b"arc-message-signature")
 _SIGNED = re.compile(rb"(?im)^(?:dkim-signature|arc-seal)[ \t]*:")
+_ARC_SEAL = re.compile(rb"(?im)^arc-seal[ \t]*:")
 _BODY_HASH = "body hash mismatch"
 
 
@@ -120,7 +120,7 @@ class DkimVerifier:
 
     def _unreadable(self, why: str, header: bytes, started: float, queue_id: str) -> Verified:
         """A header block dkimpy cannot read: no signature of it can verify."""
-        chain = ArcResult.FAIL if ARC_SEAL_FIELD.search(header) else ArcResult.NONE
+        chain = ArcResult.FAIL if _ARC_SEAL.search(header) else ArcResult.NONE
         return self._logged(Verified((Signature("", "", DkimResult.PERMERROR, why[:200]),), chain,
                                      why[:200]), queue_id, started)
 
