@@ -43,6 +43,7 @@ from pathlib import Path
 from frontfilter.antivirus.result import ScanResult, ScanStatus
 from frontfilter.config import AntivirusConfig, HostPort
 from frontfilter.units import KiB
+from frontfilter.model import MessageBytes, release_pages
 
 # Bytes per INSTREAM chunk: big enough to keep system calls few, small enough that clamd
 # (which buffers a chunk at a time) and our memoryview slices stay cheap.
@@ -81,7 +82,7 @@ class ClamdClient:
         return cls(config.address, timeout=config.timeout, max_size=config.max_size,
                    concurrency=config.concurrency)
 
-    async def scan(self, data: bytes) -> ScanResult:
+    async def scan(self, data: MessageBytes) -> ScanResult:
         """What clamd says about `data`. Never raises; a failure is a result with a detail."""
         started = time.monotonic()
 
@@ -123,7 +124,7 @@ class ClamdClient:
             return f"clamd at {self.address} answered {_printable(reply[:80].decode('utf-8', 'replace'))!r} to PING"
         return None
 
-    async def _instream(self, data: bytes) -> bytes:
+    async def _instream(self, data: MessageBytes) -> bytes:
         loop = asyncio.get_running_loop()
         sock = await self._connect(loop)
         try:
@@ -131,9 +132,13 @@ class ClamdClient:
                 await loop.sock_sendall(sock, _COMMAND)
                 view = memoryview(data)
                 for offset in range(0, len(view), CHUNK_BYTES):
-                    chunk = view[offset:offset + CHUNK_BYTES]
+                    # A message read through a mapping (model.MappedText) is sliced in a thread:
+                    # a page read back from disk must not stall the event loop.
+                    chunk = view[offset:offset + CHUNK_BYTES] if isinstance(data, bytes) else \
+                        await asyncio.to_thread(bytes, view[offset:offset + CHUNK_BYTES])
                     await loop.sock_sendall(sock, struct.pack(">I", len(chunk)))
                     await loop.sock_sendall(sock, chunk)
+                    release_pages(data)
                 await loop.sock_sendall(sock, _END_OF_STREAM)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # clamd stopped reading (StreamMaxLength) and closed: its answer says why

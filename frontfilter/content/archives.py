@@ -113,6 +113,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import IO, cast
 
 import libarchive.ffi
 import tnefparse
@@ -120,6 +121,7 @@ import tnefparse
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.members import Listing, Member
 from frontfilter.content.facts import Limit, Uninspectable
+from frontfilter.model import MappedText, MessageBytes, release_pages
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -205,7 +207,7 @@ _ZIP_TYPES = frozenset({
 })
 
 
-def kind(payload: bytes, detected_type: str) -> str | None:
+def kind(payload: MessageBytes, detected_type: str) -> str | None:
     """"zip", "libarchive", "tnef", "unsupported" or None (no container), by content."""
     if payload[:4] == _LOCAL_SIGNATURE:
         return "zip"
@@ -234,13 +236,13 @@ def kind(payload: bytes, detected_type: str) -> str | None:
     return None
 
 
-def _arj(payload: bytes) -> bool:
+def _arj(payload: MessageBytes) -> bool:
     """ARJ: 0x60 0xEA, then a basic header of at most 2600 bytes (ARJ's own technote)."""
     return payload[:2] == b"\x60\xea" and len(payload) >= 4 \
         and 0 < int.from_bytes(payload[2:4], "little") <= 2600
 
 
-def _udf(payload: bytes) -> bool:
+def _udf(payload: MessageBytes) -> bool:
     """An ECMA-167 volume recognition sequence among the first descriptors: a UDF file system."""
     return any(payload.startswith(udf, _ISO_DESCRIPTORS + i * _SECTOR_BYTES + 1)
                for i in range(32) for udf in _UDF_IDS)
@@ -396,17 +398,41 @@ def _decode_name(raw: bytes) -> str:
 
 # --- entry points ----------------------------------------------------------------------------
 
-def members(payload: bytes, archive_kind: str, budget: Budget,
+# The kinds whose readers take a payload mapped from a file (content.scratch): zipfile reads it
+# as the file it is, libarchive through a pointer; both drop its pages behind them.
+MAPPED_KINDS = ("zip", "libarchive")
+
+
+def _releasing(read: Callable[[int], bytes], payload: MessageBytes) -> Callable[[int], bytes]:
+    """`read`, and after each call the pages of a mapped `payload` dropped (MappedText.release):
+    an archive's bytes are not held mapped beside the member read out of them."""
+    if not isinstance(payload, MappedText):
+        return read
+
+    def read_then_release(size: int) -> bytes:
+        try:
+            return read(size)
+        finally:
+            payload.release()
+    return read_then_release
+
+
+def members(payload: MessageBytes, archive_kind: str, budget: Budget,
             deadline: float | None = None) -> Listing:
-    """What the container holds, read under `budget` until `deadline` (`time.monotonic()`)."""
-    readers = {"zip": _zip, "libarchive": _libarchive, "tnef": _tnef}
+    """What the container holds, read under `budget` until `deadline` (`time.monotonic()`).
+    `payload` may be mapped from a file (content.scratch): zip and libarchive read it there."""
     if archive_kind == "unsupported":
         return Listing(problems=frozenset({Uninspectable.UNSUPPORTED}))
-    if archive_kind not in readers:
+    if archive_kind not in ("zip", "libarchive", "tnef"):
         raise ValueError(f"unknown archive kind {archive_kind!r}")
-    payload = bytes(payload)
+    if not isinstance(payload, (bytes, MappedText)):
+        payload = bytes(payload)     # a bytearray or a view: libarchive needs bytes to point into
     try:
-        return readers[archive_kind](payload, budget, deadline)
+        if archive_kind == "zip":
+            return _zip(payload, budget, deadline)
+        if archive_kind == "libarchive":
+            return _libarchive(payload, budget, deadline)
+        return _tnef(payload if isinstance(payload, bytes) else bytes(payload), budget, deadline)
     except MemoryError:
         raise
     except Exception:   # a bug here, or an input nobody foresaw: a fact, never a pass
@@ -512,8 +538,16 @@ class _Entry:
 class _Handle:
     """One libarchive reading of bytes in memory, from `start`."""
 
-    def __init__(self, payload: bytes, start: int, supports) -> None:
+    def __init__(self, payload: MessageBytes, start: int, supports) -> None:
         self._payload = payload            # libarchive reads it in place: keep it alive
+        # A mapped payload (content.scratch) is read through a ctypes view of its mapping,
+        # let go of in `close` (a view held would keep the mapping from closing).
+        self._view: ctypes.Array[ctypes.c_char] | None = None
+        if isinstance(payload, MappedText):
+            self._view = (ctypes.c_char * len(payload)).from_buffer(payload)
+            base = ctypes.addressof(self._view)
+        else:
+            base = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value or 0
         self._archive = _read_new()
         self._entry = _entry_new()
         self._buffer = ctypes.create_string_buffer(CHUNK_BYTES)
@@ -522,7 +556,6 @@ class _Handle:
             raise MemoryError("libarchive could not allocate a reader")
         for support in supports:
             support(self._archive)
-        base = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value or 0
         opened = _open_memory(self._archive, base + start, len(payload) - start)
         self.opened = opened >= _ARCHIVE_WARN
         self._member_start = 0
@@ -540,6 +573,7 @@ class _Handle:
         if self._entry:
             _entry_free(self._entry)
             self._entry = None
+        self._view = None
 
     def error(self) -> str:
         return (_error_string(self._archive) or b"").decode("utf-8", "replace")
@@ -596,6 +630,7 @@ class _Handle:
 
     def read(self, size: int) -> bytes:
         got = _read_data(self._archive, self._buffer, min(size, CHUNK_BYTES))
+        release_pages(self._payload)     # what libarchive read of a mapped payload
         if got < 0:
             raise _LibarchiveError(self.error())
         return ctypes.string_at(self._buffer, got)
@@ -604,7 +639,7 @@ class _Handle:
 _STOPS_LISTING = (Uninspectable.LIMIT, Uninspectable.TIME)
 
 
-def _libarchive(payload: bytes, budget: Budget, deadline: float | None) -> Listing:
+def _libarchive(payload: MessageBytes, budget: Budget, deadline: float | None) -> Listing:
     reading = _Reading()
     kept: dict[str, bytes] = {}   # normalised name -> data, for hard links
     supports = [_support_filter[name] for name in _FILTERS] + [_support[name] for name in _FORMATS]
@@ -647,7 +682,7 @@ def _path_key(stored: bytes) -> str:
     return posixpath.normpath("/" + _decode_name(stored)).lstrip("/")
 
 
-def _gzip_name(payload: bytes) -> str:
+def _gzip_name(payload: MessageBytes) -> str:
     """RFC 1952 §2.3: the optional FNAME field, after the optional FEXTRA field."""
     if payload[:2] != b"\x1f\x8b":
         return ""
@@ -664,7 +699,7 @@ def _gzip_name(payload: bytes) -> str:
 
 # --- zip -------------------------------------------------------------------------------------
 
-def _zip(payload: bytes, budget: Budget, deadline: float | None) -> Listing:
+def _zip(payload: MessageBytes, budget: Budget, deadline: float | None) -> Listing:
     central = _zip_by_directory(payload, budget, deadline)
     local = _zip_by_local_headers(payload, budget, deadline, central)
     central_names = Counter(central.stored)
@@ -692,7 +727,7 @@ class _LocalHeader:
     data_at: int
 
 
-def _local_header(payload: bytes, offset: int) -> _LocalHeader | None:
+def _local_header(payload: MessageBytes, offset: int) -> _LocalHeader | None:
     if offset < 0 or offset + _LOCAL_HEADER.size > len(payload):
         return None
     fields = _LOCAL_HEADER.unpack_from(payload, offset)
@@ -718,10 +753,13 @@ def _stored_name(info: zipfile.ZipInfo) -> bytes:
     return info.orig_filename.encode("utf-8" if info.flag_bits & _ZIP_FLAG_UTF8 else "cp437")
 
 
-def _zip_by_directory(payload: bytes, budget: Budget, deadline: float | None) -> _Reading:
+def _zip_by_directory(payload: MessageBytes, budget: Budget, deadline: float | None) -> _Reading:
     reading = _Reading()
     try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
+        # A mapped payload is a file already: zipfile reads it there, as the bytes it is.
+        # (zipfile reads, seeks and tells: what mmap does.)
+        archive = zipfile.ZipFile(cast(IO[bytes], payload) if isinstance(payload, MappedText)
+                                  else io.BytesIO(payload))
     except MemoryError:
         raise
     except Exception:   # no end record, a broken directory: the local reading may still list
@@ -742,7 +780,7 @@ def _zip_by_directory(payload: bytes, budget: Budget, deadline: float | None) ->
                 continue
             stored = _stored_name(info)
             local = _local_header(payload, info.header_offset)
-            member = _zip_member(archive, info, stored, local, len(payload), budget, deadline)
+            member = _zip_member(archive, info, stored, local, payload, budget, deadline)
             if local is not None and _verbatim(local, info, stored):
                 reading.verbatim.setdefault(info.header_offset,
                                             (len(reading.members), local.data_at))
@@ -756,7 +794,7 @@ def _zip_by_directory(payload: bytes, budget: Budget, deadline: float | None) ->
 
 def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, stored: bytes,
                 local: _LocalHeader | None,
-                payload_bytes: int, budget: Budget, deadline: float | None) -> Member:
+                payload: MessageBytes, budget: Budget, deadline: float | None) -> Member:
     if info.flag_bits & _ZIP_FLAG_ENCRYPTED or (local and local.flags & _ZIP_FLAG_ENCRYPTED):
         return Member(info.filename, None, encrypted=True, problem=Uninspectable.ENCRYPTED)
     try:
@@ -774,7 +812,8 @@ def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, stored: bytes,
         return Member(info.filename, None, problem=_failure(error))
     with stream:
         # The declared compressed size sets the ratio's cap: at most the payload's own size.
-        result = read_bounded(stream.read, min(info.compress_size, payload_bytes), budget, deadline)
+        result = read_bounded(_releasing(stream.read, payload), min(info.compress_size, len(payload)),
+                              budget, deadline)
     return _member(info.filename, result)
 
 
@@ -785,7 +824,7 @@ class _LocalReading:
     differing: bool = False   # a name the two read differently (`_differ`)
 
 
-def _zip_by_local_headers(payload: bytes, budget: Budget, deadline: float | None,
+def _zip_by_local_headers(payload: MessageBytes, budget: Budget, deadline: float | None,
                           central: _Reading) -> _LocalReading:
     """The reading by local headers, merged into `central` as it goes."""
     starts: list[int] = []
@@ -803,7 +842,7 @@ def _zip_by_local_headers(payload: bytes, budget: Budget, deadline: float | None
     return local
 
 
-def _local_pass(payload: bytes, start: int, budget: Budget, deadline: float | None,
+def _local_pass(payload: MessageBytes, start: int, budget: Budget, deadline: float | None,
                 central: _Reading) -> _LocalReading:
     """One reading from `start`. A member it agrees on with `central` (`_agree`) is listed
     once, encrypted if either saw encryption, and costs no member slot; any other takes a

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from frontfilter.model import MessageBytes
 
 FIELD = b"authentication-results"
 _COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
 _NAMED = re.compile(rb"(?i)authentication-results")
 
 
-def remove_claims(raw: bytes, authserv_id: str) -> bytes:
+def remove_claims(raw: MessageBytes, authserv_id: str) -> MessageBytes:
     """`raw` without the Authentication-Results fields that claim `authserv_id`."""
     end = raw.find(b"\r\n\r\n")
-    header = raw[:end + 2] if end >= 0 else raw
+    header = raw[:end + 2] if end >= 0 else bytes(raw)
     if not _NAMED.search(header):          # the common case: one search, no copy
         return raw
     ours = authserv_id.lower().encode()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,38 +51,48 @@ _PADDING = re.compile(rb"=+")
 _CHUNK_BYTES = 1024 * 1024  # decode in slices: peak memory ~ output, not 3x input
 
 
-def base64(data: bytes | memoryview) -> tuple[bytes, bool]:
+Release = Callable[[], None]    # drops the pages of the input read so far (model.MappedText)
+
+
+def base64(data: bytes | memoryview, release: Release | None = None,
+           chunk: int = _CHUNK_BYTES) -> tuple[bytes, bool]:
     """Decode base64, skipping any character outside the alphabet. Returns (bytes, junk).
 
     `junk` is True when the input held anything but the alphabet, whitespace and trailing
     padding: characters a strict decoder refuses, data after padding (some clients stop
     there, others go on — we decode every segment, the superset), or a dangling character.
+
+    `release` (see `transfer_decode`) is called after each `chunk` bytes read; `chunk` is a
+    parameter so that tests can cut small inputs as big ones are cut.
     """
     view = memoryview(data)
     clean = _strict_base64(view)
     if clean is not None:
         return clean, False
-    clean = _canonical_base64(view)
+    clean = _canonical_base64(view, release, chunk)
     if clean is not None:
         return clean, False
-    return _base64_by_segments(view)
+    return _base64_by_segments(view, release, chunk)
 
 
-def _base64_by_segments(view: memoryview) -> tuple[bytes, bool]:
+def _base64_by_segments(view: memoryview, release: Release | None = None,
+                        chunk: int = _CHUNK_BYTES) -> tuple[bytes, bool]:
     """The general decoder: junk skipped, every padding-separated segment decoded."""
-    out: list[bytes] = []
+    out = io.BytesIO()     # its buffer becomes the result: no second copy of the output
     junk = False
     carry = b""
     after_padding = False
-    for offset in range(0, len(view), _CHUNK_BYTES):
-        piece = bytes(view[offset:offset + _CHUNK_BYTES]).translate(None, _B64_WHITESPACE)
+    for offset in range(0, len(view), chunk):
+        piece = bytes(view[offset:offset + chunk]).translate(None, _B64_WHITESPACE)
+        if release is not None:
+            release()
         if piece.translate(None, _B64_ALPHABET + b"="):
             junk = True
             piece = piece.translate(None, _NOT_ALPHABET_OR_PAD)
         for index, segment in enumerate(_PADDING.split(piece)):
             if index > 0:  # a run of "=" ended the previous segment
                 tail, bad = _finish(carry)
-                out.append(tail)
+                out.write(tail)
                 junk |= bad
                 carry = b""
                 after_padding = True
@@ -90,11 +101,11 @@ def _base64_by_segments(view: memoryview) -> tuple[bytes, bool]:
                 after_padding = False
                 segment = carry + segment
                 cut = len(segment) - len(segment) % 4
-                out.append(binascii.a2b_base64(segment[:cut]))
+                out.write(binascii.a2b_base64(segment[:cut]))
                 carry = segment[cut:]
     tail, bad = _finish(carry)
-    out.append(tail)
-    return b"".join(out), junk | bad
+    out.write(tail)
+    return out.getvalue(), junk | bad
 
 
 def _strict_base64(view: memoryview) -> bytes | None:
@@ -116,31 +127,54 @@ def _strict_base64(view: memoryview) -> bytes | None:
         return None
 
 
-def _canonical_base64(view: memoryview) -> bytes | None:
+def _canonical_base64(view: memoryview, release: Release | None = None,
+                      chunk: int = _CHUNK_BYTES) -> bytes | None:
     """The decoded bytes of well-formed base64 (alphabet and whitespace, padding only at the
     end, whole quanta) in one C pass and one output buffer; None for anything else.
 
     Nearly all mail is well formed: this skips the segment-by-segment decoder below, which
-    joins its pieces at the end (twice the output in memory) and costs a Python loop per MiB.
+    costs a Python loop per MiB. With `release`, the input is decoded in slices instead of one
+    pass (the same bytes: each slice ends on a whole quantum, the padding stays with the last).
     """
     first_pad = -1
-    for offset in range(0, len(view), _CHUNK_BYTES):
-        piece = bytes(view[offset:offset + _CHUNK_BYTES])
+    for offset in range(0, len(view), chunk):
+        piece = bytes(view[offset:offset + chunk])
+        if release is not None:
+            release()
         if piece.translate(None, _B64_ALPHABET + _B64_WHITESPACE + b"="):
             return None
         if first_pad < 0 and (at := piece.find(b"=")) >= 0:
             first_pad = offset + at
     if first_pad >= 0:
-        for offset in range(first_pad, len(view), _CHUNK_BYTES):
-            tail = bytes(view[offset:min(offset + _CHUNK_BYTES, len(view))])
+        for offset in range(first_pad, len(view), chunk):
+            tail = bytes(view[offset:min(offset + chunk, len(view))])
             if tail.translate(None, b"=" + _B64_WHITESPACE):
                 return None
         if bytes(view[first_pad:]).count(b"=") > 2:
             return None
     try:
-        return binascii.a2b_base64(view)     # lenient mode: skips the whitespace
+        if release is None:
+            return binascii.a2b_base64(view)     # lenient mode: skips the whitespace
+        return _decode_in_slices(view, release, chunk)
     except binascii.Error:                   # a dangling character, missing padding
         return None
+
+
+def _decode_in_slices(view: memoryview, release: Release, chunk: int) -> bytes:
+    """`binascii.a2b_base64(view)` for canonical base64, reading `chunk` bytes at a time."""
+    out = io.BytesIO()
+    carry = b""
+    for offset in range(0, len(view), chunk):
+        piece = carry + bytes(view[offset:offset + chunk]).translate(None, _B64_WHITESPACE)
+        release()
+        pad = piece.find(b"=")
+        usable = len(piece) if pad < 0 else pad
+        cut = usable - usable % 4
+        out.write(binascii.a2b_base64(piece[:cut]))
+        carry = piece[cut:]
+    if carry:
+        out.write(binascii.a2b_base64(carry))
+    return out.getvalue()
 
 
 def _finish(carry: bytes) -> tuple[bytes, bool]:
@@ -152,19 +186,59 @@ def _finish(carry: bytes) -> tuple[bytes, bool]:
     return binascii.a2b_base64(carry + b"=" * (4 - len(carry))), False
 
 
-def quoted_printable(data: bytes | memoryview) -> bytes:
-    """RFC 2045 §6.7, lenient: a malformed `=XY` is kept literally, as clients do."""
-    return binascii.a2b_qp(bytes(data))
+def quoted_printable(data: bytes | memoryview, release: Release | None = None,
+                     chunk: int = _CHUNK_BYTES) -> bytes:
+    """RFC 2045 §6.7, lenient: a malformed `=XY` is kept literally, as clients do.
+
+    With `release`, decoded in slices of whole lines (quoted-printable is read line by line:
+    a soft break or an `=XY` never spans a line end), `release` called after each."""
+    if release is None or len(data) <= chunk:
+        return binascii.a2b_qp(bytes(data))
+    view = memoryview(data)
+    out = io.BytesIO()
+    start = 0
+    while start < len(view):
+        end = min(start + chunk, len(view))
+        piece = bytes(view[start:end])
+        if end < len(view):
+            cut = piece.rfind(b"\n") + 1
+            while not cut and end < len(view):    # one line longer than a slice: read on
+                end = min(end + chunk, len(view))
+                piece = bytes(view[start:end])
+                cut = piece.rfind(b"\n") + 1
+            piece = piece[:cut] if cut and end < len(view) else piece
+        release()
+        out.write(binascii.a2b_qp(piece))
+        start += len(piece)
+    return out.getvalue()
 
 
-def transfer_decode(data: bytes | memoryview, encoding: str) -> tuple[bytes, bool, bool]:
-    """Decode a part body by its Content-Transfer-Encoding. Returns (bytes, junk, unknown)."""
+def _copied(data: bytes | memoryview, release: Release | None, chunk: int = _CHUNK_BYTES) -> bytes:
+    """`bytes(data)`; with `release`, copied a slice at a time."""
+    if release is None or len(data) <= chunk:
+        return bytes(data)
+    view = memoryview(data)
+    out = io.BytesIO()
+    for offset in range(0, len(view), chunk):
+        out.write(view[offset:offset + chunk])
+        release()
+    return out.getvalue()
+
+
+def transfer_decode(data: bytes | memoryview, encoding: str,
+                    release: Release | None = None) -> tuple[bytes, bool, bool]:
+    """Decode a part body by its Content-Transfer-Encoding. Returns (bytes, junk, unknown).
+
+    `release`: for a part of a big message mapped from its spill file (model.MappedText), the
+    function that drops the pages read so far. The decoders then read in slices and call it
+    after each, so the part's encoded bytes are never held mapped beside its decoded ones
+    (issue 26's bound on a big message's memory); the bytes decoded are the same."""
     encoding = encoding.strip().lower()
     if encoding == "base64":
-        decoded, junk = base64(data)
+        decoded, junk = base64(data, release)
         return decoded, junk, False
     if encoding == "quoted-printable":
-        return quoted_printable(data), False, False
+        return quoted_printable(data, release), False, False
     if encoding in ("x-uuencode", "x-uue", "uuencode", "x-uu"):
         blocks = uu_blocks(bytes(data), max_blocks=1)
         if blocks:   # a corrupt block is junk: what a client decodes of it may differ
@@ -172,7 +246,7 @@ def transfer_decode(data: bytes | memoryview, encoding: str) -> tuple[bytes, boo
         return bytes(data), False, True
     # RFC 2045 §6.4: an unknown encoding means "treat as application/octet-stream"; the raw
     # bytes are what a client would offer to save.
-    return bytes(data), False, encoding not in ("", "7bit", "8bit", "binary")
+    return _copied(data, release), False, encoding not in ("", "7bit", "8bit", "binary")
 
 
 # ---- files encoded inside text -------------------------------------------------------------------

@@ -39,8 +39,10 @@ from frontfilter.content.decode import text_blocks, transfer_decode
 from frontfilter.content.headers import decode_bytes, decode_words, parse_mime_value, split_fields
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.members import Listing
+from frontfilter.content.scratch import Scratch
 from frontfilter.content.mime import header_block, lenient_header_block, split_multipart
 from frontfilter.content.facts import Ambiguity, Limit, MessageView, Part, Uninspectable
+from frontfilter.model import MappedText, MessageBytes, release_pages
 
 MAX_READINGS_PER_ENTITY = 4   # Content-Type x boundary readings walked; each rescans the body
 MAX_TEXT_BLOCKS_PER_PART = 100  # more than any real mail; each is a part and counts as one
@@ -62,13 +64,13 @@ class _Source:
     """The buffer being walked. For an encoded message/rfc822 part (or any container walked as
     MIME), the decoded inner bytes, whose leaves all map to the carrier leaf for stripping."""
 
-    buf: bytes
+    buf: MessageBytes
     carrier: Part | None = None
 
 
 @dataclass
 class _Walk:
-    raw: bytes
+    raw: MessageBytes
     limits: InspectionLimits
     parts: list[Part] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
@@ -80,6 +82,7 @@ class _Walk:
     root_fields: list[tuple[str, str]] = field(default_factory=list)
     deadline: float | None = None   # time.monotonic() value; past it the walk stops
     types: sniff.TypeCache | None = None   # libmagic's earlier answers; None: always ask it
+    scratch: Scratch | None = None   # where a big archive waits for its members to be read
 
     def __post_init__(self) -> None:
         self.budget = archives.Budget(self.limits)
@@ -288,8 +291,13 @@ class _Walk:
             self.exceeded.add(Limit.DECODED_BYTES)
             self.flag(index, Uninspectable.LIMIT)
             return self.parts[index], None
+        # A big message read from its spill file: the pages the walk mapped so far go, and the
+        # decoder drops those it reads as it goes, so they are not held beside the payload.
+        release = src.buf.release if isinstance(src.buf, MappedText) else None
+        if release is not None:
+            release()
         try:
-            payload, junk, unknown = transfer_decode(body, encoding)
+            payload, junk, unknown = transfer_decode(body, encoding, release)
         except MemoryError:
             raise
         except Exception:
@@ -306,7 +314,10 @@ class _Walk:
             if declared_types & set(TEXT_TYPES):
                 self.text.append(decode_bytes(payload[: self.limits.text_bytes], charset))
             if open_payload:
-                self.open(index, payload, depth)
+                opened = self.moved(self.parts[index], payload)
+                if opened is not payload:
+                    payload = b""      # the bytes go: the archive is in its file now
+                self.open(index, opened, depth)
         except MemoryError:
             raise
         except Exception:  # the walk goes on with the next part
@@ -353,12 +364,24 @@ class _Walk:
 
     # --- what a payload carries ------------------------------------------------------------
 
-    def open(self, index: int, payload: bytes, depth: int) -> None:
-        """Everything the payload at `self.parts[index]` carries, each a part, opened in turn."""
+    def moved(self, part: Part, payload: bytes) -> bytes | MappedText:
+        """A big archive moved to a file of its own (content.scratch) before its members are
+        read, so that the archive and its members are not in memory together. Only what the
+        archive readers alone read: not a payload `open` also reads as text or as mail."""
+        if self.scratch is None or len(payload) <= self.scratch.above \
+                or _read_as_text(part) or part.detected_type in ("message/rfc822", "message/global") \
+                or payload.startswith(b"From ") \
+                or archives.kind(payload, part.detected_type) not in archives.MAPPED_KINDS:
+            return payload
+        return self.scratch.mapped(payload)
+
+    def open(self, index: int, payload: MessageBytes, depth: int) -> None:
+        """Everything the payload at `self.parts[index]` carries, each a part, opened in turn.
+        A payload `moved` to a file is an archive only, never text: were it ever one, it
+        would be read all the same, copied back into memory."""
         part = self.parts[index]
-        if part.detected_type.startswith("text/") or part.declared_type.startswith("text/") \
-                or BINHEX_TYPE in (part.detected_type, part.declared_type):
-            self.text_blocks(index, payload, depth)
+        if _read_as_text(part):
+            self.text_blocks(index, payload if isinstance(payload, bytes) else bytes(payload), depth)
         self.expand(index, payload, depth)
         self.mailbox(index, payload, depth)
 
@@ -388,7 +411,7 @@ class _Walk:
             )
             self.member(member, block.data, depth)
 
-    def mailbox(self, index: int, payload: bytes, depth: int) -> None:
+    def mailbox(self, index: int, payload: MessageBytes, depth: int) -> None:
         """A message or a mailbox attached as a file (an .eml, an mbox, also inside an
         archive): clients open it as mail, so its parts are walked as mail. Its leaves map to
         this part for stripping. A body part that merely reads like mail is not a file."""
@@ -414,13 +437,16 @@ class _Walk:
                 start = min(payload.find(b"\n", start) + 1 or end, end)
             self.message(source, start, end, f"{part.path}/{number}", depth + 1)
 
-    def expand(self, index: int, payload: bytes, depth: int) -> None:
+    def expand(self, index: int, payload: MessageBytes, depth: int) -> None:
         """List the archive members or embedded objects of `self.parts[index]` as parts
-        (recursing within max_archive_depth) and update the holder's facts."""
+        (recursing within max_archive_depth) and update the holder's facts. Documents are
+        read as bytes: a payload `moved` to a file is an archive, never one of them."""
         holder = self.parts[index]
         kind = archives.kind(payload, holder.detected_type)
-        if kind is None and not embedded.kinds(payload, _document_type(holder)):
-            return
+        if kind is None:
+            payload = payload if isinstance(payload, bytes) else bytes(payload)
+            if not embedded.kinds(payload, _document_type(holder)):
+                return
         if holder.archive_depth + 1 > self.limits.max_archive_depth:
             self.exceeded.add(Limit.ARCHIVE_DEPTH)
             self.parts[index] = replace(holder, is_archive=kind is not None,
@@ -431,6 +457,7 @@ class _Walk:
         if kind is not None:
             listing = archives.members(payload, kind, self.budget, self.deadline)
         else:
+            assert isinstance(payload, bytes)      # made so above
             document = embedded.read(payload, _document_type(holder), self.budget, self.deadline)
             listing = None if document is None else document.listing
             active_pdf = document is not None and document.pdf_active_content
@@ -481,6 +508,12 @@ class _Walk:
             self.flag(index, Uninspectable.DECODER_ERROR)
 
 
+def _read_as_text(part: Part) -> bool:
+    """A part whose text is searched for files encoded in it (`text_blocks`)."""
+    return part.detected_type.startswith("text/") or part.declared_type.startswith("text/") \
+        or BINHEX_TYPE in (part.detected_type, part.declared_type)
+
+
 def _join(path: str, child: str) -> str:
     return f"{path}.{child}" if path else child
 
@@ -527,7 +560,7 @@ def _document_type(part: Part) -> str:
     return part.detected_type
 
 
-def _mbox_messages(payload: bytes) -> list[tuple[int, int]]:
+def _mbox_messages(payload: MessageBytes) -> list[tuple[int, int]]:
     """Spans of the messages of an mbox file ("From " lines before each), or [] when the
     payload is not one: the line after the first "From " line must be a header field."""
     first_end = payload.find(b"\n")
@@ -547,21 +580,24 @@ def _mbox_messages(payload: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def inspect(raw: bytes, limits: InspectionLimits, deadline: float | None = None,
-            types: sniff.TypeCache | None = None) -> MessageView:
+def inspect(raw: MessageBytes, limits: InspectionLimits, deadline: float | None = None,
+            types: sniff.TypeCache | None = None, scratch: Scratch | None = None) -> MessageView:
     """Facts about `raw` (the message as received: CRLF, dot-unstuffed). Never raises.
 
     `deadline` is a `time.monotonic()` value: past it the walk stops between parts and
     records `Limit.TIME` (a thread cannot be cancelled from outside, so the walk checks, and
     the readers of containers check between members and blocks).
-    `types` remembers libmagic's answers across messages (`sniff.TypeCache`)."""
-    walk = _Walk(raw, limits, deadline=deadline, types=types)
+    `types` remembers libmagic's answers across messages (`sniff.TypeCache`).
+    `scratch`: where a big archive is moved while its members are read (None: kept in memory).
+    `raw` may be a big message mapped from its spill file (`model.MappedText`)."""
+    walk = _Walk(raw, limits, deadline=deadline, types=types, scratch=scratch)
     try:
         walk.message(_Source(raw), 0, len(raw), "", 0)
     except MemoryError:
         raise
     except Exception:  # a bug or an input we did not foresee: a fact, never a pass
         walk.ambiguities.add(Ambiguity.UNPARSEABLE)
+    release_pages(raw)
     headers = tuple((name, decode_words(value)) for name, value in walk.root_fields)
     first: dict[str, str] = {}
     for name, value in headers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from frontfilter.model import MessageBytes
 
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 _PADDING_EOL = re.compile(rb"[ \t]*(?:\r\n|\n|$)")
@@ -32,7 +33,7 @@ class HeaderBlock:
     oversized: bool  # longer than the bound: only the first `max_bytes` were parsed
 
 
-def header_block(buf: bytes, start: int, end: int, max_bytes: int, mbox_from: bool = False) -> HeaderBlock:
+def header_block(buf: MessageBytes, start: int, end: int, max_bytes: int, mbox_from: bool = False) -> HeaderBlock:
     position = start
     while position < end:
         if position - start > max_bytes:
@@ -58,7 +59,7 @@ def header_block(buf: bytes, start: int, end: int, max_bytes: int, mbox_from: bo
     return HeaderBlock(start, end, end, end - start > max_bytes)
 
 
-def lenient_header_block(buf: bytes, block: HeaderBlock, end: int, max_bytes: int) -> HeaderBlock | None:
+def lenient_header_block(buf: MessageBytes, block: HeaderBlock, end: int, max_bytes: int) -> HeaderBlock | None:
     """The header block as the most lenient reader reads it, where that differs from `block`.
 
     `header_block` ends a block at the first line that is neither a field nor a continuation,
@@ -85,7 +86,7 @@ class Multipart:
     closed: bool                        # the close delimiter was found
 
 
-def split_multipart(buf: bytes, start: int, end: int, boundary: bytes, max_parts: int) -> Multipart:
+def split_multipart(buf: MessageBytes, start: int, end: int, boundary: bytes, max_parts: int) -> Multipart:
     """Body parts of a multipart body in buf[start:end]; at most `max_parts` + 1 are returned
     so the caller can tell the bound was crossed."""
     delimiter = b"--" + boundary

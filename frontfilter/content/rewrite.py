@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
 from frontfilter.content.facts import MessageView, Part
+from frontfilter.model import MessageBytes
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit
@@ -171,7 +172,7 @@ def _raw_fields(block: bytes, keep) -> list[bytes]:
     return out
 
 
-def strip_parts(raw: bytes, view: MessageView, orders: Sequence[StripOrder]) -> bytes:
+def strip_parts(raw: MessageBytes, view: MessageView, orders: Sequence[StripOrder]) -> MessageBytes:
     """Replace each ordered MIME leaf by a notice part; add one summary field at the top."""
     if not orders:
         return raw

@@ -29,6 +29,7 @@ from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
 from frontfilter.delivery import tls as backend_tls, wire, xforward
 from frontfilter.delivery.xforward import ClientFacts
+from frontfilter.model import MessageBytes
 
 
 class Outcome(enum.Enum):
@@ -175,7 +176,7 @@ class BackendSession:
     async def add_recipient(self, recipient: str) -> BackendReply:
         return await self._command(lambda smtp: smtp.rcpt(recipient))
 
-    async def send(self, message: bytes, head: bytes = b"") -> BackendReply:
+    async def send(self, message: MessageBytes, head: bytes = b"") -> BackendReply:
         """Send the message of the open transaction, `head` on top. The transaction ends either way."""
         started = time.monotonic()
         reply = await self._command(lambda smtp: wire.send_data(smtp, message, head))

@@ -30,6 +30,7 @@ from email.utils import format_datetime, localtime
 from datetime import datetime, timezone
 
 from frontfilter.delivery.spool import Envelope, RecipientState
+from frontfilter.model import MessageBytes
 
 # The original header section, returned for the sender to recognise the message; a crafted
 # message with megabytes of headers does not get them mirrored back.
@@ -66,21 +67,20 @@ def _diagnostic(recipient: RecipientState, expired: bool) -> str:
     return f"smtp; {code} {enhanced} {EXPIRED_TEXT if expired else REFUSED_TEXT}"
 
 
-def original_headers(message: bytes, added: bytes = b"") -> bytes:
+def original_headers(message: MessageBytes, added: bytes = b"") -> bytes:
     """The header section of `added` + `message` (the fields frontfilter put on top, kept
     apart: see `decision.Decision.head`), bounded, ending with CRLF. Only the start of the
-    message is joined to them: the header section cannot reach further."""
-    if added:
-        message = added + message[:MAX_RETURNED_HEADER_BYTES + 4]
-    end = message.find(b"\r\n\r\n")
-    header = message if end < 0 else message[:end + 2]
+    message is read: the header section cannot reach further."""
+    start = added + message[:MAX_RETURNED_HEADER_BYTES + 4]
+    end = start.find(b"\r\n\r\n")
+    header = start if end < 0 else start[:end + 2]
     if len(header) > MAX_RETURNED_HEADER_BYTES:
         cut = header.rfind(b"\r\n", 0, MAX_RETURNED_HEADER_BYTES)
         header = header[:cut + 2] if cut > 0 else b""
     return header
 
 
-def identifying_headers(message: bytes, added: bytes = b"") -> bytes:
+def identifying_headers(message: MessageBytes, added: bytes = b"") -> bytes:
     """The IDENTIFYING_FIELDS of the original header section, in their order, each unfolded
     onto one line and cut to MAX_FIELD_TO_OUTSIDE octets; at most one of each."""
     kept: dict[bytes, bytes] = {}
@@ -101,7 +101,7 @@ def _unfolded_fields(section: bytes) -> list[bytes]:
     return fields
 
 
-def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: bytes,
+def build_dsn(*, dsn_id: str, hostname: str, envelope: Envelope, message: MessageBytes,
               failed: Sequence[RecipientState], expired: Collection[str],
               now: float, added: bytes = b"", outside: bool = False) -> tuple[bytes, bool]:
     """The DSN message (CRLF line ends) and whether it needs SMTPUTF8 to be sent.

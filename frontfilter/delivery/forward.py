@@ -39,6 +39,7 @@ from frontfilter.delivery import wire, xforward
 from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
                                           _from_response, open_connection)
+from frontfilter.model import MessageBytes
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
 # here, as a backlog after an outage is exactly when reuse pays.
@@ -177,7 +178,7 @@ class Forwarder:
 
     # ---- one attempt --------------------------------------------------------------------
 
-    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes,
+    async def deliver(self, sender: str, recipients: Sequence[str], data: MessageBytes,
                       options: Sequence[str], queue_id: str | None = None, head: bytes = b"",
                       every_backend: bool = False, client: ClientFacts | None = None) -> Attempt:
         """`head` + `data` to the first usable backend: header fields on top, then the message.
@@ -216,7 +217,7 @@ class Forwarder:
         reply = last or self.skipped_because()
         return Attempt(reply.backend, tuple(reply for _ in recipients))
 
-    async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: bytes,
+    async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: MessageBytes,
                            options: Sequence[str], head: bytes = b"",
                            client: ClientFacts | None = None) -> Attempt | _Failover:
         """XFORWARD (to a backend that asks), MAIL, RCPT each, DATA. Returns the attempt, or why

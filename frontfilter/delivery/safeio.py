@@ -30,6 +30,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from frontfilter.model import MappedText, release_pages
+
+# What is written: bytes, or a view of them, or a message mapped from its spill file.
+Chunk = bytes | memoryview | MappedText
+
 TEMP_SUFFIX = ".tmp"
 # How often a blocking `lock_file(wait=...)` retries a busy lock.
 LOCK_POLL_SECONDS = 0.05
@@ -114,7 +119,7 @@ def ensure_dir(directory: Path) -> None:
     fsync_dir(directory.parent)
 
 
-def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
                      owner: tuple[int, int] | None = None) -> os.stat_result:
     """Write `chunks` durably under `final`; returns the new file's stat (inode, size).
 
@@ -126,7 +131,7 @@ def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[bytes],
     return stat
 
 
-def write_locked(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+def write_locked(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
                  owner: tuple[int, int] | None = None) -> tuple[os.stat_result, LockedFile]:
     """`write_atomically`, and the new file stays locked by the caller: the writer's lock is
     held from the temporary's creation on, so no other process can take the file between the
@@ -178,7 +183,7 @@ class Pending:
         os.close(self.fd)
 
 
-def begin_write(temp_dir: Path, final: Path, chunks: Iterable[bytes],
+def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
                 owner: tuple[int, int] | None = None) -> Pending:
     """Write `chunks` to a new temporary for `final`, locked from its creation on: no fsync,
     nothing blocks but the page cache (the spool does this on the event loop for small
@@ -228,9 +233,23 @@ def commit_group(group: Sequence[Pending]) -> None:
                     pending.discard(error)
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> None:
+# A message mapped from its spill file is written a slice at a time, its pages dropped after each.
+MAPPED_WRITE_SLICE = 1024 * 1024
+
+
+def _write_all(fd: int, chunks: list[Chunk]) -> None:
     """All of `chunks`, in order: one writev (one system call where the kernel takes it all,
-    which for a regular file it does), the remainder written on after a short write."""
+    which for a regular file it does), the remainder written on after a short write.
+
+    A chunk that is a big message mapped from its spill file (model.MappedText) is written in
+    slices instead, its pages dropped behind each, so the write does not map it all at once."""
+    if any(isinstance(chunk, MappedText) for chunk in chunks):
+        for chunk in chunks:
+            view = memoryview(chunk)
+            for offset in range(0, len(view), MAPPED_WRITE_SLICE):
+                _write_all(fd, [view[offset:offset + MAPPED_WRITE_SLICE]])
+                release_pages(chunk)
+        return
     written = os.writev(fd, chunks) if chunks else 0
     for chunk in chunks:
         if written >= len(chunk):

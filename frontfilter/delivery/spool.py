@@ -49,6 +49,7 @@ from typing import Any
 from frontfilter.config import SpoolConfig
 from frontfilter.delivery import safeio
 from frontfilter.delivery.groupcommit import GroupCommit
+from frontfilter.model import MappedText, MessageBytes, release_pages
 
 MAGIC = b"FRONTFILTER-SPOOL 1\n"
 MSG_SUFFIX, STATE_SUFFIX = ".msg", ".state"     # a message's two files: ID.msg, ID.state
@@ -212,14 +213,14 @@ class Layout:
 
 # ---- files (blocking: call from threads) ------------------------------------------------------
 
-def write_message(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"",
+def write_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"",
                   owner: tuple[int, int] | None = None) -> None:
     """Write a message durably and let go of it. `owner` (uid, gid): see safeio.write_atomically
     (a tool run as root, `frontfilter quarantine release`, leaves the file to the daemon's user)."""
     write_message_locked(layout, envelope, data, head, owner).close()
 
 
-def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"",
+def write_message_locked(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"",
                          owner: tuple[int, int] | None = None) -> Message:
     """Write a message durably; it comes back locked and in memory (close it to let go).
 
@@ -229,12 +230,12 @@ def write_message_locked(layout: Layout, envelope: Envelope, data: bytes, head: 
     return Message.written(layout, envelope, data, lock, stat, head)
 
 
-def begin_message(layout: Layout, envelope: Envelope, data: bytes, head: bytes = b"") -> safeio.Pending:
+def begin_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"") -> safeio.Pending:
     """`write_message_locked`'s first half, the page cache only: a group commit finishes it."""
     return safeio.begin_write(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head))
 
 
-def _file_chunks(envelope: Envelope, data: bytes, head: bytes) -> tuple[bytes, ...]:
+def _file_chunks(envelope: Envelope, data: MessageBytes, head: bytes) -> tuple[safeio.Chunk, ...]:
     header = envelope.to_json()
     if len(header) > MAX_ENVELOPE_BYTES or b"\n" in header:
         raise SpoolFormatError("envelope too large")
@@ -286,7 +287,7 @@ class Message:
         self.problem: str | None = None
         self.envelope: Envelope | None = None
         self.head = b""         # fields on top of `body`, kept apart when just written (see written)
-        self.body = b""
+        self.body: MessageBytes = b""
         self.state: DeliveryState | None = None
         stat = lock.stat()
         self._owner = (stat.st_uid, stat.st_gid)
@@ -301,7 +302,7 @@ class Message:
             self.problem = str(error)
 
     @classmethod
-    def written(cls, layout: Layout, envelope: Envelope, body: bytes, lock: safeio.LockedFile,
+    def written(cls, layout: Layout, envelope: Envelope, body: MessageBytes, lock: safeio.LockedFile,
                 stat: os.stat_result, head: bytes = b"") -> Message:
         """The message this process just wrote, still locked: nothing to read back, and no
         state file yet (nobody else could have written one: the lock was ours from the start)."""
@@ -618,7 +619,7 @@ class Spool:
         self._usage.reserved_bytes += size
         return Reservation(size, force)
 
-    def write(self, reservation: Reservation, envelope: Envelope, data: bytes, head: bytes = b"") -> Spooled:
+    def write(self, reservation: Reservation, envelope: Envelope, data: MessageBytes, head: bytes = b"") -> Spooled:
         """Blocking, in any thread: the durable write of `head` + `data`. Only `Admission.OK` may
         be answered 250, and only once `settle` has seen it."""
         started = time.monotonic()
@@ -632,6 +633,8 @@ class Spool:
             return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
         except OSError as error:
             return _not_written(error, started)
+        finally:
+            release_pages(data)      # what the write read of a big message (model.MappedText)
         return Spooled(Admission.OK, time.monotonic() - started, message=message)
 
     def settle(self, reservation: Reservation, spooled: Spooled | None) -> None:
@@ -663,12 +666,13 @@ class Spool:
             self.settle(reservation, value)
         future.add_done_callback(done)
 
-    def write_soon(self, reservation: Reservation, envelope: Envelope, data: bytes,
+    def write_soon(self, reservation: Reservation, envelope: Envelope, data: MessageBytes,
                    head: bytes = b"") -> asyncio.Future[Spooled]:
         """`write`, settled when it ends (whatever becomes of the caller): a small message
         through the group commit, a large one whole in a spool thread."""
         loop = asyncio.get_running_loop()
-        if len(head) + len(data) <= GROUPED_WRITE_MAX:
+        # Not a message read through a mapping: its pages may have to come back from disk.
+        if len(head) + len(data) <= GROUPED_WRITE_MAX and not isinstance(data, MappedText):
             job = self._write_grouped(reservation, envelope, data, head)
         else:
             try:
@@ -682,7 +686,7 @@ class Spool:
         self.settle_when_done(reservation, job)
         return job
 
-    def _write_grouped(self, reservation: Reservation, envelope: Envelope, data: bytes,
+    def _write_grouped(self, reservation: Reservation, envelope: Envelope, data: MessageBytes,
                        head: bytes) -> asyncio.Future[Spooled]:
         """`write` for a small message: written here into the page cache, made durable by the
         group commit. The free space is the figure of the last group (or scan), not a statvfs

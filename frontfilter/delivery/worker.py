@@ -43,7 +43,7 @@ from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.spool import (
     NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
     read_state_file, remove_delivered, scan, state_stamp)
-from frontfilter.model import new_queue_id
+from frontfilter.model import MappedText, MessageBytes, new_queue_id
 from frontfilter.policy.relay import own_domains
 from frontfilter.reputation.facts import domain_of
 
@@ -191,7 +191,9 @@ class Worker:
             message.close()
         elif len(self._active) < self.concurrency:
             self._active[entry.id] = asyncio.create_task(self._attempt(entry, message))
-        elif len(self._ready) < READY_MAX:
+        elif len(self._ready) < READY_MAX and not isinstance(message.body, MappedText):
+            # A big message in its spill file waits on disk instead: a mapping held is a
+            # descriptor and the file's room on disk, neither counted for up to READY_MAX.
             self._ready.append(message)
         else:
             message.close()
@@ -377,7 +379,7 @@ class Worker:
             if not closed:
                 message.close()
 
-    async def _send(self, envelope: Envelope, head: bytes, body: bytes, pending: list[int],
+    async def _send(self, envelope: Envelope, head: bytes, body: MessageBytes, pending: list[int],
                     every_backend: bool = False) -> Attempt | None:
         recipients = [envelope.recipients[i] for i in pending]
         sending = asyncio.ensure_future(self.forwarder.deliver(
@@ -458,7 +460,7 @@ class Worker:
         finally:
             message.close()
 
-    async def _bounce(self, envelope: Envelope, head: bytes, body: bytes, state: DeliveryState,
+    async def _bounce(self, envelope: Envelope, head: bytes, body: MessageBytes, state: DeliveryState,
                       applied: Applied) -> bool:
         failed = [state.recipients[i] for i in applied.failed + applied.expired]
         expired = {state.recipients[i].address for i in applied.expired}

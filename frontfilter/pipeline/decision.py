@@ -21,6 +21,7 @@ from frontfilter.config import OnError
 from frontfilter.content import authresults
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
+from frontfilter.content.scratch import Scratch
 from frontfilter.content.sniff import TypeCache
 from frontfilter.content.rewrite import (DEFAULT_NOTICE, StripOrder, header_fields,
                                          render_notice, strip_parts)
@@ -31,6 +32,7 @@ from frontfilter.pipeline.sealing import Sealer
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.engine import Rules
 from frontfilter.rules.model import Action, Verdict
+from frontfilter.model import MessageBytes
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Decision:
     # client's message, rewritten when strip fired. Joining them copied every message once,
     # the largest share of a 25 MB message's peak memory.
     head: bytes
-    message: bytes
+    message: MessageBytes
     stripped: tuple[StripOrder, ...]
     antivirus: ScanResult | None = None   # the scan the rules saw; None: no scan was made
     unscanned: bool = False               # the verdict is on_error's: the scan failed
@@ -54,12 +56,12 @@ class Decision:
 ON_ERROR = "[antivirus] on_error"
 
 
-def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
+def decide(raw: MessageBytes, facts: Facts, rules: Rules, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
            on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,
            deadline: float | None = None, authserv_id: str | None = None,
-           sealer: Sealer | None = None) -> Decision:
+           sealer: Sealer | None = None, scratch: Scratch | None = None) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
     `carried` holds the headers and tags that rules at earlier stages added.
 
@@ -68,8 +70,9 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
     stands (a 5xx is final: the client need not come back for it). `types`: libmagic's
     answers remembered across messages (`sniff.TypeCache`). `deadline` (a `time.monotonic()`
     value) stops the inspection itself: past it the view records `Limit.TIME`; past it too, a
-    message is not sealed (`sealer`: [arc], with `authserv_id` the field it seals)."""
-    view = inspect(raw, limits, deadline=deadline, types=types)
+    message is not sealed (`sealer`: [arc], with `authserv_id` the field it seals).
+    `scratch`: where inspection moves a big archive while it reads the members."""
+    view = inspect(raw, limits, deadline=deadline, types=types, scratch=scratch)
     facts = Facts(stage=facts.stage, session=facts.session, envelope=facts.envelope,
                   recipient=facts.recipient, message=view, antivirus=antivirus,
                   checks=facts.checks)
@@ -96,8 +99,8 @@ def decide(raw: bytes, facts: Facts, rules: Rules, limits: InspectionLimits,
     return Decision(view, verdict, head, message, orders, antivirus, unscanned, arc)
 
 
-def apply(raw: bytes, view: MessageView, verdict: Verdict, trace: Sequence[tuple[str, str]] = (),
-          authserv_id: str | None = None) -> tuple[bytes, bytes, tuple[StripOrder, ...]]:
+def apply(raw: MessageBytes, view: MessageView, verdict: Verdict, trace: Sequence[tuple[str, str]] = (),
+          authserv_id: str | None = None) -> tuple[bytes, MessageBytes, tuple[StripOrder, ...]]:
     """The forwarded form of the message, (head, message, orders): parts stripped (a notice in
     place of each), Authentication-Results fields from outside that claim our `authserv_id`
     removed; the trace headers, then the headers and tags the rules added, in `head`, to go on

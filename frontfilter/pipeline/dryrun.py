@@ -29,7 +29,7 @@ from typing import Any
 
 from frontfilter import reply
 from frontfilter.config import Config
-from frontfilter.model import Peer, Stage
+from frontfilter.model import MessageBytes, Peer, Stage
 from frontfilter.pipeline.decision import Decision
 from frontfilter.pipeline.disposition import Disposition, queued
 from frontfilter.pipeline.stages import Pipeline, RuleBook, SessionState, Transaction
@@ -165,12 +165,12 @@ class DryPipeline(Pipeline):
             self.decision = judged[0]
         return judged
 
-    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
+    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: MessageBytes
                        ) -> tuple[Reply, str]:
         self.forwarded = head + message
         return queued(txn.queue_id), "dry run: not forwarded"
 
-    async def _hold(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict,
+    async def _hold(self, state: SessionState, txn: Transaction, raw: MessageBytes, verdict: Verdict,
                     answer: Reply) -> tuple[Reply, str] | None:
         return None          # the reply is the relay's; nothing is kept
 

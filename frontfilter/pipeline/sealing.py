@@ -24,6 +24,7 @@ from pathlib import Path
 from frontfilter import observe
 from frontfilter.config import ArcConfig, ArcSeal, Config, ConfigError, credential_files_not_there_yet
 from frontfilter.content.arcseal import RECOMMENDED_KEY_BITS, KeyProblem, Seal, SealingKey, read_key, seal
+from frontfilter.model import MessageBytes
 
 # The most a key file may hold: a 4096-bit RSA key in PEM is about 3.3 KB. A bigger file is
 # not a key, and is not read whole.
@@ -38,7 +39,7 @@ class Sealer:
         self.always = config.seal is ArcSeal.ALWAYS
         self.key = key
 
-    def seal(self, head: bytes, message: bytes, authserv_id: str, changed: bool,
+    def seal(self, head: bytes, message: MessageBytes, authserv_id: str, changed: bool,
              deadline: float | None = None) -> Seal | None:
         """The seal of `head` + `message`, as they are forwarded; None when this message is not
         to be sealed (unchanged, with seal = "changed"). Past `deadline` (a `time.monotonic()`

@@ -40,6 +40,7 @@ from frontfilter.config import Config, ConfigError, OnError, QuarantineOutcome
 from frontfilter.content import authresults
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content import sniff
+from frontfilter.content.scratch import Scratch
 from frontfilter.content.sniff import TypeCache
 from frontfilter.delivery import safeio
 from frontfilter.delivery.backend import BackendReply, BackendSession, Outcome
@@ -47,7 +48,7 @@ from frontfilter.delivery.quarantine import store as quarantine_store
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.delivery.xforward import ClientFacts
-from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
+from frontfilter.model import EnvelopeFacts, MessageBytes, Peer, SessionFacts, Stage, new_queue_id, release_pages
 from frontfilter.pipeline.decision import Decision, decide
 from frontfilter.pipeline.disposition import Disposition, queued, refusal
 from frontfilter.pipeline.endofdata import Claim, Judged, decide_then_spool
@@ -133,6 +134,9 @@ class Pipeline:
             f.name: getattr(config.inspection, f.name)
             for f in dataclasses.fields(InspectionLimits)})
         self.types = TypeCache(config.inspection.type_cache)
+        # Past the size where DATA goes to a file, so does a decoded archive being read.
+        spill = config.limits.data_spill_size
+        self.scratch = Scratch(spill, config.spool.dir) if spill else None
         self._executor = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="inspect")
         self.antivirus = ClamdClient.from_config(config.antivirus) if config.antivirus else None
         self.on_scan_error = config.antivirus.on_error if config.antivirus else OnError.TEMPFAIL
@@ -247,7 +251,7 @@ class Pipeline:
         txn.recipients.append(parsed)
         return reply.RECIPIENT_OK
 
-    async def data(self, state: SessionState, raw: bytes) -> Reply:
+    async def data(self, state: SessionState, raw: MessageBytes) -> Reply:
         txn = state.txn
         if txn is None or not txn.recipients:
             return reply.BAD_SEQUENCE.with_text("Need RCPT command")
@@ -279,7 +283,7 @@ class Pipeline:
 
     # ---- end of DATA ----------------------------------------------------------------------
 
-    async def _data(self, state: SessionState, txn: Transaction, raw: bytes, started: float) -> Reply:
+    async def _data(self, state: SessionState, txn: Transaction, raw: MessageBytes, started: float) -> Reply:
         if self._bypassed(state) is None:   # SPF for Received-SPF and data rules (reputation)
             await self.checks.gather(Stage.DATA, self.rulebook.current, state.checks, peer=state.peer,
                                      helo=state.helo, auth_user=state.auth_user, sender=txn.sender.text)
@@ -288,6 +292,7 @@ class Pipeline:
             txn.found = await self.checks.authenticate(raw, state.checks, queue_id=txn.queue_id,
                                                        sender=txn.sender.text, helo=state.helo,
                                                        auth_user=state.auth_user)
+            release_pages(raw)    # what DKIM read of a big message in its spill file (model.MappedText)
         facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope(),
                       checks=self._check_facts(state))
         rules: Rules | None = self.rulebook.current
@@ -309,6 +314,7 @@ class Pipeline:
         # Scanned on the loop (it is I/O), before the rules that read it; not when an earlier
         # accept lifted the data rules, since nothing would read the verdict.
         scan = await self._scan(raw, txn.queue_id) if rules is not _NO_RULES else None
+        release_pages(raw)
         if scan is not None:
             log["antivirus"] = scan.log_fields() | (
                 {"on_error": self.on_scan_error.value} if scan.failed else {})
@@ -319,7 +325,7 @@ class Pipeline:
         judge = functools.partial(decide, raw, facts, rules, self.limits, trace, self.config.rules.soft_reject,
                                   txn.carried, antivirus=scan, on_error=self.on_scan_error,
                                   types=self.types, deadline=deadline, authserv_id=self.authserv_id,
-                                  sealer=self.sealer)
+                                  sealer=self.sealer, scratch=self.scratch)
         judged = await self._judge(state, txn, judge, len(raw))
         observe.type_cache_lookups(*self.types.take_counts())
         if judged is None:
@@ -374,7 +380,7 @@ class Pipeline:
         self._decided(txn, Disposition.of_reply(answer), len(raw), answer, started, log, decided_by=verdict.rule)
         return answer
 
-    async def _scan(self, raw: bytes, queue_id: str) -> ScanResult | None:
+    async def _scan(self, raw: MessageBytes, queue_id: str) -> ScanResult | None:
         """clamd's verdict on the raw message, counted; None without [antivirus]."""
         if self.antivirus is None:
             return None
@@ -420,7 +426,7 @@ class Pipeline:
             options=tuple(o for o in txn.options if o.split("=", 1)[0].upper() in ("BODY", "SMTPUTF8")),
             client=str(state.peer), helo=state.helo or "", login=state.auth_user or "")
 
-    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: bytes
+    async def _forward(self, state: SessionState, txn: Transaction, head: bytes, message: MessageBytes
                        ) -> tuple[Reply, str]:
         """Sync mode: the backend's own answer to the mirrored transaction decides."""
         backend = state.backend
@@ -444,7 +450,7 @@ class Pipeline:
             return reply.SPOOL_FULL, f"spool full: {spooled.reason}"
         return reply.INTERNAL_ERROR, f"spool write failed: {spooled.reason}"
 
-    async def _quarantine(self, state: SessionState, txn: Transaction, raw: bytes,
+    async def _quarantine(self, state: SessionState, txn: Transaction, raw: MessageBytes,
                           verdict: Verdict) -> tuple[Reply, str | None]:
         """Hold the message and answer as `quarantine.then` says; the reply and, when no copy
         could be kept, why (the client is then told to retry)."""
@@ -455,7 +461,7 @@ class Pipeline:
         failure = await self._hold(state, txn, raw, verdict, answer)
         return failure if failure is not None else (answer, None)
 
-    async def _hold(self, state: SessionState, txn: Transaction, raw: bytes, verdict: Verdict,
+    async def _hold(self, state: SessionState, txn: Transaction, raw: MessageBytes, verdict: Verdict,
                     answer: Reply) -> tuple[Reply, str] | None:
         """The copy (delivery/quarantine/store.py: durably, readable by the daemon's user only,
         with its envelope, the rules' reasons and the part tree); None once it is kept, else

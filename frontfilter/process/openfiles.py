@@ -2,7 +2,8 @@
 
 Every SMTP session holds a socket, and one more while a big message waits in its spill file; in
 sync mode each also holds one to the backend; the queue
-opens up to `backend.concurrency` backend connections and a few spool files; the listeners,
+opens up to `backend.concurrency` backend connections and a few spool files (with the spill, as
+many big messages delivered from their spill files, each mapped: model.SpilledMessage); the listeners,
 the HTTP endpoint, logs and libraries take a few dozen more. A process over its RLIMIT_NOFILE
 gets EMFILE on accept(): new clients hang in the listen queue with no reply and no log line
 from us. systemd gives services a soft limit of 1024 and a hard one far above it, and asks
@@ -22,9 +23,12 @@ OVERHEAD = 64       # listeners, the HTTP endpoint, the event loop, logs, librar
 def needed(config: Config) -> int:
     """Descriptors one worker may hold at once with this config."""
     per_session = 2 if config.backend.mode is BackendMode.SYNC else 1
+    deliveries = config.backend.concurrency
     if config.limits.data_spill_size:
         per_session += 1         # the spill file of a message being received (smtp/data.py)
-    return config.limits.max_connections * per_session + config.backend.concurrency + OVERHEAD
+        if config.backend.mode is BackendMode.QUEUE:
+            deliveries *= 2      # and a message being delivered from it (model.SpilledMessage)
+    return config.limits.max_connections * per_session + deliveries + OVERHEAD
 
 
 def raise_limit(config: Config) -> tuple[int, int, int]:

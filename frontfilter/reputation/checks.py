@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError
-from frontfilter.model import Peer, Stage
+from frontfilter.model import MessageBytes, Peer, Stage
 from frontfilter.reputation import dnsbl
 from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of, header_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist
@@ -229,7 +229,7 @@ class Checks:
         if GREYLIST in now and recipient is not None and sender is not None and not ours:
             session.greylisted[(sender, recipient)] = await self._greylist(peer, sender, recipient)
 
-    async def authenticate(self, raw: bytes, session: ClientChecks, *, queue_id: str, sender: str,
+    async def authenticate(self, raw: MessageBytes, session: ClientChecks, *, queue_id: str, sender: str,
                            helo: str | None, auth_user: str | None) -> Found:
         """DKIM, ARC and DMARC of a message as received (`gather(Stage.DATA)` first: DMARC reads
         the SPF result). Not for our own clients (trusted or authenticated): nothing to prove."""

@@ -35,6 +35,7 @@ from frontfilter import observe
 from frontfilter.config import DkimConfig
 from frontfilter.reputation.facts import ArcResult, DkimResult, normalise_domain
 from frontfilter.reputation.resolver import Outcome, Resolver
+from frontfilter.model import MessageBytes
 
 SIGNATURE = b"dkim-signature"
 ARC_FIELDS = (b"arc-seal", b"arc-message-signature")
@@ -82,7 +83,7 @@ class DkimVerifier:
         self.config = config
         self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="dkim")
 
-    async def verify(self, raw: bytes, header: bytes, queue_id: str) -> Verified:
+    async def verify(self, raw: MessageBytes, header: bytes, queue_id: str) -> Verified:
         """Every signature of `raw` (whose header block is `header`, facts.header_of) and its
         ARC chain checked, by `dkim.timeout` (the thread's work included)."""
         started = time.monotonic()
@@ -164,7 +165,7 @@ def _key_name(value: bytes) -> str:
         return ""
 
 
-def _verify_all(raw: bytes, count: int, arc_keys: frozenset[str] | None, answers: dict[str, _Key],
+def _verify_all(raw: MessageBytes, count: int, arc_keys: frozenset[str] | None, answers: dict[str, _Key],
                 min_key_bits: int) -> Verified:
     """In a worker thread: each signature, then the ARC chain (`arc_keys`: the keys its sets
     name; None: the message has none), with the keys looked up. dkimpy parses the message
@@ -177,7 +178,9 @@ def _verify_all(raw: bytes, count: int, arc_keys: frozenset[str] | None, answers
         return key.record
 
     try:
-        signer = dkim.DKIM(raw, minkey=min_key_bits)
+        # dkimpy parses bytes only: a big message kept in its spill file (model.MappedText)
+        # is read into memory here, for as long as the check lasts.
+        signer = dkim.DKIM(raw if isinstance(raw, bytes) else bytes(raw), minkey=min_key_bits)
     except Exception as error:      # a message dkimpy cannot read: no signature of it verifies
         why = f"{type(error).__name__}: {error}"[:200]
         return Verified(tuple(Signature("", "", DkimResult.PERMERROR, why) for _ in range(count)),

@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from frontfilter.memo import remembered
+from frontfilter.model import MessageBytes
 
 
 class SpfResult(enum.Enum):
@@ -120,7 +121,7 @@ NO_CHECKS = CheckFacts()
 MAX_HEADER_SCAN = 256 * 1024
 
 
-def header_of(raw: bytes) -> bytes:
+def header_of(raw: MessageBytes) -> bytes:
     """The header block of a message as received (CRLF-only: DATA refuses bare line ends), at
     most MAX_HEADER_SCAN bytes of it."""
     end = raw.find(b"\r\n\r\n", 0, MAX_HEADER_SCAN)

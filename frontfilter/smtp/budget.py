@@ -1,8 +1,10 @@
 """How much DATA one relay process holds in memory at once: `limits.max_data_in_memory`.
 
-A message is kept whole in memory from its first byte (past `limits.data_spill_size`: from its
-end, read back from its spill file, smtp/data.py) until its verdict is sent (inspection, the
-spool write and forwarding read it there). Without a bound, `limits.max_connections`
+A message is kept whole in memory from its first byte until its verdict is sent (inspection,
+the spool write and forwarding read it there). Past `limits.data_spill_size` it is received
+into its spill file instead and read there through a mapping (smtp/data.py, model.MappedText);
+it is charged here all the same from its end on, since what inspection decodes from it is in
+memory (the decoded parts of a message are at most its size). Without a bound, `limits.max_connections`
 sessions each sending `server.max_message_size` could take that product (500 × 25 MiB: about
 12 GiB a worker) and the kernel's OOM killer would end the relay — and the mail in it. With
 one, a message that would go past it is drained without being kept and answered

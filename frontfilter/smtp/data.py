@@ -17,8 +17,10 @@ no single check holds the event loop for long, whatever the message size):
 
 A message past `spill_size` goes on into the file `spill()` opens (given by the shell) and leaves
 the budget while it is being received; `result` hands over a `SpilledBody`, which the shell
-charges to the budget again (no room then: `452 4.3.1`) and reads back off the event loop. A
-spill that cannot be opened (no space, no directory) keeps the message in memory.
+charges to the budget again (no room then: `452 4.3.1`) and maps off the event loop: the
+pipeline reads the message in its file (`model.SpilledMessage`), never copied into memory whole (a
+message the client dot-stuffed somewhere is read back instead, to be unstuffed). A spill that
+cannot be opened (no space, no directory) keeps the message in memory.
 
 Only one terminator is honoured: `<CRLF>.<CRLF>`. Everything after it in the last block is handed
 back to the command reader (PIPELINING), so whatever follows is read as commands, never as data.
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import enum
 import io
+import mmap
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from frontfilter.model import CrlfText, DotFreeText
+from frontfilter.model import CrlfText, DotFreeText, SpilledMessage
 from frontfilter.smtp.budget import DataBudget
 
 CRLF = b"\r\n"
@@ -249,21 +253,32 @@ class DataCollector:
 
 @dataclass
 class SpilledBody:
-    """A message received into its spill file. The shell, not the core, reads it back: `reserve`
-    on the event loop (the budget is the loop's), then `read` in a worker thread (25 MiB take
-    about 18 ms to read: not the event loop's to wait for). Either closes the file in the end."""
+    """A message received into its spill file. The shell, not the core, takes it on: `reserve`
+    on the event loop (the budget is the loop's), then `map` (or `read`) in a worker thread (a
+    25 MiB read takes about 18 ms: not the event loop's to wait for). Either closes the file."""
 
     collector: DataCollector
     file: IO[bytes]
     length: int
     dotted: bool
+    _fd: int | None = None          # `map`'s own descriptor of the file (see `reserve`)
 
     def reserve(self) -> bool:
-        """Room in the memory budget for the message read back; False closes the file."""
-        if self.collector.charge(self.length):
-            return True
-        self.file.close()
-        return False
+        """Room in the memory budget for the message read back; False closes the file.
+
+        On the event loop, where the session's end closes the file too: a message to be
+        mapped gets a descriptor of its own here, so that `map`, in its thread, never maps
+        whatever file took the number of one closed meanwhile."""
+        if not self.collector.charge(self.length):
+            self.file.close()
+            return False
+        if not self.dotted:
+            try:
+                self.file.flush()          # the last block, from the file's buffer to the file
+                self._fd = os.dup(self.file.fileno())
+            except (OSError, ValueError):
+                self._fd = None            # `map` reads it back instead
+        return True
 
     def read(self) -> tuple[bytes | None, DataProblem | None]:
         """In a worker thread: the message, unstuffed as `result` gives it, or why not (a file
@@ -278,6 +293,30 @@ class SpilledBody:
         if len(data) != self.length:
             return None, DataProblem.NO_ROOM
         return self.collector.finished(data, self.dotted)
+
+    def map(self) -> tuple[bytes | SpilledMessage | None, DataProblem | None]:
+        """In a worker thread, after `reserve`: the message, as `read` gives it. One the client
+        stuffed nowhere (nearly all) is not copied into memory but mapped from the spill file
+        (model.SpilledMessage: inspection, the spool and the forwarder read it there); a
+        stuffed one is read back, to be unstuffed, and so is one that cannot be mapped."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return self.read()
+        try:
+            try:
+                whole = os.fstat(fd).st_size >= self.length     # the terminator follows it
+                mapped = SpilledMessage(fd, self.length, access=mmap.ACCESS_READ) if whole else None
+            finally:
+                os.close(fd)               # the mapping keeps a descriptor of its own
+        except (OSError, ValueError):      # a file system that cannot map: read it back
+            return self.read()
+        self.file.close()
+        if mapped is None:
+            return None, DataProblem.NO_ROOM
+        if self.length > self.collector.max_size:
+            mapped.close()
+            return None, DataProblem.TOO_BIG
+        return mapped, None
 
 
 # Fewer lines of one length than this are left to the split: the columns cost a fixed overhead.

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from frontfilter import observe, reply
+from frontfilter.model import MessageBytes
 from frontfilter.pipeline.stages import Pipeline, SessionState
 from frontfilter.reply import Reply
 
@@ -79,7 +80,7 @@ class Handler:
     async def rcpt(self, session: SmtpSession, address: str) -> Reply:
         return await self.pipeline.rcpt(session.state, address)
 
-    async def data(self, session: SmtpSession, content: bytes) -> Reply:
+    async def data(self, session: SmtpSession, content: MessageBytes) -> Reply:
         return await self.pipeline.data(session.state, content)
 
     async def reset(self, session: SmtpSession) -> None:

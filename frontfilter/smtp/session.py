@@ -40,7 +40,7 @@ from typing import Any
 
 from frontfilter import observe, reply
 from frontfilter.config import AuthMode, ListenerConfig, ServerConfig, TlsMode
-from frontfilter.model import Peer
+from frontfilter.model import Peer, SpilledMessage
 from frontfilter.reply import Reply
 from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.core import (PAUSE_READING_AT, Answer, Auth, AuthAnswer, BadProxyHeader, CoreLimits, Event,
@@ -306,11 +306,11 @@ class SmtpSession(asyncio.Protocol):
             # 421 (the client would send it again).
             self._deciding = True
             try:
-                content = event.content
+                content: bytes | SpilledMessage | SpilledBody = event.content
                 if isinstance(content, SpilledBody):
                     if not content.reserve():
                         return data_refusal(DataProblem.NO_ROOM)
-                    read, problem = await asyncio.get_running_loop().run_in_executor(None, content.read)
+                    read, problem = await asyncio.get_running_loop().run_in_executor(None, content.map)
                     if read is None:
                         assert problem is not None
                         return data_refusal(problem)

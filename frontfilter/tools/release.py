@@ -43,6 +43,7 @@ from frontfilter.content import authresults
 from frontfilter.delivery.spool import Envelope, Layout, write_message
 from frontfilter.tools import queuectl
 from frontfilter.delivery.quarantine import ledger, store
+from frontfilter.model import MessageBytes
 from frontfilter.reply import Reply
 
 # A rule name as the loader allows it (rules/loader.py _NAME); anything else in a file is "?",
@@ -117,7 +118,7 @@ def rescanned(config: Config, meta: store.Held, body: bytes, recipients: tuple[s
                        f"({result.reply.wire}): not released")
 
 
-def to_spool(config: Config, meta: store.Held, head: bytes, data: bytes,
+def to_spool(config: Config, meta: store.Held, head: bytes, data: MessageBytes,
              recipients: tuple[str, ...], now: float) -> Released:
     """Queue mode: durably in the spool, for the relay's delivery worker."""
     layout = Layout(config.spool.dir)
@@ -133,7 +134,7 @@ def to_spool(config: Config, meta: store.Held, head: bytes, data: bytes,
     return Released(recipients, spool_id=meta.id)
 
 
-async def _hand_over(config: Config, meta: store.Held, head: bytes, data: bytes,
+async def _hand_over(config: Config, meta: store.Held, head: bytes, data: MessageBytes,
                      recipients: tuple[str, ...]) -> Any:
     from frontfilter.delivery.forward import Forwarder
 
@@ -145,7 +146,7 @@ async def _hand_over(config: Config, meta: store.Held, head: bytes, data: bytes,
         await forwarder.close()
 
 
-def to_backend(config: Config, meta: store.Held, head: bytes, data: bytes,
+def to_backend(config: Config, meta: store.Held, head: bytes, data: MessageBytes,
                recipients: tuple[str, ...]) -> Released:
     """Sync mode: handed to the backend now; accepted for every recipient, or ReleaseError."""
     # The forwarder reports each hand-over through observe: the tool prints its own line.

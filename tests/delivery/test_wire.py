@@ -9,8 +9,10 @@ what we send reads back, by our SMTP side's reading, as the address that came in
 from __future__ import annotations
 
 import asyncio
+import mmap
 import random
 import smtplib
+import tempfile
 from pathlib import Path
 
 import aiosmtplib
@@ -18,7 +20,7 @@ import pytest
 from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
-from frontfilter.model import CrlfText, DotFreeText
+from frontfilter.model import CrlfText, DotFreeText, MappedText, SpilledMessage
 from frontfilter.smtp.paths import parse_path
 from tests.harness import RecordingSink, relay_with_sink
 from tests.smtp.test_getaddr import FIXED, generated
@@ -131,3 +133,99 @@ def test_head_and_message_reach_the_backend_as_one_message(head: bytes, body: st
         asyncio.run(send(sink.port))
         [received] = sink.wait_for(1)
     assert received.data == head + text
+
+
+def mapped(cls: type[MappedText], data: bytes) -> MappedText:
+    with tempfile.TemporaryFile() as file:
+        file.write(data)
+        file.flush()
+        return cls(file.fileno(), len(data), access=mmap.ACCESS_READ)
+
+
+@pytest.mark.parametrize("kind", ["spilled", "other mapping"])
+def test_a_message_read_through_a_mapping_reaches_the_backend_as_it_is(kind: str) -> None:
+    """A spilled message (DATA checked it: CRLF-clean, no dotted line) is sent as it is, in
+    slices; any other mapping takes aiosmtplib's path, which stuffs its dotted lines."""
+    line = b"z" * 76 + b"\r\n"
+    text = b"Subject: mapped\r\n\r\n" + line * (3 * wire.WRITE_SLICE // len(line))
+    if kind == "other mapping":
+        text += b".a dotted line\r\n"
+    message = mapped(SpilledMessage if kind == "spilled" else MappedText, text)
+
+    async def send(port: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        await smtp.mail("a@example.net")
+        await smtp.rcpt("b@example.org")
+        assert (await wire.send_data(smtp, message, b"X-Head: 1\r\n")).code == 250
+        await smtp.quit()
+
+    with RecordingSink() as sink:
+        asyncio.run(send(sink.port))
+        [received] = sink.wait_for(1)
+    assert received.data == b"X-Head: 1\r\n" + text
+
+
+class EarlyRefusal:
+    """A backend that refuses a message in the middle of its DATA (552: too big), as soon as
+    it begins, and only later reads on to the end mark and closes: the client's writes back
+    up, so the refusal arrives while it is still writing."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.converse(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            self.done.set()
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 early.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-early.test\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                await writer.drain()
+                await reader.readexactly(1)          # the message has begun
+                writer.write(b"552 5.3.4 Message too big for this test\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.5)             # busy: the client's writes back up meanwhile
+                while not (await reader.readuntil(b"\r\n")).startswith(b".\r\n"):
+                    pass
+                return
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+
+def test_a_backend_refusing_a_big_message_before_its_end_is_heard() -> None:
+    """The backend's 552 comes while the message is still being written: it is the answer
+    (a bounce in queue mode), not a lost connection (retried until the message expires)."""
+    text = DotFreeText(b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 200_000)   # 15 MiB: past what the sockets hold
+
+    async def run() -> None:
+        backend = EarlyRefusal()
+        server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
+        try:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.sockets[0].getsockname()[1],
+                                   timeout=10, start_tls=False)
+            await smtp.connect()
+            await smtp.ehlo()
+            await smtp.mail("a@example.net")
+            await smtp.rcpt("b@example.org")
+            with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                await wire.send_data(smtp, text)
+            assert refused.value.code == 552
+            smtp.close()
+            await asyncio.wait_for(backend.done.wait(), 10)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())

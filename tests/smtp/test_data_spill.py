@@ -4,16 +4,22 @@ charged to it again. The message reaches the backend byte for byte as sent."""
 
 from __future__ import annotations
 
+import random
 import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 from frontfilter.smtp.budget import DataBudget
 from frontfilter import reply
 from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
+from frontfilter.model import SpilledMessage
 from frontfilter.smtp.data import SpilledBody
-from tests.harness import WAIT_TIMEOUT, RawClient, RecordingSink, Relay, SinkBehaviour, eventually, write_config
+from tests.content import corpus as c
+from tests.harness import (WAIT_TIMEOUT, RawClient, RecordingSink, Relay, SinkBehaviour, eventually, send,
+                           write_config)
 from tests.smtp.core_driver import GREETING, Decider, drive, replies
 from tests.smtp.test_data_budget import HELLO, message
 
@@ -108,6 +114,33 @@ def test_a_spilled_message_is_unstuffed_as_one_held_in_memory(tmp_path: Path) ->
     assert data == dotted[:-3].replace(b"\r\n..", b"\r\n.")
 
 
+def test_a_spilled_message_is_mapped_in_place_and_not_copied(tmp_path: Path) -> None:
+    budget, files = DataBudget(150 * 1024), SpillFiles(tmp_path)
+    body = spilled(budget, files, message(100 * 1024))
+    assert body.reserve()
+    mapped, problem = body.map()
+    assert problem is None and isinstance(mapped, SpilledMessage)
+    assert mapped[:] == message(100 * 1024)[:-3] and files.opened[0].closed
+
+
+def test_a_message_whose_session_ends_before_it_is_mapped_is_never_mixed_with_another_file(tmp_path: Path) -> None:
+    """`reserve` (on the event loop) takes a descriptor of its own for `map` (in a thread): the
+    session's end closing the spill file meanwhile, and another file taking its number, cannot
+    make the thread map that other file (another client's message) in its place."""
+    budget, files = DataBudget(0), SpillFiles(tmp_path)
+    body = spilled(budget, files, message(100 * 1024))
+    assert body.reserve()
+    number = body.file.fileno()
+    body.collector.discard()                       # the session ended: its file closed
+    other = SpillFiles(tmp_path)()
+    other.write(b"Subject: another client's message\r\n\r\n" + b"secret\r\n" * 20_000)
+    other.flush()
+    assert other.fileno() == number                 # the number is taken again at once
+    mapped, problem = body.map()
+    assert problem is None and mapped is not None and mapped[:] == message(100 * 1024)[:-3]
+    other.close()
+
+
 def test_through_a_relay_a_big_message_being_received_does_not_crowd_out_another(tmp_path: Path) -> None:
     """The relay test of limits.max_data_in_memory, with the spill on: the second message,
     which would not fit in memory beside the first one being received, is taken at once."""
@@ -182,3 +215,40 @@ def test_a_spill_that_cannot_be_opened_is_tried_once_and_the_message_kept_in_mem
     assert len(tries) == 1
     [taken] = [e for e in decider.events if isinstance(e, Message)]
     assert taken.content == wire[:-3]
+
+
+# ---- judged and forwarded from the spill file ---------------------------------------------------
+
+def spilling_message(*attachments: Any) -> bytes:
+    """A message of 3 MiB on the wire: a 2 MiB block of random bytes, and `attachments`."""
+    noise = random.Random(26).randbytes(2 * 1024 * 1024)
+    return c.message(c.attachment(noise, "application/octet-stream", "noise.bin"), *attachments)
+
+
+@pytest.mark.parametrize("mode", ["queue", "sync"])
+def test_a_spilled_message_is_judged_and_forwarded_from_its_file(tmp_path: Path, mode: str) -> None:
+    """A message past the spill size reaches inspection, the spool and the backend mapped from
+    its spill file, and an archive decoded from it is moved to a file of its own while its
+    members are read (issue 26): a program in the archive is refused all the same, a macro
+    document is stripped, and everything else reaches the backend byte for byte."""
+    archive = c.zip_of({"data.bin": random.Random(27).randbytes(1024 * 1024), "setup.exe": c.pe()})
+    refused = spilling_message(c.attachment(archive, "application/zip", "data.zip"))
+    documents = c.zip_of({"data.bin": random.Random(27).randbytes(1024 * 1024), "report.pdf": c.pdf()})
+    clean = spilling_message(c.attachment(documents, "application/zip", "documents.zip"))
+    macros = spilling_message(c.attachment(c.docx(macros=True), "application/octet-stream", "budget.docm"))
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], server={"max_message_size": "8MiB"},
+                              limits={"data_spill_size": "64KiB"}, backend={"mode": mode})
+        with Relay(config) as relay:
+            answer = send(relay.port, refused)
+            assert (answer.code, answer.text[:5]) == (554, "5.7.1"), answer
+            assert send(relay.port, clean).code == 250
+            assert send(relay.port, macros).code == 250
+            first, second = sink.wait_for(2)
+    assert first.data.endswith(clean[clean.index(b"\r\n\r\n"):])        # our fields on top only
+    assert b"X-Frontfilter-Stripped" in second.data
+    assert c.attachment(c.docx(macros=True), "application/octet-stream", "budget.docm").get_payload()[:200].encode() \
+        not in second.data
+    noise_part = c.attachment(random.Random(26).randbytes(2 * 1024 * 1024), "application/octet-stream", "noise.bin")
+    assert noise_part.get_payload().encode().replace(b"\n", b"\r\n") in second.data
+    assert list((tmp_path / "spool").glob("inspect-*")) == []   # unnamed: nothing left behind

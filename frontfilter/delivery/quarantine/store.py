@@ -43,6 +43,7 @@ from typing import Any
 
 from frontfilter.delivery import safeio
 from frontfilter.delivery.spool import VALID_ID, Envelope
+from frontfilter.model import MessageBytes
 
 MAGIC = b"FRONTFILTER-QUARANTINE 1\n"
 HELD_SUFFIX = ".held"
@@ -213,7 +214,7 @@ def ensure_private_dir(directory: Path, owner: tuple[int, int] | None) -> None:
 
 # ---- write ----------------------------------------------------------------------------------
 
-def write(root: Path, meta: Held, raw: bytes) -> os.stat_result:
+def write(root: Path, meta: Held, raw: MessageBytes) -> os.stat_result:
     """Hold a message durably (the pipeline, before its reply). Raises OSError (disk full:
     safeio.is_disk_full), or QuarantineFormatError for an envelope too large to record."""
     line = _metadata_line(replace(meta, size=len(raw)))
