@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from frontfilter import __version__, observe
-from frontfilter.process import sdnotify
+from frontfilter.process import allocator, sdnotify
 from frontfilter.config import BackendMode, Config, ConfigError, HostPort, config_warnings
 from frontfilter.delivery.queue import StoreAndForward
 from frontfilter.delivery.tls import load_client_context, reload_backend_tls
@@ -87,6 +87,7 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
+        allocator.give_big_blocks_back()     # a big message's buffers unmapped once freed
         observe.started(__version__, [str(listener.address) for listener in config.listeners], config)
         for key, why in config_warnings(config):
             observe.warning("config_warning", key=key, detail=why)
