@@ -563,6 +563,7 @@ class Result:
     rates: list[float] = field(default_factory=list)
     cpu_per_1000: list[float] = field(default_factory=list)
     rss_mib: float | None = None
+    worker_peak_mib: float | None = None    # the first load, first run: its worker's VmHWM
     failed: str | None = None
 
     @property
@@ -617,12 +618,22 @@ def interleaved(contenders: list[Contender], sink: Sink, loads: list[Load], runs
                 result = results[(contender.name, load.name)]
                 if result.failed is None:
                     measure_once(contender, sink, load, result)
+                if run == 0 and load is loads[0] and contender.rss_pid is not None:
+                    result.worker_peak_mib = worker_peak(contender)
     for contender in contenders:     # the relay: every process of it (the workers' peaks summed)
         if contender.rss_pid is not None:
             peak = sum(rss_mib(pid, "VmHWM") or 0.0 for pid in contender.pids())
             for load in loads:
                 results[(contender.name, load.name)].rss_mib = peak
     return list(results.values())
+
+
+def worker_peak(contender: Contender) -> float:
+    """The highest VmHWM of the relay's workers (of the relay itself when it runs as one
+    process): after the first load of the first run, a worker's peak under that load alone,
+    issue 26's "peak RSS per worker under the 20-session 5 KB load"."""
+    workers = [pid for pid in contender.pids() if pid != contender.rss_pid] or [contender.rss_pid]
+    return max((rss_mib(pid, "VmHWM") or 0.0 for pid in workers if pid is not None), default=0.0)
 
 
 LATENCY_BODY = b"Subject: latency\r\n\r\n" + (b"x" * 70 + b"\r\n") * 70   # 5 KB
@@ -1092,6 +1103,10 @@ def render(results: list[Result], latency: dict[str, dict[str, float]]) -> str:
         loaded = (f"{got['load_rate']:.0f} | {got['loaded_p50']:.2f} / {got['loaded_p99']:.2f}"
                   if "load_rate" in got else "- | -")
         lines.append(f"| {name} | {got['idle_p50']:.2f} / {got['idle_p99']:.2f} | {loaded} |")
+    peaks = [r for r in results if r.worker_peak_mib]
+    if peaks:
+        lines += ["", "| contender | a worker's peak RSS under the first load alone (VmHWM), MiB |", "|---|---:|"]
+        lines += [f"| {r.contender} ({r.load}) | {r.worker_peak_mib:.1f} |" for r in peaks]
     return "\n".join(lines)
 
 

@@ -56,6 +56,8 @@ def test_quick_bench_measures_every_contender_load_and_rule_set(tmp_path: Path) 
     loads = ("5KB plain", "5KB pipelined", "100KB + PDF", "mix")
     assert measured == {(contender, load) for contender in contenders for load in loads}
     assert not [row for row in report["results"] + report["rules"] if row["failed"]]
+    first = {row["contender"]: row for row in report["results"] if row["load"] == loads[0]}
+    assert all(first[name]["worker_peak_mib"] > 0 for name in ("ff-queue", "ff-sync"))   # issue 26's figure
     assert len(report["rules"]) == 3 and all(row["rate"] > 0 for row in report["rules"])
     assert set(report["latency_ms"]) == set(contenders) - {"limit"}
     assert all("loaded_p99" in got for got in report["latency_ms"].values())
