@@ -151,14 +151,33 @@ def test_ledger_records_are_read_in_order_and_a_bad_one_is_reported(tmp_path: Pa
 def test_retention_clears_event_records_a_killed_tool_left_half_written(tmp_path: Path) -> None:
     ledger.record(tmp_path, "released", "0TESTID00001", rule="hold", to=["b@example.org"])
     events = tmp_path / ".events"
-    (events / f"released-0TESTID00002-1.json.{os.getpid()}{safeio.TEMP_SUFFIX}").write_text('{"ev')
+    killed = events / f"released-0TESTID00002-1.json.{os.getpid()}{safeio.TEMP_SUFFIX}"
+    killed.write_text('{"ev')
+    old = time.time() - retention.STALE_TEMP_AGE - 1
+    os.utime(killed, (old, old))
     being_written = events / f"released-0TESTID00003-1.json.1{safeio.TEMP_SUFFIX}"
     being_written.write_text("")
+    os.utime(being_written, (old, old))
     with safeio.lock_file(being_written):                       # a tool writing it right now
         retention.sweep(tmp_path, max_age=3600, max_size=0, now=time.time())
         assert sorted(p.name for p in events.iterdir()) == sorted(
             [being_written.name, *(p.name for p in events.glob("*.json"))])
     assert [r.fields["id"] for r in ledger.take(tmp_path) if r.fields] == ["0TESTID00001"]
+
+
+def test_retention_leaves_a_temporary_not_locked_yet(tmp_path: Path) -> None:
+    """A writer creates its temporary, then locks it: a pass in between must not take the new
+    file for one a crash left. In CI a held message was answered 451 (internal error) because
+    the relay's retention, run at start, removed the quarantine file being written."""
+    store.write(tmp_path, held("0TESTID00001"), b"Subject: x\r\n\r\nbody\r\n")
+    fresh = tmp_path / f"0TESTID00002.eml.{os.getpid()}{safeio.TEMP_SUFFIX}"
+    fresh.write_bytes(b"being written")                          # created, not locked yet
+    left = tmp_path / f"0TESTID00003.eml.1{safeio.TEMP_SUFFIX}"
+    left.write_bytes(b"half")
+    old = time.time() - retention.STALE_TEMP_AGE - 1
+    os.utime(left, (old, old))                                   # a crash, ten minutes ago
+    retention.sweep(tmp_path, max_age=3600, max_size=0, now=time.time())
+    assert fresh.exists() and not left.exists()
 
 
 def test_the_relay_reports_each_record_once_and_a_record_cannot_forge_the_line(tmp_path: Path,

@@ -333,17 +333,28 @@ def lock_file(path: Path, wait: float = 0.0) -> LockedFile:
         return LockedFile(path, fd)
 
 
-def discard_stale_temps(temp_dir: Path) -> int:
-    """Remove temporary files whose writer is gone (no lock held). Returns how many."""
+def discard_stale_temps(temp_dir: Path, min_age: float = 0.0) -> int:
+    """Remove temporary files whose writer is gone (no lock held). Returns how many.
+
+    `min_age` (seconds): younger ones are left. A writer creates its temporary, then locks it
+    (`begin_write`); a pass that runs while others write (the quarantine's retention) must not
+    take a file in between for a stale one, remove it, and make that write fail (a held message
+    answered 451 as an internal error: seen in CI)."""
     removed = 0
     try:
         names = os.listdir(temp_dir)
     except FileNotFoundError:
         return 0
+    now = time.time()
     for name in names:
         if not name.endswith(TEMP_SUFFIX):
             continue
         path = temp_dir / name
+        try:
+            if min_age and now - path.stat().st_mtime < min_age:
+                continue
+        except FileNotFoundError:
+            continue
         try:
             with lock_file(path):
                 path.unlink()

@@ -106,9 +106,9 @@ def remove(records: list[Record]) -> None:
         safeio.fsync_dir(directory)
 
 
-def discard_stale_temps(root: Path) -> int:
-    """Temporaries whose writer died (a tool killed mid-write)."""
-    return safeio.discard_stale_temps(events_dir(root))
+def discard_stale_temps(root: Path, min_age: float = 0.0) -> int:
+    """Temporaries whose writer died (a tool killed mid-write), `min_age` seconds old or more."""
+    return safeio.discard_stale_temps(events_dir(root), min_age)
 
 
 def waiting(root: Path, kind: str, queue_id: str) -> bool:

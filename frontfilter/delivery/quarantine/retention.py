@@ -25,6 +25,11 @@ from frontfilter.delivery import safeio
 from frontfilter.delivery.quarantine import ledger, store
 
 
+# Seconds before an unlocked temporary counts as left by a dead writer: far longer than any
+# write takes, and one a crash left goes at the first pass after.
+STALE_TEMP_AGE = 600.0
+
+
 @dataclass(frozen=True)
 class Removed:
     id: str
@@ -67,8 +72,10 @@ def sweep(root: Path, max_age: float, max_size: int, now: float) -> Sweep:
     if result.removed:
         safeio.fsync_dir(root)
     if root.is_dir():
-        safeio.discard_stale_temps(root)              # writes a crash cut short: never answered
-        ledger.discard_stale_temps(root)              # the same for the tool's event records
+        # Writes a crash cut short (never answered), and the same for the tool's event records;
+        # not a write going on now, whose temporary is not locked yet (safeio.begin_write).
+        safeio.discard_stale_temps(root, STALE_TEMP_AGE)
+        ledger.discard_stale_temps(root, STALE_TEMP_AGE)
     result.messages = len(kept)
     result.bytes = sum(entry.size for entry in kept)
     result.oldest_age = max(0.0, now - kept[0].mtime) if kept else 0.0
