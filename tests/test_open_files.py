@@ -49,3 +49,18 @@ def test_a_hard_limit_below_the_need_is_a_warning_at_start_and_in_check(tmp_path
     assert checked.returncode == 0, checked.stderr      # a warning, not a refusal
     assert "open files: up to 2174 a worker" in checked.stdout
     assert "limits.max_connections: warning: open files limited to 1000" in checked.stderr
+
+
+def test_check_counts_a_descriptor_per_delivery_from_a_spill_file_in_queue_mode(tmp_path: Path) -> None:
+    """Queue mode: 700 sessions, each a socket and a spill file; the queue's 10 connections,
+    and as many big messages delivered from their spill files (each mapping holds its own
+    descriptor); 64 more: 1,484. Without the spill, neither the files nor the mappings."""
+    def need(**limits: object) -> str:
+        config = write_config(tmp_path, [2525], limits={"max_connections": 700, **limits},
+                              backend={"mode": "queue"})
+        checked = subprocess.run([sys.executable, "-m", "frontfilter", "check", "--config", str(config)],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+        return checked.stdout
+    assert "open files: up to 1484 a worker" in need()
+    assert "open files: up to 774 a worker" in need(data_spill_size=0)

@@ -43,7 +43,7 @@ from pathlib import Path
 from frontfilter.antivirus.result import ScanResult, ScanStatus
 from frontfilter.config import AntivirusConfig, HostPort
 from frontfilter.units import KiB
-from frontfilter.model import MessageBytes, release_pages
+from frontfilter.mapped import MessageBytes, slices_off_the_loop
 
 # Bytes per INSTREAM chunk: big enough to keep system calls few, small enough that clamd
 # (which buffers a chunk at a time) and our memoryview slices stay cheap.
@@ -130,15 +130,9 @@ class ClamdClient:
         try:
             try:
                 await loop.sock_sendall(sock, _COMMAND)
-                view = memoryview(data)
-                for offset in range(0, len(view), CHUNK_BYTES):
-                    # A message read through a mapping (model.MappedText) is sliced in a thread:
-                    # a page read back from disk must not stall the event loop.
-                    chunk = view[offset:offset + CHUNK_BYTES] if isinstance(data, bytes) else \
-                        await asyncio.to_thread(bytes, view[offset:offset + CHUNK_BYTES])
+                async for chunk in slices_off_the_loop(data, CHUNK_BYTES):
                     await loop.sock_sendall(sock, struct.pack(">I", len(chunk)))
                     await loop.sock_sendall(sock, chunk)
-                    release_pages(data)
                 await loop.sock_sendall(sock, _END_OF_STREAM)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # clamd stopped reading (StreamMaxLength) and closed: its answer says why

@@ -121,7 +121,7 @@ import tnefparse
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.members import Listing, Member
 from frontfilter.content.facts import Limit, Uninspectable
-from frontfilter.model import MappedText, MessageBytes, release_pages
+from frontfilter.mapped import MappedText, MessageBytes, as_bytes, release_pages
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -432,7 +432,7 @@ def members(payload: MessageBytes, archive_kind: str, budget: Budget,
             return _zip(payload, budget, deadline)
         if archive_kind == "libarchive":
             return _libarchive(payload, budget, deadline)
-        return _tnef(payload if isinstance(payload, bytes) else bytes(payload), budget, deadline)
+        return _tnef(as_bytes(payload), budget, deadline)
     except MemoryError:
         raise
     except Exception:   # a bug here, or an input nobody foresaw: a fact, never a pass

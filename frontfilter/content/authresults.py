@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes, as_bytes
 
 FIELD = b"authentication-results"
 _COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
@@ -25,7 +25,7 @@ _NAMED = re.compile(rb"(?i)authentication-results")
 def remove_claims(raw: MessageBytes, authserv_id: str) -> MessageBytes:
     """`raw` without the Authentication-Results fields that claim `authserv_id`."""
     end = raw.find(b"\r\n\r\n")
-    header = raw[:end + 2] if end >= 0 else bytes(raw)
+    header = raw[:end + 2] if end >= 0 else as_bytes(raw)
     if not _NAMED.search(header):          # the common case: one search, no copy
         return raw
     ours = authserv_id.lower().encode()

@@ -51,7 +51,7 @@ _PADDING = re.compile(rb"=+")
 _CHUNK_BYTES = 1024 * 1024  # decode in slices: peak memory ~ output, not 3x input
 
 
-Release = Callable[[], None]    # drops the pages of the input read so far (model.MappedText)
+Release = Callable[[], None]    # drops the pages of the input read so far (mapped.MappedText)
 
 
 def base64(data: bytes | memoryview, release: Release | None = None,
@@ -229,7 +229,7 @@ def transfer_decode(data: bytes | memoryview, encoding: str,
                     release: Release | None = None) -> tuple[bytes, bool, bool]:
     """Decode a part body by its Content-Transfer-Encoding. Returns (bytes, junk, unknown).
 
-    `release`: for a part of a big message mapped from its spill file (model.MappedText), the
+    `release`: for a part of a big message mapped from its spill file (mapped.MappedText), the
     function that drops the pages read so far. The decoders then read in slices and call it
     after each, so the part's encoded bytes are never held mapped beside its decoded ones
     (issue 26's bound on a big message's memory); the bytes decoded are the same."""

@@ -42,7 +42,7 @@ from frontfilter.content.members import Listing
 from frontfilter.content.scratch import Scratch
 from frontfilter.content.mime import header_block, lenient_header_block, split_multipart
 from frontfilter.content.facts import Ambiguity, Limit, MessageView, Part, Uninspectable
-from frontfilter.model import MappedText, MessageBytes, release_pages
+from frontfilter.mapped import MappedText, MessageBytes, as_bytes, release_pages
 
 MAX_READINGS_PER_ENTITY = 4   # Content-Type x boundary readings walked; each rescans the body
 MAX_TEXT_BLOCKS_PER_PART = 100  # more than any real mail; each is a part and counts as one
@@ -368,7 +368,7 @@ class _Walk:
         """A big archive moved to a file of its own (content.scratch) before its members are
         read, so that the archive and its members are not in memory together. Only what the
         archive readers alone read: not a payload `open` also reads as text or as mail."""
-        if self.scratch is None or len(payload) <= self.scratch.above \
+        if self.scratch is None \
                 or _read_as_text(part) or part.detected_type in ("message/rfc822", "message/global") \
                 or payload.startswith(b"From ") \
                 or archives.kind(payload, part.detected_type) not in archives.MAPPED_KINDS:
@@ -381,7 +381,7 @@ class _Walk:
         would be read all the same, copied back into memory."""
         part = self.parts[index]
         if _read_as_text(part):
-            self.text_blocks(index, payload if isinstance(payload, bytes) else bytes(payload), depth)
+            self.text_blocks(index, as_bytes(payload), depth)
         self.expand(index, payload, depth)
         self.mailbox(index, payload, depth)
 
@@ -443,10 +443,8 @@ class _Walk:
         read as bytes: a payload `moved` to a file is an archive, never one of them."""
         holder = self.parts[index]
         kind = archives.kind(payload, holder.detected_type)
-        if kind is None:
-            payload = payload if isinstance(payload, bytes) else bytes(payload)
-            if not embedded.kinds(payload, _document_type(holder)):
-                return
+        if kind is None and not embedded.kinds(as_bytes(payload), _document_type(holder)):
+            return
         if holder.archive_depth + 1 > self.limits.max_archive_depth:
             self.exceeded.add(Limit.ARCHIVE_DEPTH)
             self.parts[index] = replace(holder, is_archive=kind is not None,
@@ -457,8 +455,7 @@ class _Walk:
         if kind is not None:
             listing = archives.members(payload, kind, self.budget, self.deadline)
         else:
-            assert isinstance(payload, bytes)      # made so above
-            document = embedded.read(payload, _document_type(holder), self.budget, self.deadline)
+            document = embedded.read(as_bytes(payload), _document_type(holder), self.budget, self.deadline)
             listing = None if document is None else document.listing
             active_pdf = document is not None and document.pdf_active_content
         if listing is None:
@@ -589,7 +586,7 @@ def inspect(raw: MessageBytes, limits: InspectionLimits, deadline: float | None 
     the readers of containers check between members and blocks).
     `types` remembers libmagic's answers across messages (`sniff.TypeCache`).
     `scratch`: where a big archive is moved while its members are read (None: kept in memory).
-    `raw` may be a big message mapped from its spill file (`model.MappedText`)."""
+    `raw` may be a big message mapped from its spill file (`mapped.MappedText`)."""
     walk = _Walk(raw, limits, deadline=deadline, types=types, scratch=scratch)
     try:
         walk.message(_Source(raw), 0, len(raw), "", 0)

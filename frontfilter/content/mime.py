@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 _PADDING_EOL = re.compile(rb"[ \t]*(?:\r\n|\n|$)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from frontfilter.content.headers import split_fields
 from frontfilter.content.names import BIDI_CONTROLS
 from frontfilter.content.facts import MessageView, Part
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 MAX_LINE_OCTETS = 998   # RFC 5322 §2.1.1 hard limit
 FOLD_OCTETS = 78        # RFC 5322 §2.1.1 recommended limit

@@ -2,7 +2,7 @@
 
 A 19 MiB zip decoded from a 25 MiB attachment, and the 19 MiB member read out of it, were both
 in the worker's memory at once (2.7 times the message at the peak: issue 26). Moved to a file,
-the archive is read through a mapping (`model.MappedText`) whose pages the readers drop behind
+the archive is read through a mapping (`mapped.MappedText`) whose pages the readers drop behind
 them, so only the member is held. The file is unnamed where the system allows (O_TMPFILE) and
 goes with the mapping: nothing is left behind by a crash.
 
@@ -13,11 +13,10 @@ changes where bytes wait, never what is read of them.
 from __future__ import annotations
 
 import mmap
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontfilter.model import MappedText
+from frontfilter.mapped import MappedText, unnamed_file
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,8 @@ class Scratch:
         itself when it is small or cannot be moved."""
         if len(payload) <= self.above:
             return payload
-        where = self.directory if self.directory is not None and self.directory.is_dir() else None
         try:
-            with tempfile.TemporaryFile(dir=where, prefix="inspect-") as file:
+            with unnamed_file(self.directory, "inspect-") as file:
                 file.write(payload)
                 file.flush()
                 return MappedText(file.fileno(), len(payload), access=mmap.ACCESS_COPY)

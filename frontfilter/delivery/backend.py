@@ -29,7 +29,7 @@ from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
 from frontfilter.delivery import tls as backend_tls, wire, xforward
 from frontfilter.delivery.xforward import ClientFacts
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 
 class Outcome(enum.Enum):

@@ -30,7 +30,7 @@ from email.utils import format_datetime, localtime
 from datetime import datetime, timezone
 
 from frontfilter.delivery.spool import Envelope, RecipientState
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 # The original header section, returned for the sender to recognise the message; a crafted
 # message with megabytes of headers does not get them mirrored back.

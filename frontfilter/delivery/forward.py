@@ -39,7 +39,7 @@ from frontfilter.delivery import wire, xforward
 from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
                                           _from_response, open_connection)
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
 # here, as a backlog after an outage is exactly when reuse pays.

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontfilter.model import MappedText, release_pages
+from frontfilter.mapped import MappedText, slices
 
 # What is written: bytes, or a view of them, or a message mapped from its spill file.
 Chunk = bytes | memoryview | MappedText
@@ -136,19 +136,18 @@ def write_locked(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
     """`write_atomically`, and the new file stays locked by the caller: the writer's lock is
     held from the temporary's creation on, so no other process can take the file between the
     rename and the caller's first use of it (the spool hands a just-written message to its
-    delivery worker this way, without reopening it)."""
+    delivery worker this way, without reopening it). A group of one (`commit_group`)."""
     pending = begin_write(temp_dir, final, chunks, owner)
     try:
-        os.fsync(pending.fd)
-        pending.replaces = os.path.lexists(final)
-        os.rename(pending.temp, final)
-        pending.renamed = True
-        # Not durable until this returns: on failure the caller refuses the message (4xx) and
-        # the client sends it again, so a copy left under its final name would go out twice.
-        fsync_dir_shared(final.parent)
+        commit_group([pending])
     except BaseException:
-        pending.discard()
+        if pending.error is None:
+            pending.discard()
         raise
+    if pending.error is not None:
+        # Not durable: the caller refuses the message (4xx) and the client sends it again,
+        # so no copy is left under its final name (commit_group removed it).
+        raise pending.error
     return pending.stat, pending.locked()
 
 
@@ -209,14 +208,15 @@ def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
 
 
 def commit_group(group: Sequence[Pending]) -> None:
-    """Make every file of `group` durable under its final name (the second half of
-    `write_locked`, for many at once): each one fsynced then renamed, then one fsync of each
-    final directory for the whole group. A file that fails has `error` set and is discarded;
+    """Make every file of `group` durable under its final name (the second half of a write
+    that `begin_write` began; `write_locked` is a group of one): each one fsynced then renamed,
+    then one fsync of each final directory for the whole group. A file that fails has `error` set and is discarded;
     the others stay open and locked (`Pending.locked`). Nothing is durable before this returns."""
     renamed: list[Pending] = []
     for pending in group:
         try:
             os.fsync(pending.fd)
+            pending.replaces = os.path.lexists(pending.final)
             os.rename(pending.temp, pending.final)
         except OSError as error:
             pending.discard(error)
@@ -225,7 +225,8 @@ def commit_group(group: Sequence[Pending]) -> None:
             renamed.append(pending)
     for directory in dict.fromkeys(pending.final.parent for pending in renamed):
         try:
-            fsync_dir(directory)
+            # Shared with the other threads that write there (large messages, state files).
+            fsync_dir_shared(directory)
         except OSError as error:
             # Not durable: the client is refused (4xx) and sends it again, so no copy may stay.
             for pending in renamed:
@@ -241,14 +242,12 @@ def _write_all(fd: int, chunks: list[Chunk]) -> None:
     """All of `chunks`, in order: one writev (one system call where the kernel takes it all,
     which for a regular file it does), the remainder written on after a short write.
 
-    A chunk that is a big message mapped from its spill file (model.MappedText) is written in
+    A chunk that is a big message mapped from its spill file (mapped.MappedText) is written in
     slices instead, its pages dropped behind each, so the write does not map it all at once."""
     if any(isinstance(chunk, MappedText) for chunk in chunks):
         for chunk in chunks:
-            view = memoryview(chunk)
-            for offset in range(0, len(view), MAPPED_WRITE_SLICE):
-                _write_all(fd, [view[offset:offset + MAPPED_WRITE_SLICE]])
-                release_pages(chunk)
+            for piece in slices(chunk, MAPPED_WRITE_SLICE):
+                _write_all(fd, [piece])
         return
     written = os.writev(fd, chunks) if chunks else 0
     for chunk in chunks:

@@ -49,7 +49,7 @@ from typing import Any
 from frontfilter.config import SpoolConfig
 from frontfilter.delivery import safeio
 from frontfilter.delivery.groupcommit import GroupCommit
-from frontfilter.model import MappedText, MessageBytes, release_pages
+from frontfilter.mapped import MappedText, MessageBytes
 
 MAGIC = b"FRONTFILTER-SPOOL 1\n"
 MSG_SUFFIX, STATE_SUFFIX = ".msg", ".state"     # a message's two files: ID.msg, ID.state
@@ -594,15 +594,21 @@ class Spool:
             return Admission.FULL
         if usage.bytes + usage.reserved_bytes + size > config.max_size:
             return Admission.FULL
-        # The free-space figure comes from the last write, group commit or scan (statvfs stays
-        # off the event loop: on a network filesystem it can block). A large message's write
-        # checks it afresh; a small one's uses the last group's figure (_write_grouped).
-        if self._free is not None and self._free - usage.reserved_bytes - size < config.min_free_space:
+        # The free-space figure comes from the last write, group commit or scan: no statvfs
+        # per MAIL. A large message's write checks it afresh; a small one's uses the last
+        # group's figure (_write_grouped), written on the loop into the page cache, which is
+        # why the spool wants a local disk (docs/spool.md).
+        if self._short_of_space(self._free, usage.reserved_bytes + size):
             return Admission.FULL
         return Admission.OK
 
+    def _short_of_space(self, free: int | None, needed: int) -> bool:
+        """`needed` more bytes would leave less than `spool.min_free_space` free (None: not
+        known yet, so not refused)."""
+        return free is not None and free - needed < self.config.min_free_space
+
     def refresh_free_space(self) -> None:
-        """Blocking (statvfs): called from the worker's scan thread."""
+        """Blocking (statvfs): from the worker's scan thread and after each group commit."""
         self._free = safeio.free_bytes(self.layout.root)
 
     def reserve(self, size: int, force: bool = False) -> Reservation | Admission:
@@ -625,16 +631,14 @@ class Spool:
         started = time.monotonic()
         try:
             if not reservation.force:
-                free = self._free = safeio.free_bytes(self.layout.root)
-                if free - len(head) - len(data) < self.config.min_free_space:
+                self.refresh_free_space()
+                if self._short_of_space(self._free, len(head) + len(data)):
                     raise _Full()
             message = write_message_locked(self.layout, envelope, data, head)
         except _Full:
             return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
         except OSError as error:
             return _not_written(error, started)
-        finally:
-            release_pages(data)      # what the write read of a big message (model.MappedText)
         return Spooled(Admission.OK, time.monotonic() - started, message=message)
 
     def settle(self, reservation: Reservation, spooled: Spooled | None) -> None:
@@ -693,8 +697,7 @@ class Spool:
         per message; a disk that fills up meanwhile still fails the write (ENOSPC: 452)."""
         started = time.monotonic()
         job: asyncio.Future[Spooled] = asyncio.get_running_loop().create_future()
-        if (not reservation.force and self._free is not None
-                and self._free - len(head) - len(data) < self.config.min_free_space):
+        if not reservation.force and self._short_of_space(self._free, len(head) + len(data)):
             job.set_result(Spooled(Admission.FULL, 0.0, "disk nearly full"))
             return job
         try:

@@ -13,7 +13,7 @@ the rewriter writes CRLF — so dot-stuffing is one `bytes.replace`. A message t
 as its type (`model.CrlfText`) is not counted again, and one known to have no dotted line
 (`model.DotFreeText`) is not searched for them; any other is, and one that is somehow not
 CRLF-clean takes aiosmtplib's own path, which normalises it, rather than reach the backend with
-bare line ends. A big message mapped from its spill file (`model.SpilledMessage`) is both.
+bare line ends. A big message mapped from its spill file (`mapped.SpilledMessage`) is both.
 
 A big message is written a slice at a time, each once the transport has sent the one before
 (`_write_in_slices`): written whole, what the socket did not take at once was copied into the
@@ -33,7 +33,8 @@ from aiosmtplib import (SMTPDataError, SMTPRecipientRefused, SMTPResponse, SMTPS
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 
-from frontfilter.model import PLAIN_ADDRESS, CrlfText, DotFreeText, MappedText, MessageBytes, SpilledMessage, release_pages
+from frontfilter.model import PLAIN_ADDRESS, CrlfText, DotFreeText
+from frontfilter.mapped import MappedText, MessageBytes, SpilledMessage, slices_off_the_loop
 
 # A plain address (nearly every one) is what aiosmtplib's `quote_address` leaves unchanged;
 # anything else (quoted local parts, address literals, the odd character) still goes through it.
@@ -106,20 +107,16 @@ async def _write_in_slices(protocol: SMTPProtocol, data: MessageBytes, timeout: 
     sent the one before; False when the connection closed first (the backend may have said
     why: the caller reads its reply). A big message is then never copied whole into the
     transport's buffer (what the socket does not take at once is copied there), and one read
-    through a mapping (model.MappedText) is sliced in a thread, so that a page read back from
-    disk does not stall the event loop, and has its pages dropped behind each slice.
+    through a mapping is sliced in a thread, its pages dropped behind (`slices_off_the_loop`).
 
     aiosmtplib's flow control (`drain`) is private to it, so the transport's public buffer
     size is watched: a wait of 1 ms, doubling to 50 ms, bounded by the client's `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    for offset in range(0, len(data), WRITE_SLICE):
-        piece = data[offset:offset + WRITE_SLICE] if isinstance(data, bytes) else \
-            await asyncio.to_thread(_slice, data, offset)
+    async for piece in slices_off_the_loop(data, WRITE_SLICE):
         if _closing(protocol):
             return False
         protocol.write(piece)
-        release_pages(data)
         pause = 0.001
         while not _closing(protocol) \
                 and cast(asyncio.WriteTransport, protocol.transport).get_write_buffer_size() > WRITE_SLICE:
@@ -128,10 +125,6 @@ async def _write_in_slices(protocol: SMTPProtocol, data: MessageBytes, timeout: 
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
     return not _closing(protocol)
-
-
-def _slice(data: MappedText, offset: int) -> bytes:
-    return data[offset:offset + WRITE_SLICE]
 
 
 def _closing(protocol: SMTPProtocol) -> bool:

@@ -43,7 +43,8 @@ from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.spool import (
     NO_STATE, Admission, DeliveryState, Envelope, Message, Spool, StateStamp, Status, open_message,
     read_state_file, remove_delivered, scan, state_stamp)
-from frontfilter.model import MappedText, MessageBytes, new_queue_id
+from frontfilter.model import new_queue_id
+from frontfilter.mapped import MappedText, MessageBytes
 from frontfilter.policy.relay import own_domains
 from frontfilter.reputation.facts import domain_of
 

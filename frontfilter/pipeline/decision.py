@@ -32,7 +32,7 @@ from frontfilter.pipeline.sealing import Sealer
 from frontfilter.rules.facts import Facts
 from frontfilter.rules.engine import Rules
 from frontfilter.rules.model import Action, Verdict
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from typing import Any
 
 from frontfilter import reply
 from frontfilter.config import Config
-from frontfilter.model import MessageBytes, Peer, Stage
+from frontfilter.model import Peer, Stage
+from frontfilter.mapped import MessageBytes
 from frontfilter.pipeline.decision import Decision
 from frontfilter.pipeline.disposition import Disposition, queued
 from frontfilter.pipeline.stages import Pipeline, RuleBook, SessionState, Transaction

@@ -24,7 +24,7 @@ from pathlib import Path
 from frontfilter import observe
 from frontfilter.config import ArcConfig, ArcSeal, Config, ConfigError, credential_files_not_there_yet
 from frontfilter.content.arcseal import RECOMMENDED_KEY_BITS, KeyProblem, Seal, SealingKey, read_key, seal
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 # The most a key file may hold: a 4096-bit RSA key in PEM is about 3.3 KB. A bigger file is
 # not a key, and is not read whole.

@@ -48,7 +48,8 @@ from frontfilter.delivery.quarantine import store as quarantine_store
 from frontfilter.delivery.spool import Admission, Envelope, Reservation, Spool, Spooled
 from frontfilter.delivery.verify import RecipientVerifier, Verdict as Verified
 from frontfilter.delivery.xforward import ClientFacts
-from frontfilter.model import EnvelopeFacts, MessageBytes, Peer, SessionFacts, Stage, new_queue_id, release_pages
+from frontfilter.model import EnvelopeFacts, Peer, SessionFacts, Stage, new_queue_id
+from frontfilter.mapped import MessageBytes
 from frontfilter.pipeline.decision import Decision, decide
 from frontfilter.pipeline.disposition import Disposition, queued, refusal
 from frontfilter.pipeline.endofdata import Claim, Judged, decide_then_spool
@@ -292,7 +293,6 @@ class Pipeline:
             txn.found = await self.checks.authenticate(raw, state.checks, queue_id=txn.queue_id,
                                                        sender=txn.sender.text, helo=state.helo,
                                                        auth_user=state.auth_user)
-            release_pages(raw)    # what DKIM read of a big message in its spill file (model.MappedText)
         facts = Facts(stage=Stage.DATA, session=state.facts(), envelope=state.envelope(),
                       checks=self._check_facts(state))
         rules: Rules | None = self.rulebook.current
@@ -314,7 +314,6 @@ class Pipeline:
         # Scanned on the loop (it is I/O), before the rules that read it; not when an earlier
         # accept lifted the data rules, since nothing would read the verdict.
         scan = await self._scan(raw, txn.queue_id) if rules is not _NO_RULES else None
-        release_pages(raw)
         if scan is not None:
             log["antivirus"] = scan.log_fields() | (
                 {"on_error": self.on_scan_error.value} if scan.failed else {})

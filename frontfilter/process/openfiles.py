@@ -3,7 +3,7 @@
 Every SMTP session holds a socket, and one more while a big message waits in its spill file; in
 sync mode each also holds one to the backend; the queue
 opens up to `backend.concurrency` backend connections and a few spool files (with the spill, as
-many big messages delivered from their spill files, each mapped: model.SpilledMessage); the listeners,
+many big messages delivered from their spill files, each mapped: mapped.SpilledMessage); the listeners,
 the HTTP endpoint, logs and libraries take a few dozen more. A process over its RLIMIT_NOFILE
 gets EMFILE on accept(): new clients hang in the listen queue with no reply and no log line
 from us. systemd gives services a soft limit of 1024 and a hard one far above it, and asks
@@ -27,7 +27,7 @@ def needed(config: Config) -> int:
     if config.limits.data_spill_size:
         per_session += 1         # the spill file of a message being received (smtp/data.py)
         if config.backend.mode is BackendMode.QUEUE:
-            deliveries *= 2      # and a message being delivered from it (model.SpilledMessage)
+            deliveries *= 2      # and a message being delivered from it (mapped.SpilledMessage)
     return config.limits.max_connections * per_session + deliveries + OVERHEAD
 
 

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError
-from frontfilter.model import MessageBytes, Peer, Stage
+from frontfilter.model import Peer, Stage
+from frontfilter.mapped import MessageBytes
 from frontfilter.reputation import dnsbl
 from frontfilter.reputation.facts import Authenticity, CheckFacts, DkimResult, DmarcResult, DnsCheck, ListingFacts, domain_of, header_of
 from frontfilter.reputation.greylist import BUSY_TIMEOUT, Greylist

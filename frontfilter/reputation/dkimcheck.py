@@ -35,7 +35,7 @@ from frontfilter import observe
 from frontfilter.config import DkimConfig
 from frontfilter.reputation.facts import ArcResult, DkimResult, normalise_domain
 from frontfilter.reputation.resolver import Outcome, Resolver
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes, as_bytes, release_pages
 
 SIGNATURE = b"dkim-signature"
 ARC_FIELDS = (b"arc-seal", b"arc-message-signature")
@@ -178,9 +178,10 @@ def _verify_all(raw: MessageBytes, count: int, arc_keys: frozenset[str] | None, 
         return key.record
 
     try:
-        # dkimpy parses bytes only: a big message kept in its spill file (model.MappedText)
-        # is read into memory here, for as long as the check lasts.
-        signer = dkim.DKIM(raw if isinstance(raw, bytes) else bytes(raw), minkey=min_key_bits)
+        # dkimpy parses bytes only: a big message kept in its spill file is read into memory
+        # here, for as long as the check lasts, and its pages dropped from the mapping.
+        signer = dkim.DKIM(as_bytes(raw), minkey=min_key_bits)
+        release_pages(raw)
     except Exception as error:      # a message dkimpy cannot read: no signature of it verifies
         why = f"{type(error).__name__}: {error}"[:200]
         return Verified(tuple(Signature("", "", DkimResult.PERMERROR, why) for _ in range(count)),

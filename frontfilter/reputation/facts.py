@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from frontfilter.memo import remembered
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 
 class SpfResult(enum.Enum):

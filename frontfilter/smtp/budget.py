@@ -2,7 +2,7 @@
 
 A message is kept whole in memory from its first byte until its verdict is sent (inspection,
 the spool write and forwarding read it there). Past `limits.data_spill_size` it is received
-into its spill file instead and read there through a mapping (smtp/data.py, model.MappedText);
+into its spill file instead and read there through a mapping (smtp/data.py, mapped.MappedText);
 it is charged here all the same from its end on, since what inspection decodes from it is in
 memory (the decoded parts of a message are at most its size). Without a bound, `limits.max_connections`
 sessions each sending `server.max_message_size` could take that product (500 × 25 MiB: about

@@ -18,7 +18,7 @@ no single check holds the event loop for long, whatever the message size):
 A message past `spill_size` goes on into the file `spill()` opens (given by the shell) and leaves
 the budget while it is being received; `result` hands over a `SpilledBody`, which the shell
 charges to the budget again (no room then: `452 4.3.1`) and maps off the event loop: the
-pipeline reads the message in its file (`model.SpilledMessage`), never copied into memory whole (a
+pipeline reads the message in its file (`mapped.SpilledMessage`), never copied into memory whole (a
 message the client dot-stuffed somewhere is read back instead, to be unstuffed). A spill that
 cannot be opened (no space, no directory) keeps the message in memory.
 
@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from frontfilter.model import CrlfText, DotFreeText, SpilledMessage
+from frontfilter.model import CrlfText, DotFreeText
+from frontfilter.mapped import SpilledMessage
 from frontfilter.smtp.budget import DataBudget
 
 CRLF = b"\r\n"
@@ -297,7 +298,7 @@ class SpilledBody:
     def map(self) -> tuple[bytes | SpilledMessage | None, DataProblem | None]:
         """In a worker thread, after `reserve`: the message, as `read` gives it. One the client
         stuffed nowhere (nearly all) is not copied into memory but mapped from the spill file
-        (model.SpilledMessage: inspection, the spool and the forwarder read it there); a
+        (mapped.SpilledMessage: inspection, the spool and the forwarder read it there); a
         stuffed one is read back, to be unstuffed, and so is one that cannot be mapped."""
         fd, self._fd = self._fd, None
         if fd is None:
@@ -311,12 +312,8 @@ class SpilledBody:
         except (OSError, ValueError):      # a file system that cannot map: read it back
             return self.read()
         self.file.close()
-        if mapped is None:
-            return None, DataProblem.NO_ROOM
-        if self.length > self.collector.max_size:
-            mapped.close()
-            return None, DataProblem.TOO_BIG
-        return mapped, None
+        # (Never past the size bound: DATA past it was drained, never made a SpilledBody.)
+        return (mapped, None) if mapped is not None else (None, DataProblem.NO_ROOM)
 
 
 # Fewer lines of one length than this are left to the split: the columns cost a fixed overhead.

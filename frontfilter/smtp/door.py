@@ -18,13 +18,13 @@ import asyncio
 import functools
 import ipaddress
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from frontfilter import observe
 from frontfilter.config import Config, ConfigError, TlsMode, credential_files_not_there_yet
+from frontfilter.mapped import unnamed_file
 from frontfilter.model import IPAddress, Peer
 from frontfilter.smtp.passwd import ScryptHash, UsersFileError, load_users
 from frontfilter.smtp.auth import Authenticator
@@ -52,8 +52,7 @@ class FrontDoor:
     def spill(self) -> IO[bytes]:
         """A file for one message's DATA: unnamed where the system allows (O_TMPFILE), so
         nothing is left behind by a crash; readable by the relay's user only."""
-        where = self.spill_dir if self.spill_dir is not None and self.spill_dir.is_dir() else None
-        return tempfile.TemporaryFile(dir=where, prefix="data-")
+        return unnamed_file(self.spill_dir, "data-")
 
     @classmethod
     def from_config(cls, config: Config, certificate: ServerCertificate | None = None,

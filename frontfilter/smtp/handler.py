@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from frontfilter import observe, reply
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 from frontfilter.pipeline.stages import Pipeline, SessionState
 from frontfilter.reply import Reply
 

@@ -40,7 +40,8 @@ from typing import Any
 
 from frontfilter import observe, reply
 from frontfilter.config import AuthMode, ListenerConfig, ServerConfig, TlsMode
-from frontfilter.model import Peer, SpilledMessage
+from frontfilter.model import Peer
+from frontfilter.mapped import SpilledMessage
 from frontfilter.reply import Reply
 from frontfilter.smtp.auth import MECHANISMS
 from frontfilter.smtp.core import (PAUSE_READING_AT, Answer, Auth, AuthAnswer, BadProxyHeader, CoreLimits, Event,

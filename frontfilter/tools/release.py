@@ -43,7 +43,7 @@ from frontfilter.content import authresults
 from frontfilter.delivery.spool import Envelope, Layout, write_message
 from frontfilter.tools import queuectl
 from frontfilter.delivery.quarantine import ledger, store
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 from frontfilter.reply import Reply
 
 # A rule name as the loader allows it (rules/loader.py _NAME); anything else in a file is "?",

@@ -2,7 +2,7 @@
 fact must be found exactly as for the same bytes in memory (issue 26).
 
 A message past `limits.data_spill_size` reaches the pipeline mapped from its spill file
-(`model.MappedText`), and an archive decoded from it past that size is moved to a file and
+(`mapped.SpilledMessage`), and an archive decoded from it past that size is moved to a file and
 read mapped (`content.scratch`) while its members are read. These are the attachments an
 attacker controls, so the walk over a mapping is compared with the walk over bytes on the whole
 fail-closed corpus (attacks and controls) and on archives of every reader, with every archive
@@ -12,6 +12,7 @@ on generated input, cut at every small slice size.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import mmap
 import quopri
@@ -26,7 +27,7 @@ from frontfilter.content import decode
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.scratch import Scratch
-from frontfilter.model import MappedText
+from frontfilter.mapped import MappedText, slices, slices_off_the_loop
 from tests.content import corpus as c
 from tests.content import fail_closed_corpus as cases
 from tests.content.test_base64_paths import shapes
@@ -101,7 +102,7 @@ def test_a_message_read_from_its_file_gives_every_fact_as_in_memory(name: str, t
     assert list(tmp_path.iterdir()) == []          # the unnamed files leave nothing behind
 
 
-def test_an_archive_is_moved_to_a_file_only_when_big_and_only_when_an_archive(tmp_path: Path) -> None:
+def test_an_archive_is_moved_to_a_file_only_when_big(tmp_path: Path) -> None:
     scratch = Scratch(1000, tmp_path)
     archive = c.zip_of({"a.bin": random.Random(1).randbytes(4000)})
     assert isinstance(scratch.mapped(archive), MappedText)
@@ -186,3 +187,17 @@ def test_a_mapped_message_answers_find_startswith_and_endswith_as_bytes_do(tmp_p
             for end in (None, -3, 0, 5, 22, 40):
                 assert view.startswith(probe, start, end) == data.startswith(probe, start, end), (probe, start, end)
                 assert view.endswith(probe, start, end) == data.endswith(probe, start, end), (probe, start, end)
+
+
+def test_a_mapping_read_in_slices_gives_its_bytes_whole_and_in_order(tmp_path: Path) -> None:
+    """What the spool write, the forwarder and clamd send of a big message (`slices`, and
+    `slices_off_the_loop` on the event loop): every byte, once, in order, bytes or mapped."""
+    data = random.Random(9).randbytes(10_000)
+    for source in (data, mapped(data, tmp_path)):
+        assert b"".join(slices(source, 999)) == data
+        assert [len(piece) for piece in slices(source, 4096)] == [4096, 4096, 1808]
+
+        async def gathered(source: bytes | MappedText = source) -> list[bytes]:
+            return [piece async for piece in slices_off_the_loop(source, 999)]
+        pieces = asyncio.run(gathered())
+        assert b"".join(pieces) == data and all(isinstance(piece, bytes) for piece in pieces)

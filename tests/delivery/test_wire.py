@@ -20,7 +20,8 @@ import pytest
 from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
-from frontfilter.model import CrlfText, DotFreeText, MappedText, SpilledMessage
+from frontfilter.model import CrlfText, DotFreeText
+from frontfilter.mapped import MappedText, SpilledMessage
 from frontfilter.smtp.paths import parse_path
 from tests.harness import RecordingSink, relay_with_sink
 from tests.smtp.test_getaddr import FIXED, generated

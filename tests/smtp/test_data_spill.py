@@ -15,7 +15,7 @@ import pytest
 from frontfilter.smtp.budget import DataBudget
 from frontfilter import reply
 from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
-from frontfilter.model import SpilledMessage
+from frontfilter.mapped import SpilledMessage
 from frontfilter.smtp.data import SpilledBody
 from tests.content import corpus as c
 from tests.harness import (WAIT_TIMEOUT, RawClient, RecordingSink, Relay, SinkBehaviour, eventually, send,

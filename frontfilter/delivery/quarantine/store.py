@@ -43,7 +43,7 @@ from typing import Any
 
 from frontfilter.delivery import safeio
 from frontfilter.delivery.spool import VALID_ID, Envelope
-from frontfilter.model import MessageBytes
+from frontfilter.mapped import MessageBytes
 
 MAGIC = b"FRONTFILTER-QUARANTINE 1\n"
 HELD_SUFFIX = ".held"
