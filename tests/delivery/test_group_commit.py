@@ -148,6 +148,35 @@ def test_a_commit_thread_that_cannot_start_refuses_that_message_and_the_next_one
 
 
 @pytest.mark.parametrize("size", [4000, GROUPED_WRITE_MAX + 1])
+def test_a_session_cancelled_while_its_message_is_written_leaves_it_to_the_worker(tmp_path: Path, size: int) -> None:
+    """The case the callers meet: the task awaiting the write (a session that timed out or was
+    closed) is cancelled; the write, shielded, goes on. The message is settled and handed to
+    the worker, durable and whole (the client may have been told nothing: it sends it again,
+    at least once as ever)."""
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        sent = envelope(size)
+        try:
+            task = asyncio.ensure_future(spool.submit(sent, b"c" * size))
+            await asyncio.sleep(0)                   # the write begun (small: on this loop)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(200):                     # bounded: 10 s
+                if handed:
+                    break
+                await asyncio.sleep(0.05)
+            assert [m.id for m in handed] == [sent.id] and handed[0].body == b"c" * size
+            assert spool.admit() is Admission.OK and os.listdir(spool.layout.tmp) == []
+        finally:
+            for message in handed:
+                message.close()
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [4000, GROUPED_WRITE_MAX + 1])
 def test_a_write_whose_caller_gave_up_leaves_the_message_for_the_worker(tmp_path: Path, size: int) -> None:
     """Its future cancelled while the write goes on: the message is spooled (it may have been
     answered 250 by the time) and not left locked, so the worker's scan can take it."""

@@ -34,6 +34,7 @@ def test_xforward_says_only_what_the_backend_asks_for_in_xtext() -> None:
         "XFORWARD ADDR=IPV6:2001:db8::7 HELO=mail+2Bout+3D1.example SOURCE=REMOTE"]   # as Postfix reads v6
     assert commands(client, []) == []                           # not advertised: nothing sent
     assert xtext("a b\u00e9") == "a+20b+C3+A9"
+    assert xtext("h\udcff\udcfe.x") == "h+FF+FE.x"   # a HELO name that was not UTF-8: its own bytes
     long_helo = ClientFacts("192.0.2.1", 25, "h" * 300)
     lines = commands(long_helo, ["ADDR", "PORT", "NAME", "HELO", "PROTO", "SOURCE"])
     assert all(len(line) <= 500 for line in lines) and "".join(lines).count("HELO=") == 1

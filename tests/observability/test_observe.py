@@ -278,7 +278,8 @@ class FakeConfig:
     network: Any = ipaddress.ip_network("10.0.0.0/8")
     colour: Colour = Colour.BLUE
     tls: FakeTls = FakeTls()
-    extra: dict[str, Any] = field(default_factory=lambda: {"client_secret": "s3cret", "size": 10})
+    extra: dict[str, Any] = field(default_factory=lambda: {
+        "client_secret": "s3cret", "size": 10, "api_key": "k1", "key_data": "k2", "min_key_bits": 2048})
 
 
 def test_secrets_are_masked_and_paths_shown() -> None:
@@ -290,7 +291,9 @@ def test_secrets_are_masked_and_paths_shown() -> None:
     assert tls["users_file"] == "/etc/frontfilter/users"
     assert tls["key"] == tls["password"] == tls["certificate"] == "***"
     assert tls["api_token"] == ""                                   # nothing set, nothing to hide
-    assert shown["extra"] == {"client_secret": "***", "size": 10}
+    # "key" as a name's first or last word is one; in the middle it names a measure of one.
+    assert shown["extra"] == {"client_secret": "***", "size": 10, "api_key": "***", "key_data": "***",
+                              "min_key_bits": 2048}
     assert "hunter2" not in repr(shown) and "s3cret" not in repr(shown)
 
 
