@@ -131,13 +131,14 @@ def write_atomically(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
     return stat
 
 
-def write_locked(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
-                 owner: tuple[int, int] | None = None) -> tuple[os.stat_result, LockedFile]:
+def write_locked(temp_dir: Path, final: Path, chunks: Iterable[Chunk], owner: tuple[int, int] | None = None,
+                 spare: tuple[int, Path] | None = None) -> tuple[os.stat_result, LockedFile]:
     """`write_atomically`, and the new file stays locked by the caller: the writer's lock is
     held from the temporary's creation on, so no other process can take the file between the
     rename and the caller's first use of it (the spool hands a just-written message to its
-    delivery worker this way, without reopening it). A group of one (`commit_group`)."""
-    pending = begin_write(temp_dir, final, chunks, owner)
+    delivery worker this way, without reopening it). A group of one (`commit_group`); `spare`
+    as for `begin_write`."""
+    pending = begin_write(temp_dir, final, chunks, owner, spare)
     try:
         commit_group([pending])
     except BaseException:
@@ -183,11 +184,14 @@ class Pending:
 
 
 def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
-                owner: tuple[int, int] | None = None) -> Pending:
+                owner: tuple[int, int] | None = None, spare: tuple[int, Path] | None = None) -> Pending:
     """Write `chunks` to a new temporary for `final`, locked from its creation on: no fsync,
     nothing blocks but the page cache (the spool does this on the event loop for small
-    messages, measured at tens of µs for 5 KB)."""
-    fd, temp = _create_temp(temp_dir, final.name)
+    messages, measured at tens of µs for 5 KB).
+
+    `spare`: an empty file in `temp_dir`, open and locked already (delivery/spares.py), to
+    write in instead of creating one."""
+    fd, temp = spare or _create_temp(temp_dir, final.name)
     try:
         # Ours alone from birth: recovery leaves it be. Never waited for (this may run on the
         # event loop): held already, it is a recovery scan taking our new file for a stale one

@@ -49,6 +49,7 @@ from typing import Any
 from frontfilter.config import SpoolConfig
 from frontfilter.delivery import safeio
 from frontfilter.delivery.groupcommit import GroupCommit
+from frontfilter.delivery.spares import SpareFiles
 from frontfilter.mapped import MappedText, MessageBytes
 
 MAGIC = b"FRONTFILTER-SPOOL 1\n"
@@ -221,18 +222,22 @@ def write_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: 
 
 
 def write_message_locked(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"",
-                         owner: tuple[int, int] | None = None) -> Message:
+                         owner: tuple[int, int] | None = None, spares: SpareFiles | None = None) -> Message:
     """Write a message durably; it comes back locked and in memory (close it to let go).
 
     `head`, header fields to go on top, is written before `data` (the file holds the whole
-    message) but kept apart in memory, so a big message is never copied to join them."""
-    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head), owner)
+    message) but kept apart in memory, so a big message is never copied to join them.
+    `spares`: written in one of them if there is one (delivery/spares.py)."""
+    stat, lock = safeio.write_locked(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head), owner,
+                                     spares.take() if spares is not None else None)
     return Message.written(layout, envelope, data, lock, stat, head)
 
 
-def begin_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"") -> safeio.Pending:
+def begin_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"",
+                  spares: SpareFiles | None = None) -> safeio.Pending:
     """`write_message_locked`'s first half, the page cache only: a group commit finishes it."""
-    return safeio.begin_write(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head))
+    return safeio.begin_write(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head),
+                              spare=spares.take() if spares is not None else None)
 
 
 def _file_chunks(envelope: Envelope, data: MessageBytes, head: bytes) -> tuple[safeio.Chunk, ...]:
@@ -333,6 +338,21 @@ class Message:
             except FileNotFoundError:
                 pass
 
+    def retire(self, spare: Path) -> None:
+        """`unlink` that keeps the file, renamed to `spare` in tmp/ and still open and locked:
+        `remove_delivered` makes it a spare (delivery/spares.py) once the removal is durable,
+        and takes the descriptor over (`close` no longer closes it)."""
+        os.rename(self.layout.msg(self.id, self.dead), spare)
+        try:
+            os.unlink(self.layout.state(self.id, self.dead))
+        except FileNotFoundError:
+            pass
+
+    def hand_over(self) -> int:
+        """The locked descriptor, no longer this message's to close."""
+        fd, self._lock = self._lock.fd, safeio.LockedFile(self._lock.path, -1)
+        return fd
+
     def move_to_dead_letters(self) -> None:
         if self.dead:
             return
@@ -358,26 +378,47 @@ class Message:
         self.close()
 
 
-def remove_delivered(layout: Layout, messages: list[Message]) -> list[OSError | None]:
+def remove_delivered(layout: Layout, messages: list[Message], spares: SpareFiles | None = None) -> list[OSError | None]:
     """Remove delivered messages together (`Message.remove`'s order for each), release their
     locks, then make the removals durable with one fsync of queue/ for the whole batch: under
     load the delivery worker finishes messages in bunches, and a directory fsync is a journal
     commit. Each message's error, if any, in order. A lock is released only after its
-    message's name is gone: held until then, nobody else can deliver it again."""
+    message's name is gone: held until then, nobody else can deliver it again.
+
+    With `spares`, as many files as it has room for are kept rather than removed: renamed into
+    tmp/, still locked, and made spares once the directory fsync has made the removal durable."""
     errors: list[OSError | None] = []
+    kept: list[tuple[int, Path]] = []
     for message in messages:
+        spare = spares.claim() if spares is not None else None
         try:
-            message.unlink()
+            if spare is not None:
+                message.retire(spare)
+                kept.append((message.hand_over(), spare))
+                spare = None
+            else:
+                message.unlink()
             errors.append(None)
         except OSError as error:
             errors.append(error)
         finally:
+            if spare is not None and spares is not None:
+                spares.unclaim()
             message.close()
+    durable = True
     if any(error is None for error in errors):
         try:
             safeio.fsync_dir(layout.queue)
         except OSError as error:
             errors = [e if e is not None else error for e in errors]
+            durable = False
+    for fd, path in kept:
+        assert spares is not None
+        if durable:
+            spares.keep(fd, path)
+        else:       # a crash could yet bring the message back under its name: not emptied
+            spares.unclaim()
+            os.close(fd)
     return errors
 
 
@@ -550,6 +591,8 @@ class Spool:
         self._commits = GroupCommit(after_group=self.refresh_free_space)
         self._usage = _Usage()
         self._free: int | None = None     # bytes free on the spool's disk, last we looked
+        # Delivered messages' files, kept to write the next ones in (the worker keeps them).
+        self.spares = SpareFiles(self.layout.tmp)
         # Takes each message written here, locked and in memory (the delivery worker).
         self.on_spooled: Callable[[Message], None] | None = None
 
@@ -566,6 +609,7 @@ class Spool:
     def shutdown(self) -> None:
         self._commits.close()
         self._executor.shutdown(wait=True)
+        self.spares.close()
 
     # ---- what is in the spool (kept by the worker's scans and by our own writes) ----
 
@@ -634,7 +678,7 @@ class Spool:
                 self.refresh_free_space()
                 if self._short_of_space(self._free, len(head) + len(data)):
                     raise _Full()
-            message = write_message_locked(self.layout, envelope, data, head)
+            message = write_message_locked(self.layout, envelope, data, head, spares=self.spares)
         except _Full:
             return Spooled(Admission.FULL, time.monotonic() - started, "disk nearly full")
         except OSError as error:
@@ -701,7 +745,7 @@ class Spool:
             job.set_result(Spooled(Admission.FULL, 0.0, "disk nearly full"))
             return job
         try:
-            pending = begin_message(self.layout, envelope, data, head)
+            pending = begin_message(self.layout, envelope, data, head, self.spares)
         except OSError as error:
             job.set_result(_not_written(error, started))
             return job

@@ -420,7 +420,8 @@ class Worker:
                         interrupted = True    # these are delivered: remove them, then stop
                 batch, self._removals = self._removals, []
                 try:
-                    errors = await asyncio.to_thread(remove_delivered, self.spool.layout, [m for m, _ in batch])
+                    errors = await asyncio.to_thread(remove_delivered, self.spool.layout, [m for m, _ in batch],
+                                                   self.spool.spares)
                 except asyncio.CancelledError:
                     # The thread finishes the batch on its own; its outcome is unknown here, so
                     # each message is tried again and found gone (or still there).
