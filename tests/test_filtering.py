@@ -119,6 +119,23 @@ def test_ordinary_mail_passes_unchanged(relay: Relay, sink: RecordingSink, case:
     assert strip_received(received.data) == original
 
 
+@pytest.mark.parametrize("case", sorted(EXECUTABLE_CASES) + sorted(ORDINARY))
+def test_the_same_message_again_gets_the_same_answer_with_its_types_remembered(
+        relay: Relay, sink: RecordingSink, case: str) -> None:
+    """The second time, every part's type is remembered, and a small message of text and
+    pictures is decided on the event loop instead of in an inspection thread (pipeline
+    stages.Pipeline._on_loop): the answer and what the backend gets must not change."""
+    message = (EXECUTABLE_CASES | ORDINARY)[case]()
+    first, again = send(relay.port, message), send(relay.port, message)
+    assert (again.code, again.text.split(" ", 1)[0]) == (first.code, first.text.split(" ", 1)[0])
+    if case in ORDINARY:
+        assert first.code == 250
+        assert [strip_received(m.data) for m in sink.wait_for(2)] == [message, message]
+    else:
+        assert first.code == 554
+        assert sink.wait_for(1, timeout=0.3) == []
+
+
 def test_nesting_past_the_limit_is_refused_without_a_crash(relay: Relay, sink: RecordingSink) -> None:
     answer = send(relay.port, nested(12))
     assert answer.code == 554, answer

@@ -81,7 +81,7 @@ class _Walk:
     seen: set[tuple[int, int, int]] = field(default_factory=set)
     root_fields: list[tuple[str, str]] = field(default_factory=list)
     deadline: float | None = None   # time.monotonic() value; past it the walk stops
-    types: sniff.TypeCache | None = None   # libmagic's earlier answers; None: always ask it
+    types: sniff.TypeCache | sniff.KnownTypes | None = None   # libmagic's earlier answers; None: always ask it
     scratch: Scratch | None = None   # where a big archive waits for its members to be read
 
     def __post_init__(self) -> None:
@@ -578,7 +578,7 @@ def _mbox_messages(payload: MessageBytes) -> list[tuple[int, int]]:
 
 
 def inspect(raw: MessageBytes, limits: InspectionLimits, deadline: float | None = None,
-            types: sniff.TypeCache | None = None, scratch: Scratch | None = None) -> MessageView:
+            types: sniff.TypeCache | sniff.KnownTypes | None = None, scratch: Scratch | None = None) -> MessageView:
     """Facts about `raw` (the message as received: CRLF, dot-unstuffed). Never raises.
 
     `deadline` is a `time.monotonic()` value: past it the walk stops between parts and

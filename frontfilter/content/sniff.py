@@ -101,6 +101,18 @@ class TypeCache:
                     del self._types[next(iter(self._types))]
         return detected
 
+    def recall(self, digest: bytes) -> str | None:
+        """What libmagic answered for this digest before, if remembered; counts nothing."""
+        with self._lock:
+            known = self._types.pop(digest, None)
+            if known is not None:
+                self._types[digest] = known
+        return known
+
+    def count_hits(self, hits: int) -> None:
+        with self._lock:
+            self._hits += hits
+
     def take_counts(self) -> tuple[int, int]:
         """(hits, misses) since the last call."""
         with self._lock:
@@ -186,3 +198,39 @@ def mismatch(declared: str, detected: str) -> bool:
         return False
     family = _family(declared)
     return family is None or family != _family(detected)
+
+
+class NotKnown(BaseException):
+    """A walk on the event loop (`KnownTypes`) met a part it may not read there.
+
+    A BaseException on purpose: the walk turns any Exception a reader raises into a fact about
+    the part (fail closed, content/inspect.py), and this is not a fact about the part: the
+    whole walk is made again, from the start, in an inspection thread."""
+
+
+# Leaves whose reading costs time in proportion to their size only: no archive, no compressed
+# stream, no document format (PDF, OLE2, RTF, TNEF), no attached message. What the walk does
+# with these, at most a message's size of work, may run on the event loop (pipeline/inline.py).
+CHEAP_LEAVES = frozenset({"text/plain", "text/html", "image/png", "image/jpeg", "image/gif"})
+
+
+class KnownTypes:
+    """`TypeCache.detect` for a walk on the event loop: libmagic never runs. A payload whose type
+    is not remembered, or is not one of `CHEAP_LEAVES`, raises NotKnown. Its hits are counted
+    in the cache by `commit`, once the walk is over (a walk given up is made again elsewhere,
+    and counted there)."""
+
+    def __init__(self, cache: TypeCache):
+        self._cache = cache
+        self._hits = 0
+
+    def detect(self, payload: bytes, digest: bytes) -> str:
+        known = self._cache.recall(digest)
+        if known not in CHEAP_LEAVES:
+            raise NotKnown(known or "not known")
+        self._hits += 1
+        return known
+
+    def commit(self) -> None:
+        self._cache.count_hits(self._hits)
+        self._hits = 0

@@ -22,7 +22,7 @@ from frontfilter.content import authresults
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
 from frontfilter.content.scratch import Scratch
-from frontfilter.content.sniff import TypeCache
+from frontfilter.content.sniff import KnownTypes, TypeCache
 from frontfilter.content.rewrite import (DEFAULT_NOTICE, StripOrder, header_fields,
                                          render_notice, strip_parts)
 from frontfilter.content.arcseal import Seal
@@ -59,7 +59,7 @@ ON_ERROR = "[antivirus] on_error"
 def decide(raw: MessageBytes, facts: Facts, rules: Rules, limits: InspectionLimits,
            trace: Sequence[tuple[str, str]] = (), soft_reject: bool = False,
            carried: Verdict | None = None, antivirus: ScanResult | None = None,
-           on_error: OnError = OnError.TEMPFAIL, types: TypeCache | None = None,
+           on_error: OnError = OnError.TEMPFAIL, types: TypeCache | KnownTypes | None = None,
            deadline: float | None = None, authserv_id: str | None = None,
            sealer: Sealer | None = None, scratch: Scratch | None = None) -> Decision:
     """`facts` without the message (the view is added here); `trace` headers go on top;
@@ -68,7 +68,8 @@ def decide(raw: MessageBytes, facts: Facts, rules: Rules, limits: InspectionLimi
     `antivirus` is the scan of `raw` (None: none made). When it failed and `on_error` is
     tempfail, a message the rules would pass is tempfailed instead; a refusal by the rules
     stands (a 5xx is final: the client need not come back for it). `types`: libmagic's
-    answers remembered across messages (`sniff.TypeCache`). `deadline` (a `time.monotonic()`
+    answers remembered across messages (`sniff.TypeCache`; `sniff.KnownTypes` on the event
+    loop, where a part it may not read there raises `sniff.NotKnown`). `deadline` (a `time.monotonic()`
     value) stops the inspection itself: past it the view records `Limit.TIME`; past it too, a
     message is not sealed (`sealer`: [arc], with `authserv_id` the field it seals).
     `scratch`: where inspection moves a big archive while it reads the members."""

@@ -160,8 +160,8 @@ class DryPipeline(Pipeline):
     async def _backend_recipient(self, state: SessionState, recipient: Any) -> Reply | None:
         return None
 
-    async def _judge(self, state: SessionState, txn: Transaction, judge: Any, size: int) -> Any:
-        judged = await super()._judge(state, txn, judge, size)
+    async def _judge(self, state: SessionState, txn: Transaction, judge: Any, size: int, on_loop: Any = None) -> Any:
+        judged = await super()._judge(state, txn, judge, size, on_loop)
         if judged is not None:
             self.decision = judged[0]
         return judged

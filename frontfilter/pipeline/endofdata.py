@@ -61,16 +61,20 @@ class Judged:
 
 
 async def decide_then_spool(decide: Callable[[], Decision], inspect: Executor, claim: Claim, spool: Spool,
-                            reservation: Reservation | Admission, envelope: Envelope) -> Judged:
-    """The decision (in `inspect`), then the spool write of a message to be forwarded (in the
-    spool's threads). `envelope` is completed here (size, arrival time).
+                            reservation: Reservation | Admission, envelope: Envelope,
+                            on_loop: Callable[[], Decision | None] | None = None) -> Judged:
+    """The decision (on the loop by `on_loop` if it can, else in `inspect`), then the spool
+    write of a message to be forwarded (in the spool's threads). `envelope` is completed here
+    (size, arrival time).
 
     Whatever becomes of the task running this, the reservation is settled: by the write's own
     completion once it has started (the thread goes on if this task is cancelled), at once
     when there is nothing to write."""
     writing = False
     try:
-        decision = await asyncio.get_running_loop().run_in_executor(inspect, decide)
+        decision = on_loop() if on_loop is not None else None
+        if decision is None:
+            decision = await asyncio.get_running_loop().run_in_executor(inspect, decide)
         if (not Disposition.of_action(decision.verdict.action).forwarded or not isinstance(reservation, Reservation)
                 or not claim.write()):
             return Judged(decision)

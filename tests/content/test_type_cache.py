@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from frontfilter.content import sniff
 from frontfilter.content.inspect import inspect
 from frontfilter.content.limits import InspectionLimits
@@ -80,3 +82,48 @@ def test_a_negative_type_cache_is_a_config_error_naming_file_and_key(tmp_path: P
     assert done.returncode != 0
     assert f"{config}: inspection.type_cache: must not be negative" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_walk_on_the_event_loop_sees_what_a_walk_in_a_thread_sees() -> None:
+    """`sniff.KnownTypes` (pipeline: a small message decided on the event loop) either gives
+    up (NotKnown, and the thread walks it) or finds every fact the walk with libmagic finds:
+    checked on the whole fail-closed corpus, attacks and controls, with every type known."""
+    from tests.content import fail_closed_corpus as cases
+    cache = sniff.TypeCache(100_000)
+    messages = list(MESSAGES)
+    for build in cases.CASES.values():
+        case = build()
+        messages += [case.attack, case.control]
+    on_loop = 0
+    for raw in messages:
+        expected = inspect(raw, LIMITS, types=cache)     # every type now known
+        known = sniff.KnownTypes(cache)
+        try:
+            view = inspect(raw, LIMITS, types=known)
+        except sniff.NotKnown:
+            continue
+        assert view == expected
+        assert {part.detected_type for part in view.parts if part.sha256} <= sniff.CHEAP_LEAVES
+        on_loop += 1
+    assert 0 < on_loop < len(messages)
+
+
+def test_the_walk_on_the_loop_gives_up_on_what_only_a_thread_may_read() -> None:
+    """A type not remembered (libmagic would have to run) and, remembered or not, anything but
+    a cheap leaf: a program, an archive, a document."""
+    cache = sniff.TypeCache(1000)
+    plain, disguised, zipped, docx = MESSAGES[0], MESSAGES[1], MESSAGES[2], MESSAGES[3]
+    with pytest.raises(sniff.NotKnown):
+        inspect(plain, LIMITS, types=sniff.KnownTypes(cache))        # never seen: libmagic's job
+    for raw in (plain, disguised, zipped, docx):
+        inspect(raw, LIMITS, types=cache)
+    cache.take_counts()
+    known = sniff.KnownTypes(cache)
+    assert inspect(plain, LIMITS, types=known) == inspect(plain, LIMITS)
+    for raw in (disguised, zipped, docx):
+        with pytest.raises(sniff.NotKnown):
+            inspect(raw, LIMITS, types=sniff.KnownTypes(cache))
+    # Hits are counted once the walk is over, not for a walk given up and made again.
+    assert cache.take_counts() == (0, 0)
+    known.commit()
+    assert cache.take_counts() == (1, 0)
