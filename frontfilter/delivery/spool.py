@@ -40,7 +40,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -595,6 +595,8 @@ class Spool:
         self.spares = SpareFiles(self.layout.tmp)
         # Takes each message written here, locked and in memory (the delivery worker).
         self.on_spooled: Callable[[Message], None] | None = None
+        # Waited for at MAIL, before a new message is taken on (the worker's Worker.in_flow).
+        self.in_flow: Callable[[], Awaitable[None]] | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

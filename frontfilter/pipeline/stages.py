@@ -212,6 +212,8 @@ class Pipeline:
                 answer = reply.SPOOL_FULL if room is Admission.FULL else reply.INTERNAL_ERROR
                 self._refused(state, Stage.MAIL, answer, f"spool {room.value}", "spool")
                 return answer
+        if self.spool is not None and self.spool.in_flow is not None:
+            await self.spool.in_flow()      # the backends behind: wait a little (Worker.in_flow)
         await self.reset(state)
         state.txn = Transaction(queue_id=new_queue_id(), sender=parsed, options=list(options),
                                 carried=state.carried)
