@@ -229,6 +229,10 @@ class Worker:
         observe.spool_state(len(self._entries), self._oldest_age)
         if self._stopping:
             message.close()
+        elif isinstance(message.body, MappedText) and len(self._active) < self.concurrency:
+            # A big message in its spill file is attempted from it at once when it can be:
+            # in line it would go back to disk, and be read back whole for its attempt.
+            self._active[entry.id] = asyncio.create_task(self._attempt(entry, message))
         elif len(self._ready) < READY_MAX and not isinstance(message.body, MappedText):
             # In line even when a slot is free, and the dispatcher woken a moment later: this
             # runs as the write's future completes, before the session that waits for it has
