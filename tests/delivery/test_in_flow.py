@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,25 @@ def message(n: int) -> bytes:
     return f"From: alice@example.net\r\nTo: bob@example.org\r\nSubject: in flow {n}\r\n\r\nbody {n}\r\n".encode()
 
 
-def fill_the_line(relay: Relay) -> None:
-    """One message held by the backend, IN_FLOW_LINE more in line behind it."""
-    for n in range(1 + IN_FLOW_LINE):
-        assert send(relay.port, message(n)).code == 250
+@contextmanager
+def line_filled(tmp_path: Path, in_flow_delay: str) -> Iterator[tuple[Relay, HeldSink]]:
+    """A relay in queue mode in front of a HeldSink, with one message held by the backend and
+    IN_FLOW_LINE more in line behind it."""
+    with HeldSink() as sink:
+        config = write_config(tmp_path, [sink.port], backend={"mode": "queue", "concurrency": 1,
+                                                              "in_flow_delay": in_flow_delay})
+        with Relay(config) as relay:
+            for n in range(1 + IN_FLOW_LINE):
+                assert send(relay.port, message(n)).code == 250
+            yield relay, sink
+
+
+@contextmanager
+def greeted(relay: Relay) -> Iterator[RawClient]:
+    with RawClient(relay.port) as client:
+        assert client.read_reply().startswith("220 ")
+        assert client.command("EHLO client.test").startswith("250")
+        yield client
 
 
 def mail_answer_within(client: RawClient, seconds: float) -> str | None:
@@ -55,45 +72,29 @@ def mail_answer_within(client: RawClient, seconds: float) -> str | None:
 
 
 def test_new_mail_waits_at_mail_while_the_line_is_long_and_goes_on_when_it_moves(tmp_path: Path) -> None:
-    with HeldSink() as sink:
-        config = write_config(tmp_path, [sink.port], backend={"mode": "queue", "concurrency": 1,
-                                                              "in_flow_delay": "10m"})
-        with Relay(config) as relay:
-            fill_the_line(relay)
-            with RawClient(relay.port) as client:
-                assert client.read_reply().startswith("220 ")
-                assert client.command("EHLO client.test").startswith("250")
-                assert mail_answer_within(client, 1.0) is None        # waiting for the line
-                sink.release.set()                                    # the backend takes one
-                assert client.read_reply().startswith("250 ")
-                assert client.command("RCPT TO:<bob@example.org>").startswith("250")
-                assert client.command("DATA").startswith("354")
-                assert client.command(message(99) + b".").startswith("250 ")
-            delivered = sink.wait_for(2 + IN_FLOW_LINE)
-            assert sorted(m.data.split(b"Subject: in flow ")[1].split(b"\r\n")[0] for m in delivered) == \
-                sorted(str(n).encode() for n in [*range(1 + IN_FLOW_LINE), 99])
+    with line_filled(tmp_path, "10m") as (relay, sink):
+        with greeted(relay) as client:
+            assert mail_answer_within(client, 1.0) is None        # waiting for the line
+            sink.release.set()                                    # the backend takes one
+            assert client.read_reply().startswith("250 ")
+            assert client.command("RCPT TO:<bob@example.org>").startswith("250")
+            assert client.command("DATA").startswith("354")
+            assert client.command(message(99) + b".").startswith("250 ")
+        delivered = sink.wait_for(2 + IN_FLOW_LINE)
+        assert sorted(m.data.split(b"Subject: in flow ")[1].split(b"\r\n")[0] for m in delivered) == \
+            sorted(str(n).encode() for n in [*range(1 + IN_FLOW_LINE), 99])
 
 
 def test_past_in_flow_delay_new_mail_is_taken_with_the_line_still_long(tmp_path: Path) -> None:
-    with HeldSink() as sink:
-        config = write_config(tmp_path, [sink.port], backend={"mode": "queue", "concurrency": 1,
-                                                              "in_flow_delay": "200ms"})
-        with Relay(config) as relay:
-            fill_the_line(relay)
-            assert send(relay.port, message(99)).code == 250       # later, but taken
-            sink.release.set()
-            assert len(sink.wait_for(2 + IN_FLOW_LINE)) == 2 + IN_FLOW_LINE
+    with line_filled(tmp_path, "200ms") as (relay, sink):
+        assert send(relay.port, message(99)).code == 250       # later, but taken
+        sink.release.set()
+        assert len(sink.wait_for(2 + IN_FLOW_LINE)) == 2 + IN_FLOW_LINE
 
 
 def test_with_in_flow_delay_zero_nobody_waits(tmp_path: Path) -> None:
-    with HeldSink() as sink:
-        config = write_config(tmp_path, [sink.port], backend={"mode": "queue", "concurrency": 1,
-                                                              "in_flow_delay": "0s"})
-        with Relay(config) as relay:
-            fill_the_line(relay)
-            with RawClient(relay.port) as client:
-                assert client.read_reply().startswith("220 ")
-                assert client.command("EHLO client.test").startswith("250")
-                assert (mail_answer_within(client, 10.0) or "").startswith("250 ")
-            sink.release.set()
-            assert len(sink.wait_for(1 + IN_FLOW_LINE)) == 1 + IN_FLOW_LINE
+    with line_filled(tmp_path, "0s") as (relay, sink):
+        with greeted(relay) as client:
+            assert (mail_answer_within(client, 10.0) or "").startswith("250 ")
+        sink.release.set()
+        assert len(sink.wait_for(1 + IN_FLOW_LINE)) == 1 + IN_FLOW_LINE
