@@ -210,7 +210,8 @@ class NotKnown(BaseException):
 
 # Leaves whose reading costs time in proportion to their size only: no archive, no compressed
 # stream, no document format (PDF, OLE2, RTF, TNEF), no attached message. What the walk does
-# with these, at most a message's size of work, may run on the event loop (pipeline/inline.py).
+# with these, at most a message's size of work, may run on the event loop (pipeline/stages.py,
+# Pipeline._on_loop).
 CHEAP_LEAVES = frozenset({"text/plain", "text/html", "image/png", "image/jpeg", "image/gif"})
 
 

@@ -19,7 +19,8 @@ How it stays safe:
   written or when it is durable.
 - A delivered message becomes a spare only after its removal from `queue/` is durable (the
   removal's directory fsync); it is emptied, then let go, only then. No crash can leave an
-  emptied file under a message's name, nor a message under a spare's.
+  emptied file under a message's name; one between the rename and the emptying leaves the
+  delivered message's bytes in `tmp/`, which recovery removes as any temporary.
 
 Bounded: at most `limit` spares a process; no descriptor is held for them. Thread-safe: made
 in the delivery worker's removal thread, taken on the event loop or in a spool thread.
