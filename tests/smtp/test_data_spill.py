@@ -252,3 +252,30 @@ def test_a_spilled_message_is_judged_and_forwarded_from_its_file(tmp_path: Path,
     noise_part = c.attachment(random.Random(26).randbytes(2 * 1024 * 1024), "application/octet-stream", "noise.bin")
     assert noise_part.get_payload().encode().replace(b"\n", b"\r\n") in second.data
     assert list((tmp_path / "spool").glob("inspect-*")) == []   # unnamed: nothing left behind
+
+
+def peak_resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_a_big_message_is_delivered_from_its_spill_file_without_a_copy_in_memory(tmp_path: Path) -> None:
+    """Queue mode (issue 26): a message past the spill size is inspected, spooled and sent to
+    the backend from its spill file, never read back whole. A worker grew 2.1 times the
+    message's size when the delivery read it back from the spool; in its file, about once."""
+    big = c.message(c.attachment(random.Random(28).randbytes(15 * 1024 * 1024), "application/octet-stream",
+                                 "noise.bin"))
+    with RecordingSink() as sink:
+        config = write_config(tmp_path, [sink.port], server={"max_message_size": "32MiB"},
+                              backend={"mode": "queue"})
+        with Relay(config) as relay:
+            assert relay.proc is not None
+            assert send(relay.port, b"Subject: warm\r\n\r\nhello\r\n").code == 250   # pools, caches, arenas
+            sink.wait_for(1)
+            before = peak_resident_mib(relay.proc.pid)
+            assert send(relay.port, big).code == 250
+            assert len(sink.wait_for(2)) == 2
+            growth = peak_resident_mib(relay.proc.pid) - before
+    assert growth < 1.5 * len(big) / (1024 * 1024), f"grew {growth:.1f} MiB for a {len(big) >> 20} MiB message"
