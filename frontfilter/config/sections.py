@@ -198,9 +198,9 @@ class BackendConfig:
     # A backend that refused a connection or failed its greeting is skipped this long, so mail
     # goes straight to the next one instead of waiting on a dead host (Postfix's dead-host cache).
     skip_failed_for: float = conv(parse_duration, default=30 * SECONDS)
-    # Queue mode: while more new mail waits for its first delivery than the backends take at
-    # once twice over, a new message waits at MAIL for that line to shorten, this long at most,
-    # then goes on (Postfix's in_flow_delay, 1s). 0: never wait (delivery/worker.py Worker.in_flow).
+    # Queue mode: while eight times `concurrency` messages wait for their first delivery, a new
+    # message waits at MAIL for that line to shorten, this long at most, then goes on (Postfix's
+    # in_flow_delay, 1s). 0: never wait (delivery/worker.py Worker.in_flow).
     in_flow_delay: float = conv(parse_duration, default=1 * SECONDS)
     # Queue mode: ask the backend about each recipient at RCPT (Postfix reject_unverified_recipient)
     # so unknown users are refused while the client is connected, not bounced later.

@@ -392,18 +392,17 @@ def remove_delivered(layout: Layout, messages: list[Message], spares: SpareFiles
     for message in messages:
         spare = spares.claim() if spares is not None else None
         try:
-            if spare is not None:
+            if spare is None:
+                message.unlink()
+            else:
                 message.retire(spare)
                 kept.append((message.hand_over(), spare))
-                spare = None
-            else:
-                message.unlink()
             errors.append(None)
         except OSError as error:
             errors.append(error)
-        finally:
-            if spare is not None and spares is not None:
+            if spares is not None and spare is not None:
                 spares.unclaim()
+        finally:
             message.close()
     durable = True
     if any(error is None for error in errors):

@@ -193,9 +193,9 @@ class Worker:
         return len(self._ready) >= IN_FLOW_LINE * self.concurrency and not self._stopping
 
     async def in_flow(self) -> None:
-        """At MAIL, in the session: while more new mail waits for its first attempt than the
-        backends take at once twice over, wait for that line to shorten, `backend.in_flow_delay`
-        at most, then go on (never a refusal: a backend slower than the clients delays them).
+        """At MAIL, in the session: while IN_FLOW_LINE times `backend.concurrency` messages
+        wait for their first attempt, wait for that line to shorten, `backend.in_flow_delay` at
+        most, then go on (never a refusal: a backend slower than the clients delays them).
 
         Postfix's in_flow_delay. Taking mail faster than the backends take it only grows the
         spool: past READY_MAX messages go to disk and are read back for their attempt, and the
@@ -227,13 +227,14 @@ class Worker:
         entry = _Entry(envelope.id, envelope.arrived, envelope.arrived, message.size, NO_STATE, time.monotonic())
         self._entries[entry.id] = entry
         observe.spool_state(len(self._entries), self._oldest_age)
+        mapped = isinstance(message.body, MappedText)
         if self._stopping:
             message.close()
-        elif isinstance(message.body, MappedText) and len(self._active) < self.concurrency:
+        elif mapped and len(self._active) < self.concurrency:
             # A big message in its spill file is attempted from it at once when it can be:
             # in line it would go back to disk, and be read back whole for its attempt.
             self._active[entry.id] = asyncio.create_task(self._attempt(entry, message))
-        elif len(self._ready) < READY_MAX and not isinstance(message.body, MappedText):
+        elif not mapped and len(self._ready) < READY_MAX:
             # In line even when a slot is free, and the dispatcher woken a moment later: this
             # runs as the write's future completes, before the session that waits for it has
             # answered its client; an attempt started here went first and put its round trip

@@ -1,4 +1,4 @@
-"""Queue mode's end of DATA: decide in an inspection thread, then spool what is to be forwarded.
+"""Queue mode's end of DATA: decide, then spool what is to be forwarded.
 
 The verdict is reached in one of the pipeline's two inspection threads (CPU: they share the
 GIL with the event loop), or on the loop itself for a small message of known text and pictures
