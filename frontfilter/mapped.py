@@ -115,14 +115,17 @@ def slices(data: MessageBytes | memoryview, size: int) -> Iterator[memoryview]:
         release_pages(data)
 
 
-async def slices_off_the_loop(data: MessageBytes, size: int) -> AsyncIterator[bytes]:
-    """`slices` for a reader on the event loop (the forwarder, clamd): each slice as bytes, a
-    mapping's copied out in a thread, since a page the page cache let go of is read back from
-    disk there, and that must not stall the loop."""
+async def slices_off_the_loop(data: MessageBytes, size: int) -> AsyncIterator[bytes | memoryview]:
+    """`slices` for a reader on the event loop (the forwarder, clamd). A mapping's slices are
+    copied out in a thread, since a page the page cache let go of is read back from disk
+    there, and that must not stall the loop; bytes in memory are given as views, uncopied."""
+    if not isinstance(data, MappedText):
+        for view in slices(data, size):
+            yield view
+        return
     import asyncio       # here: content and rules import this module and stay free of asyncio
     pieces = slices(data, size)
-    mapped = isinstance(data, MappedText)
-    while (piece := await asyncio.to_thread(_next_copied, pieces) if mapped else _next_copied(pieces)) is not None:
+    while (piece := await asyncio.to_thread(_next_copied, pieces)) is not None:
         yield piece
 
 

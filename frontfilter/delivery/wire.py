@@ -114,21 +114,18 @@ async def _write_in_slices(protocol: SMTPProtocol, data: MessageBytes, timeout: 
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     async for piece in slices_off_the_loop(data, WRITE_SLICE):
-        if _closing(protocol):
+        if not protocol.is_connected:
             return False
-        protocol.write(piece)
+        # The transport itself (what protocol.write does, once open): it takes a view.
+        cast(asyncio.WriteTransport, protocol.transport).write(piece)
         pause = 0.001
-        while not _closing(protocol) \
+        while protocol.is_connected \
                 and cast(asyncio.WriteTransport, protocol.transport).get_write_buffer_size() > WRITE_SLICE:
             if deadline is not None and loop.time() > deadline:
                 raise SMTPTimeoutError("Timed out writing the message")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
-    return not _closing(protocol)
-
-
-def _closing(protocol: SMTPProtocol) -> bool:
-    return protocol.transport is None or protocol.transport.is_closing()
+    return protocol.is_connected
 
 
 async def send_data(smtp: aiosmtplib.SMTP, message: MessageBytes, head: bytes = b"") -> SMTPResponse:
@@ -170,8 +167,11 @@ async def send_data(smtp: aiosmtplib.SMTP, message: MessageBytes, head: bytes = 
         smtp.close()    # as smtp.data() does: a half-read reply must not pair with the next command
         raise
     finally:
-        if reply is not None and not reply.done():
-            reply.cancel()
+        if reply is not None:
+            if not reply.done():
+                reply.cancel()
+            elif not reply.cancelled():
+                reply.exception()       # seen: its failure, if any, is the one raised above
     if response.code != 250:
         raise SMTPDataError(response.code, response.message)
     return response
