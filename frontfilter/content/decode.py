@@ -198,19 +198,31 @@ def quoted_printable(data: bytes | memoryview, release: Release | None = None,
     out = io.BytesIO()
     start = 0
     while start < len(view):
-        end = min(start + chunk, len(view))
+        end = _line_end_within(view, start, chunk)
         piece = bytes(view[start:end])
-        if end < len(view):
-            cut = piece.rfind(b"\n") + 1
-            while not cut and end < len(view):    # one line longer than a slice: read on
-                end = min(end + chunk, len(view))
-                piece = bytes(view[start:end])
-                cut = piece.rfind(b"\n") + 1
-            piece = piece[:cut] if cut and end < len(view) else piece
         release()
         out.write(binascii.a2b_qp(piece))
-        start += len(piece)
+        start = end
     return out.getvalue()
+
+
+def _line_end_within(view: memoryview, start: int, chunk: int) -> int:
+    """Where the slice from `start` ends: after the last line end of the next `chunk` bytes;
+    for a line longer than that, after its own end (searched a chunk at a time, each byte
+    looked at once), or the end of `view`."""
+    end = min(start + chunk, len(view))
+    if end == len(view):
+        return end
+    last = bytes(view[start:end]).rfind(b"\n")
+    if last >= 0:
+        return start + last + 1
+    while end < len(view):                  # one line longer than a slice: read on
+        following = min(end + chunk, len(view))
+        first = bytes(view[end:following]).find(b"\n")
+        if first >= 0:
+            return end + first + 1
+        end = following
+    return end
 
 
 def _copied(data: bytes | memoryview, release: Release | None, chunk: int = _CHUNK_BYTES) -> bytes:
