@@ -85,9 +85,8 @@ class TypeCache:
         if self._entries <= 0:
             return detect(payload)
         with self._lock:
-            known = self._types.pop(digest, None)
+            known = self._touch(digest)
             if known is not None:
-                self._types[digest] = known         # now the most recently used
                 self._hits += 1
             else:
                 self._misses += 1
@@ -104,9 +103,13 @@ class TypeCache:
     def recall(self, digest: bytes) -> str | None:
         """What libmagic answered for this digest before, if remembered; counts nothing."""
         with self._lock:
-            known = self._types.pop(digest, None)
-            if known is not None:
-                self._types[digest] = known
+            return self._touch(digest)
+
+    def _touch(self, digest: bytes) -> str | None:
+        """Under the lock: the remembered type, made the most recently used."""
+        known = self._types.pop(digest, None)
+        if known is not None:
+            self._types[digest] = known
         return known
 
     def count_hits(self, hits: int) -> None:
