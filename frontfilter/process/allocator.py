@@ -16,8 +16,6 @@ it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import platform
 
 M_MMAP_THRESHOLD = -3            # glibc's malloc.h
 MMAP_THRESHOLD = 1024 * 1024     # bytes: a block this big or bigger is a mapping of its own
@@ -25,10 +23,13 @@ MMAP_THRESHOLD = 1024 * 1024     # bytes: a block this big or bigger is a mappin
 
 def give_big_blocks_back() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD; False where there is no glibc to tell."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library this process runs on, already loaded: no search for it. (find_library
+        # runs `ldconfig -p`, and platform.libc_ver reads the Python binary: both block the
+        # event loop this is called from, Service.start.)
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):      # glibc's own: another C library
+            return False
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):
         return False
