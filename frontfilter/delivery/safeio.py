@@ -191,12 +191,8 @@ def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
 
     `spare`: an empty file in `temp_dir`, open and locked already (delivery/spares.py), to
     write in instead of creating one."""
-    fd, temp = spare or _create_temp(temp_dir, final.name)
+    fd, temp = spare or _create_locked_temp(temp_dir, final.name)
     try:
-        # Ours alone from birth: recovery leaves it be. Never waited for (this may run on the
-        # event loop): held already, it is a recovery scan taking our new file for a stale one
-        # and about to remove it, so this write fails (BlockingIOError) and the client retries.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
         _write_all(fd, list(chunks))
@@ -262,6 +258,31 @@ def _write_all(fd: int, chunks: list[Chunk]) -> None:
         written = 0
         while view:
             view = view[os.write(fd, view):]
+
+
+def _create_locked_temp(temp_dir: Path, name: str) -> tuple[int, Path]:
+    """`_create_temp`, locked: ours alone from then on, so recovery leaves it be.
+
+    Between the creation and the lock, a recovery scan of another worker starting (it removes
+    the temporaries nobody holds) may take the new file for a stale one: it then holds the lock,
+    or has removed the name already. Such a file is let go and another one made, once; the
+    lock is never waited for (this may run on the event loop). A second loss (BlockingIOError)
+    fails the write, and the client is answered 4xx and sends again."""
+    for attempt in range(2):
+        fd, temp = _create_temp(temp_dir, name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink:
+                return fd, temp
+        except BlockingIOError:
+            if attempt:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)        # the scan removes it (or has): not ours to unlink
+    raise BlockingIOError(errno.EAGAIN, "a new spool file was taken for a stale one twice", str(temp))
 
 
 def _create_temp(temp_dir: Path, name: str) -> tuple[int, Path]:

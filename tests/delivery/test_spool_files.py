@@ -162,3 +162,27 @@ def test_a_backend_answer_that_is_not_utf8_is_saved_in_the_state_and_read_back(l
     with open_message(layout, QUEUE_ID) as message:
         assert message.state is not None and message.state.recipients[1].detail == latin1
         assert message.state.pending() == [1] and message.state.attempts == 1
+
+
+def test_a_new_file_taken_for_a_stale_one_before_it_is_locked_is_made_again(
+        layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker starting beside this one removes the temporaries nobody holds; one created
+    here a moment before its lock is one of them. The write makes another file and succeeds,
+    where it used to write into the removed one and fail at the rename (a 4xx to the client).
+    The race is made here by removing the first file as soon as it is created."""
+    create = safeio._create_temp
+    made: list[Path] = []
+
+    def create_then_lose_the_first(temp_dir: Path, name: str) -> tuple[int, Path]:
+        fd, temp = create(temp_dir, name)
+        if not made:
+            temp.unlink()             # what recovery's discard_stale_temps does to it
+        made.append(temp)
+        return fd, temp
+
+    monkeypatch.setattr(safeio, "_create_temp", create_then_lose_the_first)
+    data = b"Subject: hi\r\n\r\nbody\r\n"
+    write_message(layout, envelope(size=len(data)), data)
+    assert len(made) == 2
+    assert parse_message(layout.msg(QUEUE_ID).read_bytes()) == (envelope(size=len(data)), data)
+    assert list(layout.tmp.iterdir()) == []
