@@ -43,6 +43,10 @@ class StoreAndForward:
             raise StartError(f"cannot use the spool {self.spool.layout.root} (spool.dir): "
                              f"{error.strerror or error}") from None
         observe.spool_recovered(recovery.messages, recovery.temps_discarded, recovery.orphan_states)
+        try:
+            self.spool.start_committing()
+        except OSError as error:
+            raise StartError(f"{error.strerror or error} (spool.dir {self.spool.layout.root})") from None
         await self.worker.start()
 
     async def stop(self, deadline: float) -> None:

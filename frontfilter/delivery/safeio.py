@@ -163,6 +163,7 @@ class Pending:
     stat: os.stat_result
     renamed: bool = False             # under its final name (not yet durable before commit ends)
     replaces: bool = False            # the rename replaced a file of that name (a state file)
+    new_name: bool = False            # the final name is new (a queue id): no need to look first
     error: OSError | None = None      # set by commit_group: the file is gone, its lock let go
 
     def locked(self) -> LockedFile:
@@ -216,7 +217,7 @@ def commit_group(group: Sequence[Pending]) -> None:
     for pending in group:
         try:
             os.fsync(pending.fd)
-            pending.replaces = os.path.lexists(pending.final)
+            pending.replaces = not pending.new_name and os.path.lexists(pending.final)
             os.rename(pending.temp, pending.final)
         except OSError as error:
             pending.discard(error)

@@ -48,7 +48,7 @@ from typing import Any
 
 from frontfilter.config import SpoolConfig
 from frontfilter.delivery import safeio
-from frontfilter.delivery.groupcommit import GroupCommit
+from frontfilter.delivery.committer import CommitProcess
 from frontfilter.delivery.spares import SpareFiles
 from frontfilter.mapped import MappedText, MessageBytes
 
@@ -61,7 +61,7 @@ MAX_ENVELOPE_BYTES = 1024 * 1024
 # so a few threads raise throughput; more only queue in the kernel.
 SPOOL_IO_THREADS = 4
 # Messages up to this size are written on the event loop (the page cache: tens of µs for 5 KB)
-# and made durable by the group commit (delivery/groupcommit.py); larger ones in a spool thread,
+# and made durable by the group commit (delivery/committer.py); larger ones in a spool thread,
 # so that one big write never holds up the small messages committed with it.
 GROUPED_WRITE_MAX = 256 * 1024
 # Queue ids are model.new_queue_id(): digits and upper-case consonants. Anything else given to
@@ -236,8 +236,10 @@ def write_message_locked(layout: Layout, envelope: Envelope, data: MessageBytes,
 def begin_message(layout: Layout, envelope: Envelope, data: MessageBytes, head: bytes = b"",
                   spares: SpareFiles | None = None) -> safeio.Pending:
     """`write_message_locked`'s first half, the page cache only: a group commit finishes it."""
-    return safeio.begin_write(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head),
-                              spare=spares.take() if spares is not None else None)
+    pending = safeio.begin_write(layout.tmp, layout.msg(envelope.id), _file_chunks(envelope, data, head),
+                                 spare=spares.take() if spares is not None else None)
+    pending.new_name = True         # a new queue id: nothing there to replace
+    return pending
 
 
 def _file_chunks(envelope: Envelope, data: MessageBytes, head: bytes) -> tuple[safeio.Chunk, ...]:
@@ -587,7 +589,7 @@ class Spool:
         self.layout = Layout(config.dir)
         self._clock = clock
         self._executor = ThreadPoolExecutor(SPOOL_IO_THREADS, thread_name_prefix="spool")
-        self._commits = GroupCommit(after_group=self.refresh_free_space)
+        self._commits = CommitProcess(self.layout.root, free_space=self._set_free_space)
         self._usage = _Usage()
         self._free: int | None = None     # bytes free on the spool's disk, last we looked
         # Delivered messages' files, kept to write the next ones in (the worker keeps them).
@@ -606,6 +608,11 @@ class Spool:
         self.set_contents({name: item.size for name, item in items.items()})
         await self.run(self.refresh_free_space)
         return recovery
+
+    def start_committing(self) -> None:
+        """On the event loop: start the commit process now rather than with the first small
+        message (delivery/committer.py). OSError when it cannot start."""
+        self._commits.start()
 
     def shutdown(self) -> None:
         self._commits.close()
@@ -651,6 +658,9 @@ class Spool:
         """`needed` more bytes would leave less than `spool.min_free_space` free (None: not
         known yet, so not refused)."""
         return free is not None and free - needed < self.config.min_free_space
+
+    def _set_free_space(self, free: int) -> None:
+        self._free = free
 
     def refresh_free_space(self) -> None:
         """Blocking (statvfs): from the worker's scan thread and after each group commit."""
@@ -769,6 +779,9 @@ class Spool:
         except RuntimeError as error:       # shut down: this message is refused, not lost
             pending.discard()
             job.set_result(Spooled(Admission.FAILED, time.monotonic() - started, str(error)))
+        except OSError as error:            # the commit process could not be started
+            pending.discard(error)
+            job.set_result(_not_written(error, started))
         return job
 
     async def submit(self, envelope: Envelope, data: bytes, force: bool = False) -> Spooled:

@@ -3,7 +3,7 @@
 The verdict is reached in one of the pipeline's two inspection threads (CPU: they share the
 GIL with the event loop), or on the loop itself for a small message of known text and pictures
 (stages.Pipeline._on_loop: the hand-over would cost more than the walk); the durable write goes to the spool (`Spool.write_soon`: a small
-message is written on the event loop and made durable by the group commit's thread, a large one
+message is written on the event loop and made durable by the spool's commit process, a large one
 in a spool I/O thread), so that the inspection threads are not held by the disk. The spool
 hands the written message, still locked and in memory, to the delivery worker
 (spool.Spool.settle).

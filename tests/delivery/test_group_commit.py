@@ -1,5 +1,5 @@
-"""Small messages are spooled by the group commit (written on the event loop, made durable by one
-thread for many at once): every one acknowledged is on disk, whole and handed on locked; one
+"""Small messages are spooled by the group commit (written on the event loop, made durable by
+the spool's commit process for many at once): every one acknowledged is on disk, whole and handed on locked; one
 that cannot be committed is refused and leaves nothing behind."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import asyncio
 import errno
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from frontfilter.config import SpoolConfig
-from frontfilter.delivery import groupcommit, safeio
+from frontfilter.delivery import committer, safeio
 from frontfilter.delivery.spool import (GROUPED_WRITE_MAX, Admission, Envelope, Message, Reservation, Spool,
                                         Spooled, open_message, parse_message)
 from frontfilter.model import new_queue_id
@@ -77,38 +78,37 @@ def test_a_message_that_cannot_be_committed_is_refused_and_leaves_no_file(tmp_pa
     asyncio.run(main())
 
 
+FAULTY = [sys.executable, str(Path(__file__).with_name("faulty_committer.py"))]
+
+
+def faulty(monkeypatch: pytest.MonkeyPatch, fault: str, groups: Path) -> None:
+    """The spools opened from here on commit in tests/delivery/faulty_committer.py."""
+    monkeypatch.setattr(committer, "PROGRAM", FAULTY)
+    monkeypatch.setenv("COMMIT_FAULT", fault)
+    monkeypatch.setenv("COMMIT_GROUPS", str(groups))
+
+
 def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing disk cannot be made here: the first directory fsync is made to fail (EIO).
-    Every message renamed in that group is refused and removed; those committed after it are
-    not touched."""
-    real_fsync_dir, real_commit_group = safeio.fsync_dir, groupcommit.commit_group
-    failed_once: list[Path] = []
-    groups: list[list[str]] = []
-
-    def fsync_dir_failing_once(directory: Path) -> None:
-        if not failed_once:
-            failed_once.append(directory)
-            raise OSError(errno.EIO, "injected I/O error")
-        real_fsync_dir(directory)
-
-    def recording_commit_group(group: list[safeio.Pending]) -> None:
-        groups.append([pending.final.stem for pending in group])
-        real_commit_group(group)
+    """The commit process's first directory fsync fails (EIO). Every message renamed in that
+    group is refused and removed; those committed after it are not touched."""
+    record = tmp_path / "groups"
+    faulty(monkeypatch, "dir-fsync-once", record)
 
     async def main() -> None:
         spool, handed = await open_spool(tmp_path)
-        monkeypatch.setattr(safeio, "fsync_dir", fsync_dir_failing_once)
-        monkeypatch.setattr(groupcommit, "commit_group", recording_commit_group)
         envelopes = [envelope(len(body(n))) for n in range(12)]
         try:
             results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
+            groups = [line.split() for line in record.read_text().splitlines()]
             outcome = {e.id: r.result for e, r in zip(envelopes, results, strict=True)}
+            assert sorted(outcome) == sorted(queue_id for group in groups for queue_id in group)
             assert {outcome[queue_id] for queue_id in groups[0]} == {Admission.FAILED}
             assert {outcome[queue_id] for group in groups[1:] for queue_id in group} <= {Admission.OK}
             assert sorted(os.listdir(spool.layout.queue)) == sorted(
                 f"{queue_id}.msg" for group in groups[1:] for queue_id in group)
             assert os.listdir(spool.layout.tmp) == [] and len(handed) == 12 - len(groups[0])
+            assert spool.count == len(handed)
         finally:
             for message in handed:
                 message.close()
@@ -117,26 +117,51 @@ def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
     asyncio.run(main())
 
 
-def test_a_commit_thread_that_cannot_start_refuses_that_message_and_the_next_one_starts_it(
+def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_message_starts_another(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process's thread limit cannot be reached safely in a test: Thread.start is made to
-    fail once, as it does there (RuntimeError)."""
-    real_start = threading.Thread.start
-    refused: list[str] = []
-
-    def start_failing_once(thread: threading.Thread) -> None:
-        if thread.name == "spool-commit" and not refused:
-            refused.append(thread.name)
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
+    """It exits once its first group is renamed into queue/, before answering: those messages
+    were never acknowledged, so they are refused (4xx) and removed from queue/ (the client sends
+    them again: none is delivered twice, none lost). The next message starts a new process."""
+    record = tmp_path / "groups"
+    faulty(monkeypatch, "die-after-rename", record)
 
     async def main() -> None:
         spool, handed = await open_spool(tmp_path)
-        monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+        envelopes = [envelope(len(body(n))) for n in range(6)]
+        try:
+            results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
+            assert {r.result for r in results} == {Admission.FAILED}
+            assert "commit process ended" in results[0].reason
+            assert len(record.read_text().splitlines()) >= 1        # it did rename, then died
+            assert os.listdir(spool.layout.queue) == [] and os.listdir(spool.layout.tmp) == []
+            assert handed == [] and spool.count == 0 and spool.admit() is Admission.OK
+            monkeypatch.setenv("COMMIT_FAULT", "")                  # the next process is sound
+            after = envelope(len(body(7)))
+            spooled = await asyncio.wait_for(spool.submit(after, body(7)), 30)
+            assert spooled.result is Admission.OK and [m.id for m in handed] == [after.id]
+            assert parse_message(spool.layout.msg(after.id).read_bytes()) == (after, body(7))
+        finally:
+            for message in handed:
+                message.close()
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
+def test_a_commit_process_that_cannot_start_refuses_that_message_and_the_next_one_starts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that cannot be run (as when the process limit is reached): the message is
+    refused and leaves nothing behind; once it can run again, the next message is taken."""
+    monkeypatch.setattr(committer, "PROGRAM", [str(tmp_path / "missing-python")])
+
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
         try:
             first = await spool.submit(envelope(len(body(1))), body(1))
-            assert first.result is Admission.FAILED and "can't start new thread" in first.reason
-            second = await asyncio.wait_for(spool.submit(envelope(len(body(2))), body(2)), 10)
+            assert first.result is Admission.FAILED and "commit process cannot start" in first.reason
+            assert os.listdir(spool.layout.tmp) == [] and os.listdir(spool.layout.queue) == []
+            monkeypatch.undo()
+            second = await asyncio.wait_for(spool.submit(envelope(len(body(2))), body(2)), 30)
             assert second.result is Admission.OK and len(handed) == 1
             assert os.listdir(spool.layout.tmp) == [] and spool.admit() is Admission.OK
         finally:

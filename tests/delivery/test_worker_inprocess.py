@@ -116,6 +116,7 @@ def test_worker_delivers_over_verified_starttls_and_moves_its_metrics(tmp_path: 
             assert (await queue.verifier.verify("bob@example.org")).verdict is Verdict.VALID
         finally:
             await queue.stop(time.monotonic() + 5)
+            await queue.close()
             await backend.stop()
 
     asyncio.run(scenario())
@@ -143,6 +144,7 @@ def test_required_tls_to_a_backend_without_starttls_keeps_the_mail_spooled(tmp_p
             assert backend.received == [] and queue.spool.count == 1   # never sent in the clear
         finally:
             await queue.stop(time.monotonic() + 5)
+            await queue.close()
             await backend.stop()
 
     asyncio.run(scenario())

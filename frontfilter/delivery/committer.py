@@ -1,0 +1,358 @@
+"""The spool's group commit, in a process of its own: what makes small messages durable.
+
+Why a process and not a thread (as until issue 21): a thread of the worker takes the GIL back
+after each system call of a commit — the fsync, the rename, the directory's open, fsync and
+close, the statvfs, the wait for work — and under load the event loop holds it each time, so
+every step waited for the loop to let go. Measured on the bench's half-peak 5 KB load (two
+workers, 380 msgs/s): the group itself took 0.8 ms at the median, but a message waited 1.8 ms
+for it ("spooled in"), 9.5 ms at p99, and the commits were most of the relay's added p99. This
+process has no other thread to wait for, and the worker's loop hears from it as from a socket.
+
+The worker writes each message into the page cache as before (`safeio.begin_write`, on its
+event loop), then hands this process the open, locked descriptor over a socket pair
+(SCM_RIGHTS: the very file written, not a name to look up again). This process takes every
+request that has arrived, runs `safeio.commit_group` on them — each file fsynced and renamed,
+one fsync of `queue/` for the group — and answers each in order, then says how much space is
+free (the statvfs the thread made after each group). The descriptor it was given is closed
+after the group; the worker's stays open, and the flock with it (a flock belongs to the open
+file, which both descriptors share).
+
+Nothing changes in what is durable when: a message is answered 250 only after this process
+said its group was committed. A crash of this process is a lost connection to the worker: the
+messages it had not answered are refused (4xx) and their files removed, whichever step they had
+reached, and the next message starts a new process. A crash of the worker closes the socket,
+and this process ends once it has finished its group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from frontfilter.delivery.safeio import Pending, commit_group, free_bytes
+
+Done = Callable[[Pending], None]
+
+# One request: the temporary's path, NUL, the final path, NUL, and b"n" when the final name is
+# known to be new (a queue id: no lexists) or b"?" when the rename may replace a file. The
+# descriptor travels beside it.
+# One answer per request: b"+" and b"1"/b"0" (renamed; replaced a file or not), or b"-", the
+# errno, NUL, the error's text, NUL, the file name it was about. After each group: b"=" and the
+# free bytes of the spool's filesystem (nothing after it when statvfs failed).
+RECORD_MAX = 16384
+# The command that runs the process (the tests run one with faults of their own making).
+PROGRAM = [sys.executable, "-m", "frontfilter.delivery.committer"]
+# How long `close` waits for the answers still due (the event loop delivers them).
+CLOSE_WAIT = 30.0
+
+
+class CommitProcess:
+    """The worker's side: `submit` on its event loop, `close` from any other thread."""
+
+    def __init__(self, root: Path, free_space: Callable[[int], None] = lambda free: None):
+        self._root = root
+        self._free_space = free_space       # on the loop, after each group: bytes free
+        self._sock: socket.socket | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: deque[tuple[Pending, Done]] = deque()    # sent, answer not yet read
+        self._unsent: deque[tuple[bytes, int]] = deque()        # the socket was full
+        self._closing = False
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        """On the event loop: the process, unless it runs already. Raises OSError when it
+        cannot be started (the message is then refused, 4xx)."""
+        if self._sock is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._child = subprocess.Popen(
+                [*PROGRAM, "--fd", str(theirs.fileno()), "--root", os.fspath(self._root)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+        except OSError as error:
+            ours.close()
+            raise OSError(error.errno, f"the spool's commit process cannot start: {error.strerror or error}") from error
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(ours.fileno(), self._readable)
+
+    def submit(self, pending: Pending, done: Done) -> None:
+        """On the event loop: `done(pending)` is called on it once the file is durable, or has
+        failed (`pending.error` set, the file gone, its descriptor closed)."""
+        if self._closing:
+            raise RuntimeError("the spool is closed")
+        self.start()
+        request = os.fsencode(pending.temp) + b"\0" + os.fsencode(pending.final) + b"\0" + (b"n" if pending.new_name else b"?")
+        self._waiting.append((pending, done))
+        self._idle.clear()
+        if self._unsent:
+            self._unsent.append((request, pending.fd))
+        else:
+            self._send(request, pending.fd)
+
+    def _send(self, request: bytes, fd: int) -> None:
+        assert self._sock is not None and self._loop is not None
+        try:
+            self._sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except BlockingIOError:
+            self._unsent.append((request, fd))
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+        except OSError as error:
+            self._lost(error)
+
+    def _writable(self) -> None:
+        assert self._sock is not None and self._loop is not None
+        while self._unsent:
+            request, fd = self._unsent[0]
+            try:
+                self._sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._lost(error)
+                return
+            self._unsent.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    def _readable(self) -> None:
+        assert self._sock is not None
+        finished: list[tuple[Pending, Done]] = []
+        lost: OSError | None = None
+        while True:
+            try:
+                record = self._sock.recv(RECORD_MAX)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                lost = error
+                break
+            if not record:
+                lost = OSError(errno.EPIPE, "the spool's commit process ended")
+                break
+            if record[:1] == b"=":
+                self._free_space(int(record[1:]))
+                continue
+            if not self._waiting:
+                lost = OSError(errno.EPROTO, "the spool's commit process answered out of turn")
+                break
+            pending, done = self._waiting.popleft()
+            _apply(pending, record)
+            finished.append((pending, done))
+        try:
+            _finish(finished)           # answered before the connection was lost, if it was
+        finally:
+            if lost is not None:
+                self._lost(lost)
+            elif not self._waiting:
+                self._idle.set()
+
+    def _lost(self, error: OSError) -> None:
+        """The process is gone, or no longer to be trusted: it is ended (before its files are
+        touched, so it renames nothing more), what it had not answered is refused and removed
+        (renamed or not: nobody was told 250), and the next submit starts another."""
+        sock, child = self._sock, self._child
+        self._sock = self._child = None
+        if child is not None:
+            child.kill()                # gone already, as a rule: then this does nothing
+            child.wait()
+        if sock is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(sock.fileno())
+            self._loop.remove_writer(sock.fileno())
+            sock.close()
+        self._unsent.clear()
+        unanswered = list(self._waiting)
+        self._waiting.clear()
+        for pending, _ in unanswered:
+            _discard_unknown(pending, error)
+        self._idle.set()
+        _finish(unanswered)
+
+    def close(self) -> None:
+        """Blocking, from a thread other than the loop's: wait for the answers still due, then
+        end the process. Should the loop not deliver them in time, the files are left as they
+        are (committed or temporaries) and their locks let go: recovery sorts them out."""
+        self._closing = True
+        if not self._idle.wait(CLOSE_WAIT):
+            for pending, _ in list(self._waiting):
+                os.close(pending.fd)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._stop()
+            return
+        stopped = threading.Event()
+
+        def stop() -> None:
+            try:
+                self._stop()
+            finally:
+                stopped.set()
+
+        loop.call_soon_threadsafe(stop)
+        if not stopped.wait(CLOSE_WAIT):      # the loop is not running: end it from here
+            self._stop()
+
+    def _stop(self) -> None:
+        sock, child = self._sock, self._child
+        self._sock = self._child = None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+                self._loop.remove_writer(sock.fileno())
+            sock.close()                # the process reads the end, and ends
+        if child is not None:
+            _reap(child)
+
+
+def _apply(pending: Pending, answer: bytes) -> None:
+    """The process's answer on one file, as `commit_group` would have left it here."""
+    if answer[:1] == b"+":
+        pending.renamed = True
+        pending.replaces = answer[1:2] == b"1"
+        return
+    number, text, name = answer[1:].split(b"\0", 2)
+    # The process removed the file and closed its descriptor; ours goes too, the lock with it.
+    pending.error = OSError(int(number), text.decode(errors="replace"), os.fsdecode(name))
+    os.close(pending.fd)
+
+
+def _discard_unknown(pending: Pending, error: OSError) -> None:
+    """A file whose commit was not answered: under either name (it may have been renamed)."""
+    for path in (pending.temp, pending.final):
+        try:
+            path.unlink()
+            break
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+    pending.error = error
+    os.close(pending.fd)
+
+
+def _finish(items: list[tuple[Pending, Done]]) -> None:
+    """Every callback runs, even after one raised (each owns a locked file)."""
+    failure: Exception | None = None
+    for pending, done in items:
+        try:
+            done(pending)
+        except Exception as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    try:
+        child.wait(CLOSE_WAIT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+# ---- the process ---------------------------------------------------------------------------
+
+def serve(sock: socket.socket, root: Path) -> None:
+    """Commit what arrives, a group at a time, until the worker closes its end."""
+    ended = False
+    while not ended:
+        group, ended = _take_group(sock)
+        if group:
+            _commit(sock, group)
+            try:
+                free = free_bytes(root)
+            except OSError:
+                continue
+            sock.send(b"=%d" % free)
+
+
+def _take_group(sock: socket.socket) -> tuple[list[Pending], bool]:
+    """Every request that has arrived (waiting for the first); True once the worker's end is
+    closed."""
+    group: list[Pending] = []
+    blocking = True
+    while True:
+        try:
+            # Not socket.recv_fds: it drops its flags argument (3.11), and MSG_DONTWAIT with it.
+            request, ancillary, _, _ = sock.recvmsg(RECORD_MAX, FD_SPACE, 0 if blocking else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return group, False
+        if not request:
+            return group, True
+        blocking = False
+        temp, final, new = request.split(b"\0")
+        fd = _received_fd(ancillary)
+        pending = Pending(fd, Path(os.fsdecode(temp)), Path(os.fsdecode(final)), _NO_STAT)
+        pending.new_name = new == b"n"
+        group.append(pending)
+
+
+def _commit(sock: socket.socket, group: list[Pending]) -> None:
+    commit_group(group)
+    answers = []
+    for pending in group:
+        if pending.error is None:
+            os.close(pending.fd)        # the worker's descriptor keeps the lock
+            answers.append(b"+1" if pending.replaces else b"+0")
+        else:
+            error = pending.error
+            answers.append(b"-%d\0%s\0%s" % (error.errno or errno.EIO, (error.strerror or str(error)).encode(),
+                                             os.fsencode(error.filename or pending.temp)))
+    for answer in answers:
+        sock.send(answer)
+
+
+def _received_fd(ancillary: list[tuple[int, int, bytes]]) -> int:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a commit request came with {len(fds)} descriptors, not one")
+    return fds[0]
+
+
+FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+_NO_STAT = os.stat_result((0,) * 10)     # the worker has the file's stat; this side needs none
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="frontfilter's spool commit process (started by a worker)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    args = parser.parse_args(argv)
+    # Its worker alone ends it, by closing the socket: a signal to the whole group (Ctrl-C, the
+    # service's stop) must not cut the commits the worker still answers during its grace.
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        serve(sock, args.root)
+    except (BrokenPipeError, ConnectionResetError):
+        pass            # the worker is gone: nobody is waiting for an answer
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

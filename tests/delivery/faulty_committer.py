@@ -1,0 +1,42 @@
+"""The spool's commit process (delivery/committer.py) with a fault the test chooses, in a real
+process of its own as the relay runs it. A failing disk or a crash at a chosen step cannot be
+made here otherwise.
+
+COMMIT_FAULT: "dir-fsync-once" (the first fsync of a directory fails with EIO) or
+"die-after-rename" (the process exits once its first group is renamed, before answering).
+COMMIT_GROUPS: a file that gets one line per group, the queue ids it held."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+from frontfilter.delivery import committer, safeio
+
+FAULT = os.environ.get("COMMIT_FAULT", "")
+GROUPS = os.environ.get("COMMIT_GROUPS")
+real_fsync_dir, real_commit_group = safeio.fsync_dir, committer.commit_group
+failed: list[Path] = []
+
+
+def fsync_dir(directory: Path) -> None:
+    if FAULT == "dir-fsync-once" and not failed:
+        failed.append(directory)
+        raise OSError(errno.EIO, "injected I/O error")
+    real_fsync_dir(directory)
+
+
+def commit_group(group: list[safeio.Pending]) -> None:
+    if GROUPS:
+        with open(GROUPS, "a") as out:
+            out.write(" ".join(pending.final.stem for pending in group) + "\n")
+    real_commit_group(group)
+    if FAULT == "die-after-rename":
+        os._exit(3)
+
+
+safeio.fsync_dir = fsync_dir
+committer.commit_group = commit_group     # type: ignore[assignment]
+sys.exit(committer.main(sys.argv[1:]))
