@@ -610,6 +610,12 @@ def spool_recovered(messages: int, temps_discarded: int, orphan_states: int) -> 
           orphan_states=orphan_states)
 
 
+def spool_commit_process_lost(problem: str, refused: int, exit_code: int | None) -> None:
+    """The spool's commit process (delivery/committer.py) ended or failed: the messages it had
+    not confirmed were refused (4xx) and removed; the next message starts another."""
+    _emit(logging.ERROR, "spool_commit_process_lost", problem=problem, refused=refused, exit_code=exit_code)
+
+
 def spool_removed_elsewhere(queue_id: str) -> None:
     """A spooled message vanished without this process (`frontfilter queue delete`, another worker)."""
     _emit(logging.INFO, "spool_removed", queue_id=queue_id)

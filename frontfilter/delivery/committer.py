@@ -171,9 +171,10 @@ class CommitProcess:
         (renamed or not: nobody was told 250), and the next submit starts another."""
         sock, child = self._sock, self._child
         self._sock = self._child = None
+        exit_code = None
         if child is not None:
             child.kill()                # gone already, as a rule: then this does nothing
-            child.wait()
+            exit_code = child.wait()
         if sock is not None:
             assert self._loop is not None
             self._loop.remove_reader(sock.fileno())
@@ -185,6 +186,9 @@ class CommitProcess:
         for pending, _ in unanswered:
             _discard_unknown(pending, error)
         self._idle.set()
+        # Imported here: the process itself (this module run as a program) needs none of it.
+        from frontfilter import observe
+        observe.spool_commit_process_lost(error.strerror or str(error), len(unanswered), exit_code)
         _finish(unanswered)
 
     def close(self) -> None:

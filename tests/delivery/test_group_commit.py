@@ -118,7 +118,7 @@ def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
 
 
 def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_message_starts_another(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """It exits once its first group is renamed into queue/, before answering: those messages
     were never acknowledged, so they are refused (4xx) and removed from queue/ (the client sends
     them again: none is delivered twice, none lost). The next message starts a new process."""
@@ -135,6 +135,9 @@ def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_
             assert len(record.read_text().splitlines()) >= 1        # it did rename, then died
             assert os.listdir(spool.layout.queue) == [] and os.listdir(spool.layout.tmp) == []
             assert handed == [] and spool.count == 0 and spool.admit() is Admission.OK
+            lost = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "spool_commit_process_lost"]
+            # Logged each time (the six may have reached two processes, each dying the same way).
+            assert lost and sum(f["refused"] for f in lost) == 6
             monkeypatch.setenv("COMMIT_FAULT", "")                  # the next process is sound
             after = envelope(len(body(7)))
             spooled = await asyncio.wait_for(spool.submit(after, body(7)), 30)
