@@ -593,6 +593,8 @@ _DATA_REPLIES = {
     DataProblem.LINE_TOO_LONG: reply.LINE_TOO_LONG,
     DataProblem.NUL: reply.NUL_DATA,
     DataProblem.NO_ROOM: reply.NO_ROOM_FOR_DATA,
+    # Not "insufficient storage": an I/O error or a file cut short, which the log names.
+    DataProblem.UNREADABLE: reply.INTERNAL_ERROR,
 }
 # The problems that say the client is broken or smuggling, not just over a bound.
 _DATA_VIOLATIONS = {

@@ -51,6 +51,7 @@ class DataProblem(enum.Enum):
     NUL = "nul"
     LINE_TOO_LONG = "line_too_long"
     NO_ROOM = "no_room"              # limits.max_data_in_memory: try again later
+    UNREADABLE = "unreadable"        # its spill file could not be read back whole: try again later
 
 
 @dataclass
@@ -288,11 +289,11 @@ class SpilledBody:
             self.file.seek(0)
             data = self.file.read(self.length)
         except (OSError, ValueError):     # ValueError: closed meanwhile (the session ended)
-            return None, DataProblem.NO_ROOM
+            return None, DataProblem.UNREADABLE
         finally:
             self.file.close()
         if len(data) != self.length:
-            return None, DataProblem.NO_ROOM
+            return None, DataProblem.UNREADABLE
         return self.collector.finished(data, self.dotted)
 
     def map(self) -> tuple[bytes | SpilledMessage | None, DataProblem | None]:
@@ -313,7 +314,7 @@ class SpilledBody:
             return self.read()
         self.file.close()
         # (Never past the size bound: DATA past it was drained, never made a SpilledBody.)
-        return (mapped, None) if mapped is not None else (None, DataProblem.NO_ROOM)
+        return (mapped, None) if mapped is not None else (None, DataProblem.UNREADABLE)
 
 
 # Fewer lines of one length than this are left to the split: the columns cost a fixed overhead.

@@ -4,6 +4,7 @@ charged to it again. The message reaches the backend byte for byte as sent."""
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import threading
@@ -14,9 +15,9 @@ import pytest
 
 from frontfilter.smtp.budget import DataBudget
 from frontfilter import reply
-from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore
+from frontfilter.smtp.core import Answer, CoreLimits, Message, SmtpCore, data_refusal
 from frontfilter.mapped import SpilledMessage
-from frontfilter.smtp.data import SpilledBody
+from frontfilter.smtp.data import DataProblem, SpilledBody
 from tests.content import corpus as c
 from tests.harness import (WAIT_TIMEOUT, RawClient, RecordingSink, Relay, SinkBehaviour, eventually, send,
                            write_config)
@@ -121,6 +122,22 @@ def test_a_spilled_message_is_mapped_in_place_and_not_copied(tmp_path: Path) -> 
     mapped, problem = body.map()
     assert problem is None and isinstance(mapped, SpilledMessage)
     assert mapped[:] == message(100 * 1024)[:-3] and files.opened[0].closed
+
+
+def test_a_spill_file_cut_short_is_never_passed_on_in_part_and_told_to_come_back(tmp_path: Path) -> None:
+    """A file that lost its end (truncated behind the relay's back, a failing disk) is refused
+    as an internal error, 451 4.3.0, not as a lack of storage: read back or mapped, no part of
+    it goes on."""
+    for way in ("read", "map"):
+        budget, files = DataBudget(0), SpillFiles(tmp_path)
+        body = spilled(budget, files, message(100 * 1024))
+        assert body.reserve()
+        os.truncate(files.opened[0].fileno(), body.length // 2)
+        content, problem = body.read() if way == "read" else body.map()
+        assert content is None and problem is DataProblem.UNREADABLE, way
+        refusal = data_refusal(problem)[0]
+        assert (refusal.code, refusal.enhanced) == (451, "4.3.0"), way
+        body.collector.release()
 
 
 def test_a_message_whose_session_ends_before_it_is_mapped_is_never_mixed_with_another_file(tmp_path: Path) -> None:
