@@ -413,6 +413,21 @@ spool_oldest_age = Gauge(
 dead_letters = Counter(
     "frontfilter_dead_letters", "Messages given up on and moved to the dead-letter directory.",
     registry=REGISTRY)
+in_flow_waits = Counter(
+    "frontfilter_in_flow_waits",
+    "Clients held at MAIL (backend.in_flow_delay) while too many messages waited for their first "
+    "delivery attempt, by how the wait ended (moved: the line shortened; delay: "
+    "backend.in_flow_delay ran out, the client went on).",
+    ["ended"], registry=REGISTRY)
+IN_FLOW_ENDINGS = closed(in_flow_waits, ended=("moved", "delay"))["ended"]
+in_flow_wait_seconds = Counter(
+    "frontfilter_in_flow_wait_seconds", "Time clients were held at MAIL by backend.in_flow_delay.",
+    registry=REGISTRY)
+spool_commit_process_lost = Counter(
+    "frontfilter_spool_commit_process_lost",
+    "Times a worker's spool commit process ended or failed; the messages it had not confirmed "
+    "were refused with a 4xx (log: spool_commit_process_lost).",
+    registry=REGISTRY)
 recipient_verifications = Counter(
     "frontfilter_recipient_verifications",
     "Recipients checked against the backend at RCPT (queue mode), by result and by whether "

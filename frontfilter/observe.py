@@ -613,7 +613,14 @@ def spool_recovered(messages: int, temps_discarded: int, orphan_states: int) -> 
 def spool_commit_process_lost(problem: str, refused: int, exit_code: int | None) -> None:
     """The spool's commit process (delivery/committer.py) ended or failed: the messages it had
     not confirmed were refused (4xx) and removed; the next message starts another."""
+    metrics.spool_commit_process_lost.inc()
     _emit(logging.ERROR, "spool_commit_process_lost", problem=problem, refused=refused, exit_code=exit_code)
+
+
+def in_flow_waited(seconds: float, ended: str) -> None:
+    """A client held at MAIL by in-flow control (delivery.worker.Worker.in_flow)."""
+    metrics.in_flow_waits.labels(ended=metrics.bounded(ended, metrics.IN_FLOW_ENDINGS)).inc()
+    metrics.in_flow_wait_seconds.inc(seconds)
 
 
 def spool_removed_elsewhere(queue_id: str) -> None:

@@ -205,16 +205,25 @@ class Worker:
         delay = self.config.backend.in_flow_delay
         if delay <= 0 or not self._line_too_long():
             return
-        deadline = time.monotonic() + delay
+        began = time.monotonic()
+        ended = "delay"
+        try:
+            ended = await self._wait_for_the_line(began + delay)
+        finally:       # counted too when the session ends meanwhile (the wait is cancelled)
+            observe.in_flow_waited(time.monotonic() - began, ended)
+
+    async def _wait_for_the_line(self, deadline: float) -> str:
+        """"moved" once the line is short enough, "delay" at `deadline`."""
         while self._line_too_long():
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return "delay"
             self._line_moved.clear()
             try:
                 await asyncio.wait_for(self._line_moved.wait(), left)
             except TimeoutError:
-                return
+                return "delay"
+        return "moved"
 
     # ---- the index ---------------------------------------------------------------------
 

@@ -100,6 +100,13 @@ MOVES = [
          "frontfilter_spool_oldest_age_seconds", {}, 93.5),
     Move("frontfilter_dead_letters_total", lambda: observe.dead_letter("Q3", "expired", attempts=12),
          "frontfilter_dead_letters_total", {}),
+    Move("frontfilter_in_flow_waits_total", lambda: observe.in_flow_waited(0.3, "moved"),
+         "frontfilter_in_flow_waits_total", {"ended": "moved"}),
+    Move("frontfilter_in_flow_wait_seconds_total", lambda: observe.in_flow_waited(0.3, "delay"),
+         "frontfilter_in_flow_wait_seconds_total", {}),       # +0.3 s (the line above moved it too)
+    Move("frontfilter_spool_commit_process_lost_total",
+         lambda: observe.spool_commit_process_lost("the spool's commit process ended", 3, 1),
+         "frontfilter_spool_commit_process_lost_total", {}),
     Move("frontfilter_ready", lambda: observe.ready_check("backend", False),
          "frontfilter_ready", {"check": "backend"}, 0),
     Move("frontfilter_worker_restarts_total", lambda: observe.supervisor_event("worker_restarted", workers=[1, 2]),
