@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from frontfilter.delivery.safeio import Pending, commit_group, free_bytes
+from frontfilter.delivery.safeio import Pending, commit_group, free_bytes, fsync_dir
 
 Done = Callable[[Pending], None]
 
@@ -53,12 +53,19 @@ Done = Callable[[Pending], None]
 RECORD_MAX = 16384
 # The command that runs the process (the tests run one with faults of their own making).
 PROGRAM = [sys.executable, "-m", "frontfilter.delivery.committer"]
-# How long `close` waits for the answers still due (the event loop delivers them).
+# Requests sent and not yet answered, at most; the rest wait in the worker. Descriptors in
+# flight over a socket count against the user's RLIMIT_NOFILE, shared by every worker
+# (ETOOMANYREFS past it), and a group this big already shares one directory fsync.
+IN_FLIGHT_MAX = 256
+# How long `close` waits for the answers still due; past it they are given up (refused).
 CLOSE_WAIT = 30.0
+
+Waiting = tuple[Pending, Done]
 
 
 class CommitProcess:
-    """The worker's side: `submit` on its event loop, `close` from any other thread."""
+    """The worker's side. Everything runs on the worker's event loop but `close`, which is
+    called from another thread and hands its work to the loop."""
 
     def __init__(self, root: Path, free_space: Callable[[int], None] = lambda free: None):
         self._root = root
@@ -66,11 +73,12 @@ class CommitProcess:
         self._sock: socket.socket | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting: deque[tuple[Pending, Done]] = deque()    # sent, answer not yet read
-        self._unsent: deque[tuple[bytes, int]] = deque()        # the socket was full
+        self._sent: deque[Waiting] = deque()          # sent, in order, answer not yet read
+        self._unsent: deque[tuple[Waiting, bytes]] = deque()
+        self._settling = 0                  # lost connections whose files are being settled
         self._closing = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self._closed: threading.Event | None = None   # set once `close`'s work is done
+        self._to_reap: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         """On the event loop: the process, unless it runs already. Raises OSError when it
@@ -79,9 +87,12 @@ class CommitProcess:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            # A session of its own: a Ctrl-C to the terminal's group cannot reach it before it
+            # has set its signals aside (its worker alone ends it).
             self._child = subprocess.Popen(
                 [*PROGRAM, "--fd", str(theirs.fileno()), "--root", os.fspath(self._root)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+                start_new_session=True)
         except OSError as error:
             ours.close()
             raise OSError(error.errno, f"the spool's commit process cannot start: {error.strerror or error}") from error
@@ -102,129 +113,162 @@ class CommitProcess:
             raise RuntimeError("the spool is closed")
         self.start()
         request = os.fsencode(pending.temp) + b"\0" + os.fsencode(pending.final) + b"\0" + (b"n" if pending.new_name else b"?")
-        self._waiting.append((pending, done))
-        self._idle.clear()
-        if self._unsent:
-            self._unsent.append((request, pending.fd))
-        else:
-            self._send(request, pending.fd)
+        self._unsent.append(((pending, done), request))
+        self._pump()
 
-    def _send(self, request: bytes, fd: int) -> None:
-        assert self._sock is not None and self._loop is not None
-        try:
-            self._sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-        except BlockingIOError:
-            self._unsent.append((request, fd))
-            self._loop.add_writer(self._sock.fileno(), self._writable)
-        except OSError as error:
-            self._lost(error)
-
-    def _writable(self) -> None:
-        assert self._sock is not None and self._loop is not None
-        while self._unsent:
-            request, fd = self._unsent[0]
+    def _pump(self) -> None:
+        """Send what waits, in order, while the socket takes it and IN_FLIGHT_MAX allows."""
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
+        while self._unsent and len(self._sent) < IN_FLIGHT_MAX:
+            waiting, request = self._unsent[0]
             try:
-                self._sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-            except BlockingIOError:
+                sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [waiting[0].fd]))])
+            except (BlockingIOError, InterruptedError):
+                loop.add_writer(sock.fileno(), self._pump)
                 return
             except OSError as error:
                 self._lost(error)
                 return
             self._unsent.popleft()
-        self._loop.remove_writer(self._sock.fileno())
+            self._sent.append(waiting)
+        loop.remove_writer(sock.fileno())
 
     def _readable(self) -> None:
-        assert self._sock is not None
-        finished: list[tuple[Pending, Done]] = []
+        sock = self._sock
+        assert sock is not None
+        finished: list[Waiting] = []
         lost: OSError | None = None
         while True:
             try:
-                record = self._sock.recv(RECORD_MAX)
-            except BlockingIOError:
+                record = sock.recv(RECORD_MAX)
+            except (BlockingIOError, InterruptedError):
                 break
-            except OSError as error:
+            except ConnectionResetError as error:
+                # The process ended with requests it never read. The error is reported once,
+                # before the answers it did send: those are read on, not thrown away.
+                if lost is not None:
+                    break
                 lost = error
+                continue
+            except OSError as error:
+                lost = lost or error
                 break
             if not record:
-                lost = OSError(errno.EPIPE, "the spool's commit process ended")
+                lost = lost or OSError(errno.EPIPE, "the spool's commit process ended")
                 break
-            if record[:1] == b"=":
+            kind = _answer_kind(record)
+            if kind == "free":
                 self._free_space(int(record[1:]))
-                continue
-            if not self._waiting:
-                lost = OSError(errno.EPROTO, "the spool's commit process answered out of turn")
+            elif kind is None or not self._sent:
+                lost = OSError(errno.EPROTO, f"the spool's commit process answered {record[:40]!r} out of turn")
                 break
-            pending, done = self._waiting.popleft()
-            _apply(pending, record)
-            finished.append((pending, done))
+            else:
+                waiting = self._sent.popleft()
+                _apply(waiting[0], record)
+                finished.append(waiting)
         try:
             _finish(finished)           # answered before the connection was lost, if it was
         finally:
             if lost is not None:
                 self._lost(lost)
-            elif not self._waiting:
-                self._idle.set()
+            elif self._unsent:
+                self._pump()
+            self._closed_if_idle()
 
     def _lost(self, error: OSError) -> None:
-        """The process is gone, or no longer to be trusted: it is ended (before its files are
-        touched, so it renames nothing more), what it had not answered is refused and removed
-        (renamed or not: nobody was told 250), and the next submit starts another."""
+        """The process is gone, or no longer to be trusted. What it had not answered is
+        refused and its files removed (renamed or not: nobody was told 250) — but only once
+        the process is surely dead, so that it renames nothing after; that wait (a process
+        stuck in an fsync is not killed before the fsync returns) is made in a thread, not
+        here. The next submit starts another process."""
+        sock, child, loop = self._sock, self._child, self._loop
+        assert loop is not None
+        self._sock = self._child = None
+        if sock is not None:
+            loop.remove_reader(sock.fileno())
+            loop.remove_writer(sock.fileno())
+            sock.close()
+        unanswered = list(self._sent) + [waiting for waiting, _ in self._unsent]
+        self._sent.clear()
+        self._unsent.clear()
+        self._settling += 1
+        loop.create_task(self._settle_lost(child, unanswered, error))
+
+    async def _settle_lost(self, child: subprocess.Popen[bytes] | None, unanswered: list[Waiting],
+                           error: OSError) -> None:
+        try:
+            exit_code = await asyncio.to_thread(_discard_after, child, [pending for pending, _ in unanswered], error)
+            # Imported here: the process itself (this module run as a program) needs none of it.
+            from frontfilter import observe
+            observe.spool_commit_process_lost(error.strerror or str(error), len(unanswered), exit_code)
+            _finish(unanswered)
+        finally:
+            self._settling -= 1
+            self._closed_if_idle()
+
+    def close(self) -> None:
+        """Blocking, from a thread other than the loop's: no new request from now on; the
+        answers still due are waited for, CLOSE_WAIT at most (then given up: refused, their
+        files removed), then the process is ended. With no running loop, nothing is in flight
+        that could still be answered: the process is simply ended."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            self._closing = True
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._child is not None:
+                _reap(self._child)
+                self._child = None
+            return
+        closed = threading.Event()
+        try:
+            loop.call_soon_threadsafe(self._begin_closing, closed)
+        except RuntimeError:        # the loop closed meanwhile
+            return
+        # The loop gives up on the answers after CLOSE_WAIT; this wait is only a backstop.
+        closed.wait(CLOSE_WAIT + 10)
+        for child in self._to_reap:
+            _reap(child)            # here, not on the loop: it may be finishing an fsync
+
+    def _begin_closing(self, closed: threading.Event) -> None:
+        self._closing = True
+        self._closed = closed
+        assert self._loop is not None
+        self._loop.call_later(CLOSE_WAIT, self._give_up)
+        self._closed_if_idle()
+
+    def _give_up(self) -> None:
+        if self._closed is not None and not self._closed.is_set() and (self._sent or self._unsent):
+            self._lost(OSError(errno.ETIMEDOUT, f"no answer from the spool's commit process in {CLOSE_WAIT:.0f} s"))
+
+    def _closed_if_idle(self) -> None:
+        """Closing, and nothing left to answer: end the process (it reads the end of the
+        socket, finishes, exits; `close`'s thread reaps it)."""
+        if not self._closing or self._closed is None or self._sent or self._unsent or self._settling:
+            return
         sock, child = self._sock, self._child
         self._sock = self._child = None
-        exit_code = None
-        if child is not None:
-            child.kill()                # gone already, as a rule: then this does nothing
-            exit_code = child.wait()
         if sock is not None:
             assert self._loop is not None
             self._loop.remove_reader(sock.fileno())
             self._loop.remove_writer(sock.fileno())
             sock.close()
-        self._unsent.clear()
-        unanswered = list(self._waiting)
-        self._waiting.clear()
-        for pending, _ in unanswered:
-            _discard_unknown(pending, error)
-        self._idle.set()
-        # Imported here: the process itself (this module run as a program) needs none of it.
-        from frontfilter import observe
-        observe.spool_commit_process_lost(error.strerror or str(error), len(unanswered), exit_code)
-        _finish(unanswered)
-
-    def close(self) -> None:
-        """Blocking, from a thread other than the loop's: wait for the answers still due, then
-        end the process. Should the loop not deliver them in time, the files are left as they
-        are (committed or temporaries) and their locks let go: recovery sorts them out."""
-        self._closing = True
-        if not self._idle.wait(CLOSE_WAIT):
-            for pending, _ in list(self._waiting):
-                os.close(pending.fd)
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self._stop()
-            return
-        stopped = threading.Event()
-
-        def stop() -> None:
-            try:
-                self._stop()
-            finally:
-                stopped.set()
-
-        loop.call_soon_threadsafe(stop)
-        if not stopped.wait(CLOSE_WAIT):      # the loop is not running: end it from here
-            self._stop()
-
-    def _stop(self) -> None:
-        sock, child = self._sock, self._child
-        self._sock = self._child = None
-        if sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(sock.fileno())
-                self._loop.remove_writer(sock.fileno())
-            sock.close()                # the process reads the end, and ends
         if child is not None:
-            _reap(child)
+            self._to_reap.append(child)
+        self._closed.set()
+
+
+def _answer_kind(record: bytes) -> str | None:
+    """"answer", "free" (the free-space record), or None: not a record this process sends."""
+    if record in (b"+0", b"+1"):
+        return "answer"
+    if record[:1] == b"=" and record[1:].isdigit():
+        return "free"
+    if record[:1] == b"-" and record.count(b"\0") == 2 and record[1:].split(b"\0", 1)[0].isdigit():
+        return "answer"
+    return None
 
 
 def _apply(pending: Pending, answer: bytes) -> None:
@@ -239,21 +283,41 @@ def _apply(pending: Pending, answer: bytes) -> None:
     os.close(pending.fd)
 
 
-def _discard_unknown(pending: Pending, error: OSError) -> None:
-    """A file whose commit was not answered: under either name (it may have been renamed)."""
-    for path in (pending.temp, pending.final):
+def _discard_after(child: subprocess.Popen[bytes] | None, unanswered: list[Pending], error: OSError) -> int | None:
+    """In a thread: once `child` is dead, remove each unanswered file under whichever name
+    it has (it may have been renamed), then make the removals durable. Its exit status."""
+    exit_code = None
+    if child is not None:
+        child.kill()                # gone already, as a rule: then this does nothing
+        exit_code = child.wait()
+    directories = set()
+    for pending in unanswered:
+        pending.error = error
+        removed = False
+        for path in (pending.temp, pending.final):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+            removed = True
+            directories.add(path.parent)
+            break
+        if removed or not (pending.temp.exists() or pending.final.exists()):
+            os.close(pending.fd)
+        # else: it could not be removed (EIO, a read-only file system): the descriptor, and
+        # the lock with it, stay held, so the worker's scan cannot deliver a message whose
+        # client was refused; recovery at the next start sorts it out.
+    for directory in directories:
         try:
-            path.unlink()
-            break
-        except FileNotFoundError:
-            continue
+            fsync_dir(directory)
         except OSError:
-            break
-    pending.error = error
-    os.close(pending.fd)
+            pass            # at worst a crash brings one back: delivered, and sent again
+    return exit_code
 
 
-def _finish(items: list[tuple[Pending, Done]]) -> None:
+def _finish(items: list[Waiting]) -> None:
     """Every callback runs, even after one raised (each owns a locked file)."""
     failure: Exception | None = None
     for pending, done in items:

@@ -2,8 +2,9 @@
 process of its own as the relay runs it. A failing disk or a crash at a chosen step cannot be
 made here otherwise.
 
-COMMIT_FAULT: "dir-fsync-once" (the first fsync of a directory fails with EIO) or
-"die-after-rename" (the process exits once its first group is renamed, before answering).
+COMMIT_FAULT: "dir-fsync-once" (the first fsync of a directory fails with EIO),
+"die-after-rename" (the process exits once its first group is renamed, before answering) or
+"hang" (it takes its first group and never answers, as a process stuck on a dead disk).
 COMMIT_GROUPS: a file that gets one line per group, the queue ids it held."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 from frontfilter.delivery import committer, safeio
@@ -29,6 +31,8 @@ def fsync_dir(directory: Path) -> None:
 
 
 def commit_group(group: list[safeio.Pending]) -> None:
+    if FAULT == "hang":
+        time.sleep(3600)            # killed (SIGKILL) by the worker that gives up on it
     if GROUPS:
         with open(GROUPS, "a") as out:
             out.write(" ".join(pending.final.stem for pending in group) + "\n")

@@ -151,6 +151,51 @@ def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_
     asyncio.run(main())
 
 
+def test_a_spool_closed_beside_a_commit_process_that_never_answers_refuses_its_messages_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown waits for the answers still due, committer.CLOSE_WAIT at most (shortened here);
+    then the process is killed and its messages are refused, their files removed."""
+    faulty(monkeypatch, "hang", tmp_path / "groups")
+    monkeypatch.setattr(committer, "CLOSE_WAIT", 1.0)
+
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        writes = [asyncio.ensure_future(spool.submit(envelope(len(body(n))), body(n))) for n in range(3)]
+        await asyncio.sleep(0.2)                   # sent, taken, never answered
+        await asyncio.wait_for(asyncio.to_thread(spool.shutdown), 60)
+        results = await asyncio.wait_for(asyncio.gather(*writes), 10)
+        assert {r.result for r in results} == {Admission.FAILED} and handed == []
+        assert os.listdir(spool.layout.queue) == [] and os.listdir(spool.layout.tmp) == []
+
+    asyncio.run(main())
+
+
+def test_requests_in_flight_are_bounded_and_every_message_is_still_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most committer.IN_FLIGHT_MAX requests (2 here) are with the process at once (each
+    carries a descriptor, counted against the user's open-file limit); the rest wait in the
+    worker and go as answers come back, in order."""
+    record = tmp_path / "groups"
+    faulty(monkeypatch, "", record)
+    monkeypatch.setattr(committer, "IN_FLIGHT_MAX", 2)
+
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        envelopes = [envelope(len(body(n))) for n in range(12)]
+        try:
+            results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
+            assert [r.result for r in results] == [Admission.OK] * 12 and len(handed) == 12
+            groups = [line.split() for line in record.read_text().splitlines()]
+            assert max(len(group) for group in groups) <= 2
+            assert [queue_id for group in groups for queue_id in group] == [e.id for e in envelopes]
+        finally:
+            for message in handed:
+                message.close()
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
 def test_a_commit_process_that_cannot_start_refuses_that_message_and_the_next_one_starts_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A program that cannot be run (as when the process limit is reached): the message is
