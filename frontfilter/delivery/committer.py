@@ -57,6 +57,8 @@ PROGRAM = [sys.executable, "-m", "frontfilter.delivery.committer"]
 # flight over a socket count against the user's RLIMIT_NOFILE, shared by every worker
 # (ETOOMANYREFS past it), and a group this big already shares one directory fsync.
 IN_FLIGHT_MAX = 256
+# How soon a send refused for want of kernel room (ETOOMANYREFS, ENOBUFS) is tried again.
+BACKOFF = 0.01
 # How long `close` waits for the answers still due; past it they are given up (refused).
 CLOSE_WAIT = 30.0
 
@@ -111,6 +113,10 @@ class CommitProcess:
         failed (`pending.error` set, the file gone, its descriptor closed)."""
         if self._closing:
             raise RuntimeError("the spool is closed")
+        if not pending.new_name:
+            # A file that may replace another (a state file) is not settled here: were its
+            # commit lost, removing it under its final name would remove what it replaced.
+            raise ValueError(f"only new files are committed by the commit process: {pending.final}")
         self.start()
         request = os.fsencode(pending.temp) + b"\0" + os.fsencode(pending.final) + b"\0" + (b"n" if pending.new_name else b"?")
         self._unsent.append(((pending, done), request))
@@ -128,45 +134,32 @@ class CommitProcess:
                 loop.add_writer(sock.fileno(), self._pump)
                 return
             except OSError as error:
-                self._lost(error)
+                loop.remove_writer(sock.fileno())
+                if error.errno in (errno.ETOOMANYREFS, errno.ENOBUFS, errno.ENOMEM):
+                    # Too many descriptors in flight for this user (all workers together), or
+                    # no kernel memory for now: a wait, not a loss. Tried again shortly, and
+                    # with each answer.
+                    loop.call_later(BACKOFF, self._pump_if, sock)
+                    return
+                # The process is gone: what it answered before it went is read first.
+                finished, lost = self._read_answers(sock)
+                try:
+                    _finish(finished)
+                finally:
+                    self._lost(lost or error)
                 return
             self._unsent.popleft()
             self._sent.append(waiting)
         loop.remove_writer(sock.fileno())
 
+    def _pump_if(self, sock: socket.socket) -> None:
+        if self._sock is sock and self._unsent:
+            self._pump()
+
     def _readable(self) -> None:
         sock = self._sock
         assert sock is not None
-        finished: list[Waiting] = []
-        lost: OSError | None = None
-        while True:
-            try:
-                record = sock.recv(RECORD_MAX)
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionResetError as error:
-                # The process ended with requests it never read. The error is reported once,
-                # before the answers it did send: those are read on, not thrown away.
-                if lost is not None:
-                    break
-                lost = error
-                continue
-            except OSError as error:
-                lost = lost or error
-                break
-            if not record:
-                lost = lost or OSError(errno.EPIPE, "the spool's commit process ended")
-                break
-            kind = _answer_kind(record)
-            if kind == "free":
-                self._free_space(int(record[1:]))
-            elif kind is None or not self._sent:
-                lost = OSError(errno.EPROTO, f"the spool's commit process answered {record[:40]!r} out of turn")
-                break
-            else:
-                waiting = self._sent.popleft()
-                _apply(waiting[0], record)
-                finished.append(waiting)
+        finished, lost = self._read_answers(sock)
         try:
             _finish(finished)           # answered before the connection was lost, if it was
         finally:
@@ -175,6 +168,44 @@ class CommitProcess:
             elif self._unsent:
                 self._pump()
             self._closed_if_idle()
+
+    def _read_answers(self, sock: socket.socket) -> tuple[list[Waiting], OSError | None]:
+        """Every answer waiting on the socket, applied in order: the settled requests, and
+        why the connection is lost if it is. Never raises: what it popped is returned."""
+        finished: list[Waiting] = []
+        lost: OSError | None = None
+        try:
+            while True:
+                try:
+                    record = sock.recv(RECORD_MAX)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionResetError:
+                    # The process ended with requests it never read. The error is reported
+                    # once, before the answers it did send: those are read on, not lost.
+                    if lost is not None:
+                        break
+                    lost = OSError(errno.ECONNRESET, "the spool's commit process ended")
+                    continue
+                except OSError as error:
+                    lost = lost or error
+                    break
+                if not record:
+                    lost = lost or OSError(errno.EPIPE, "the spool's commit process ended")
+                    break
+                kind = _answer_kind(record)
+                if kind == "free":
+                    self._free_space(int(record[1:]))
+                elif kind is None or not self._sent:
+                    lost = OSError(errno.EPROTO, f"the spool's commit process answered {record[:40]!r} out of turn")
+                    break
+                else:
+                    waiting = self._sent.popleft()
+                    finished.append(waiting)          # settled whatever happens next
+                    _apply(waiting[0], record)
+        except Exception as error:      # not expected; the entries popped are still settled
+            lost = OSError(errno.EPROTO, f"answer from the spool's commit process not applied: {error!r}")
+        return finished, lost
 
     def _lost(self, error: OSError) -> None:
         """The process is gone, or no longer to be trusted. What it had not answered is
@@ -202,10 +233,15 @@ class CommitProcess:
             # Imported here: the process itself (this module run as a program) needs none of it.
             from frontfilter import observe
             observe.spool_commit_process_lost(error.strerror or str(error), len(unanswered), exit_code)
-            _finish(unanswered)
         finally:
-            self._settling -= 1
-            self._closed_if_idle()
+            # However the settling went, every session waiting on these gets its answer (4xx).
+            for pending, _ in unanswered:
+                pending.error = pending.error or error
+            try:
+                _finish(unanswered)
+            finally:
+                self._settling -= 1
+                self._closed_if_idle()
 
     def close(self) -> None:
         """Blocking, from a thread other than the loop's: no new request from now on; the
@@ -216,6 +252,9 @@ class CommitProcess:
         if loop is None or loop.is_closed() or not loop.is_running():
             self._closing = True
             if self._sock is not None:
+                if loop is not None and not loop.is_closed():
+                    loop.remove_reader(self._sock.fileno())
+                    loop.remove_writer(self._sock.fileno())
                 self._sock.close()
                 self._sock = None
             if self._child is not None:
@@ -278,22 +317,42 @@ def _apply(pending: Pending, answer: bytes) -> None:
         pending.replaces = answer[1:2] == b"1"
         return
     number, text, name = answer[1:].split(b"\0", 2)
-    # The process removed the file and closed its descriptor; ours goes too, the lock with it.
     pending.error = OSError(int(number), text.decode(errors="replace"), os.fsdecode(name))
-    os.close(pending.fd)
+    # The process removed the file and closed its descriptor; ours goes too, the lock with
+    # it — unless the file could not be removed (a file system gone read-only): then the lock
+    # stays held, so the scan cannot deliver mail whose client is being refused.
+    if not _still_there(pending):
+        os.close(pending.fd)
+
+
+def _still_there(pending: Pending) -> bool:
+    """The file is still under one of its names (or that cannot be told: then it may be)."""
+    for path in (pending.temp, pending.final):
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        return True
+    return False
 
 
 def _discard_after(child: subprocess.Popen[bytes] | None, unanswered: list[Pending], error: OSError) -> int | None:
     """In a thread: once `child` is dead, remove each unanswered file under whichever name
-    it has (it may have been renamed), then make the removals durable. Its exit status."""
+    it has (it may have been renamed), then make the removals durable. Its exit status.
+
+    A child that does not die within CLOSE_WAIT (stuck in an fsync on a dead disk) may yet
+    rename: its files are left as they are, locked, for recovery at the next start."""
     exit_code = None
     if child is not None:
         child.kill()                # gone already, as a rule: then this does nothing
-        exit_code = child.wait()
+        try:
+            exit_code = child.wait(CLOSE_WAIT)
+        except subprocess.TimeoutExpired:
+            return None
     directories = set()
     for pending in unanswered:
-        pending.error = error
-        removed = False
         for path in (pending.temp, pending.final):
             try:
                 path.unlink()
@@ -301,10 +360,9 @@ def _discard_after(child: subprocess.Popen[bytes] | None, unanswered: list[Pendi
                 continue
             except OSError:
                 break
-            removed = True
             directories.add(path.parent)
             break
-        if removed or not (pending.temp.exists() or pending.final.exists()):
+        if not _still_there(pending):
             os.close(pending.fd)
         # else: it could not be removed (EIO, a read-only file system): the descriptor, and
         # the lock with it, stay held, so the worker's scan cannot deliver a message whose

@@ -4,7 +4,9 @@ made here otherwise.
 
 COMMIT_FAULT: "dir-fsync-once" (the first fsync of a directory fails with EIO),
 "die-after-rename" (the process exits once its first group is renamed, before answering) or
-"hang" (it takes its first group and never answers, as a process stuck on a dead disk).
+"hang" (it takes its first group and never answers, as a process stuck on a dead disk) or
+"read-only" (every directory fsync fails with EIO and no file can be removed: EROFS, as after
+ext4 aborted its journal).
 COMMIT_GROUPS: a file that gets one line per group, the queue ids it held."""
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ failed: list[Path] = []
 
 
 def fsync_dir(directory: Path) -> None:
+    if FAULT == "read-only":
+        raise OSError(errno.EIO, "injected I/O error")
     if FAULT == "dir-fsync-once" and not failed:
         failed.append(directory)
         raise OSError(errno.EIO, "injected I/O error")
@@ -41,6 +45,12 @@ def commit_group(group: list[safeio.Pending]) -> None:
         os._exit(3)
 
 
+def unlink_refused(self: Path, missing_ok: bool = False) -> None:
+    raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+
 safeio.fsync_dir = fsync_dir
+if FAULT == "read-only":
+    Path.unlink = unlink_refused            # type: ignore[method-assign]
 committer.commit_group = commit_group     # type: ignore[assignment]
 sys.exit(committer.main(sys.argv[1:]))

@@ -170,6 +170,28 @@ def test_a_spool_closed_beside_a_commit_process_that_never_answers_refuses_its_m
     asyncio.run(main())
 
 
+def test_a_refused_message_that_cannot_be_removed_stays_locked_so_it_is_not_delivered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its directory cannot be synced and its file cannot be removed (a file system gone
+    read-only): the client is refused, so the file must not be delivered either — the worker
+    keeps its lock, and the delivery side cannot take it."""
+    faulty(monkeypatch, "read-only", tmp_path / "groups")
+
+    async def main() -> None:
+        spool, handed = await open_spool(tmp_path)
+        sent = envelope(len(body(1)))
+        try:
+            spooled = await spool.submit(sent, body(1))
+            assert spooled.result is Admission.FAILED and handed == []
+            assert os.listdir(spool.layout.queue) == [f"{sent.id}.msg"]      # renamed, left there
+            with pytest.raises(safeio.Busy):
+                open_message(spool.layout, sent.id)
+        finally:
+            await asyncio.to_thread(spool.shutdown)
+
+    asyncio.run(main())
+
+
 def test_requests_in_flight_are_bounded_and_every_message_is_still_taken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At most committer.IN_FLIGHT_MAX requests (2 here) are with the process at once (each
