@@ -38,18 +38,19 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from frontfilter.delivery.safeio import Pending, commit_group, free_bytes, fsync_dir
 
 Done = Callable[[Pending], None]
 
-# One request: the temporary's path, NUL, the final path, NUL, and b"n" when the final name is
-# known to be new (a queue id: no lexists) or b"?" when the rename may replace a file. The
+# One request: the temporary's path, NUL, the final path (a new name: a queue id). The
 # descriptor travels beside it.
-# One answer per request: b"+" and b"1"/b"0" (renamed; replaced a file or not), or b"-", the
-# errno, NUL, the error's text, NUL, the file name it was about. After each group: b"=" and the
-# free bytes of the spool's filesystem (nothing after it when statvfs failed).
+# One answer per request: b"+" (renamed, durable), or b"-", then b"g" (the file is gone) or b"h"
+# (its name could not be removed: the worker keeps it locked, `Pending.held`), the errno, NUL,
+# the error's text, NUL, the file name it was about. After each group: b"=" and the free bytes
+# of the spool's filesystem (nothing when statvfs failed).
 RECORD_MAX = 16384
 # The command that runs the process (the tests run one with faults of their own making).
 PROGRAM = [sys.executable, "-m", "frontfilter.delivery.committer"]
@@ -118,7 +119,7 @@ class CommitProcess:
             # commit lost, removing it under its final name would remove what it replaced.
             raise ValueError(f"only new files are committed by the commit process: {pending.final}")
         self.start()
-        request = os.fsencode(pending.temp) + b"\0" + os.fsencode(pending.final) + b"\0" + (b"n" if pending.new_name else b"?")
+        request = os.fsencode(pending.temp) + b"\0" + os.fsencode(pending.final)
         self._unsent.append(((pending, done), request))
         self._pump()
 
@@ -193,16 +194,16 @@ class CommitProcess:
                 if not record:
                     lost = lost or OSError(errno.EPIPE, "the spool's commit process ended")
                     break
-                kind = _answer_kind(record)
-                if kind == "free":
-                    self._free_space(int(record[1:]))
-                elif kind is None or not self._sent:
+                answer = _parse_answer(record)
+                if isinstance(answer, int):
+                    self._free_space(answer)
+                elif answer is None or not self._sent:
                     lost = OSError(errno.EPROTO, f"the spool's commit process answered {record[:40]!r} out of turn")
                     break
                 else:
                     waiting = self._sent.popleft()
                     finished.append(waiting)          # settled whatever happens next
-                    _apply(waiting[0], record)
+                    _apply(waiting[0], answer)
         except Exception as error:      # not expected; the entries popped are still settled
             lost = OSError(errno.EPROTO, f"answer from the spool's commit process not applied: {error!r}")
         return finished, lost
@@ -213,13 +214,9 @@ class CommitProcess:
         the process is surely dead, so that it renames nothing after; that wait (a process
         stuck in an fsync is not killed before the fsync returns) is made in a thread, not
         here. The next submit starts another process."""
-        sock, child, loop = self._sock, self._child, self._loop
+        loop = self._loop
         assert loop is not None
-        self._sock = self._child = None
-        if sock is not None:
-            loop.remove_reader(sock.fileno())
-            loop.remove_writer(sock.fileno())
-            sock.close()
+        child = self._disconnect()
         unanswered = list(self._sent) + [waiting for waiting, _ in self._unsent]
         self._sent.clear()
         self._unsent.clear()
@@ -251,15 +248,9 @@ class CommitProcess:
         loop = self._loop
         if loop is None or loop.is_closed() or not loop.is_running():
             self._closing = True
-            if self._sock is not None:
-                if loop is not None and not loop.is_closed():
-                    loop.remove_reader(self._sock.fileno())
-                    loop.remove_writer(self._sock.fileno())
-                self._sock.close()
-                self._sock = None
-            if self._child is not None:
-                _reap(self._child)
-                self._child = None
+            child = self._disconnect()
+            if child is not None:
+                _reap(child)
             return
         closed = threading.Event()
         try:
@@ -287,55 +278,59 @@ class CommitProcess:
         socket, finishes, exits; `close`'s thread reaps it)."""
         if not self._closing or self._closed is None or self._sent or self._unsent or self._settling:
             return
-        sock, child = self._sock, self._child
-        self._sock = self._child = None
-        if sock is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(sock.fileno())
-            self._loop.remove_writer(sock.fileno())
-            sock.close()
+        child = self._disconnect()
         if child is not None:
             self._to_reap.append(child)
         self._closed.set()
 
+    def _disconnect(self) -> subprocess.Popen[bytes] | None:
+        """The socket off the loop and closed (the process reads its end); the process, which
+        the caller ends or reaps."""
+        sock, child, loop = self._sock, self._child, self._loop
+        self._sock = self._child = None
+        if sock is not None:
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(sock.fileno())
+                loop.remove_writer(sock.fileno())
+            sock.close()
+        return child
 
-def _answer_kind(record: bytes) -> str | None:
-    """"answer", "free" (the free-space record), or None: not a record this process sends."""
-    if record in (b"+0", b"+1"):
-        return "answer"
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The process's answer on one file: committed (no error), or not — its name removed, or
+    `held` when that removal failed."""
+    error: OSError | None = None
+    held: bool = False
+
+
+def _parse_answer(record: bytes) -> int | _Outcome | None:
+    """A record of the process: the free bytes (an int), a file's outcome, or None for what
+    this process never sends."""
+    if record == b"+":
+        return _Outcome()
     if record[:1] == b"=" and record[1:].isdigit():
-        return "free"
-    if record[:1] == b"-" and record.count(b"\0") == 2 and record[1:].split(b"\0", 1)[0].isdigit():
-        return "answer"
+        return int(record[1:])
+    if record[:1] == b"-" and record[1:2] in (b"g", b"h") and record.count(b"\0") == 2:
+        number, text, name = record[2:].split(b"\0")
+        if number.isdigit():
+            error = OSError(int(number), text.decode(errors="replace"), os.fsdecode(name))
+            return _Outcome(error, held=record[1:2] == b"h")
     return None
 
 
-def _apply(pending: Pending, answer: bytes) -> None:
+def _apply(pending: Pending, outcome: _Outcome) -> None:
     """The process's answer on one file, as `commit_group` would have left it here."""
-    if answer[:1] == b"+":
+    if outcome.error is None:
         pending.renamed = True
-        pending.replaces = answer[1:2] == b"1"
         return
-    number, text, name = answer[1:].split(b"\0", 2)
-    pending.error = OSError(int(number), text.decode(errors="replace"), os.fsdecode(name))
-    # The process removed the file and closed its descriptor; ours goes too, the lock with
-    # it — unless the file could not be removed (a file system gone read-only): then the lock
-    # stays held, so the scan cannot deliver mail whose client is being refused.
-    if not _still_there(pending):
-        os.close(pending.fd)
-
-
-def _still_there(pending: Pending) -> bool:
-    """The file is still under one of its names (or that cannot be told: then it may be)."""
-    for path in (pending.temp, pending.final):
-        try:
-            os.lstat(path)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True
-        return True
-    return False
+    pending.error = outcome.error
+    if outcome.held:
+        # Its name could not be removed: the lock stays, so the scan cannot deliver mail whose
+        # client is being refused (`Pending.held`).
+        pending.held = True
+    else:
+        os.close(pending.fd)        # the process removed the file and closed its descriptor
 
 
 def _discard_after(child: subprocess.Popen[bytes] | None, unanswered: list[Pending], error: OSError) -> int | None:
@@ -351,22 +346,7 @@ def _discard_after(child: subprocess.Popen[bytes] | None, unanswered: list[Pendi
             exit_code = child.wait(CLOSE_WAIT)
         except subprocess.TimeoutExpired:
             return None
-    directories = set()
-    for pending in unanswered:
-        for path in (pending.temp, pending.final):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
-            directories.add(path.parent)
-            break
-        if not _still_there(pending):
-            os.close(pending.fd)
-        # else: it could not be removed (EIO, a read-only file system): the descriptor, and
-        # the lock with it, stay held, so the worker's scan cannot deliver a message whose
-        # client was refused; recovery at the next start sorts it out.
+    directories = {directory for pending in unanswered if (directory := pending.discard_either(error)) is not None}
     for directory in directories:
         try:
             fsync_dir(directory)
@@ -425,24 +405,24 @@ def _take_group(sock: socket.socket) -> tuple[list[Pending], bool]:
         if not request:
             return group, True
         blocking = False
-        temp, final, new = request.split(b"\0")
+        temp, final = request.split(b"\0")
         fd = _received_fd(ancillary)
-        pending = Pending(fd, Path(os.fsdecode(temp)), Path(os.fsdecode(final)), _NO_STAT)
-        pending.new_name = new == b"n"
-        group.append(pending)
+        group.append(Pending(fd, Path(os.fsdecode(temp)), Path(os.fsdecode(final)), _NO_STAT, new_name=True))
 
 
 def _commit(sock: socket.socket, group: list[Pending]) -> None:
     commit_group(group)
     answers = []
     for pending in group:
-        if pending.error is None:
+        if pending.error is None or pending.held:
             os.close(pending.fd)        # the worker's descriptor keeps the lock
-            answers.append(b"+1" if pending.replaces else b"+0")
+        if pending.error is None:
+            answers.append(b"+")
         else:
             error = pending.error
-            answers.append(b"-%d\0%s\0%s" % (error.errno or errno.EIO, (error.strerror or str(error)).encode(),
-                                             os.fsencode(error.filename or pending.temp)))
+            answers.append(b"-%s%d\0%s\0%s" % (b"h" if pending.held else b"g", error.errno or errno.EIO,
+                                               (error.strerror or str(error)).encode(),
+                                               os.fsencode(error.filename or pending.temp)))
     for answer in answers:
         sock.send(answer)
 

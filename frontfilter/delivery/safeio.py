@@ -164,24 +164,48 @@ class Pending:
     renamed: bool = False             # under its final name (not yet durable before commit ends)
     replaces: bool = False            # the rename replaced a file of that name (a state file)
     new_name: bool = False            # the final name is new (a queue id): no need to look first
-    error: OSError | None = None      # set by commit_group: the file is gone, its lock let go
+    error: OSError | None = None      # set by commit_group: the file is gone, its lock let go...
+    held: bool = False                # ...unless its name could not be removed: then still locked
 
     def locked(self) -> LockedFile:
         """Once committed without error: the file under its final name, still locked."""
         return LockedFile(self.final, self.fd)
 
     def discard(self, error: OSError | None = None) -> None:
-        """Give up on the file: the descriptor closed, the lock with it, and its name removed
-        — the temporary's, or the final one once renamed. Not a final name that replaced a
-        file (a state file whose directory fsync failed): the old content is gone already,
+        """Give up on the file: its name removed — the temporary's, or the final one once
+        renamed — and the descriptor closed, the lock with it. Not a final name that replaced
+        a file (a state file whose directory fsync failed): the old content is gone already,
         and the new one, perhaps not durable, is better than none."""
         self.error = error or self.error
-        if not (self.renamed and self.replaces):
+        if self.renamed and self.replaces:
+            os.close(self.fd)
+        else:
+            self._remove(self.final if self.renamed else self.temp)
+
+    def discard_either(self, error: OSError) -> Path | None:
+        """`discard` of a file that may or may not have been renamed (its commit was lost with
+        the process making it): removed under whichever name it has. The directory it was
+        removed from, for the caller to make that durable; None if it was not there."""
+        self.error = error
+        return self._remove(self.temp, self.final)
+
+    def _remove(self, *names: Path) -> Path | None:
+        """The first of `names` that exists removed, then the descriptor closed. A name that
+        cannot be removed (EIO, a file system gone read-only) keeps the descriptor, and the
+        lock, for the life of the process (`held`): let go, a message whose client is being
+        refused would be taken by the delivery scan and delivered all the same."""
+        for path in names:
             try:
-                (self.final if self.renamed else self.temp).unlink()
+                path.unlink()
+            except FileNotFoundError:
+                continue
             except OSError:
-                pass
+                self.held = True
+                return None
+            os.close(self.fd)
+            return path.parent
         os.close(self.fd)
+        return None
 
 
 def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],

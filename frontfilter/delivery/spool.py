@@ -663,7 +663,8 @@ class Spool:
         self._free = free
 
     def refresh_free_space(self) -> None:
-        """Blocking (statvfs): from the worker's scan thread and after each group commit."""
+        """Blocking (statvfs): from the worker's scan thread and a large write (after each group
+        commit the commit process reports the figure: _set_free_space)."""
         self._free = safeio.free_bytes(self.layout.root)
 
     def reserve(self, size: int, force: bool = False) -> Reservation | Admission:

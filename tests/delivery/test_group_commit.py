@@ -10,13 +10,16 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from frontfilter.config import SpoolConfig
+from frontfilter.config import SpoolConfig, build_config
 from frontfilter.delivery import committer, safeio
+from frontfilter.delivery.queue import StartError, StoreAndForward
 from frontfilter.delivery.spool import (GROUPED_WRITE_MAX, Admission, Envelope, Message, Reservation, Spool,
                                         Spooled, open_message, parse_message)
 from frontfilter.model import new_queue_id
@@ -41,11 +44,22 @@ async def open_spool(tmp_path: Path, **config: object) -> tuple[Spool, list[Mess
     return spool, handed
 
 
+@asynccontextmanager
+async def spool_in(tmp_path: Path) -> AsyncIterator[tuple[Spool, list[Message]]]:
+    """`open_spool`; at the end, the messages handed on let go and the spool shut down."""
+    spool, handed = await open_spool(tmp_path)
+    try:
+        yield spool, handed
+    finally:
+        for message in handed:
+            message.close()
+        await asyncio.to_thread(spool.shutdown)
+
+
 def test_messages_spooled_at_once_are_each_durable_whole_and_handed_on_locked(tmp_path: Path) -> None:
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        envelopes = [envelope(len(body(n))) for n in range(MESSAGES)]
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            envelopes = [envelope(len(body(n))) for n in range(MESSAGES)]
             results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
             assert [r.result for r in results] == [Admission.OK] * MESSAGES
             assert sorted(m.id for m in handed) == sorted(e.id for e in envelopes)
@@ -55,10 +69,6 @@ def test_messages_spooled_at_once_are_each_durable_whole_and_handed_on_locked(tm
                     open_message(spool.layout, sent.id)
             assert list(spool.layout.tmp.iterdir()) == []
             assert spool.count == MESSAGES
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -96,9 +106,8 @@ def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
     faulty(monkeypatch, "dir-fsync-once", record)
 
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        envelopes = [envelope(len(body(n))) for n in range(12)]
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            envelopes = [envelope(len(body(n))) for n in range(12)]
             results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
             groups = [line.split() for line in record.read_text().splitlines()]
             outcome = {e.id: r.result for e, r in zip(envelopes, results, strict=True)}
@@ -109,10 +118,6 @@ def test_an_unsynced_directory_refuses_its_whole_group_and_only_that_group(
                 f"{queue_id}.msg" for group in groups[1:] for queue_id in group)
             assert os.listdir(spool.layout.tmp) == [] and len(handed) == 12 - len(groups[0])
             assert spool.count == len(handed)
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -126,9 +131,8 @@ def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_
     faulty(monkeypatch, "die-after-rename", record)
 
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        envelopes = [envelope(len(body(n))) for n in range(6)]
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            envelopes = [envelope(len(body(n))) for n in range(6)]
             results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
             assert {r.result for r in results} == {Admission.FAILED}
             assert "commit process ended" in results[0].reason
@@ -143,10 +147,6 @@ def test_a_commit_process_that_dies_refuses_what_it_did_not_answer_and_the_next_
             spooled = await asyncio.wait_for(spool.submit(after, body(7)), 30)
             assert spooled.result is Admission.OK and [m.id for m in handed] == [after.id]
             assert parse_message(spool.layout.msg(after.id).read_bytes()) == (after, body(7))
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -192,6 +192,41 @@ def test_a_refused_message_that_cannot_be_removed_stays_locked_so_it_is_not_deli
     asyncio.run(main())
 
 
+def test_a_large_message_whose_commit_failed_and_cannot_be_removed_stays_locked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a write made whole in a spool thread (`write_locked`, large messages): the
+    lock outlives the failed removal (`Pending.held`), so nobody else can take the file."""
+    (tmp_path / "tmp").mkdir()
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "injected read-only file system")
+
+    monkeypatch.setattr(safeio, "fsync_dir", failing)
+    monkeypatch.setattr(Path, "unlink", failing)
+    with pytest.raises(OSError, match="read-only"):
+        safeio.write_locked(tmp_path / "tmp", tmp_path / "ID.msg", (b"new",))
+    monkeypatch.undo()
+    assert (tmp_path / "ID.msg").read_bytes() == b"new"
+    with pytest.raises(safeio.Busy):
+        safeio.lock_file(tmp_path / "ID.msg")
+
+
+def test_a_service_whose_commit_process_cannot_start_does_not_start_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer, "PROGRAM", [str(tmp_path / "missing-python")])
+    config = build_config({"backend": {"servers": ["127.0.0.1:9"], "mode": "queue"},
+                           "spool": {"dir": str(tmp_path / "spool")}, "rules": {"dir": str(tmp_path)}},
+                          tmp_path / "frontfilter.toml")
+
+    async def main() -> None:
+        queue = StoreAndForward(config)
+        with pytest.raises(StartError, match="commit process cannot start.*spool.dir"):
+            await queue.start()
+        await queue.close()
+
+    asyncio.run(main())
+
+
 def test_requests_in_flight_are_bounded_and_every_message_is_still_taken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At most committer.IN_FLIGHT_MAX requests (2 here) are with the process at once (each
@@ -202,18 +237,13 @@ def test_requests_in_flight_are_bounded_and_every_message_is_still_taken(
     monkeypatch.setattr(committer, "IN_FLIGHT_MAX", 2)
 
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        envelopes = [envelope(len(body(n))) for n in range(12)]
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            envelopes = [envelope(len(body(n))) for n in range(12)]
             results = await asyncio.gather(*(spool.submit(e, body(n)) for n, e in enumerate(envelopes)))
             assert [r.result for r in results] == [Admission.OK] * 12 and len(handed) == 12
             groups = [line.split() for line in record.read_text().splitlines()]
             assert max(len(group) for group in groups) <= 2
             assert [queue_id for group in groups for queue_id in group] == [e.id for e in envelopes]
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -225,8 +255,7 @@ def test_a_commit_process_that_cannot_start_refuses_that_message_and_the_next_on
     monkeypatch.setattr(committer, "PROGRAM", [str(tmp_path / "missing-python")])
 
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
             first = await spool.submit(envelope(len(body(1))), body(1))
             assert first.result is Admission.FAILED and "commit process cannot start" in first.reason
             assert os.listdir(spool.layout.tmp) == [] and os.listdir(spool.layout.queue) == []
@@ -234,10 +263,6 @@ def test_a_commit_process_that_cannot_start_refuses_that_message_and_the_next_on
             second = await asyncio.wait_for(spool.submit(envelope(len(body(2))), body(2)), 30)
             assert second.result is Admission.OK and len(handed) == 1
             assert os.listdir(spool.layout.tmp) == [] and spool.admit() is Admission.OK
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -249,9 +274,8 @@ def test_a_session_cancelled_while_its_message_is_written_leaves_it_to_the_worke
     the worker, durable and whole (the client may have been told nothing: it sends it again,
     at least once as ever)."""
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        sent = envelope(size)
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            sent = envelope(size)
             task = asyncio.ensure_future(spool.submit(sent, b"c" * size))
             await asyncio.sleep(0)                   # the write begun (small: on this loop)
             task.cancel()
@@ -263,10 +287,6 @@ def test_a_session_cancelled_while_its_message_is_written_leaves_it_to_the_worke
                 await asyncio.sleep(0.05)
             assert [m.id for m in handed] == [sent.id] and handed[0].body == b"c" * size
             assert spool.admit() is Admission.OK and os.listdir(spool.layout.tmp) == []
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
 
@@ -362,17 +382,12 @@ def test_small_and_large_messages_alike_once_the_spool_is_closed_are_refused(tmp
 
 def test_a_large_message_is_spooled_whole_beside_small_ones(tmp_path: Path) -> None:
     async def main() -> None:
-        spool, handed = await open_spool(tmp_path)
-        large = b"Subject: big\r\n\r\n" + b"y" * (GROUPED_WRITE_MAX * 2) + b"\r\n"
-        try:
+        async with spool_in(tmp_path) as (spool, handed):
+            large = b"Subject: big\r\n\r\n" + b"y" * (GROUPED_WRITE_MAX * 2) + b"\r\n"
             big = envelope(len(large))
             results = await asyncio.gather(spool.submit(big, large),
                                            *(spool.submit(envelope(len(body(n))), body(n)) for n in range(5)))
             assert {r.result for r in results} == {Admission.OK} and len(handed) == 6
             assert parse_message(spool.layout.msg(big.id).read_bytes()) == (big, large)
-        finally:
-            for message in handed:
-                message.close()
-            await asyncio.to_thread(spool.shutdown)
 
     asyncio.run(main())
