@@ -222,7 +222,9 @@ class Worker:
             try:
                 await asyncio.wait_for(self._line_moved.wait(), left)
             except TimeoutError:
-                return "delay"
+                # Looked at again, not taken as the end: uvloop's timers run on the loop's
+                # cached millisecond clock and may fire a little before `deadline`.
+                continue
         return "moved"
 
     # ---- the index ---------------------------------------------------------------------
