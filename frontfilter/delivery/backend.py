@@ -22,12 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import aiosmtplib
-from aiosmtplib import SMTPResponse
-
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
 from frontfilter.delivery import tls as backend_tls, wire, xforward
+from frontfilter.delivery.client import Refused, Reply, SmtpClient, SmtpError
 from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.mapped import MessageBytes
 
@@ -86,20 +84,31 @@ def _connection_failure(backend: str, error: BaseException) -> BackendReply:
 
 
 async def open_connection(config: BackendConfig, server: HostPort, helo_name: str
-                          ) -> tuple[aiosmtplib.SMTP, BackendReply] | BackendReply:
+                          ) -> tuple[SmtpClient, BackendReply] | BackendReply:
     """A connection to `server`, TLS as `backend.tls` says, EHLO done: (client, EHLO's reply);
     or, when none could be had, why not, as a reply. For sync mode's session and the queue's
     pool alike."""
     name = str(server)
     try:
         smtp, tls_version, response = await backend_tls.connect(config, server, helo_name)
-    except aiosmtplib.SMTPResponseException as error:
+    except Refused as error:
         return _from_response(error.code, error.message, name)
-    except (aiosmtplib.SMTPException, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
+    except (SmtpError, backend_tls.BackendTlsError, OSError, TimeoutError) as error:
         return _connection_failure(name, error)      # OSError: ssl.SSLError included
     if tls_version is not None:
         observe.tls_session("outbound", tls_version)
     return smtp, _from_response(response.code, response.message, name)
+
+
+def reply_of(reply: Reply, backend: str) -> BackendReply:
+    return _from_response(reply.code, reply.message, backend)
+
+
+def _encoding(smtp: SmtpClient | None, options: Sequence[str]) -> str:
+    """UTF-8 for a transaction's addresses when the client asked for SMTPUTF8 and the backend
+    offers it; else ASCII (an address that needs more is refused: 553 5.6.7)."""
+    utf8 = any(o.upper() == "SMTPUTF8" for o in options)
+    return "utf-8" if utf8 and smtp is not None and smtp.supports("smtputf8") else "ascii"
 
 
 class BackendSession:
@@ -108,9 +117,10 @@ class BackendSession:
     def __init__(self, config: BackendConfig, helo_name: str):
         self._config = config
         self._helo_name = config.helo_name or helo_name
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: SmtpClient | None = None
         self.backend: str | None = None
         self._in_transaction = False
+        self._encoding = "ascii"        # of this transaction's addresses: UTF-8 with SMTPUTF8
 
     @property
     def connected(self) -> bool:
@@ -143,7 +153,9 @@ class BackendSession:
             if client is not None and self._config.forward_client:    # to a backend that asks
                 told = await self._command(lambda smtp: self._tell(smtp, client))
             if told is None or told.ok:
-                reply = await self._command(lambda smtp: smtp.mail(sender, options=self._mail_options(options)))
+                self._encoding = _encoding(self._smtp, options)
+                reply = await self._command(lambda smtp: smtp.command(
+                    wire.mail_command(sender, self._mail_options(options), self._encoding)))
             else:
                 reply = told
             if reply.ok:
@@ -156,7 +168,7 @@ class BackendSession:
         assert last is not None or not candidates
         return last or BackendReply(Outcome.TRANSIENT, 451, "4.4.1", "no backend", "-")
 
-    async def _tell(self, smtp: aiosmtplib.SMTP, client: ClientFacts) -> None:
+    async def _tell(self, smtp: SmtpClient, client: ClientFacts) -> None:
         # This connection is this session's alone: an XCLIENT binding it to its client is right.
         await xforward.send(smtp, client, self._config.timeout)
 
@@ -165,16 +177,16 @@ class BackendSession:
         wanted = []
         for option in options:
             keyword = option.split("=", 1)[0].upper()
-            if keyword == "BODY" and self._smtp.supports_extension("8bitmime"):
+            if keyword == "BODY" and self._smtp.supports("8bitmime"):
                 wanted.append(option)
-            elif keyword == "SMTPUTF8" and self._smtp.supports_extension("smtputf8"):
+            elif keyword == "SMTPUTF8" and self._smtp.supports("smtputf8"):
                 wanted.append(option)
-            elif keyword == "SIZE" and self._smtp.supports_extension("size"):
+            elif keyword == "SIZE" and self._smtp.supports("size"):
                 wanted.append(option)
         return wanted
 
     async def add_recipient(self, recipient: str) -> BackendReply:
-        return await self._command(lambda smtp: smtp.rcpt(recipient))
+        return await self._command(lambda smtp: smtp.command(wire.rcpt_command(recipient, self._encoding)))
 
     async def send(self, message: MessageBytes, head: bytes = b"") -> BackendReply:
         """Send the message of the open transaction, `head` on top. The transaction ends either way."""
@@ -187,7 +199,7 @@ class BackendSession:
 
     async def reset(self) -> None:
         if self.connected and self._in_transaction:
-            reply = await self._command(lambda smtp: smtp.rset())
+            reply = await self._command(lambda smtp: smtp.command(b"RSET"))
             if not reply.ok:
                 await self.close()
         self._in_transaction = False
@@ -197,15 +209,9 @@ class BackendSession:
         self._in_transaction = False
         if smtp is None:
             return
-        try:
-            if smtp.is_connected:
-                await smtp.quit(timeout=min(5.0, self._config.timeout))
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
-        finally:
-            smtp.close()
+        await smtp.quit(min(5.0, self._config.timeout))
 
-    async def _command(self, step: Callable[[aiosmtplib.SMTP], Awaitable[SMTPResponse | None]]) -> BackendReply:
+    async def _command(self, step: Callable[[SmtpClient], Awaitable[Reply | None]]) -> BackendReply:
         """One step of the conversation on the open connection, its answer classified; a step
         with no answer of its own (XFORWARD: its lines are checked as they go) is OK once done."""
         name = self.backend or "-"
@@ -216,12 +222,13 @@ class BackendSession:
             response = await step(self._smtp)
             if response is None:
                 return BackendReply(Outcome.OK, 250, None, "", name)
-        except aiosmtplib.SMTPResponseException as error:
-            reply = _from_response(error.code, error.message, name)
-            if error.code in SESSION_BROKEN:
-                await self.close()
-            return reply
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+        except Refused as error:
+            response = Reply(error.code, error.message)
+        except UnicodeEncodeError:
+            return BackendReply(Outcome.PERMANENT, 553, "5.6.7", "non-ASCII address and the backend lacks SMTPUTF8", name)
+        except (SmtpError, OSError, TimeoutError) as error:
             await self.close()
             return _connection_failure(name, error)
+        if response.code in SESSION_BROKEN:
+            await self.close()
         return _from_response(response.code, response.message, name)

@@ -31,14 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiosmtplib
-
 from frontfilter import observe
 from frontfilter.config import BackendConfig, HostPort
 from frontfilter.delivery import wire, xforward
+from frontfilter.delivery.client import Refused, SmtpClient, SmtpError
 from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
-                                          _from_response, open_connection)
+                                          open_connection, reply_of)
 from frontfilter.mapped import MessageBytes
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
@@ -73,7 +72,7 @@ class _Failover:
 
 @dataclass
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    smtp: SmtpClient
     server: HostPort
     name: str
     idle_since: float = 0.0
@@ -168,13 +167,7 @@ class Forwarder:
                 await self._quit(idle.pop())
 
     async def _quit(self, conn: _Connection) -> None:
-        try:
-            if conn.smtp.is_connected:
-                await conn.smtp.quit(timeout=min(QUIT_TIMEOUT, self.config.timeout))
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
-        finally:
-            conn.smtp.close()
+        await conn.smtp.quit(min(QUIT_TIMEOUT, self.config.timeout))
 
     # ---- one attempt --------------------------------------------------------------------
 
@@ -220,84 +213,120 @@ class Forwarder:
     async def _transaction(self, conn: _Connection, sender: str, recipients: Sequence[str], data: MessageBytes,
                            options: Sequence[str], head: bytes = b"",
                            client: ClientFacts | None = None) -> Attempt | _Failover:
-        """XFORWARD (to a backend that asks), MAIL, RCPT each, DATA. Returns the attempt, or why
-        the next backend should be tried."""
+        """XFORWARD (to a backend that asks), MAIL, RCPT each and DATA in one write (PIPELINING,
+        RFC 2920), then the message once DATA's 354 is in. Returns the attempt, or why the next
+        backend should be tried."""
         smtp, name = conn.smtp, conn.name
-        utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports_extension("smtputf8")
+        utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports("smtputf8")
         encoding = "utf-8" if utf8 else "ascii"
-        mail_options = self._mail_options(smtp, options, len(head) + len(data))
         try:
-            if self.config.forward_client:
-                conn.bound = await xforward.send(smtp, client, self.config.timeout)
-            await wire.send_mail(smtp, sender, mail_options, encoding)
-        except aiosmtplib.SMTPResponseException as error:
-            reply = _from_response(error.code, error.message, name)
-            if reply.outcome is Outcome.PERMANENT:
-                await self._reset(conn)
-                return Attempt(name, tuple(reply for _ in recipients))
-            await self.release(conn, reusable=False)
-            return _Failover(reply, connection_lost=error.code in SESSION_BROKEN)
+            mail = wire.mail_command(sender, self._mail_options(smtp, options, len(head) + len(data)), encoding)
         except UnicodeEncodeError:
-            await self._reset(conn)
-            reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7",
-                                 "non-ASCII sender and the backend lacks SMTPUTF8", name)
+            reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7", "non-ASCII sender and the backend lacks SMTPUTF8", name)
             return Attempt(name, tuple(reply for _ in recipients))
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            await self.release(conn, reusable=False)
-            return _Failover(_connection_failure(name, error), connection_lost=True)
-
-        results: list[BackendReply | None] = []
+        results: list[BackendReply | None] = []      # None: asked (its RCPT's reply decides)
+        rcpts: list[bytes] = []
         for recipient in recipients:
             try:
-                await wire.send_rcpt(smtp, recipient, encoding)
-                results.append(None)           # accepted: its fate is DATA's
-            except aiosmtplib.SMTPResponseException as error:
-                reply = _from_response(error.code, error.message, name)
-                if error.code in SESSION_BROKEN:
-                    await self.release(conn, reusable=False)
-                    return _Failover(reply, connection_lost=True)
-                results.append(reply)
+                rcpts.append(wire.rcpt_command(recipient, encoding))
+                results.append(None)
             except UnicodeEncodeError:
                 results.append(BackendReply(Outcome.PERMANENT, 553, "5.6.7",
                                             "non-ASCII recipient and the backend lacks SMTPUTF8", name))
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+        try:
+            told: list[bytes] = []
+            if self.config.forward_client:
+                told = xforward.pipelined(smtp, client)
+                if not told:        # XCLIENT, if offered: not pipelined (the backend greets anew)
+                    conn.bound = await xforward.send(smtp, client, self.config.timeout)
+            commands = [*told, mail, *rcpts] + ([b"DATA"] if rcpts else [])
+            replies = await smtp.exchange(commands)
+        except Refused as error:                                # XCLIENT refused
+            return await self._refused_before_mail(conn, reply_of(error.reply, name), recipients,
+                                                   data_pending=False)
+        except (SmtpError, OSError, TimeoutError) as error:
+            await self.release(conn, reusable=False)
+            return _Failover(_connection_failure(name, error), connection_lost=True)
+
+        told_replies, mail_reply = replies[:len(told)], replies[len(told)]
+        rcpt_replies, data_reply = replies[len(told) + 1:len(told) + 1 + len(rcpts)], replies[-1] if rcpts else None
+        data_pending = data_reply is not None and data_reply.code == 354
+        for said in [*told_replies, mail_reply]:
+            if said.code >= 400:
+                return await self._refused_before_mail(conn, reply_of(said, name), recipients, data_pending)
+        asked = iter(rcpt_replies)
+        for index, result in enumerate(results):
+            if result is not None:
+                continue
+            answer = reply_of(next(asked), name)
+            if answer.code in SESSION_BROKEN:
                 await self.release(conn, reusable=False)
-                return _Failover(_connection_failure(name, error), connection_lost=True)
-        if all(r is not None for r in results):
-            await self._reset(conn)
+                return _Failover(answer, connection_lost=True)
+            results[index] = None if answer.ok else answer
+        if all(r is not None for r in results) or data_reply is None:
+            # Nobody to send to. A backend that said 354 all the same is left by closing the
+            # connection: an end mark now would deliver an empty message.
+            if data_pending:
+                await self._abandon(conn)
+            else:
+                await self._reset(conn)
             return Attempt(name, tuple(r for r in results if r is not None))
 
+        reusable = False
         try:
-            response = await wire.send_data(smtp, data, head)
-            outcome = _from_response(response.code, response.message, name)
-            reusable = True
-        except aiosmtplib.SMTPResponseException as error:
-            outcome = _from_response(error.code, error.message, name)
-            reusable = error.code not in SESSION_BROKEN
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            if data_pending:
+                final = await wire.send_message(smtp, data, head)
+            else:
+                final = wire.refusal_of_data(smtp, data_reply)
+            outcome = reply_of(final, name)
+            reusable = final.code not in SESSION_BROKEN
+        except (SmtpError, OSError, TimeoutError) as error:
             outcome = _connection_failure(name, error)
-            reusable = False
-        await self.release(conn, reusable=reusable)
-        final = tuple(outcome if r is None else r for r in results)
-        return Attempt(name, final)
+        if reusable and not data_pending:
+            await self._reset(conn)     # DATA refused: the transaction may linger on its side
+        else:
+            await self.release(conn, reusable=reusable)
+        return Attempt(name, tuple(outcome if r is None else r for r in results))
+
+    async def _refused_before_mail(self, conn: _Connection, reply: BackendReply, recipients: Sequence[str],
+                                   data_pending: bool) -> Attempt | _Failover:
+        """XFORWARD, XCLIENT or MAIL refused. A 5xx is the backend's policy about the sender,
+        not its health: the answer for every recipient. A 4xx: the next backend is tried.
+        A DATA that the backend still said 354 to is left by closing the connection."""
+        if reply.outcome is Outcome.PERMANENT:
+            if data_pending:
+                await self._abandon(conn)
+            else:
+                await self._reset(conn)
+            return Attempt(conn.name, tuple(reply for _ in recipients))
+        if data_pending:
+            await self._abandon(conn)
+        else:
+            await self.release(conn, reusable=False)
+        return _Failover(reply, connection_lost=reply.code in SESSION_BROKEN)
+
+    async def _abandon(self, conn: _Connection) -> None:
+        """Closed without a word: in the middle of DATA a QUIT would be part of the message."""
+        conn.smtp.close()
+        await self.release(conn, reusable=False)
 
     async def _reset(self, conn: _Connection) -> None:
         try:
-            await conn.smtp.rset()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            reply = await conn.smtp.command(b"RSET")
+        except (SmtpError, OSError, TimeoutError):
             await self.release(conn, reusable=False)
             return
-        await self.release(conn, reusable=True)
+        await self.release(conn, reusable=reply.code == 250)
 
     @staticmethod
-    def _mail_options(smtp: aiosmtplib.SMTP, options: Sequence[str], size: int) -> list[str]:
+    def _mail_options(smtp: SmtpClient, options: Sequence[str], size: int) -> list[str]:
         wanted = []
         for option in options:
             keyword = option.split("=", 1)[0].upper()
             extension = PASSED_ON.get(keyword)
-            if extension is not None and smtp.supports_extension(extension):
+            if extension is not None and smtp.supports(extension):
                 wanted.append(option)
-        if smtp.supports_extension("size"):
+        if smtp.supports("size"):
             wanted.append(f"SIZE={size}")
         return wanted
 

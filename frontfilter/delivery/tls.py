@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-import aiosmtplib
-
 from frontfilter import observe
 from frontfilter.config import BackendConfig, BackendTls, Config, ConfigError, HostPort
+from frontfilter.delivery.client import ConnectionLost, Reply, SmtpClient, expect
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -121,42 +120,42 @@ def backend_tls_problems(config: Config) -> list[str]:
     return []
 
 
-async def secure(smtp: aiosmtplib.SMTP, config: BackendConfig, server: HostPort) -> str | None:
+async def secure(smtp: SmtpClient, config: BackendConfig, server: HostPort, helo_name: str) -> str | None:
     """STARTTLS on a connected client as `config.tls` says; returns the TLS version or None.
 
     Raises BackendTlsError (required but not offered, or the handshake or verification
-    failed) and aiosmtplib's errors for a connection that broke; the caller closes `smtp`.
+    failed) and the client's errors for a connection that broke; the caller closes `smtp`.
     """
     context = client_context(config)
     if context is None:
         return None
-    await smtp.ehlo()
-    if not smtp.supports_extension("starttls"):
+    expect(await smtp.ehlo(helo_name), 250)
+    if not smtp.supports("starttls"):
         if config.tls is BackendTls.REQUIRED:
             raise BackendTlsError("backend does not offer STARTTLS and backend.tls = \"required\"")
         return None
     try:
-        await smtp.starttls(tls_context=context, server_hostname=config.tls_verify_name or server.host)
-    except aiosmtplib.SMTPResponseException as error:     # e.g. 454: TLS not available now
-        if config.tls is BackendTls.REQUIRED:
-            raise BackendTlsError(f"STARTTLS refused: {error.code} {error.message}") from None
-        return None                                        # opportunistic: go on in plain text
+        reply = await smtp.starttls(context, config.tls_verify_name or server.host)
     except ssl.SSLCertVerificationError as error:
         raise BackendTlsError(f"certificate not verified: {error.verify_message}") from None
     except ssl.SSLError as error:
         raise TlsHandshakeFailed(f"TLS handshake failed: {error.reason or error}") from None
-    except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as error:
+    except (ConnectionLost, ConnectionError) as error:
         raise TlsHandshakeFailed(f"TLS handshake broken off: {error}") from None
-    ssl_object = smtp.get_transport_info("ssl_object")
-    return str(ssl_object.version()) if ssl_object is not None else "unknown"
+    if reply.code != 220:                                  # e.g. 454: TLS not available now
+        if config.tls is BackendTls.REQUIRED:
+            raise BackendTlsError(f"STARTTLS refused: {reply.code} {reply.message}")
+        return None                                        # opportunistic: go on in plain text
+    return smtp.tls_version
 
 
 async def connect(config: BackendConfig, server: HostPort, helo_name: str
-                  ) -> tuple[aiosmtplib.SMTP, str | None, aiosmtplib.SMTPResponse]:
+                  ) -> tuple[SmtpClient, str | None, Reply]:
     """A client connected to `server`, secured as `config.tls` says and greeted with EHLO:
-    (client, TLS version or None, the EHLO reply). Raises what `secure` and aiosmtplib raise;
-    the client is closed then. An opportunistic handshake failure is not raised: the same
-    server is tried once more without STARTTLS."""
+    (client, TLS version or None, the EHLO reply). Raises what `secure` and the client raise
+    (Refused for a greeting or EHLO that is not a welcome); the client is closed then. An
+    opportunistic handshake failure is not raised: the same server is tried once more without
+    STARTTLS."""
     try:
         return await _connect(config, server, helo_name, tls=True)
     except TlsHandshakeFailed as error:
@@ -167,14 +166,12 @@ async def connect(config: BackendConfig, server: HostPort, helo_name: str
 
 
 async def _connect(config: BackendConfig, server: HostPort, helo_name: str, tls: bool
-                   ) -> tuple[aiosmtplib.SMTP, str | None, aiosmtplib.SMTPResponse]:
-    smtp = aiosmtplib.SMTP(hostname=server.host, port=server.port, local_hostname=helo_name,
-                           timeout=config.timeout, start_tls=False)
+                   ) -> tuple[SmtpClient, str | None, Reply]:
+    smtp = await SmtpClient.connect(server.host, server.port, config.timeout, config.connect_timeout)
     try:
-        await smtp.connect(timeout=config.connect_timeout)
-        tls_version = await secure(smtp, config, server) if tls else None
-        response = await smtp.ehlo()
+        tls_version = await secure(smtp, config, server, helo_name) if tls else None
+        reply = expect(await smtp.ehlo(helo_name), 250)
     except BaseException:
         smtp.close()
         raise
-    return smtp, tls_version, response
+    return smtp, tls_version, reply

@@ -25,11 +25,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosmtplib
-
 from frontfilter import observe
 from frontfilter.config import BackendConfig
-from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, _from_response
+from frontfilter.delivery import wire
+from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, reply_of
+from frontfilter.delivery.client import Refused, SmtpClient, SmtpError
 from frontfilter.delivery.forward import Forwarder
 
 # Addresses remembered. An edge relay for a few domains sees a bounded set of real recipients;
@@ -116,11 +116,11 @@ class RecipientVerifier:
                 except asyncio.CancelledError:
                     conn.smtp.close()       # mid-command: never back into the pool
                     raise
-                except aiosmtplib.SMTPResponseException as error:     # MAIL or RSET refused
+                except Refused as error:                             # MAIL or RSET refused
                     await self.forwarder.release(conn, reusable=False)
-                    last = _from_response(error.code, error.message, conn.name)
+                    last = reply_of(error.reply, conn.name)
                     break
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                except (SmtpError, OSError, TimeoutError) as error:
                     await self.forwarder.release(conn, reusable=False)
                     if conn.reused:
                         continue
@@ -136,15 +136,16 @@ class RecipientVerifier:
         return Verification(Verdict.UNAVAILABLE, last or self.forwarder.skipped_because(), cached=False)
 
     @staticmethod
-    async def _ask(smtp: aiosmtplib.SMTP, name: str, address: str) -> BackendReply:
+    async def _ask(smtp: SmtpClient, name: str, address: str) -> BackendReply:
+        """MAIL FROM:<>, RCPT TO:<address> and RSET, in one write where the backend pipelines:
+        the RCPT's reply. Refused when MAIL or RSET was."""
         utf8 = not address.isascii()
-        if utf8 and not smtp.supports_extension("smtputf8"):
+        if utf8 and not smtp.supports("smtputf8"):
             return BackendReply(Outcome.PERMANENT, 553, "5.6.7", "backend lacks SMTPUTF8", name)
-        await smtp.mail("", options=["SMTPUTF8"] if utf8 else [])
-        try:
-            response = await smtp.rcpt(address, encoding="utf-8" if utf8 else "ascii")
-            reply = _from_response(response.code, response.message, name)
-        except aiosmtplib.SMTPResponseException as error:
-            reply = _from_response(error.code, error.message, name)
-        await smtp.rset()
-        return reply
+        mail = wire.mail_command("", ["SMTPUTF8"] if utf8 else [], "ascii")
+        mail_reply, rcpt_reply, rset_reply = await smtp.exchange(
+            [mail, wire.rcpt_command(address, "utf-8" if utf8 else "ascii"), b"RSET"])
+        for reply in (mail_reply, rset_reply):
+            if reply.code != 250:
+                raise Refused(reply)
+        return reply_of(rcpt_reply, name)

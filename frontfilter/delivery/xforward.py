@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import aiosmtplib
+from frontfilter.delivery.client import Refused, SmtpClient, expect
 
 LINE_MAX = 500
 UNAVAILABLE = "[UNAVAILABLE]"
@@ -107,38 +107,44 @@ def _lines(verb: str, attributes: list[tuple[str, str | None]], offered: Iterabl
     return lines
 
 
-def offered(smtp: aiosmtplib.SMTP, extension: str = "xforward") -> Sequence[str]:
+def offered(smtp: SmtpClient, extension: str = "xforward") -> Sequence[str]:
     """The attributes the backend lists after XFORWARD (or XCLIENT) in its EHLO reply ([] if
     it does not offer it)."""
-    if not smtp.supports_extension(extension):
+    if not smtp.supports(extension):
         return []
-    return smtp.esmtp_extensions.get(extension, "").split()
+    return smtp.extensions.get(extension, "").split()
 
 
-async def send(smtp: aiosmtplib.SMTP, client: ClientFacts | None, timeout: float) -> bool:
+def pipelined(smtp: SmtpClient, client: ClientFacts | None) -> list[bytes]:
+    """The XFORWARD lines for a backend that offers it, to go out in one write with MAIL
+    (Postfix's client pipelines them so too); [] for one that does not (`send` sees to
+    XCLIENT, which cannot be pipelined: the backend greets anew after it)."""
+    if client is None:
+        return []
+    attributes = offered(smtp)
+    return [line.encode("ascii") for line in commands(client, attributes)] if attributes else []
+
+
+async def send(smtp: SmtpClient, client: ClientFacts | None, timeout: float) -> bool:
     """Before MAIL: tell the backend who the client was, if it asks to be told. True when that
     was XCLIENT: the connection now speaks as that client for good (Postfix then judges even
     a next XCLIENT by the client's address, which it does not authorise), so it must not carry
-    another message or a recipient probe. Raises like any command (an error reply, a lost
-    connection): the transaction is then not begun."""
+    another message or a recipient probe. Raises like any command (Refused for an error
+    reply, SmtpError for a lost connection): the transaction is then not begun."""
     if client is None:
         return False
     xforward = offered(smtp)
     if xforward:
         for line in commands(client, xforward):
-            response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
-            if response.code >= 400:
-                raise aiosmtplib.SMTPResponseException(response.code, response.message)
+            reply = await smtp.command(line.encode("ascii"), timeout)
+            if reply.code >= 400:
+                raise Refused(reply)
         return False
     lines = xclient_commands(client, offered(smtp, "xclient"))
     for line in lines:
-        response = await smtp.execute_command(line.encode("ascii"), timeout=timeout)
-        if response.code not in XCLIENT_OK:
-            raise aiosmtplib.SMTPResponseException(response.code, response.message)
+        expect(await smtp.command(line.encode("ascii"), timeout), *XCLIENT_OK)
     if lines:
         # The backend started over as if the client had just connected: greet it again (the
         # name is the relay's own; the client's HELO went in the XCLIENT line).
-        response = await smtp.ehlo(timeout=timeout)
-        if response.code != 250:
-            raise aiosmtplib.SMTPResponseException(response.code, response.message)
+        expect(await smtp.ehlo(smtp.helo_name), 250)
     return bool(lines)

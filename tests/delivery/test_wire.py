@@ -15,11 +15,11 @@ import smtplib
 import tempfile
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
 
 from frontfilter.delivery import wire
+from frontfilter.delivery.client import SmtpClient
 from frontfilter.model import CrlfText, DotFreeText
 from frontfilter.mapped import MappedText, SpilledMessage
 from frontfilter.smtp.paths import parse_path
@@ -121,19 +121,25 @@ def test_head_and_message_reach_the_backend_as_one_message(head: bytes, body: st
     }[body]
 
     async def send(port: int) -> None:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
-        await smtp.connect()
-        await smtp.ehlo()
-        await smtp.mail(wire.path("a@example.net").decode())
-        await smtp.rcpt(wire.path("b@example.org").decode())
+        smtp = await opened(port)
         response = await wire.send_data(smtp, text, head)
         assert response.code == 250
-        await smtp.quit()
+        await smtp.quit(10)
 
     with RecordingSink() as sink:
         asyncio.run(send(sink.port))
         [received] = sink.wait_for(1)
     assert received.data == head + text
+
+
+async def opened(port: int) -> SmtpClient:
+    """A connection to the test backend on `port` with a transaction begun (MAIL, RCPT)."""
+    smtp = await SmtpClient.connect("127.0.0.1", port, timeout=10, connect_timeout=10)
+    assert (await smtp.ehlo("client.test")).code == 250
+    replies = await smtp.exchange([wire.mail_command("a@example.net", [], "ascii"),
+                                   wire.rcpt_command("b@example.org", "ascii")])
+    assert [r.code for r in replies] == [250, 250]
+    return smtp
 
 
 def mapped(cls: type[MappedText], data: bytes) -> MappedText:
@@ -146,7 +152,7 @@ def mapped(cls: type[MappedText], data: bytes) -> MappedText:
 @pytest.mark.parametrize("kind", ["spilled", "other mapping"])
 def test_a_message_read_through_a_mapping_reaches_the_backend_as_it_is(kind: str) -> None:
     """A spilled message (DATA checked it: CRLF-clean, no dotted line) is sent as it is, in
-    slices; any other mapping takes aiosmtplib's path, which stuffs its dotted lines."""
+    slices; any other mapping is made CRLF and has its dotted lines stuffed."""
     line = b"z" * 76 + b"\r\n"
     text = b"Subject: mapped\r\n\r\n" + line * (3 * wire.WRITE_SLICE // len(line))
     if kind == "other mapping":
@@ -154,13 +160,9 @@ def test_a_message_read_through_a_mapping_reaches_the_backend_as_it_is(kind: str
     message = mapped(SpilledMessage if kind == "spilled" else MappedText, text)
 
     async def send(port: int) -> None:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10, start_tls=False)
-        await smtp.connect()
-        await smtp.ehlo()
-        await smtp.mail("a@example.net")
-        await smtp.rcpt("b@example.org")
+        smtp = await opened(port)
         assert (await wire.send_data(smtp, message, b"X-Head: 1\r\n")).code == 250
-        await smtp.quit()
+        await smtp.quit(10)
 
     with RecordingSink() as sink:
         asyncio.run(send(sink.port))
@@ -214,15 +216,9 @@ def test_a_backend_refusing_a_big_message_before_its_end_is_heard() -> None:
         backend = EarlyRefusal()
         server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
         try:
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.sockets[0].getsockname()[1],
-                                   timeout=10, start_tls=False)
-            await smtp.connect()
-            await smtp.ehlo()
-            await smtp.mail("a@example.net")
-            await smtp.rcpt("b@example.org")
-            with pytest.raises(aiosmtplib.SMTPDataError) as refused:
-                await wire.send_data(smtp, text)
-            assert refused.value.code == 552
+            smtp = await opened(server.sockets[0].getsockname()[1])
+            refused = await wire.send_data(smtp, text)
+            assert refused.code == 552
             smtp.close()
             await asyncio.wait_for(backend.done.wait(), 10)
         finally:

@@ -1,0 +1,217 @@
+"""The backend client (`delivery.client`) seen from a backend that says exactly what each test
+needs, over loopback: a delivery pipelines its commands where the backend offers PIPELINING and
+only there, and what a backend says out of turn or out of SMTP never passes for a reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from frontfilter.delivery.backend import Outcome
+from frontfilter.delivery.forward import Attempt, Forwarder
+from frontfilter.delivery.xforward import ClientFacts
+from tests.delivery.test_worker_inprocess import config_for
+
+MESSAGE = b"Subject: scripted\r\n\r\nhello\r\n"
+PIPELINING = (b"PIPELINING", b"XFORWARD ADDR HELO")
+ENOUGH = 5.0        # no test waits this long unless the client is wrong
+
+
+class Scripted:
+    """A backend that offers `offers` and answers each command line with `answer(verb)` (None:
+    the usual). It records every line read, and for each reply it wrote, how many lines had
+    been read by then."""
+
+    def __init__(self, offers: tuple[bytes, ...] = PIPELINING,
+                 answer: Callable[[bytes], bytes | None] = lambda verb: None,
+                 hold_until_data: bool = False, check_one_at_a_time: bool = False):
+        self.offers = offers
+        self.answer = answer
+        self.hold_until_data = hold_until_data            # answer nothing before DATA is read
+        self.check_one_at_a_time = check_one_at_a_time    # note a command that came unasked
+        self.lines: list[bytes] = []
+        self.read_before_reply: list[int] = []
+        self.messages: list[bytes] = []
+        self.connections = 0
+        self.came_early = 0
+        self.closed_by_client = asyncio.Event()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        writer.write(b"220 scripted.test ESMTP\r\n")
+        held: list[bytes] = []
+        try:
+            while line := await reader.readline():
+                self.lines.append(line.rstrip(b"\r\n"))
+                verb = line[:4].upper()
+                said = self.answer(verb)
+                reply = self._usual(verb) if said is None else said
+                if self.check_one_at_a_time and await self._another_line_waits(reader):
+                    self.came_early += 1
+                if self.hold_until_data and verb not in (b"EHLO", b"DATA", b"QUIT"):
+                    held.append(reply)
+                    continue
+                for one in [*held, reply]:
+                    self.read_before_reply.append(len(self.lines))
+                    writer.write(one)
+                held = []
+                await writer.drain()
+                if verb == b"DATA" and reply.startswith(b"354"):
+                    body = b""
+                    while (text := await reader.readline()) != b".\r\n":
+                        if not text:
+                            raise ConnectionResetError("closed in the middle of DATA")
+                        body += text
+                    self.messages.append(body)          # a lone "." would be an empty message
+                    writer.write(b"250 2.0.0 queued\r\n")
+                if verb == b"QUIT":
+                    break
+            else:
+                self.closed_by_client.set()
+        except ConnectionError:
+            self.closed_by_client.set()
+        finally:
+            writer.close()
+
+    async def _another_line_waits(self, reader: asyncio.StreamReader) -> bool:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 0.05)
+        except TimeoutError:
+            return False
+        self.lines.append(line.rstrip(b"\r\n"))     # kept, though out of turn
+        return True
+
+    def _usual(self, verb: bytes) -> bytes:
+        if verb == b"EHLO":
+            return b"250-scripted.test\r\n" + b"".join(b"250-" + o + b"\r\n" for o in self.offers[:-1]) + \
+                b"250 " + self.offers[-1] + b"\r\n" if self.offers else b"250 scripted.test\r\n"
+        return {b"DATA": b"354 go on\r\n", b"QUIT": b"221 bye\r\n"}.get(verb, b"250 2.0.0 ok\r\n")
+
+    def verbs(self) -> list[bytes]:
+        return [line.split(b" ")[0].split(b":")[0].upper() for line in self.lines]
+
+
+def deliver(tmp_path: Path, backend: Scripted, recipients: list[str], times: int = 1,
+            between: Callable[[Scripted], object] | None = None, until_closed: bool = False,
+            **config: object) -> list[Attempt]:
+    async def run() -> list[Attempt]:
+        port = await backend.start()
+        forwarder = Forwarder(config_for(tmp_path, port, **config).backend, "mx.test")
+        client = ClientFacts("192.0.2.7", 4321, "client.example")
+        try:
+            attempts = []
+            for _ in range(times):
+                attempts.append(await forwarder.deliver("alice@example.net", recipients, MESSAGE, (), client=client))
+                if between is not None:
+                    between(backend)
+                    await asyncio.sleep(0.1)        # the client has read what was said
+            if until_closed:                        # the client closes: the backend sees it
+                await asyncio.wait_for(backend.closed_by_client.wait(), ENOUGH)
+            return attempts
+        finally:
+            await forwarder.close()
+            await backend.stop()
+
+    return asyncio.run(run())
+
+
+def test_a_delivery_sends_xforward_mail_rcpt_and_data_in_one_go_to_a_pipelining_backend(tmp_path: Path) -> None:
+    """This backend answers nothing before it has read DATA: a client that waited for each
+    reply would wait in vain (and fail after `backend.timeout`)."""
+    backend = Scripted(hold_until_data=True)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org", "carol@example.org"], timeout="3s")
+    assert [r.code for r in attempt.results] == [250, 250]
+    assert backend.messages == [MESSAGE]
+    begun = backend.verbs().index(b"XFORWARD")                   # after the EHLOs
+    assert backend.verbs()[begun:begun + 5] == [b"XFORWARD", b"MAIL", b"RCPT", b"RCPT", b"DATA"]
+    assert backend.read_before_reply[begun:begun + 5] == [begun + 5] * 5     # all read, then answered
+
+
+def test_a_backend_without_pipelining_gets_one_command_at_a_time(tmp_path: Path) -> None:
+    backend = Scripted(offers=(b"XFORWARD ADDR HELO", b"8BITMIME"), check_one_at_a_time=True)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org", "carol@example.org"])
+    assert [r.code for r in attempt.results] == [250, 250]
+    assert backend.messages == [MESSAGE]
+    assert backend.came_early == 0
+    assert b"MAIL" in backend.verbs() and backend.verbs().count(b"RCPT") == 2
+
+
+def test_every_recipient_refused_and_data_answered_354_all_the_same_sends_no_message(tmp_path: Path) -> None:
+    """RFC 2920 wants DATA refused then; a backend that says 354 instead must not get an end
+    mark (that would deliver an empty message): the connection is dropped."""
+    backend = Scripted(answer=lambda verb: b"550 5.1.1 no such user\r\n" if verb == b"RCPT" else None)
+    [attempt] = deliver(tmp_path, backend, ["nobody@example.org", "none@example.org"], until_closed=True)
+    assert [(r.outcome, r.code, r.enhanced) for r in attempt.results] == [(Outcome.PERMANENT, 550, "5.1.1")] * 2
+    assert backend.messages == []
+    assert b"QUIT" not in backend.verbs()
+
+
+def test_a_refused_mail_is_every_recipients_answer_not_the_rcpts_503s(tmp_path: Path) -> None:
+    def answer(verb: bytes) -> bytes | None:
+        return {b"MAIL": b"553 5.7.1 sender not welcome\r\n", b"RCPT": b"503 5.5.1 need MAIL\r\n",
+                b"DATA": b"503 5.5.1 no valid recipients\r\n"}.get(verb)
+    backend = Scripted(answer=answer)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org", "carol@example.org"])
+    assert [(r.outcome, r.code, r.text) for r in attempt.results] == \
+        [(Outcome.PERMANENT, 553, "sender not welcome")] * 2
+    assert backend.messages == []
+
+
+def test_a_reply_nobody_asked_for_retires_the_connection(tmp_path: Path) -> None:
+    """A backend that says something between transactions (here a 421, the connection kept
+    open): what it said cannot be the answer to the next command, so the next message goes
+    on a new connection."""
+    def say_out_of_turn(backend: Scripted) -> None:
+        backend.writers[-1].write(b"421 4.4.2 idle too long\r\n")
+    backend = Scripted()
+    attempts = deliver(tmp_path, backend, ["bob@example.org"], times=2, between=say_out_of_turn)
+    assert [[r.code for r in a.results] for a in attempts] == [[250], [250]]
+    assert len(backend.messages) == 2 and backend.connections == 2
+
+
+@pytest.mark.parametrize("said", [
+    b"HTTP/1.1 400 Bad Request\r\n",
+    b"250 " + b"x" * 9000 + b"\r\n",
+    b"250-first line\r\n251 a second line with another code\r\n",
+    b"250 ok\r\n250 and one more nobody asked for\r\n",
+])
+def test_what_is_not_an_smtp_reply_is_a_transient_failure_never_a_delivery(tmp_path: Path, said: bytes) -> None:
+    backend = Scripted(answer=lambda verb: said if verb == b"MAIL" else None)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org"])
+    assert [(r.outcome, r.code) for r in attempt.results] == [(Outcome.TRANSIENT, 451)]
+    assert backend.messages == []
+
+
+def test_text_injected_after_starttls_220_is_never_taken_for_a_reply(tmp_path: Path) -> None:
+    """RFC 3207 §5: what follows the 220 in the clear could be an attacker's. Here it would
+    pass for the answer to the EHLO sent after TLS; the connection is dropped instead (no
+    handshake, no plaintext fallback with an injected session)."""
+    backend = Scripted(offers=(b"PIPELINING", b"STARTTLS"),
+                       answer=lambda verb: b"220 2.0.0 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n"
+                       if verb == b"STAR" else None)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org"], tls="opportunistic")
+    assert [(r.outcome, r.code) for r in attempt.results] == [(Outcome.TRANSIENT, 451)]
+    assert backend.messages == [] and b"MAIL" not in backend.verbs()
+
+
+def test_a_backend_that_never_answers_is_a_transient_failure_after_the_timeout(tmp_path: Path) -> None:
+    backend = Scripted(answer=lambda verb: b"" if verb == b"DATA" else None)   # DATA: nothing said
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org"], timeout="300ms")
+    [result] = attempt.results
+    assert (result.outcome, result.code) == (Outcome.TRANSIENT, 451) and "ReplyTimeout" in result.text
+    assert backend.messages == []
