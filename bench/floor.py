@@ -1,10 +1,11 @@
-"""The floor of frontfilter's stack: its own SMTP session and aiosmtplib relaying mail, and nothing else.
+"""The floor of frontfilter's stack: its own SMTP session and its own backend client relaying mail, and nothing else.
 
     python bench/floor.py --port P --backend B --mode queue|sync --spool DIR [--workers N]
 
 What it measures: frontfilter's own SMTP server (`smtp.session.SmtpSession` on the I/O-free
 core `smtp.core`, built as `smtp.server` builds it, connection limits off) with a handler that
-decides nothing, the spool's durable write in queue mode, and aiosmtplib forwarding — without
+decides nothing, the spool's durable write in queue mode, and frontfilter's backend client
+(`delivery.client`, MAIL, RCPT and DATA pipelined, `delivery.wire` for the message) forwarding — without
 parsing, rules, inspection, logs or an envelope on disk. That is the stack's own limit:
 frontfilter serves on this same session and adds its filtering on top. The session's own costs
 are in it, as in frontfilter: the core's command and DATA reading, the timers, and the reply
@@ -19,9 +20,8 @@ included, so the bench's pipelined load (`bench/pipeliner.py`) runs against the 
 
 It relays everything, the messages frontfilter refuses included, and is not a product: a crash
 loses what it queued. It is a bench contender (`floor-queue`, `floor-sync`) so that a target can
-be set against what the stack allows. Where frontfilter goes beyond the floor's way (MAIL, RCPT
-and DATA sent to the backend without aiosmtplib's passes over addresses and message,
-`delivery/wire.py`), it can beat this floor; everywhere else it pays at least this much.
+be set against what the stack allows: frontfilter pays at least this much. (Until the client
+of 2026-12-06 the floor forwarded with aiosmtplib's `sendmail`, one round trip per command.)
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import aiosmtplib
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # frontfilter's own SMTP server, public API only: what `smtp.server` builds for each connection.
 from frontfilter import reply  # noqa: E402
 from frontfilter.config import HostPort, ListenerConfig, ServerConfig, TlsMode  # noqa: E402
+from frontfilter.delivery import wire  # noqa: E402
+from frontfilter.delivery.client import SmtpClient  # noqa: E402
 from frontfilter.delivery.safeio import write_atomically  # noqa: E402  (the spool's own commit)
 from frontfilter.reply import Reply  # noqa: E402
 from frontfilter.smtp.door import FrontDoor  # noqa: E402
@@ -56,22 +56,24 @@ SERVER = ServerConfig(hostname="floor.localdomain", max_message_size=64 * 1024 *
 
 
 class Backend:
-    """A pool of open aiosmtplib connections."""
+    """A pool of open connections of frontfilter's backend client."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self.idle: asyncio.Queue[SmtpClient] = asyncio.Queue()
         self.opened = 0
 
     async def send(self, sender: str, recipients: list[str], data: bytes) -> None:
         if self.idle.empty() and self.opened < CONNECTIONS:
             self.opened += 1
-            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, start_tls=False)
-            await client.connect()
+            client = await SmtpClient.connect("127.0.0.1", self.port, timeout=60, connect_timeout=10)
+            await client.ehlo(SERVER.hostname)
         else:
             client = await self.idle.get()
         try:
-            await client.sendmail(sender, recipients, data)
+            commands = [wire.mail_command(sender, [], "utf-8"), *(wire.rcpt_command(r, "utf-8") for r in recipients), b"DATA"]
+            if (await client.exchange(commands))[-1].code == 354:
+                await wire.send_message(client, data)
         finally:
             self.idle.put_nowait(client)
 

@@ -14,7 +14,7 @@ Contenders, each measured "until the backend has them all":
                one message, so the cache types all but the first; this row asks libmagic for
                every part, as mail never seen before
   floor-queue, floor-sync  bench/floor.py: frontfilter's own SMTP session (SmtpSession, a
-               handler that decides nothing) and aiosmtplib, relaying and doing nothing else
+               handler that decides nothing) and its own backend client, relaying and doing nothing else
                (queue mode's fsynced file included), as many processes as frontfilter: the
                stack's own limit before any filtering
   ff-*-1p      the same as one process (full runs only), to show what the workers bring
@@ -255,7 +255,7 @@ format = "json"
 
 @contextmanager
 def floor(sink: Sink, workdir: Path, mode: str, workers: int) -> Iterator[Contender]:
-    """bench/floor.py: frontfilter's SMTP session and aiosmtplib, relaying and doing nothing else."""
+    """bench/floor.py: frontfilter's SMTP session and its backend client, relaying and doing nothing else."""
     port = free_port()
     directory = workdir / f"floor-{mode}"
     proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor.py"), "--port", str(port),
