@@ -60,7 +60,9 @@ SESSION_BROKEN = frozenset({421, 503})
 
 
 def _classify(code: int) -> Outcome:
-    if code < 400:
+    # Only a 2xx completes a step. A 3xx is never the answer to a command we classify (DATA's
+    # 354 is taken where it is sent): a backend out of step, as for a 503.
+    if code < 300:
         return Outcome.OK
     return Outcome.TRANSIENT if code < 500 or code in SESSION_BROKEN else Outcome.PERMANENT
 

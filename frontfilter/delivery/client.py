@@ -115,6 +115,17 @@ class SmtpClient(asyncio.Protocol):
     def is_connected(self) -> bool:
         return self._transport is not None and self._error is None and not self._transport.is_closing()
 
+    @property
+    def idle(self) -> bool:
+        """Connected, and nothing owed or said that no command has taken: a next command's
+        reply can only be its own."""
+        return self.is_connected and self._owed == 0 and not (self._replies or self._lines or self._buffer)
+
+    @property
+    def has_reply(self) -> bool:
+        """A whole reply has come that `read()` has not taken yet."""
+        return bool(self._replies)
+
     def supports(self, extension: str) -> bool:
         return extension.lower() in self.extensions
 
@@ -182,7 +193,8 @@ class SmtpClient(asyncio.Protocol):
         if len(line) > REPLY_LINE_MAX:
             return BadReply("reply line too long")
         code, separator = line[:3], line[3:4]
-        if not (code.isdigit() and separator in (b" ", b"-", b"\r", b"\n")) or code[:1] == b"0":
+        # RFC 5321 §4.2: a reply's first digit is 2 to 5 (1yz is not used in SMTP).
+        if not (code.isdigit() and code[:1] in b"2345" and separator in (b" ", b"-", b"\r", b"\n")):
             return BadReply(f"not an SMTP reply: {line[:80]!r}")
         if self._lines and self._lines[0][:3] != code:
             return BadReply("reply lines with different codes")
@@ -261,6 +273,11 @@ class SmtpClient(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._error is not None:
             raise self._error or ConnectionLost("connection closed by the backend")
+        if not self.idle:
+            # Anything after the 220, even half a line, came in the clear and would be read as
+            # said inside TLS (RFC 3207 §4.2: an injected extension, or a refusal).
+            self._end(BadReply("text after STARTTLS's 220, before TLS"))
+            raise cast(SmtpError, self._error)
         loop = asyncio.get_running_loop()
         secured = await loop.start_tls(transport, self, context, server_hostname=server_hostname,
                                        ssl_handshake_timeout=self.timeout)

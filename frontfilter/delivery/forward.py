@@ -131,7 +131,7 @@ class Forwarder:
         now = self._clock()
         while idle:
             conn = idle.pop()
-            if conn.smtp.is_connected and now - conn.idle_since < POOL_IDLE_SECONDS:
+            if conn.smtp.idle and now - conn.idle_since < POOL_IDLE_SECONDS:
                 conn.reused = True
                 return conn
             await self._quit(conn)
@@ -139,7 +139,7 @@ class Forwarder:
 
     async def release(self, conn: _Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(conn.server, [])
-        if reusable and not conn.bound and conn.smtp.is_connected and len(idle) < self._idle_limit:
+        if reusable and not conn.bound and conn.smtp.idle and len(idle) < self._idle_limit:
             conn.idle_since = self._clock()
             idle.append(conn)
         else:
@@ -155,7 +155,7 @@ class Forwarder:
         now = self._clock()
         stale: list[_Connection] = []
         for idle in self._idle.values():
-            keep = [c for c in idle if c.smtp.is_connected and now - c.idle_since < POOL_IDLE_SECONDS]
+            keep = [c for c in idle if c.smtp.idle and now - c.idle_since < POOL_IDLE_SECONDS]
             stale += [c for c in idle if c not in keep]
             idle[:] = keep
         for conn in stale:
@@ -223,6 +223,7 @@ class Forwarder:
             mail = wire.mail_command(sender, self._mail_options(smtp, options, len(head) + len(data)), encoding)
         except UnicodeEncodeError:
             reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7", "non-ASCII sender and the backend lacks SMTPUTF8", name)
+            await self.release(conn, reusable=True)         # nothing was said on it
             return Attempt(name, tuple(reply for _ in recipients))
         results: list[BackendReply | None] = []      # None: asked (its RCPT's reply decides)
         rcpts: list[bytes] = []
@@ -237,7 +238,10 @@ class Forwarder:
             told: list[bytes] = []
             if self.config.forward_client:
                 told = xforward.pipelined(smtp, client)
-                if not told:        # XCLIENT, if offered: not pipelined (the backend greets anew)
+                if not told and client is not None and xforward.offered(smtp, "xclient"):
+                    # Not pipelined: the backend greets anew after it. Bound from the first
+                    # line on: refused half-way, it may speak as this client all the same.
+                    conn.bound = True
                     conn.bound = await xforward.send(smtp, client, self.config.timeout)
             commands = [*told, mail, *rcpts] + ([b"DATA"] if rcpts else [])
             replies = await smtp.exchange(commands)
@@ -260,7 +264,10 @@ class Forwarder:
                 continue
             answer = reply_of(next(asked), name)
             if answer.code in SESSION_BROKEN:
-                await self.release(conn, reusable=False)
+                if data_pending:
+                    await self._abandon(conn)
+                else:
+                    await self.release(conn, reusable=False)
                 return _Failover(answer, connection_lost=True)
             results[index] = None if answer.ok else answer
         if all(r is not None for r in results) or data_reply is None:

@@ -139,7 +139,13 @@ async def send_message(smtp: SmtpClient, message: MessageBytes, head: bytes = b"
             async for piece in slices_off_the_loop(stuffed, WRITE_SLICE):
                 smtp.write(piece)
                 await smtp.drain()
+            if smtp.has_reply:
+                smtp.close()    # refused before the end (552): an end mark now would be answered too
             smtp.write(end)
     except SmtpError:
         pass            # the backend may have said why before it closed: its reply is read
-    return await smtp.read()
+    answered_early = smtp.has_reply      # before the end mark was written, or it broke off
+    reply = await smtp.read()
+    if answered_early:
+        smtp.close()    # it may answer the end mark too: never to be paired with a next command
+    return reply

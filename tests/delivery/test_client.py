@@ -27,12 +27,15 @@ class Scripted:
 
     def __init__(self, offers: tuple[bytes, ...] = PIPELINING,
                  answer: Callable[[bytes], bytes | None] = lambda verb: None,
-                 hold_until_data: bool = False, check_one_at_a_time: bool = False):
+                 hold_until_data: bool = False, check_one_at_a_time: bool = False, dribble: bool = False):
         self.offers = offers
         self.answer = answer
         self.hold_until_data = hold_until_data            # answer nothing before DATA is read
         self.check_one_at_a_time = check_one_at_a_time    # note a command that came unasked
+        self.dribble = dribble                            # each reply written a byte at a time
         self.lines: list[bytes] = []
+        self.lines_by_connection: list[list[bytes]] = []
+        self.cut_short: list[bytes] = []                  # what came of a DATA the client left
         self.read_before_reply: list[int] = []
         self.messages: list[bytes] = []
         self.connections = 0
@@ -55,9 +58,12 @@ class Scripted:
         self.writers.append(writer)
         writer.write(b"220 scripted.test ESMTP\r\n")
         held: list[bytes] = []
+        mine: list[bytes] = []
+        self.lines_by_connection.append(mine)
         try:
             while line := await reader.readline():
                 self.lines.append(line.rstrip(b"\r\n"))
+                mine.append(line.rstrip(b"\r\n"))
                 verb = line[:4].upper()
                 said = self.answer(verb)
                 reply = self._usual(verb) if said is None else said
@@ -68,13 +74,14 @@ class Scripted:
                     continue
                 for one in [*held, reply]:
                     self.read_before_reply.append(len(self.lines))
-                    writer.write(one)
+                    await self._write(writer, one)
                 held = []
                 await writer.drain()
                 if verb == b"DATA" and reply.startswith(b"354"):
                     body = b""
                     while (text := await reader.readline()) != b".\r\n":
                         if not text:
+                            self.cut_short.append(body)
                             raise ConnectionResetError("closed in the middle of DATA")
                         body += text
                     self.messages.append(body)          # a lone "." would be an empty message
@@ -87,6 +94,15 @@ class Scripted:
             self.closed_by_client.set()
         finally:
             writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
+        if not self.dribble:
+            writer.write(reply)
+            return
+        for at in range(len(reply)):
+            writer.write(reply[at:at + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
 
     async def _another_line_waits(self, reader: asyncio.StreamReader) -> bool:
         try:
@@ -176,12 +192,16 @@ def test_a_reply_nobody_asked_for_retires_the_connection(tmp_path: Path) -> None
     """A backend that says something between transactions (here a 421, the connection kept
     open): what it said cannot be the answer to the next command, so the next message goes
     on a new connection."""
+    heard_by_then: list[int] = []
+
     def say_out_of_turn(backend: Scripted) -> None:
         backend.writers[-1].write(b"421 4.4.2 idle too long\r\n")
+        heard_by_then.append(len(backend.lines_by_connection[0]))
     backend = Scripted()
     attempts = deliver(tmp_path, backend, ["bob@example.org"], times=2, between=say_out_of_turn)
     assert [[r.code for r in a.results] for a in attempts] == [[250], [250]]
     assert len(backend.messages) == 2 and backend.connections == 2
+    assert len(backend.lines_by_connection[0]) == heard_by_then[0]     # not a word more on it
 
 
 @pytest.mark.parametrize("said", [
@@ -197,13 +217,17 @@ def test_what_is_not_an_smtp_reply_is_a_transient_failure_never_a_delivery(tmp_p
     assert backend.messages == []
 
 
-def test_text_injected_after_starttls_220_is_never_taken_for_a_reply(tmp_path: Path) -> None:
-    """RFC 3207 §5: what follows the 220 in the clear could be an attacker's. Here it would
-    pass for the answer to the EHLO sent after TLS; the connection is dropped instead (no
+@pytest.mark.parametrize("injected", [
+    b"250-injected\r\n250 AUTH PLAIN\r\n",             # a whole reply
+    b"250-PIPELINING\r\n250-XCLIENT ADDR LOGIN\r\n",      # lines that would join the EHLO's
+    b"550 5.7.1 go away",                                # half a line: a refusal, once TLS is up
+])
+def test_text_injected_after_starttls_220_is_never_taken_for_a_reply(tmp_path: Path, injected: bytes) -> None:
+    """RFC 3207 §4.2: what follows the 220 in the clear could be an attacker's; read as said
+    inside TLS, it would add extensions or refuse. The connection is dropped instead (no
     handshake, no plaintext fallback with an injected session)."""
     backend = Scripted(offers=(b"PIPELINING", b"STARTTLS"),
-                       answer=lambda verb: b"220 2.0.0 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n"
-                       if verb == b"STAR" else None)
+                       answer=lambda verb: b"220 2.0.0 go ahead\r\n" + injected if verb == b"STAR" else None)
     [attempt] = deliver(tmp_path, backend, ["bob@example.org"], tls="opportunistic")
     assert [(r.outcome, r.code) for r in attempt.results] == [(Outcome.TRANSIENT, 451)]
     assert backend.messages == [] and b"MAIL" not in backend.verbs()
@@ -215,3 +239,20 @@ def test_a_backend_that_never_answers_is_a_transient_failure_after_the_timeout(t
     [result] = attempt.results
     assert (result.outcome, result.code) == (Outcome.TRANSIENT, 451) and "ReplyTimeout" in result.text
     assert backend.messages == []
+
+
+def test_replies_that_come_a_byte_at_a_time_are_each_read_whole(tmp_path: Path) -> None:
+    backend = Scripted(dribble=True, hold_until_data=True)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org", "carol@example.org"], timeout="3s")
+    assert [r.code for r in attempt.results] == [250, 250]
+    assert backend.messages == [MESSAGE]
+
+
+def test_a_recipient_refused_with_421_after_data_was_answered_354_leaves_nothing_in_the_message(
+        tmp_path: Path) -> None:
+    """The backend is closing (421) yet said 354: the client leaves at once, without a QUIT
+    that would be read as the message's first line; the mail is tried again later."""
+    backend = Scripted(answer=lambda verb: b"421 4.3.2 shutting down\r\n" if verb == b"RCPT" else None)
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org"], until_closed=True)
+    assert [(r.outcome, r.code) for r in attempt.results] == [(Outcome.TRANSIENT, 421)]
+    assert backend.messages == [] and backend.cut_short == [b""]
