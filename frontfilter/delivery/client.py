@@ -170,6 +170,8 @@ class SmtpClient(asyncio.Protocol):
         self._writable = None
 
     def data_received(self, data: bytes) -> None:
+        if self._error is not None:
+            return              # ended (a timeout, a stray reply): a late reply must not be read
         buffer = self._buffer
         buffer += data
         start = 0
