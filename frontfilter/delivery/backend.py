@@ -106,11 +106,17 @@ def reply_of(reply: Reply, backend: str) -> BackendReply:
     return _from_response(reply.code, reply.message, backend)
 
 
-def _encoding(smtp: SmtpClient | None, options: Sequence[str]) -> str:
+def address_encoding(smtp: SmtpClient | None, options: Sequence[str]) -> str:
     """UTF-8 for a transaction's addresses when the client asked for SMTPUTF8 and the backend
-    offers it; else ASCII (an address that needs more is refused: 553 5.6.7)."""
+    offers it; else ASCII (an address that needs more is refused: `lacks_smtputf8`)."""
     utf8 = any(o.upper() == "SMTPUTF8" for o in options)
     return "utf-8" if utf8 and smtp is not None and smtp.supports("smtputf8") else "ascii"
+
+
+def lacks_smtputf8(what: str, backend: str) -> BackendReply:
+    """The refusal of a non-ASCII `what` ("sender", "recipient", "address") that the backend
+    could not be given: it does not offer SMTPUTF8 (RFC 6531 §3.4)."""
+    return BackendReply(Outcome.PERMANENT, 553, "5.6.7", f"non-ASCII {what} and the backend lacks SMTPUTF8", backend)
 
 
 class BackendSession:
@@ -155,7 +161,7 @@ class BackendSession:
             if client is not None and self._config.forward_client:    # to a backend that asks
                 told = await self._command(lambda smtp: self._tell(smtp, client))
             if told is None or told.ok:
-                self._encoding = _encoding(self._smtp, options)
+                self._encoding = address_encoding(self._smtp, options)
                 reply = await self._command(lambda smtp: smtp.command(
                     wire.mail_command(sender, self._mail_options(options), self._encoding)))
             else:
@@ -227,7 +233,7 @@ class BackendSession:
         except Refused as error:
             response = Reply(error.code, error.message)
         except UnicodeEncodeError:
-            return BackendReply(Outcome.PERMANENT, 553, "5.6.7", "non-ASCII address and the backend lacks SMTPUTF8", name)
+            return lacks_smtputf8("address", name)
         except (SmtpError, OSError, TimeoutError) as error:
             await self.close()
             return _connection_failure(name, error)

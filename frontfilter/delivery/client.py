@@ -91,6 +91,7 @@ class SmtpClient(asyncio.Protocol):
         self._lines: list[bytes] = []               # of the reply being read
         self._replies: collections.deque[Reply] = collections.deque()
         self._owed = 0                              # replies the backend owes for what was sent
+        self._in_data = False                       # a 354 read, the message not yet written
         self._error: SmtpError | None = None        # why the connection ended
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
@@ -209,6 +210,7 @@ class SmtpClient(asyncio.Protocol):
         if self._owed <= 0:
             return BadReply(f"reply to no command: {line[:80]!r}")
         self._owed -= 1
+        self._in_data = code == b"354"
         text = "\n".join(l[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape") for l in lines)
         self._replies.append(Reply(int(code), text))
         return None
@@ -217,7 +219,13 @@ class SmtpClient(asyncio.Protocol):
 
     def send(self, *commands: bytes) -> None:
         """Write command lines at once (pipelined where the backend offers it); each owes a
-        reply, taken in order with `read()`. ValueError for a line with a control character."""
+        reply, taken in order with `read()`. ValueError for a line with a control character.
+
+        After a 354 whose message is not written, a command would be read as the message's
+        first line (a QUIT, an RSET): the connection is ended instead, which the backend takes
+        as the transaction abandoned; SmtpError."""
+        if self._in_data:
+            self._end(ConnectionLost("left in the middle of DATA"))
         for command in commands:
             if _CONTROL.search(command):
                 raise ValueError("a command line with a control character")
@@ -312,8 +320,9 @@ class SmtpClient(asyncio.Protocol):
         self._transport.write(data)
 
     def expect_reply(self) -> None:
-        """What was written (a message and its end mark) owes a reply."""
+        """What is written from now on (a message and its end mark) owes a reply."""
         self._owed += 1
+        self._in_data = False
 
     async def drain(self) -> None:
         """Wait, `timeout` at most, while the transport holds more than WRITE_HIGH bytes."""

@@ -37,7 +37,7 @@ from frontfilter.delivery import wire, xforward
 from frontfilter.delivery.client import Refused, SmtpClient, SmtpError
 from frontfilter.delivery.xforward import ClientFacts
 from frontfilter.delivery.backend import (SESSION_BROKEN, BackendReply, Outcome, _connection_failure,
-                                          open_connection, reply_of)
+                                          address_encoding, lacks_smtputf8, open_connection, reply_of)
 from frontfilter.mapped import MessageBytes
 
 # Postfix keeps a delivered-to connection 2s (smtp_connection_cache_time_limit); a little longer
@@ -217,12 +217,11 @@ class Forwarder:
         RFC 2920), then the message once DATA's 354 is in. Returns the attempt, or why the next
         backend should be tried."""
         smtp, name = conn.smtp, conn.name
-        utf8 = any(o.upper() == "SMTPUTF8" for o in options) and smtp.supports("smtputf8")
-        encoding = "utf-8" if utf8 else "ascii"
+        encoding = address_encoding(smtp, options)
         try:
             mail = wire.mail_command(sender, self._mail_options(smtp, options, len(head) + len(data)), encoding)
         except UnicodeEncodeError:
-            reply = BackendReply(Outcome.PERMANENT, 553, "5.6.7", "non-ASCII sender and the backend lacks SMTPUTF8", name)
+            reply = lacks_smtputf8("sender", name)
             await self.release(conn, reusable=True)         # nothing was said on it
             return Attempt(name, tuple(reply for _ in recipients))
         results: list[BackendReply | None] = []      # None: asked (its RCPT's reply decides)
@@ -232,8 +231,7 @@ class Forwarder:
                 rcpts.append(wire.rcpt_command(recipient, encoding))
                 results.append(None)
             except UnicodeEncodeError:
-                results.append(BackendReply(Outcome.PERMANENT, 553, "5.6.7",
-                                            "non-ASCII recipient and the backend lacks SMTPUTF8", name))
+                results.append(lacks_smtputf8("recipient", name))
         try:
             told: list[bytes] = []
             if self.config.forward_client:
@@ -246,39 +244,34 @@ class Forwarder:
             commands = [*told, mail, *rcpts] + ([b"DATA"] if rcpts else [])
             replies = await smtp.exchange(commands)
         except Refused as error:                                # XCLIENT refused
-            return await self._refused_before_mail(conn, reply_of(error.reply, name), recipients,
-                                                   data_pending=False)
+            return await self._refused_before_mail(conn, reply_of(error.reply, name), recipients)
         except (SmtpError, OSError, TimeoutError) as error:
             await self.release(conn, reusable=False)
             return _Failover(_connection_failure(name, error), connection_lost=True)
 
         told_replies, mail_reply = replies[:len(told)], replies[len(told)]
         rcpt_replies, data_reply = replies[len(told) + 1:len(told) + 1 + len(rcpts)], replies[-1] if rcpts else None
-        data_pending = data_reply is not None and data_reply.code == 354
+        # Wherever the message is not sent after a 354 (XFORWARD, MAIL or every RCPT refused),
+        # the client leaves the connection rather than say anything more (`SmtpClient.send`).
         for said in [*told_replies, mail_reply]:
             if said.code >= 400:
-                return await self._refused_before_mail(conn, reply_of(said, name), recipients, data_pending)
+                return await self._refused_before_mail(conn, reply_of(said, name), recipients)
         asked = iter(rcpt_replies)
         for index, result in enumerate(results):
             if result is not None:
                 continue
             answer = reply_of(next(asked), name)
             if answer.code in SESSION_BROKEN:
-                if data_pending:
-                    await self._abandon(conn)
-                else:
-                    await self.release(conn, reusable=False)
+                await self.release(conn, reusable=False)
                 return _Failover(answer, connection_lost=True)
             results[index] = None if answer.ok else answer
         if all(r is not None for r in results) or data_reply is None:
-            # Nobody to send to. A backend that said 354 all the same is left by closing the
-            # connection: an end mark now would deliver an empty message.
-            if data_pending:
-                await self._abandon(conn)
-            else:
-                await self._reset(conn)
+            # Nobody to send to (a backend that said 354 all the same gets no end mark, which
+            # would deliver an empty message).
+            await self._reset(conn)
             return Attempt(name, tuple(r for r in results if r is not None))
 
+        data_pending = data_reply.code == 354
         reusable = False
         try:
             if data_pending:
@@ -295,27 +288,15 @@ class Forwarder:
             await self.release(conn, reusable=reusable)
         return Attempt(name, tuple(outcome if r is None else r for r in results))
 
-    async def _refused_before_mail(self, conn: _Connection, reply: BackendReply, recipients: Sequence[str],
-                                   data_pending: bool) -> Attempt | _Failover:
+    async def _refused_before_mail(self, conn: _Connection, reply: BackendReply,
+                                   recipients: Sequence[str]) -> Attempt | _Failover:
         """XFORWARD, XCLIENT or MAIL refused. A 5xx is the backend's policy about the sender,
-        not its health: the answer for every recipient. A 4xx: the next backend is tried.
-        A DATA that the backend still said 354 to is left by closing the connection."""
+        not its health: the answer for every recipient. A 4xx: the next backend is tried."""
         if reply.outcome is Outcome.PERMANENT:
-            if data_pending:
-                await self._abandon(conn)
-            else:
-                await self._reset(conn)
+            await self._reset(conn)
             return Attempt(conn.name, tuple(reply for _ in recipients))
-        if data_pending:
-            await self._abandon(conn)
-        else:
-            await self.release(conn, reusable=False)
-        return _Failover(reply, connection_lost=reply.code in SESSION_BROKEN)
-
-    async def _abandon(self, conn: _Connection) -> None:
-        """Closed without a word: in the middle of DATA a QUIT would be part of the message."""
-        conn.smtp.close()
         await self.release(conn, reusable=False)
+        return _Failover(reply, connection_lost=reply.code in SESSION_BROKEN)
 
     async def _reset(self, conn: _Connection) -> None:
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from frontfilter import observe
 from frontfilter.config import BackendConfig
 from frontfilter.delivery import wire
-from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, reply_of
+from frontfilter.delivery.backend import BackendReply, Outcome, _connection_failure, lacks_smtputf8, reply_of
 from frontfilter.delivery.client import Refused, SmtpClient, SmtpError
 from frontfilter.delivery.forward import Forwarder
 
@@ -141,7 +141,7 @@ class RecipientVerifier:
         the RCPT's reply. Refused when MAIL or RSET was."""
         utf8 = not address.isascii()
         if utf8 and not smtp.supports("smtputf8"):
-            return BackendReply(Outcome.PERMANENT, 553, "5.6.7", "backend lacks SMTPUTF8", name)
+            return lacks_smtputf8("recipient", name)
         mail = wire.mail_command("", ["SMTPUTF8"] if utf8 else [], "ascii")
         mail_reply, rcpt_reply, rset_reply = await smtp.exchange(
             [mail, wire.rcpt_command(address, "utf-8" if utf8 else "ascii"), b"RSET"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from frontfilter.delivery.backend import Outcome
+from frontfilter.delivery.backend import BackendSession, Outcome
 from frontfilter.delivery.forward import Attempt, Forwarder
 from frontfilter.delivery.xforward import ClientFacts
 from tests.delivery.test_worker_inprocess import config_for
@@ -124,7 +124,7 @@ class Scripted:
 
 def deliver(tmp_path: Path, backend: Scripted, recipients: list[str], times: int = 1,
             between: Callable[[Scripted], object] | None = None, until_closed: bool = False,
-            **config: object) -> list[Attempt]:
+            sender: str = "alice@example.net", options: tuple[str, ...] = (), **config: object) -> list[Attempt]:
     async def run() -> list[Attempt]:
         port = await backend.start()
         forwarder = Forwarder(config_for(tmp_path, port, **config).backend, "mx.test")
@@ -132,7 +132,7 @@ def deliver(tmp_path: Path, backend: Scripted, recipients: list[str], times: int
         try:
             attempts = []
             for _ in range(times):
-                attempts.append(await forwarder.deliver("alice@example.net", recipients, MESSAGE, (), client=client))
+                attempts.append(await forwarder.deliver(sender, recipients, MESSAGE, options, client=client))
                 if between is not None:
                     between(backend)
                     await asyncio.sleep(0.1)        # the client has read what was said
@@ -238,7 +238,7 @@ def test_a_backend_that_never_answers_is_a_transient_failure_after_the_timeout(t
     [attempt] = deliver(tmp_path, backend, ["bob@example.org"], timeout="300ms")
     [result] = attempt.results
     assert (result.outcome, result.code) == (Outcome.TRANSIENT, 451) and "ReplyTimeout" in result.text
-    assert backend.messages == []
+    assert backend.messages == [] and b"DATA" in backend.verbs()       # it was DATA's reply that never came
 
 
 def test_replies_that_come_a_byte_at_a_time_are_each_read_whole(tmp_path: Path) -> None:
@@ -256,3 +256,43 @@ def test_a_recipient_refused_with_421_after_data_was_answered_354_leaves_nothing
     [attempt] = deliver(tmp_path, backend, ["bob@example.org"], until_closed=True)
     assert [(r.outcome, r.code) for r in attempt.results] == [(Outcome.TRANSIENT, 421)]
     assert backend.messages == [] and backend.cut_short == [b""]
+
+
+def test_a_non_ascii_recipient_the_backend_cannot_take_is_refused_alone(tmp_path: Path) -> None:
+    """SMTPUTF8 mail to a backend that does not offer SMTPUTF8: the recipient that needs it
+    is refused for good (553 5.6.7, a bounce), the others get the message."""
+    backend = Scripted()
+    [attempt] = deliver(tmp_path, backend, ["bob@example.org", "jörg@example.org"], options=("SMTPUTF8",))
+    assert [(r.outcome, r.code, r.enhanced) for r in attempt.results] == \
+        [(Outcome.OK, 250, "2.0.0"), (Outcome.PERMANENT, 553, "5.6.7")]
+    assert backend.messages == [MESSAGE] and backend.verbs().count(b"RCPT") == 1
+
+
+def test_a_non_ascii_sender_the_backend_cannot_take_is_refused_and_the_connection_kept(tmp_path: Path) -> None:
+    backend = Scripted()
+    attempts = deliver(tmp_path, backend, ["bob@example.org"], times=2, sender="jörg@example.net",
+                       options=("SMTPUTF8",))
+    assert [[(r.outcome, r.code, r.enhanced) for r in a.results] for a in attempts] == \
+        [[(Outcome.PERMANENT, 553, "5.6.7")]] * 2
+    assert b"MAIL" not in backend.verbs() and backend.connections == 1      # nothing said on it: reused
+
+
+def test_sync_mode_refuses_a_non_ascii_address_the_backend_cannot_take(tmp_path: Path) -> None:
+    """Sync mode mirrors the client's transaction: the client hears 553 5.6.7 at RCPT, and the
+    backend is never sent an address it could misread."""
+    async def run() -> tuple[list[tuple[int, str | None]], list[bytes]]:
+        backend = Scripted()
+        port = await backend.start()
+        session = BackendSession(config_for(tmp_path, port, mode="sync").backend, "mx.test")
+        try:
+            replies = [await session.begin("alice@example.net", ["SMTPUTF8"]),
+                       await session.add_recipient("jörg@example.org"),
+                       await session.add_recipient("bob@example.org")]
+            return [(r.code, r.enhanced) for r in replies], backend.verbs()
+        finally:
+            await session.close()
+            await backend.stop()
+
+    codes, verbs = asyncio.run(run())
+    assert codes == [(250, "2.0.0"), (553, "5.6.7"), (250, "2.0.0")]
+    assert verbs.count(b"RCPT") == 1
