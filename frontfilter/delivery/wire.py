@@ -90,10 +90,11 @@ def crlf_clean(message: bytes) -> bool:
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 
-def _crlf_lines(message: bytes) -> bytes:
-    """Every line end CRLF, a CRLF at the end: what was not CRLF-clean as it is sent."""
-    message = _LINE_ENDS.sub(b"\r\n", message)
-    return message if message.endswith(b"\r\n") else message + b"\r\n"
+def _normalized(head: bytes, message: MessageBytes) -> bytes:
+    """`head` + `message` as sent when they are not CRLF-clean: every line end CRLF, a CRLF
+    at the end, dotted lines stuffed."""
+    whole = _LINE_ENDS.sub(b"\r\n", head + bytes(message))
+    return _stuffed(whole if whole.endswith(b"\r\n") else whole + b"\r\n")
 
 
 async def send_data(smtp: SmtpClient, message: MessageBytes, head: bytes = b"") -> Reply:
@@ -123,10 +124,9 @@ async def send_message(smtp: SmtpClient, message: MessageBytes, head: bytes = b"
         stuffed = message if isinstance(message, (DotFreeText, SpilledMessage)) else \
             _stuffed(message if isinstance(message, bytes) else bytes(message))
         stuffed_head = _stuffed(head) if head else b""
-    else:
-        whole = head + bytes(message)
-        whole = await asyncio.to_thread(_crlf_lines, whole) if len(whole) > COUNT_INLINE_BELOW else _crlf_lines(whole)
-        stuffed, stuffed_head = _stuffed(whole), b""
+    else:       # joined, made CRLF and stuffed in one go; off the loop when big (a mapping's pages)
+        stuffed, stuffed_head = (await asyncio.to_thread(_normalized, head, message)
+                                 if len(head) + len(message) > COUNT_INLINE_BELOW else _normalized(head, message)), b""
     last = stuffed or stuffed_head
     end = b".\r\n" if last.endswith(b"\r\n") or not last else b"\r\n.\r\n"
     smtp.expect_reply()
