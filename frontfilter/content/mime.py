@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from frontfilter import bytesfind
 from frontfilter.mapped import MessageBytes
 
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
@@ -93,7 +94,7 @@ def split_multipart(buf: MessageBytes, start: int, end: int, boundary: bytes, ma
     found: list[tuple[int, int, bool]] = []   # (line start, after end of line, is close)
     position = start
     while len(found) <= max_parts:
-        index = buf.find(delimiter, position, end)
+        index = bytesfind.find(buf, delimiter, 0, position, end)    # "-": none in base64
         if index == -1:
             break
         if index != start and buf[index - 1] != 0x0A:

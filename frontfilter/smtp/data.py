@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from frontfilter import bytesfind
 from frontfilter.model import CrlfText, DotFreeText
 from frontfilter.mapped import SpilledMessage
 from frontfilter.smtp.budget import DataBudget
@@ -101,16 +102,20 @@ class DataCollector:
         Every line that starts with a dot shows as `<CRLF>.`: the terminator is the one followed
         by CRLF, the others are dot-stuffed. The first search finds either, so `result` knows
         without a pass of its own whether there is anything to unstuff; once one stuffed line
-        is seen, only the terminator is searched for (two searches a block at most, however
-        many dotted lines a client sends). A block without a dot has neither: base64, most of
-        the bytes of big mail, has no dot, and one memchr for it costs 1 µs per 64 KB where the
-        search for `<CRLF>.` costs 40."""
+        is seen, only the terminator is searched for (one search a block, however many dotted
+        lines a client sends). A block without a dot has neither: base64, most of the bytes of
+        big mail, has no dot, and one memchr for it costs 1 µs per 64 KB where `bytes.find`
+        for `<CRLF>.` costs 40. Both searches step from dot to dot (`bytesfind`): 2 µs for the
+        first block of a 100 KB message (its header and text dots, then base64), 39 before."""
         if b"." not in window:
             return -1
-        at = window.find(DOT_LINE)
-        if at >= 0 and not window.startswith(b"\r\n", at + 3):
-            self._dotted = True      # a stuffed line, or a terminator cut short: harmless either way
-            at = window.find(TERMINATOR, at + 1)
+        if self._dotted:
+            at = bytesfind.find(window, TERMINATOR, 2)
+        else:
+            at = bytesfind.find(window, DOT_LINE, 2)
+            if at >= 0 and not window.startswith(b"\r\n", at + 3):
+                self._dotted = True      # a stuffed line, or a terminator cut short: harmless either way
+                at = bytesfind.find(window, TERMINATOR, 2, at + 1)
         return at + len(TERMINATOR) if at >= 0 else -1
 
     def _take(self, block: bytes) -> None:
