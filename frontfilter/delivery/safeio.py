@@ -214,14 +214,20 @@ def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
     nothing blocks but the page cache (the spool does this on the event loop for small
     messages, measured at tens of µs for 5 KB).
 
-    `spare`: an empty file in `temp_dir`, open and locked already (delivery/spares.py), to
-    write in instead of creating one."""
+    `spare`: a file in `temp_dir`, open at its first byte and locked already
+    (delivery/spares.py), to write over instead of creating one: cut to what was written, so
+    nothing of what it held before is left, before the fsync that makes it durable."""
     fd, temp = spare or _create_locked_temp(temp_dir, final.name)
     try:
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
         _write_all(fd, list(chunks))
+        if spare is not None:
+            written = os.lseek(fd, 0, os.SEEK_CUR)
+            os.ftruncate(fd, written)
         stat = os.fstat(fd)
+        if spare is not None and stat.st_size != written:
+            raise OSError(errno.EIO, f"a spare file is {stat.st_size} bytes after a write of {written}", str(temp))
     except BaseException:
         os.close(fd)
         try:

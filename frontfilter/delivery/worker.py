@@ -321,6 +321,7 @@ class Worker:
             self.spool.refresh_free_space()
         except OSError:
             pass
+        self.spool.spares.empty_idle()      # a delivered message's bytes do not linger
         return items, hints
 
     async def _rescan_loop(self) -> None:

@@ -1,9 +1,10 @@
-"""Spare files (delivery/spares.py): a delivered message's file is emptied and written again.
+"""Spare files (delivery/spares.py): a delivered message's file is kept and written over.
 
 What must hold: the next message written in a spare is exactly that message (nothing of the
-bigger one before it), a spare is never a message (it lives in tmp/, empty, unlocked), one
-removed meanwhile by another process's recovery is passed over, and there are never more than
-the limit.
+bigger one before it), a spare is never a message (it lives in tmp/, unlocked), one removed
+meanwhile by another process's recovery is passed over, there are never more than the limit,
+and a delivered message's bytes do not stay: a big one's spare is emptied at once, the spares
+hold at most their byte bound, and one not written over in time is emptied.
 """
 
 from __future__ import annotations
@@ -42,24 +43,73 @@ def deliver(layout: Layout, spares: SpareFiles, *queue_ids: str) -> None:
     assert remove_delivered(layout, messages, spares) == [None] * len(messages)
 
 
-def test_a_delivered_file_becomes_an_empty_spare_and_the_next_message_is_written_in_it(layout: Layout) -> None:
+def test_a_delivered_file_becomes_a_spare_and_the_next_message_is_written_over_it(layout: Layout) -> None:
     spares = SpareFiles(layout.tmp)
     big = b"Subject: big\r\n\r\n" + b"x" * 100_000 + b"\r\n"
     write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA1"), big).close()
     inode = layout.msg("2Q3DWAAAAAAAAAAAAAAA1").stat().st_ino
+    size = layout.msg("2Q3DWAAAAAAAAAAAAAAA1").stat().st_size
     deliver(layout, spares, "2Q3DWAAAAAAAAAAAAAAA1")
 
     assert scan(layout) == {}
     (spare,) = layout.tmp.iterdir()
-    assert spare.name.startswith("spare.") and spare.stat().st_size == 0 and spare.stat().st_ino == inode
-    assert len(spares) == 1
+    # It keeps its blocks (and the delivered bytes, until written over) for the next message.
+    assert spare.name.startswith("spare.") and spare.stat().st_size == size and spare.stat().st_ino == inode
+    assert len(spares) == 1 and spares.bytes_held == size
 
     small = b"Subject: small\r\n\r\nhi\r\n"
     write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA2", len(small)), small, spares=spares).close()
-    assert list(layout.tmp.iterdir()) == [] and len(spares) == 0
+    assert list(layout.tmp.iterdir()) == [] and len(spares) == 0 and spares.bytes_held == 0
     written = layout.msg("2Q3DWAAAAAAAAAAAAAAA2")
     assert written.stat().st_ino == inode           # the same file, not a new one
+    # Nothing of the bigger message after it: the file is exactly the new one.
+    assert b"x" * 16 not in written.read_bytes()
     assert parse_message(written.read_bytes()) == (envelope("2Q3DWAAAAAAAAAAAAAAA2", len(small)), small)
+
+
+def test_a_message_bigger_than_its_spare_is_written_whole(layout: Layout) -> None:
+    spares = SpareFiles(layout.tmp)
+    write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA1"), b"Subject: a\r\n\r\na\r\n").close()
+    deliver(layout, spares, "2Q3DWAAAAAAAAAAAAAAA1")
+    big = b"Subject: big\r\n\r\n" + b"y" * 300_000 + b"\r\n"
+    write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA2", len(big)), big, spares=spares).close()
+    assert len(spares) == 0
+    assert parse_message(layout.msg("2Q3DWAAAAAAAAAAAAAAA2").read_bytes()) == (
+        envelope("2Q3DWAAAAAAAAAAAAAAA2", len(big)), big)
+
+
+def test_a_big_message_or_one_past_the_byte_bound_leaves_an_empty_spare(layout: Layout) -> None:
+    spares = SpareFiles(layout.tmp, keep_bytes=50_000, keep_total_bytes=70_000)
+    sizes = {"2Q3DWAAAAAAAAAAAAAAA1": 60_000, "2Q3DWAAAAAAAAAAAAAAA2": 40_000, "2Q3DWAAAAAAAAAAAAAAA3": 40_000}
+    for queue_id, size in sizes.items():
+        write_message_locked(layout, envelope(queue_id), b"Subject: a\r\n\r\n" + b"z" * size + b"\r\n").close()
+    for queue_id in sizes:                      # one at a time: the order is the test's
+        deliver(layout, spares, queue_id)
+    held = sorted(path.stat().st_size for path in layout.tmp.iterdir())
+    # The first is over keep_bytes, the third over the total once the second is kept.
+    assert len(held) == 3 and held[:2] == [0, 0] and 40_000 < held[2] <= 50_000
+    assert spares.bytes_held == held[2]
+
+
+def test_a_spare_not_written_over_in_time_is_emptied_by_the_scan(layout: Layout) -> None:
+    now = [1000.0]
+    spares = SpareFiles(layout.tmp, keep_seconds=60, clock=lambda: now[0])
+    write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA1"), b"Subject: a\r\n\r\nold mail\r\n").close()
+    deliver(layout, spares, "2Q3DWAAAAAAAAAAAAAAA1")
+    now[0] += 30
+    write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA2"), b"Subject: b\r\n\r\nnewer mail\r\n").close()
+    deliver(layout, spares, "2Q3DWAAAAAAAAAAAAAAA2")
+    now[0] += 40                                # the first is 70 s old, the second 40
+    assert spares.empty_idle() == 1
+    contents = sorted(path.read_bytes() for path in layout.tmp.iterdir())
+    assert contents[0] == b"" and b"newer mail" in contents[1]
+    assert len(spares) == 2 and spares.bytes_held == len(contents[1])
+    now[0] += 60
+    assert spares.empty_idle() == 1 and spares.bytes_held == 0
+    assert all(path.stat().st_size == 0 for path in layout.tmp.iterdir()) and len(spares) == 2
+    # An emptied spare is still a spare: the next message is written in it.
+    write_message_locked(layout, envelope("2Q3DWAAAAAAAAAAAAAAA3"), b"Subject: c\r\n\r\nc\r\n", spares=spares).close()
+    assert len(spares) == 1
 
 
 def test_a_spare_taken_by_another_process_meanwhile_is_passed_over(layout: Layout) -> None:
