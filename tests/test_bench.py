@@ -6,7 +6,9 @@ No speed is asserted here (speed belongs to bench/README.md): only that every co
 every rule set got all its mail to the sink, that the table a reader compares has a row for
 each, that the large messages went through and the crowd (bench/crowd.py) was held beside the
 load, against a scripted server on loopback what the generator puts on the wire, and that the
-floor serves SMTP with frontfilter's session and relays what it is given unchanged.
+floor serves SMTP with frontfilter's session and relays what it is given unchanged; the paced
+load beside the latency measurement (bench/paced.py) sends until told to stop, and fails on an
+answer it did not expect.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import RecordingSink, free_port
+from tests.harness import RecordingSink, SinkBehaviour, free_port
 from tests.requires import installed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,6 +200,49 @@ def test_pipeliner_command_line_says_what_failed(tmp_path: Path, capsys: pytest.
     said = capsys.readouterr()
     assert said.out == ""
     assert said.err.startswith(f"pipeliner: session 1, connection 1: cannot connect to 127.0.0.1:{port}")
+
+
+# ---- bench/paced.py: the load beside the latency measurement, in a process of its own ---------
+
+def paced(port: int, message: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(REPO / "bench" / "paced.py"), "--port", str(port),
+                             "--rate", "200", "--clients", "2", *extra, str(message)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_paced_load_sends_until_told_to_stop_and_says_how_much(tmp_path: Path) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"Subject: paced\r\n\r\nbody\r\n")
+    with RecordingSink() as sink:
+        load = paced(sink.port, message)
+        try:
+            assert load.stdout is not None and load.stdout.readline() == "ready\n"
+            deadline = time.monotonic() + GUARD
+            while len(sink.messages) < 10:
+                assert time.monotonic() < deadline, "the paced load sends nothing"
+                time.sleep(0.05)
+            out, _ = load.communicate("stop\n", timeout=GUARD)
+        finally:
+            load.kill()
+        assert load.returncode == 0
+        sent = int(out.split()[0].removeprefix("sent="))
+        assert sent >= 10 and len(sink.messages) == sent
+        assert sink.messages[0].data.endswith(b"body\r\n")
+
+
+def test_paced_load_fails_with_the_answer_it_did_not_expect(tmp_path: Path) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"Subject: paced\r\n\r\nbody\r\n")
+    with RecordingSink(behaviour=SinkBehaviour(data_reply="451 4.3.0 busy")) as sink:
+        load = paced(sink.port, message)
+        try:
+            assert load.stdout is not None and load.stdout.readline() == "ready\n"
+            time.sleep(0.2)
+            out, _ = load.communicate("stop\n", timeout=GUARD)
+        finally:
+            load.kill()
+    assert load.returncode == 1
+    assert "failed: SMTPDataError: (451, b'4.3.0 busy')" in out
 
 
 # ---- bench/floor.py: frontfilter's own session, relaying and nothing else ----------------------
