@@ -27,7 +27,9 @@ def find(data: MessageBytes, needle: bytes, pivot: int, start: int = 0, end: int
     """`data.find(needle, start, end)`, stepping through the occurrences of `needle[pivot]`."""
     width = len(needle)
     if width < 2:
-        return data.find(needle, start, end)
+        return data.find(needle, start) if end is None else data.find(needle, start, end)
+    if not 0 <= pivot < width:
+        raise ValueError(f"pivot {pivot} is not an index of a needle of {width} bytes")
     start, end, _ = slice(start, end).indices(len(data))
     if end - start < width:
         return -1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from frontfilter import bytesfind
@@ -36,3 +37,9 @@ def test_a_message_mapped_from_its_file_is_searched_alike(tmp_path) -> None:
         for needle, pivot in ((b"\r\n.", 2), (b"PK\x05\x06", 2), (b"\r\n\r\n", 0)):
             assert bytesfind.find(mapped, needle, pivot) == data.find(needle)
             assert bytesfind.find(mapped, needle, pivot, 20) == data.find(needle, 20)
+        assert bytesfind.find(mapped, b".", 0) == data.find(b".")
+
+
+def test_a_pivot_outside_the_needle_is_refused() -> None:
+    with pytest.raises(ValueError):
+        bytesfind.find(b"a\r\n.b", b"\r\n.", 3)

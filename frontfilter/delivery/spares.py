@@ -16,9 +16,9 @@ cost 74-79 us of CPU and 0.19-0.22 ms, and emptying it 22 us more; written over 
 kept its blocks, 64-66 us and 0.15 ms (5 KB: the 17 us of emptying saved). The fsync is
 what stands between a message and its 250. So a delivered message's bytes stay in its spare
 until the next message is written over them, with three bounds: a spare bigger than
-`KEEP_BYTES` is emptied at once, the spares of a process hold at most `KEEP_TOTAL_BYTES`
-(past that, emptied too), and one not taken again within `KEEP_SECONDS` is emptied by the
-spool scan (`empty_idle`). The spool's files are the daemon's alone (mode 0600), and the bytes
+`KEEP_BYTES` (256 KiB) is emptied at once, the spares of a process hold at most
+`KEEP_TOTAL_BYTES` (past that, emptied too), and one not taken again within `KEEP_SECONDS`
+is emptied by the spool scan (`empty_idle`); one that cannot be opened is removed. The spool's files are the daemon's alone (mode 0600), and the bytes
 were on the same disk before; the bounds keep a delivered message from lingering there.
 
 How it stays safe:
@@ -62,9 +62,10 @@ from frontfilter.delivery.safeio import TEMP_SUFFIX
 SPARE_FILES = 4096
 SPARE_PREFIX = "spare."
 # A spare is a place for the next message, not a store: big ones are emptied (a 25 MB message's
-# blocks would only be freed later), and so are the bytes past a total a few seconds of a busy
-# relay's mail fill, and those of a spare not written over within a minute (a relay gone quiet).
-KEEP_BYTES = 1024 * 1024
+# blocks would only be freed later, by the next writer), and so are the bytes past a total a
+# few seconds of a busy relay's mail fill, and those of a spare not written over within a
+# minute (a relay gone quiet).
+KEEP_BYTES = 256 * 1024        # what the next writer may have to cut, on the event loop for a small one
 KEEP_TOTAL_BYTES = 32 * 1024 * 1024
 KEEP_SECONDS = 60.0
 
@@ -103,7 +104,8 @@ class SpareFiles:
         try:
             size = os.fstat(fd).st_size
             with self._lock:
-                kept = size <= self.keep_bytes and self._bytes + size <= self.keep_total_bytes
+                kept = (not self._closed and size <= self.keep_bytes
+                        and self._bytes + size <= self.keep_total_bytes)
                 if kept:
                     self._bytes += size          # counted now: two keeps cannot both pass the bound
             if not kept:
@@ -115,13 +117,12 @@ class SpareFiles:
             self.unclaim()
             _remove(fd, path)
             return
-        os.close(fd)
+        _close(fd)
         with self._lock:
             if not self._closed:
                 self._ready.append(_Spare(path, size, self._clock()))
                 return
-            self._held -= 1
-            self._bytes -= size
+            self._held -= 1                      # (close() let go of the bytes counted)
         _unlink(path)
 
     def unclaim(self) -> None:
@@ -143,13 +144,16 @@ class SpareFiles:
             taken = _open_locked(spare.path)
             if taken is not None:
                 return taken, spare.path
+            # Gone, held by another worker's recovery, or not to be opened now (no descriptor
+            # left): never left behind untracked with a delivered message's bytes in it.
+            _unlink(spare.path)
 
     def empty_idle(self) -> int:
         """Empty the spares not written over for `keep_seconds` (the spool scan calls this):
-        how many were emptied. One held meanwhile by recovery is left to it."""
+        how many were emptied. One that cannot be opened and emptied is removed."""
         emptied = 0
         horizon = self._clock() - self.keep_seconds
-        while True:
+        for _ in range(len(self._ready)):        # each at most once, whatever the clock does
             with self._lock:
                 if not self._ready or self._ready[0].kept > horizon:
                     return emptied
@@ -161,14 +165,16 @@ class SpareFiles:
             fd = _open_locked(spare.path)
             try:
                 if fd is None:
-                    raise FileNotFoundError(spare.path)     # gone, or being removed by recovery
+                    raise FileNotFoundError(spare.path)
                 os.ftruncate(fd, 0)
             except OSError:
-                if fd is not None:
+                if fd is None:
+                    _unlink(spare.path)
+                else:
                     _remove(fd, spare.path)
                 self.unclaim()
                 continue
-            os.close(fd)
+            _close(fd)
             emptied += 1
             with self._lock:
                 if not self._closed:
@@ -176,6 +182,7 @@ class SpareFiles:
                     continue
                 self._held -= 1
             _unlink(spare.path)
+        return emptied
 
     def __len__(self) -> int:
         return len(self._ready)
@@ -216,8 +223,15 @@ def _open_locked(path: Path) -> int | None:
             return fd
     except OSError:
         pass
-    os.close(fd)
+    _close(fd)
     return None
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass            # Linux has let the descriptor go all the same
 
 
 def _unlink(path: Path) -> None:
@@ -229,4 +243,4 @@ def _unlink(path: Path) -> None:
 
 def _remove(fd: int, path: Path) -> None:
     _unlink(path)
-    os.close(fd)
+    _close(fd)

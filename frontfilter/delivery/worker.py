@@ -310,6 +310,8 @@ class Worker:
 
     def _scan(self, known: dict[str, StateStamp]) -> tuple[dict, dict[str, tuple[float, StateStamp]]]:
         layout = self.spool.layout
+        # First, and whatever becomes of the scan: a delivered message's bytes do not linger.
+        self.spool.spares.empty_idle()
         items = scan(layout)
         hints = {}
         for queue_id, item in items.items():
@@ -321,7 +323,6 @@ class Worker:
             self.spool.refresh_free_space()
         except OSError:
             pass
-        self.spool.spares.empty_idle()      # a delivered message's bytes do not linger
         return items, hints
 
     async def _rescan_loop(self) -> None:
