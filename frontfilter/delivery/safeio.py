@@ -221,9 +221,10 @@ def begin_write(temp_dir: Path, final: Path, chunks: Iterable[Chunk],
     try:
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
-        _write_all(fd, list(chunks))
+        chunks = list(chunks)
+        _write_all(fd, chunks)
         if spare is not None:
-            written = os.lseek(fd, 0, os.SEEK_CUR)
+            written = sum(len(chunk) for chunk in chunks)
             os.ftruncate(fd, written)
         stat = os.fstat(fd)
         if spare is not None and stat.st_size != written:

@@ -98,13 +98,13 @@ class SpareFiles:
             self._held += 1
         return self.directory / f"{SPARE_PREFIX}{os.getpid()}.{next(self._serial)}{TEMP_SUFFIX}"
 
-    def keep(self, fd: int, path: Path) -> None:
+    def keep(self, fd: int, path: Path, empty: bool = False) -> None:
         """Make the locked file `fd`, renamed already to a claimed `path`, a spare: emptied
-        if it is bigger than the bounds allow, then closed (its lock let go)."""
+        if `empty` or if it is bigger than the bounds allow, then closed (its lock let go)."""
         try:
             size = os.fstat(fd).st_size
             with self._lock:
-                kept = (not self._closed and size <= self.keep_bytes
+                kept = (not empty and not self._closed and size <= self.keep_bytes
                         and self._bytes + size <= self.keep_total_bytes)
                 if kept:
                     self._bytes += size          # counted now: two keeps cannot both pass the bound
@@ -150,38 +150,25 @@ class SpareFiles:
 
     def empty_idle(self) -> int:
         """Empty the spares not written over for `keep_seconds` (the spool scan calls this):
-        how many were emptied. One that cannot be opened and emptied is removed."""
+        how many it emptied. One that cannot be opened is removed."""
         emptied = 0
         horizon = self._clock() - self.keep_seconds
         for _ in range(len(self._ready)):        # each at most once, whatever the clock does
             with self._lock:
                 if not self._ready or self._ready[0].kept > horizon:
-                    return emptied
+                    break
                 spare = self._ready.popleft()       # still counted in _held: it is ours
                 if spare.size == 0:                  # empty already: back, as the newest
                     self._ready.append(_Spare(spare.path, 0, self._clock()))
                     continue
                 self._bytes -= spare.size
             fd = _open_locked(spare.path)
-            try:
-                if fd is None:
-                    raise FileNotFoundError(spare.path)
-                os.ftruncate(fd, 0)
-            except OSError:
-                if fd is None:
-                    _unlink(spare.path)
-                else:
-                    _remove(fd, spare.path)
+            if fd is None:
                 self.unclaim()
+                _unlink(spare.path)
                 continue
-            _close(fd)
+            self.keep(fd, spare.path, empty=True)
             emptied += 1
-            with self._lock:
-                if not self._closed:
-                    self._ready.append(_Spare(spare.path, 0, self._clock()))
-                    continue
-                self._held -= 1
-            _unlink(spare.path)
         return emptied
 
     def __len__(self) -> int:

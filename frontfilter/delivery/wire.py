@@ -139,9 +139,8 @@ async def send_message(smtp: SmtpClient, message: MessageBytes, head: bytes = b"
             async for piece in slices_off_the_loop(stuffed, WRITE_SLICE):
                 smtp.write(piece)
                 await smtp.drain()
-            if smtp.has_reply:
-                smtp.close()    # refused before the end (552): an end mark now would be answered too
-            smtp.write(end)
+            if not smtp.has_reply:      # refused before the end (552): no end mark, it would be answered too
+                smtp.write(end)
     except SmtpError:
         pass            # the backend may have said why before it closed: its reply is read
     answered_early = smtp.has_reply      # before the end mark was written, or it broke off

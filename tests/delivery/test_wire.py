@@ -219,6 +219,7 @@ def test_a_backend_refusing_a_big_message_before_its_end_is_heard() -> None:
             smtp = await opened(server.sockets[0].getsockname()[1])
             refused = await wire.send_data(smtp, text)
             assert refused.code == 552
+            assert not smtp.is_connected     # it may answer an end mark too: never used again
             smtp.close()
             await asyncio.wait_for(backend.done.wait(), 10)
         finally:
